@@ -1,0 +1,77 @@
+// safetensors.h — memory-mapped reader and atomic writer for the safetensors format
+// (8-byte LE header length, JSON header, byte buffer; see ../shared/notes/native.md §5).
+// The reader validates everything before any tensor is touched: header length past the end, offsets out of
+// range, overlapping or leaving holes, unknown dtype, shape/byte-count mismatch, duplicate names. Every
+// problem is an EngineError naming the file and the tensor.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+#include "util/dtype.h"
+#include "util/json.h"
+
+namespace nxft {
+
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;   // PyTorch order, row-major: [out, in] for a Linear weight
+  const uint8_t* data = nullptr;
+  size_t nbytes = 0;
+  int64_t numel() const;
+};
+
+class SafetensorsFile {
+ public:
+  static std::unique_ptr<SafetensorsFile> open(const std::string& path);  // mmap, validate
+  ~SafetensorsFile();
+  const std::string& path() const { return path_; }
+  const std::vector<TensorView>& tensors() const { return tensors_; }       // in file order
+  const TensorView* find(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Parse and validate an in-memory buffer (the fuzz target uses this; `source` names it in errors).
+  static std::unique_ptr<SafetensorsFile> from_buffer(const uint8_t* data, size_t size, const std::string& source);
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_size_ = 0;
+  std::vector<TensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, size_t> index_;
+};
+
+// A whole Hugging Face checkpoint folder: model.safetensors, or model.safetensors.index.json + shards.
+class SafetensorsModel {
+ public:
+  static std::unique_ptr<SafetensorsModel> open_dir(const std::string& dir);
+  const TensorView* find(const std::string& name) const;      // nullptr if absent
+  const TensorView& get(const std::string& name) const;       // EngineError "missing tensor NAME in DIR"
+  std::vector<std::string> names() const;                     // sorted
+  // Shard file names and which tensors each held (to shard a merged model like its base).
+  const std::vector<std::string>& shard_files() const { return shard_files_; }
+  const std::string& shard_of(const std::string& name) const;
+  const std::string& dir() const { return dir_; }
+ private:
+  std::string dir_;
+  std::vector<std::string> shard_files_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, std::pair<size_t, const TensorView*>> by_name_;
+};
+
+// One tensor to write: either borrowed bytes already in `dtype`, or fp32 values converted on the fly.
+struct TensorToWrite {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;      // bytes in `dtype`, row-major
+  const float* f32 = nullptr;      // alternatively: fp32 source converted to `dtype` while writing
+};
+
+// Writes {"__metadata__": metadata, ...} with the header padded to a multiple of 8 (as the reference
+// writer does), tensors in the given order, atomically.
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
+}  // namespace nxft
