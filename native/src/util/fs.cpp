@@ -1,0 +1,185 @@
+// fs.cpp — file helpers with atomic outputs: write "<path>.tmp-<pid>" in the same folder, fsync, rename over
+// <path>, fsync the folder, so a crash or kill leaves either the old file or the complete new one.
+#include "util/fs.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/events.h"
+
+namespace nxft {
+
+static std::string errno_text() { return std::strerror(errno); }
+
+std::string read_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw EngineError(path + ": cannot open: " + errno_text(), path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) { ::close(fd); throw EngineError(path + ": cannot stat: " + errno_text(), path); }
+  if (S_ISDIR(st.st_mode)) { ::close(fd); throw EngineError(path + ": is a directory, expected a file", path); }
+  std::string out;
+  out.reserve(size_t(st.st_size));
+  char buf[1 << 16];
+  while (true) {
+    ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      ::close(fd);
+      throw EngineError(path + ": read error: " + errno_text(), path);
+    }
+    if (r == 0) break;
+    out.append(buf, size_t(r));
+  }
+  ::close(fd);
+  return out;
+}
+
+static void fsync_dir_of(const std::string& path) {
+  int dfd = ::open(dirname_of(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) { ::fsync(dfd); ::close(dfd); }  // best effort: some filesystems refuse fsync on folders
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  AtomicFileWriter w(path);
+  w.write(bytes.data(), bytes.size());
+  w.commit();
+}
+
+void make_dirs(const std::string& path) {
+  if (path.empty()) return;
+  std::string cur;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    cur = path.substr(0, j);
+    if (!cur.empty()) {
+      if (::mkdir(cur.c_str(), 0777) != 0 && errno != EEXIST)
+        throw EngineError(cur + ": cannot create folder: " + errno_text(), path);
+      struct stat st;
+      if (::stat(cur.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+        throw EngineError(cur + ": exists and is not a folder", path);
+    }
+    i = j + 1;
+  }
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+std::string path_join(const std::string& a, const std::string& b) {
+  if (a.empty() || (!b.empty() && b[0] == '/')) return b;
+  if (a.back() == '/') return a + b;
+  return a + "/" + b;
+}
+
+std::string dirname_of(const std::string& path) {
+  size_t p = path.find_last_of('/');
+  if (p == std::string::npos) return ".";
+  if (p == 0) return "/";
+  return path.substr(0, p);
+}
+
+std::string basename_of(const std::string& path) {
+  size_t p = path.find_last_of('/');
+  return p == std::string::npos ? path : path.substr(p + 1);
+}
+
+void copy_file_atomic(const std::string& from, const std::string& to) {
+  int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw EngineError(from + ": cannot open: " + errno_text(), from);
+  AtomicFileWriter w(to);
+  std::vector<char> buf(1 << 20);
+  while (true) {
+    ssize_t r = ::read(fd, buf.data(), buf.size());
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      ::close(fd);
+      throw EngineError(from + ": read error: " + errno_text(), from);
+    }
+    if (r == 0) break;
+    w.write(buf.data(), size_t(r));
+  }
+  ::close(fd);
+  w.commit();
+}
+
+// ---- AtomicFileWriter ------------------------------------------------------------------------------------
+
+static constexpr size_t kWriteBuffer = 4u << 20;
+
+AtomicFileWriter::AtomicFileWriter(const std::string& path) : path_(path) {
+  tmp_ = path + ".tmp-" + std::to_string(::getpid());
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw EngineError(tmp_ + ": cannot create: " + errno_text(), path);
+  buf_.reserve(kWriteBuffer);
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+void AtomicFileWriter::flush_buf() {
+  size_t done = 0;
+  while (done < buf_.size()) {
+    ssize_t w = ::write(fd_, buf_.data() + done, buf_.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw EngineError(tmp_ + ": write error: " + errno_text(), path_);
+    }
+    done += size_t(w);
+  }
+  buf_.clear();
+}
+
+void AtomicFileWriter::write(const void* data, size_t n) {
+  if (committed_ || fd_ < 0) throw EngineError(path_ + ": write after commit", path_);
+  const uint8_t* p = (const uint8_t*)data;
+  offset_ += n;
+  if (buf_.size() + n <= kWriteBuffer) {
+    buf_.insert(buf_.end(), p, p + n);
+    return;
+  }
+  flush_buf();
+  if (n >= kWriteBuffer) {  // big block: write straight through
+    size_t done = 0;
+    while (done < n) {
+      ssize_t w = ::write(fd_, p + done, n - done);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        throw EngineError(tmp_ + ": write error: " + errno_text(), path_);
+      }
+      done += size_t(w);
+    }
+  } else {
+    buf_.insert(buf_.end(), p, p + n);
+  }
+}
+
+void AtomicFileWriter::pad_to(uint64_t alignment, uint8_t byte) {
+  if (alignment == 0) return;
+  uint64_t rem = offset_ % alignment;
+  if (rem == 0) return;
+  std::vector<uint8_t> pad(size_t(alignment - rem), byte);
+  write(pad.data(), pad.size());
+}
+
+void AtomicFileWriter::commit() {
+  if (committed_) return;
+  flush_buf();
+  if (::fsync(fd_) != 0) throw EngineError(tmp_ + ": fsync failed: " + errno_text(), path_);
+  if (::close(fd_) != 0) { fd_ = -1; throw EngineError(tmp_ + ": close failed: " + errno_text(), path_); }
+  fd_ = -1;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+    throw EngineError(path_ + ": cannot rename temp file into place: " + errno_text(), path_);
+  committed_ = true;
+  fsync_dir_of(path_);
+}
+
+}  // namespace nxft
