@@ -74,4 +74,34 @@ struct TensorToWrite {
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
 
+// Streaming writer for files too big to hold in memory (merge of an 8B model): declare every tensor up front
+// (the header needs all offsets), then append each tensor's bytes in the declared order; commit() checks that
+// every tensor was written in full, fsyncs and renames. Destroying it without commit() leaves no file behind.
+struct TensorDecl {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+};
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(const std::string& path, const std::vector<TensorDecl>& tensors,
+                    const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+  ~SafetensorsWriter();
+  // Append raw bytes (already in the declared dtype) of the current tensor; may be called in pieces.
+  void write(const void* data, size_t nbytes);
+  // Append fp32 values converted to the current tensor's dtype.
+  void write_f32(const float* values, size_t n);
+  void commit();
+  uint64_t data_bytes() const { return total_; }   // size of the byte buffer (for index.json total_size)
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  uint64_t total_ = 0;
+};
+
+// The JSON header bytes (padded with spaces to a multiple of 8) for the given tensors; data_bytes gets the
+// size of the byte buffer that follows. Exposed for tests and the GGUF helper's checks.
+std::string safetensors_header(const std::vector<TensorDecl>& tensors,
+                               const std::map<std::string, std::string>& metadata, uint64_t* data_bytes);
+
 }  // namespace nxft
