@@ -1,0 +1,712 @@
+// cpu_backend.cpp — the reference backend: every op of backend.h in plain C++ over a scalar type T
+// (float for the engine, double for finite-difference gradient checks), multithreaded with ThreadPool.
+// Every output element is computed by exactly one task in a fixed order, so results are deterministic for a
+// given thread count (in fact independent of it: the work split never changes the arithmetic order).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+#include "backend/backend.h"
+#include "backend/cpu/thread_pool.h"
+#include "util/events.h"
+
+#pragma GCC optimize("O3")
+
+namespace nxft {
+
+namespace {
+
+// NF4 code values (bitsandbytes get_4bit_type("nf4"), native.md §4.1).
+const float kNF4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+                        -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+                        0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+                        0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+
+inline float nf4_value(const uint8_t* codes, const float* scales, size_t idx) {
+  uint8_t byte = codes[idx >> 1];
+  int code = (idx & 1) ? (byte & 0xF) : (byte >> 4);   // element 2k in the high nibble
+  return kNF4[code] * scales[idx >> 6];
+}
+
+// Matmul micro-kernel: acc (rows, nc) += A_block (rows, kc) · B_block (kc, nc), rows ≤ 4.
+// Each acc element sums over k in increasing order. Written so the compiler vectorizes over j; compiled twice
+// (generic and AVX2) and picked at run time.
+template <typename T>
+inline __attribute__((always_inline)) void mm_kernel_body(T* __restrict acc, int ldacc, const T* __restrict ap,
+                                                          int lda, const T* __restrict bp, int ldb, int rows,
+                                                          int kc, int nc) {
+  if (rows == 4) {
+    T* __restrict c0 = acc;
+    T* __restrict c1 = acc + ldacc;
+    T* __restrict c2 = acc + 2 * ldacc;
+    T* __restrict c3 = acc + 3 * ldacc;
+    for (int k = 0; k < kc; k++) {
+      const T a0 = ap[k], a1 = ap[lda + k], a2 = ap[2 * lda + k], a3 = ap[3 * lda + k];
+      const T* __restrict b = bp + size_t(k) * ldb;
+      for (int j = 0; j < nc; j++) {
+        const T bj = b[j];
+        c0[j] += a0 * bj;
+        c1[j] += a1 * bj;
+        c2[j] += a2 * bj;
+        c3[j] += a3 * bj;
+      }
+    }
+  } else {
+    for (int r = 0; r < rows; r++) {
+      T* __restrict c = acc + size_t(r) * ldacc;
+      for (int k = 0; k < kc; k++) {
+        const T a = ap[size_t(r) * lda + k];
+        const T* __restrict b = bp + size_t(k) * ldb;
+        for (int j = 0; j < nc; j++) c[j] += a * b[j];
+      }
+    }
+  }
+}
+
+template <typename T>
+void mm_kernel_generic(T* acc, int ldacc, const T* ap, int lda, const T* bp, int ldb, int rows, int kc, int nc) {
+  mm_kernel_body<T>(acc, ldacc, ap, lda, bp, ldb, rows, kc, nc);
+}
+template <typename T>
+__attribute__((target("avx2"))) void mm_kernel_avx2(T* acc, int ldacc, const T* ap, int lda, const T* bp, int ldb,
+                                                     int rows, int kc, int nc) {
+  mm_kernel_body<T>(acc, ldacc, ap, lda, bp, ldb, rows, kc, nc);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+
+template <typename T>
+DType dtype_for() {
+  return sizeof(T) == 8 ? DType::F64 : DType::F32;
+}
+
+template <typename T>
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : pool_(threads) {}
+  ~CpuBackend() override {
+    for (auto& kv : allocs_) std::free(kv.first);
+  }
+
+  std::string name() const override { return "cpu"; }
+  std::string device() const override {
+    return std::string("cpu (") + std::to_string(pool_.size()) + " threads, " + (sizeof(T) == 8 ? "f64" : "f32") +
+           (cpu_has_avx2() ? ", avx2" : "") + ")";
+  }
+  int threads() const override { return pool_.size(); }
+  DType dtype_of(Role role) const override { return role == Role::Index ? DType::I32 : dtype_for<T>(); }
+
+  Tensor alloc(size_t n, Role role) override {
+    Tensor t;
+    t.dtype = dtype_of(role);
+    t.n = n;
+    size_t bytes = std::max<size_t>(64, (n * dtype_size(t.dtype) + 63) / 64 * 64);
+    t.ptr = std::aligned_alloc(64, bytes);
+    if (!t.ptr) throw EngineError("out of memory allocating " + std::to_string(bytes) + " bytes");
+    track_alloc(t.ptr, bytes);
+    return t;
+  }
+  void free(Tensor& t) override {
+    if (t.ptr) {
+      untrack(t.ptr);
+      std::free(t.ptr);
+    }
+    if (t.scales) {
+      untrack(t.scales);
+      std::free(t.scales);
+    }
+    t = Tensor();
+  }
+  size_t bytes_in_use() const override { return in_use_; }
+  size_t peak_bytes() const override { return peak_; }
+  void synchronize() override {}
+
+  // ---- transfers ----
+  void upload(const Tensor& dst, const float* src, size_t n, size_t offset) override { upload_any(dst, src, n, offset); }
+  void upload(const Tensor& dst, const double* src, size_t n, size_t offset) override { upload_any(dst, src, n, offset); }
+  void upload(const Tensor& dst, const int32_t* src, size_t n, size_t offset) override {
+    check_range(dst, n, offset, "upload");
+    if (dst.dtype != DType::I32) throw EngineError("cpu backend: int32 upload into a non-index tensor");
+    std::memcpy(static_cast<int32_t*>(dst.ptr) + offset, src, n * sizeof(int32_t));
+  }
+  void download(const Tensor& src, float* dst, size_t n, size_t offset) override { download_any(src, dst, n, offset); }
+  void download(const Tensor& src, double* dst, size_t n, size_t offset) override { download_any(src, dst, n, offset); }
+  void copy(const Tensor& dst, const Tensor& src, size_t n) override {
+    check_range(dst, n, 0, "copy");
+    check_range(src, n, 0, "copy");
+    std::memmove(dst.ptr, src.ptr, n * dtype_size(src.dtype));
+  }
+  void fill(const Tensor& dst, float value, size_t n) override {
+    check_range(dst, n, 0, "fill");
+    if (dst.dtype == DType::I32) {
+      std::fill(static_cast<int32_t*>(dst.ptr), static_cast<int32_t*>(dst.ptr) + n, int32_t(value));
+    } else {
+      std::fill(p(dst), p(dst) + n, T(value));
+    }
+  }
+
+  Tensor upload_nf4(const float* w, int rows, int cols) override {
+    size_t n = size_t(rows) * cols;
+    size_t nblocks = (n + 63) / 64;
+    Tensor t;
+    t.dtype = DType::U8;
+    t.n = n;
+    t.quant = Quant::NF4;
+    size_t code_bytes = std::max<size_t>(64, ((n + 1) / 2 + 63) / 64 * 64);
+    size_t scale_bytes = std::max<size_t>(64, (nblocks * 4 + 63) / 64 * 64);
+    t.ptr = std::aligned_alloc(64, code_bytes);
+    t.scales = std::aligned_alloc(64, scale_bytes);
+    if (!t.ptr || !t.scales) throw EngineError("out of memory quantizing a weight to NF4");
+    track_alloc(t.ptr, code_bytes);
+    track_alloc(t.scales, scale_bytes);
+    uint8_t* codes = static_cast<uint8_t*>(t.ptr);
+    float* scales = static_cast<float*>(t.scales);
+    std::memset(codes, 0, code_bytes);
+    for (size_t blk = 0; blk < nblocks; blk++) {
+      size_t b0 = blk * 64, b1 = std::min(n, b0 + 64);
+      float amax = 0;
+      for (size_t i = b0; i < b1; i++) amax = std::max(amax, std::fabs(w[i]));
+      scales[blk] = amax;
+      for (size_t i = b0; i < b1; i++) {
+        float x = amax > 0 ? w[i] / amax : 0.0f;
+        int best = 0;   // nearest code value (ties → lower index, like a midpoint decision tree)
+        for (int c = 1; c < 16; c++)
+          if (std::fabs(kNF4[c] - x) < std::fabs(kNF4[best] - x)) best = c;
+        codes[i >> 1] |= (i & 1) ? uint8_t(best) : uint8_t(best << 4);
+      }
+    }
+    return t;
+  }
+
+  // ---- matmul ----
+  // Work split: tasks are (row block of MB) × (column block of NB) tiles of C; each task sweeps all of K in
+  // blocks of KB, packing op(A) and op(B) blocks into contiguous buffers, accumulating into a tile buffer,
+  // then writes C = alpha·acc + beta·C once.
+  void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, bool trans_a, bool trans_b,
+              float alpha, float beta) override {
+    check_range(c, size_t(M) * N, 0, "matmul C");
+    check_range(a, size_t(M) * K, 0, "matmul A");
+    check_range(b, size_t(K) * N, 0, "matmul B");
+    constexpr int MB = 64, NB = 128, KB = 256;
+    T* C = p(c);
+    const T* A = p(a);
+    const bool b_nf4 = b.quant == Quant::NF4;
+    const T* Bm = b_nf4 ? nullptr : p(b);
+    const uint8_t* Bcodes = b_nf4 ? static_cast<const uint8_t*>(b.ptr) : nullptr;
+    const float* Bscales = b_nf4 ? static_cast<const float*>(b.scales) : nullptr;
+    const int mblocks = (M + MB - 1) / MB, nblocks = (N + NB - 1) / NB;
+    const bool avx2 = cpu_has_avx2();
+    pool_.parallel_for(int64_t(mblocks) * nblocks, [&](int64_t task) {
+      const int i0 = int(task / nblocks) * MB, j0 = int(task % nblocks) * NB;
+      const int mc = std::min(MB, M - i0), nc = std::min(NB, N - j0);
+      thread_local std::vector<T> acc, apack, bpack;
+      acc.assign(size_t(mc) * nc, T(0));
+      apack.resize(size_t(MB) * KB);
+      bpack.resize(size_t(KB) * NB);
+      for (int k0 = 0; k0 < K; k0 += KB) {
+        const int kc = std::min(KB, K - k0);
+        // op(A)[i0:i0+mc, k0:k0+kc] → apack (mc, kc)
+        for (int i = 0; i < mc; i++)
+          for (int k = 0; k < kc; k++)
+            apack[size_t(i) * kc + k] = trans_a ? A[size_t(k0 + k) * M + (i0 + i)] : A[size_t(i0 + i) * K + (k0 + k)];
+        // op(B)[k0:k0+kc, j0:j0+nc] → bpack (kc, nc); plain non-transposed B is used in place.
+        const T* bp;
+        int ldb;
+        if (!trans_b && !b_nf4) {
+          bp = Bm + size_t(k0) * N + j0;
+          ldb = N;
+        } else {
+          for (int k = 0; k < kc; k++)
+            for (int j = 0; j < nc; j++) {
+              size_t idx = trans_b ? size_t(j0 + j) * K + (k0 + k) : size_t(k0 + k) * N + (j0 + j);
+              bpack[size_t(k) * nc + j] = b_nf4 ? T(nf4_value(Bcodes, Bscales, idx)) : Bm[idx];
+            }
+          bp = bpack.data();
+          ldb = nc;
+        }
+        for (int i = 0; i < mc; i += 4) {
+          const int rows = std::min(4, mc - i);
+          if (avx2)
+            mm_kernel_avx2<T>(acc.data() + size_t(i) * nc, nc, apack.data() + size_t(i) * kc, kc, bp, ldb, rows, kc, nc);
+          else
+            mm_kernel_generic<T>(acc.data() + size_t(i) * nc, nc, apack.data() + size_t(i) * kc, kc, bp, ldb, rows,
+                                 kc, nc);
+        }
+      }
+      const T ta = T(alpha), tb = T(beta);
+      for (int i = 0; i < mc; i++) {
+        T* crow = C + size_t(i0 + i) * N + j0;
+        const T* arow = acc.data() + size_t(i) * nc;
+        if (beta == 0.0f) {
+          for (int j = 0; j < nc; j++) crow[j] = alpha == 1.0f ? arow[j] : ta * arow[j];
+        } else {
+          for (int j = 0; j < nc; j++) crow[j] = (alpha == 1.0f ? arow[j] : ta * arow[j]) + (beta == 1.0f ? crow[j] : tb * crow[j]);
+        }
+      }
+    });
+  }
+
+  // ---- embedding ----
+  void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table, int N, int C,
+                         double scale) override {
+    T* o = p(out);
+    const int32_t* id = static_cast<const int32_t*>(ids.ptr);
+    const T* tab = p(table);
+    const T s = T(scale);   // rounded to the activation dtype, as transformers does for gemma
+    parallel_rows(N, [&](int i) {
+      const T* src = tab + size_t(id[i]) * C;
+      T* dst = o + size_t(i) * C;
+      if (scale == 1.0)
+        std::memcpy(dst, src, sizeof(T) * C);
+      else
+        for (int c = 0; c < C; c++) dst[c] = src[c] * s;
+    });
+  }
+
+  // ---- rmsnorm ----
+  void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, int N, int C,
+                       double eps, bool plus_one) override {
+    T* o = p(out);
+    T* rs = p(rstd);
+    const T* xx = p(x);
+    const T* ww = p(w);
+    parallel_rows(N, [&](int i) {
+      const T* xr = xx + size_t(i) * C;
+      double ss = 0;
+      for (int c = 0; c < C; c++) ss += double(xr[c]) * double(xr[c]);
+      const T var = T(ss / C);
+      const T r = T(1) / std::sqrt(var + T(eps));
+      rs[i] = r;
+      T* orow = o + size_t(i) * C;
+      for (int c = 0; c < C; c++) orow[c] = plus_one ? (xr[c] * r) * (T(1) + ww[c]) : ww[c] * (xr[c] * r);
+    });
+  }
+  void rmsnorm_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        int N, int C, bool plus_one) override {
+    T* d = p(dx);
+    const T* go = p(dout);
+    const T* xx = p(x);
+    const T* ww = p(w);
+    const T* rs = p(rstd);
+    parallel_rows(N, [&](int i) {
+      const T* xr = xx + size_t(i) * C;
+      const T* gr = go + size_t(i) * C;
+      T* dr = d + size_t(i) * C;
+      const T r = rs[i];
+      // y = w'·x·r, r = (mean(x²)+eps)^-1/2 → dx = r·g − x·r³·Σ(g·x)/C with g = dout·w'
+      double dot = 0;
+      for (int c = 0; c < C; c++) dot += double(gr[c] * (plus_one ? T(1) + ww[c] : ww[c])) * double(xr[c]);
+      const T k = T(dot / C) * r * r * r;
+      for (int c = 0; c < C; c++) {
+        const T g = gr[c] * (plus_one ? T(1) + ww[c] : ww[c]);
+        dr[c] += g * r - xr[c] * k;
+      }
+    });
+  }
+
+  // ---- elementwise ----
+  void add(const Tensor& y, const Tensor& x, size_t n, float alpha) override {
+    T* yy = p(y);
+    const T* xx = p(x);
+    const T a = T(alpha);
+    parallel_range(n, [&](size_t b, size_t e) {
+      if (alpha == 1.0f)
+        for (size_t i = b; i < e; i++) yy[i] += xx[i];
+      else
+        for (size_t i = b; i < e; i++) yy[i] += a * xx[i];
+    });
+  }
+  void add_bias(const Tensor& y, const Tensor& bias, int N, int D) override {
+    T* yy = p(y);
+    const T* bb = p(bias);
+    parallel_rows(N, [&](int i) {
+      T* r = yy + size_t(i) * D;
+      for (int d = 0; d < D; d++) r[d] += bb[d];
+    });
+  }
+  void scale(const Tensor& y, float s, size_t n) override {
+    T* yy = p(y);
+    const T ts = T(s);
+    parallel_range(n, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; i++) yy[i] *= ts;
+    });
+  }
+
+  // ---- rope ----
+  void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H,
+                    int HD) override {
+    rope_apply(x, positions, inv_freq, N, H, HD, false);
+  }
+  void rope_backward(const Tensor& dx, const Tensor& positions, const Tensor& inv_freq, int N, int H,
+                     int HD) override {
+    rope_apply(dx, positions, inv_freq, N, H, HD, true);
+  }
+
+  // ---- attention ----
+  void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH, int NKV,
+                         int HD) override {
+    T* o = p(out);
+    T* ls = p(lse);
+    const T* qq = p(q);
+    const T* kk = p(k);
+    const T* vv = p(v);
+    const int32_t* ds = static_cast<const int32_t*>(doc_start.ptr);
+    const T sc = T(1.0 / std::sqrt(double(HD)));
+    const int group = NH / NKV;
+    pool_.parallel_for(int64_t(B) * NH, [&](int64_t task) {
+      const int b = int(task / NH), h = int(task % NH), kh = h / group;
+      thread_local std::vector<T> s;
+      s.resize(size_t(Tk));
+      for (int i = 0; i < Tq; i++) {
+        const T* qi = qq + ((size_t(b) * Tq + i) * NH + h) * HD;
+        const int j0 = ds[size_t(b) * Tq + i], j1 = q_offset + i;   // keys j0..j1 inclusive
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int j = j0; j <= j1; j++) {
+          const T* kj = kk + ((size_t(b) * Tk_stride + j) * NKV + kh) * HD;
+          T dot = 0;
+          for (int d = 0; d < HD; d++) dot += qi[d] * kj[d];
+          s[j] = dot * sc;
+          mx = std::max(mx, s[j]);
+        }
+        T sum = 0;
+        for (int j = j0; j <= j1; j++) {
+          s[j] = std::exp(s[j] - mx);
+          sum += s[j];
+        }
+        T* oi = o + ((size_t(b) * Tq + i) * NH + h) * HD;
+        for (int d = 0; d < HD; d++) oi[d] = 0;
+        for (int j = j0; j <= j1; j++) {
+          const T pj = s[j] / sum;
+          const T* vj = vv + ((size_t(b) * Tk_stride + j) * NKV + kh) * HD;
+          for (int d = 0; d < HD; d++) oi[d] += pj * vj[d];
+        }
+        ls[(size_t(b) * NH + h) * Tq + i] = mx + std::log(sum);
+      }
+    });
+  }
+
+  void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                          const Tensor& doc_start, int B, int T_, int NH, int NKV, int HD) override {
+    T* gq = p(dq);
+    T* gk = p(dk);
+    T* gv = p(dv);
+    const T* go = p(dout);
+    const T* qq = p(q);
+    const T* kk = p(k);
+    const T* vv = p(v);
+    const T* oo = p(out);
+    const T* ls = p(lse);
+    const int32_t* ds = static_cast<const int32_t*>(doc_start.ptr);
+    const T sc = T(1.0 / std::sqrt(double(HD)));
+    const int group = NH / NKV;
+    // One task per (batch row, kv head): it owns dk/dv of that kv head and dq of its query heads.
+    pool_.parallel_for(int64_t(B) * NKV, [&](int64_t task) {
+      const int b = int(task / NKV), kh = int(task % NKV);
+      for (int j = 0; j < T_; j++) {
+        std::fill_n(gk + ((size_t(b) * T_ + j) * NKV + kh) * HD, HD, T(0));
+        std::fill_n(gv + ((size_t(b) * T_ + j) * NKV + kh) * HD, HD, T(0));
+      }
+      thread_local std::vector<T> pr, dpr;
+      pr.resize(size_t(T_));
+      dpr.resize(size_t(T_));
+      for (int h = kh * group; h < (kh + 1) * group; h++) {
+        for (int i = 0; i < T_; i++) {
+          const size_t qoff = ((size_t(b) * T_ + i) * NH + h) * HD;
+          const T* qi = qq + qoff;
+          const T* doi = go + qoff;
+          const T* oi = oo + qoff;
+          T* dqi = gq + qoff;
+          const T l = ls[(size_t(b) * NH + h) * T_ + i];
+          const int j0 = ds[size_t(b) * T_ + i], j1 = i;
+          T Di = 0;   // rowsum(dO ∘ O)
+          for (int d = 0; d < HD; d++) Di += doi[d] * oi[d];
+          for (int d = 0; d < HD; d++) dqi[d] = 0;
+          for (int j = j0; j <= j1; j++) {
+            const size_t koff = ((size_t(b) * T_ + j) * NKV + kh) * HD;
+            const T* kj = kk + koff;
+            const T* vj = vv + koff;
+            T dot = 0, dp = 0;
+            for (int d = 0; d < HD; d++) {
+              dot += qi[d] * kj[d];
+              dp += doi[d] * vj[d];
+            }
+            const T pj = std::exp(dot * sc - l);
+            const T dsj = pj * (dp - Di) * sc;
+            T* dkj = gk + koff;
+            T* dvj = gv + koff;
+            for (int d = 0; d < HD; d++) {
+              dqi[d] += dsj * kj[d];
+              dkj[d] += dsj * qi[d];
+              dvj[d] += pj * doi[d];
+            }
+          }
+        }
+      }
+    });
+  }
+
+  // ---- gated MLP ----
+  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act) override {
+    T* o = p(out);
+    const T* g = p(gate);
+    const T* u = p(up);
+    parallel_range(size_t(N) * F, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; i++) o[i] = act_fn(g[i], act) * u[i];
+    });
+  }
+  void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
+                    int N, int F, Glu act) override {
+    T* dg = p(dgate);
+    T* du = p(dup);
+    const T* go = p(dout);
+    const T* g = p(gate);
+    const T* u = p(up);
+    parallel_range(size_t(N) * F, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; i++) {
+        const T a = act_fn(g[i], act);
+        const T d = go[i];
+        du[i] = d * a;
+        dg[i] = d * u[i] * act_grad(g[i], act);
+      }
+    });
+  }
+
+  void lora_dropout(const Tensor& out, const Tensor& x, int N, int D, float prob, uint64_t seed) override {
+    T* o = p(out);
+    const T* xx = p(x);
+    const T keep_scale = T(1) / (T(1) - T(prob));
+    parallel_range(size_t(N) * D, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; i++) o[i] = counter_uniform(seed, i) >= prob ? xx[i] * keep_scale : T(0);
+    });
+  }
+
+  // ---- cross-entropy ----
+  void ce_stats(const Tensor& logits, const Tensor& targets, const Tensor& run_max, const Tensor& run_sum,
+                const Tensor& target_logit, int n, int Vc, int v0) override {
+    const T* lg = p(logits);
+    const int32_t* tg = static_cast<const int32_t*>(targets.ptr);
+    T* rm = p(run_max);
+    T* rsum = p(run_sum);
+    T* tl = p(target_logit);
+    parallel_rows(n, [&](int i) {
+      const int t = tg[i];
+      if (t == -100) return;
+      const T* row = lg + size_t(i) * Vc;
+      T mx = rm[i];
+      for (int j = 0; j < Vc; j++) mx = std::max(mx, row[j]);
+      double s = 0;
+      for (int j = 0; j < Vc; j++) s += double(std::exp(row[j] - mx));
+      rsum[i] = T(double(rsum[i]) * double(std::exp(rm[i] - mx)) + s);
+      rm[i] = mx;
+      if (t >= v0 && t < v0 + Vc) tl[i] = row[t - v0];
+    });
+  }
+  void ce_finish(const Tensor& loss, const Tensor& lse, const Tensor& run_max, const Tensor& run_sum,
+                 const Tensor& target_logit, const Tensor& targets, int n) override {
+    T* lo = p(loss);
+    T* ls = p(lse);
+    const T* rm = p(run_max);
+    const T* rsum = p(run_sum);
+    const T* tl = p(target_logit);
+    const int32_t* tg = static_cast<const int32_t*>(targets.ptr);
+    for (int i = 0; i < n; i++) {
+      if (tg[i] == -100) {
+        lo[i] = 0;
+        ls[i] = 0;
+      } else {
+        ls[i] = rm[i] + std::log(rsum[i]);
+        lo[i] = ls[i] - tl[i];
+      }
+    }
+  }
+  void ce_grad(const Tensor& logits, const Tensor& targets, const Tensor& lse, int n, int Vc, int v0,
+               float grad_scale) override {
+    T* lg = p(logits);
+    const int32_t* tg = static_cast<const int32_t*>(targets.ptr);
+    const T* ls = p(lse);
+    const T gs = T(grad_scale);
+    parallel_rows(n, [&](int i) {
+      T* row = lg + size_t(i) * Vc;
+      const int t = tg[i];
+      if (t == -100) {
+        std::fill_n(row, Vc, T(0));
+        return;
+      }
+      const T l = ls[i];
+      const int tj = t - v0;   // target column in this chunk (may be outside it)
+      for (int j = 0; j < Vc; j++) {
+        const T pj = std::exp(row[j] - l);
+        row[j] = (j == tj ? pj - T(1) : pj) * gs;
+      }
+    });
+  }
+
+  // ---- optimizer ----
+  double sum_sq(const Tensor& x, size_t n) override {
+    const T* xx = p(x);
+    constexpr size_t CH = 1 << 14;   // fixed chunking → same result for any thread count
+    const size_t nch = (n + CH - 1) / CH;
+    std::vector<double> part(nch, 0.0);
+    pool_.parallel_for(int64_t(nch), [&](int64_t c) {
+      double s = 0;
+      for (size_t i = size_t(c) * CH, e = std::min(n, size_t(c + 1) * CH); i < e; i++) s += double(xx[i]) * double(xx[i]);
+      part[size_t(c)] = s;
+    });
+    double total = 0;
+    for (double s : part) total += s;
+    return total;
+  }
+
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, size_t n, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, int64_t t, float grad_scale) override {
+    T* pp = p(param);
+    const T* gg = p(grad);
+    T* mm = p(m);
+    T* vv = p(v);
+    // Scalars as torch computes them (Python doubles), rounded to the tensor dtype where torch applies them.
+    const double bc1 = 1.0 - std::pow(beta1, double(t));
+    const double bc2 = 1.0 - std::pow(beta2, double(t));
+    const T decay = T(1.0 - lr * weight_decay);
+    const T w1 = T(1.0 - beta1);
+    const T b2 = T(beta2), one_minus_b2 = T(1.0 - beta2);
+    const T bc2_sqrt = T(std::sqrt(bc2));
+    const T neg_step = T(-(lr / bc1));
+    const T teps = T(eps);
+    const T gs = T(grad_scale);
+    const bool lerp_low = std::fabs(double(w1)) < 0.5;
+    parallel_range(n, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; i++) {
+        const T g = grad_scale == 1.0f ? gg[i] : gg[i] * gs;
+        if (weight_decay != 0.0) pp[i] *= decay;
+        mm[i] = lerp_low ? mm[i] + w1 * (g - mm[i]) : g - (g - mm[i]) * (T(1) - w1);
+        vv[i] = vv[i] * b2;
+        vv[i] = vv[i] + one_minus_b2 * g * g;
+        const T denom = std::sqrt(vv[i]) / bc2_sqrt + teps;
+        pp[i] = pp[i] + neg_step * mm[i] / denom;
+      }
+    });
+  }
+
+ private:
+  ThreadPool pool_;
+  std::mutex mem_mu_;
+  std::vector<std::pair<void*, size_t>> allocs_;
+  size_t in_use_ = 0, peak_ = 0;
+
+  static T* p(const Tensor& t) { return static_cast<T*>(t.ptr); }
+
+  void track_alloc(void* ptr, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mem_mu_);
+    allocs_.push_back({ptr, bytes});
+    in_use_ += bytes;
+    peak_ = std::max(peak_, in_use_);
+  }
+  void untrack(void* ptr) {
+    std::lock_guard<std::mutex> lock(mem_mu_);
+    for (size_t i = allocs_.size(); i-- > 0;)
+      if (allocs_[i].first == ptr) {
+        in_use_ -= allocs_[i].second;
+        allocs_[i] = allocs_.back();
+        allocs_.pop_back();
+        return;
+      }
+    throw EngineError("cpu backend: free of a pointer it did not allocate");
+  }
+  static void check_range(const Tensor& t, size_t n, size_t offset, const char* what) {
+    if (offset + n > t.n)
+      throw EngineError(std::string("cpu backend: ") + what + " out of range (" + std::to_string(offset + n) + " > " +
+                        std::to_string(t.n) + ")");
+  }
+  template <typename S>
+  void upload_any(const Tensor& dst, const S* src, size_t n, size_t offset) {
+    check_range(dst, n, offset, "upload");
+    if (dst.dtype == DType::I32) throw EngineError("cpu backend: float upload into an index tensor");
+    T* d = p(dst) + offset;
+    for (size_t i = 0; i < n; i++) d[i] = T(src[i]);
+  }
+  template <typename S>
+  void download_any(const Tensor& src, S* dst, size_t n, size_t offset) {
+    check_range(src, n, offset, "download");
+    if (src.dtype == DType::I32) {
+      const int32_t* s = static_cast<const int32_t*>(src.ptr) + offset;
+      for (size_t i = 0; i < n; i++) dst[i] = S(s[i]);
+      return;
+    }
+    const T* s = p(src) + offset;
+    for (size_t i = 0; i < n; i++) dst[i] = S(s[i]);
+  }
+
+  // Rows in blocks: one task per ~4096 elements of work keeps tasks coarse for small models.
+  template <typename F>
+  void parallel_rows(int N, const F& fn) {
+    const int per = std::max(1, std::min(N, 64));
+    const int tasks = (N + per - 1) / per;
+    pool_.parallel_for(tasks, [&](int64_t t) {
+      for (int i = int(t) * per, e = std::min(N, int(t + 1) * per); i < e; i++) fn(i);
+    });
+  }
+  template <typename F>
+  void parallel_range(size_t n, const F& fn) {
+    constexpr size_t CH = 1 << 15;
+    const size_t tasks = (n + CH - 1) / CH;
+    pool_.parallel_for(int64_t(tasks), [&](int64_t t) { fn(size_t(t) * CH, std::min(n, size_t(t + 1) * CH)); });
+  }
+
+  static T act_fn(T g, Glu act) {
+    if (act == Glu::SwiGLU) return g / (T(1) + std::exp(-g));
+    const T c = T(0.7978845608028654);   // √(2/π)
+    return T(0.5) * g * (T(1) + std::tanh(c * (g + T(0.044715) * g * g * g)));
+  }
+  static T act_grad(T g, Glu act) {
+    if (act == Glu::SwiGLU) {
+      const T s = T(1) / (T(1) + std::exp(-g));
+      return s * (T(1) + g * (T(1) - s));
+    }
+    const T c = T(0.7978845608028654);
+    const T inner = c * (g + T(0.044715) * g * g * g);
+    const T th = std::tanh(inner);
+    return T(0.5) * (T(1) + th) + T(0.5) * g * (T(1) - th * th) * c * (T(1) + T(3 * 0.044715) * g * g);
+  }
+
+  void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H, int HD,
+                  bool inverse) {
+    T* xx = p(x);
+    const int32_t* pos = static_cast<const int32_t*>(positions.ptr);
+    const T* inv = p(inv_freq);
+    const int half = HD / 2;
+    parallel_rows(N, [&](int i) {
+      thread_local std::vector<T> cs, sn;
+      cs.resize(size_t(half));
+      sn.resize(size_t(half));
+      const T fp = T(pos[i]);
+      for (int d = 0; d < half; d++) {
+        const T ang = inv[d] * fp;   // fp32 like transformers: inv_freq @ position_ids in float
+        cs[d] = std::cos(ang);
+        sn[d] = inverse ? -std::sin(ang) : std::sin(ang);
+      }
+      for (int h = 0; h < H; h++) {
+        T* r = xx + (size_t(i) * H + h) * HD;
+        for (int d = 0; d < half; d++) {
+          const T x1 = r[d], x2 = r[d + half];
+          r[d] = x1 * cs[d] + (-x2) * sn[d];
+          r[d + half] = x2 * cs[d] + x1 * sn[d];
+        }
+      }
+    });
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend<float>>(threads); }
+std::unique_ptr<Backend> make_cpu_backend_f64(int threads) { return std::make_unique<CpuBackend<double>>(threads); }
+
+}  // namespace nxft
