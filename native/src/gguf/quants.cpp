@@ -6,6 +6,9 @@
 // ggml casts, and round-half-even (the 1.5·2^23 trick) where ggml uses nearest_int.
 #include "gguf/quants.h"
 
+// Parity needs unfused multiply-adds even if someone builds the engine with -march=native (FMA).
+#pragma GCC optimize("fp-contract=off")
+
 #include <cmath>
 #include <cstring>
 #include <string>
