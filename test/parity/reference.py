@@ -1,0 +1,518 @@
+"""reference.py — the PyTorch + transformers + PEFT side of the engine parity tests.
+
+The native engine (`finetune-engine`) must compute exactly what this file computes with the real libraries:
+  * tiny HF models (llama GQA/tied, llama MHA/untied/llama3-rope, qwen2 with q/k/v bias, gemma, mistral) built
+    from a config with a fixed seed and saved as HF folders;
+  * token shards in our format (docs/engine-protocol.md), including packed rows;
+  * a LoRA `train` job run in torch: same job JSON the engine reads, PEFT adapter, torch AdamW,
+    transformers' LR schedules, clip_grad_norm_, gradient accumulation, loss = sum CE / targets of the step.
+
+Importable helpers (used by test_*.py and bench/train-cpu.py) plus a small CLI:
+  python test/parity/reference.py make-model --arch llama-gqa-tied --out DIR [--seed 0]
+  python test/parity/reference.py make-shard --vocab 160 --seq-len 32 --rows 40 --out FILE.tokens.bin
+  python test/parity/reference.py train --job JOB.json          # writes adapter + metrics.jsonl like the engine
+  python test/parity/reference.py forward-loss --model DIR [--adapter DIR] --shard FILE
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import numpy as np
+import torch
+
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
+
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+STORIES_HF = FIXTURES / "models" / "stories260K-hf"
+
+LORA_TARGETS_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def engine_path() -> Path:
+    """The engine binary: $NXFT_ENGINE, else native/build/finetune-engine (built by the CI test script)."""
+    env = os.environ.get("NXFT_ENGINE")
+    return Path(env) if env else REPO_ROOT / "native" / "build" / "finetune-engine"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiny models
+# ---------------------------------------------------------------------------------------------------------
+
+# name -> (model_type, config kwargs). Tiny on purpose: 2 layers, hidden 32-64, vocab 128-200.
+# initializer_range is raised from 0.02 so that logits are far from uniform and the LoRA has a visible effect.
+TINY_ARCHS: dict[str, tuple[str, dict]] = {
+    # GQA (6 query heads share 2 KV heads), tied embeddings.
+    "llama-gqa-tied": ("llama", dict(
+        vocab_size=160, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-5, max_position_embeddings=256,
+        rope_theta=10000.0, initializer_range=0.08, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # MHA, untied lm_head, llama3 rope scaling. original_max_position_embeddings=64 so that, with head_dim 16 and
+    # theta 5e5, one frequency is kept, one is in the smoothed band and six are divided by `factor`: positions
+    # below 64 then see clearly different rotations than with plain RoPE.
+    "llama-mha-llama3": ("llama", dict(
+        vocab_size=200, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=256,
+        rope_theta=500000.0, initializer_range=0.08, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64})),
+    # q/k/v bias (perturbed to non-zero below), untied, theta 1e6.
+    "qwen2-bias": ("qwen2", dict(
+        vocab_size=180, hidden_size=48, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False, rms_norm_eps=1e-6, max_position_embeddings=256,
+        rope_theta=1000000.0, initializer_range=0.08, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        use_sliding_window=False)),
+    # head_dim 16 != hidden 32 / 4 heads; tied; embed * sqrt(hidden); RMSNorm (1 + w); GeGLU tanh; MQA.
+    "gemma": ("gemma", dict(
+        vocab_size=150, hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=16, tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=256,
+        rope_theta=10000.0, initializer_range=0.08, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # mistral: GQA, untied, sliding window far above the sequence lengths used here.
+    "mistral": ("mistral", dict(
+        vocab_size=140, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=2, tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=256,
+        rope_theta=10000.0, initializer_range=0.08, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        sliding_window=4096)),
+}
+
+
+ARCH_CLASS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma": "GemmaForCausalLM",
+              "mistral": "MistralForCausalLM"}
+
+
+def tiny_config(arch: str):
+    model_type, kwargs = TINY_ARCHS[arch]
+    return AutoConfig.for_model(model_type, architectures=[ARCH_CLASS[model_type]], **kwargs)
+
+
+def make_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Builds a tiny model from its config with a fixed seed and saves it as an HF folder (F32 safetensors).
+
+    Norm weights get N(0, 0.1) noise and biases N(0, 0.1) values, because transformers initialises them to
+    constants (1, 0, or 0 for gemma's 1+w), and a constant would hide an engine that ignores them."""
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    config = tiny_config(arch)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith(".bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_model(model_dir: str | Path, dtype=torch.float32):
+    """Loads an HF folder with eager attention (so our 4D additive mask is used verbatim)."""
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="eager")
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token shards (docs/engine-protocol.md "Token shards")
+# ---------------------------------------------------------------------------------------------------------
+
+SHARD_MAGIC = b"NXFTSHD1"
+
+
+def write_shard(path: str | Path, tokens: np.ndarray, targets: np.ndarray, positions: np.ndarray) -> Path:
+    """tokens/targets/positions: (R, T) int arrays. Writes `*.tokens.bin` (little-endian)."""
+    tokens, targets, positions = (np.asarray(a, dtype="<i4") for a in (tokens, targets, positions))
+    assert tokens.shape == targets.shape == positions.shape and tokens.ndim == 2
+    R, T = tokens.shape
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(SHARD_MAGIC)
+        f.write(struct.pack("<IIII", 1, T, R, 0))
+        rows = np.stack([tokens, targets, positions], axis=1)  # (R, 3, T)
+        f.write(rows.astype("<i4").tobytes())
+    return path
+
+
+def read_shard(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    data = Path(path).read_bytes()
+    if data[:8] != SHARD_MAGIC:
+        raise ValueError(f"{path}: bad magic {data[:8]!r}")
+    version, T, R, flags = struct.unpack("<IIII", data[8:24])
+    if version != 1:
+        raise ValueError(f"{path}: version {version}")
+    rows = np.frombuffer(data, dtype="<i4", offset=24).reshape(R, 3, T)
+    return rows[:, 0].copy(), rows[:, 1].copy(), rows[:, 2].copy()
+
+
+def pack_documents(docs: list[tuple[list[int], int]], seq_len: int, pad_id: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy packing of documents into rows of seq_len.
+
+    docs: (token ids, n_prompt) — the first n_prompt tokens are prompt: no loss on predicting them.
+    target[t] = doc[t+1] when t+1 is inside the doc and not a prompt token, else -100 (so the last token of a
+    doc predicts nothing: documents never leak into each other). Documents longer than seq_len are truncated.
+    The row tail is a padding document (pad ids, positions 0.., targets -100)."""
+    rows_tok, rows_tgt, rows_pos = [], [], []
+    cur_tok: list[int] = []
+    cur_tgt: list[int] = []
+    cur_pos: list[int] = []
+
+    def flush():
+        n_pad = seq_len - len(cur_tok)
+        rows_tok.append(cur_tok + [pad_id] * n_pad)
+        rows_tgt.append(cur_tgt + [-100] * n_pad)
+        rows_pos.append(cur_pos + list(range(n_pad)))
+        cur_tok.clear(); cur_tgt.clear(); cur_pos.clear()
+
+    for ids, n_prompt in docs:
+        ids = list(ids)[:seq_len]
+        if len(cur_tok) + len(ids) > seq_len:
+            flush()
+        for t, tok in enumerate(ids):
+            cur_tok.append(int(tok))
+            nxt = t + 1
+            cur_tgt.append(int(ids[nxt]) if nxt < len(ids) and nxt >= n_prompt else -100)
+            cur_pos.append(t)
+    if cur_tok:
+        flush()
+    return (np.array(rows_tok, dtype=np.int32), np.array(rows_tgt, dtype=np.int32),
+            np.array(rows_pos, dtype=np.int32))
+
+
+def random_documents(vocab_size: int, n_docs: int, seed: int, min_len: int = 5, max_len: int = 20,
+                     bos: int = 1, eos: int = 2) -> list[tuple[list[int], int]]:
+    """Random documents [bos, prompt…, completion…, eos] with random prompt lengths (ids >= 3)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n_docs):
+        n = int(rng.integers(min_len, max_len + 1))
+        body = rng.integers(3, vocab_size, size=n).tolist()
+        n_prompt = 1 + int(rng.integers(0, n // 2 + 1))
+        docs.append(([bos] + body + [eos], n_prompt))
+    return docs
+
+
+def make_training_rows(vocab_size: int, seq_len: int, n_rows: int, seed: int, n_distinct: int | None = None,
+                       pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n_rows packed rows. With n_distinct, the first n_distinct rows repeat cyclically, so training sees the
+    same examples again and the loss falls visibly (a stronger test than a flat loss)."""
+    base_rows = n_distinct or n_rows
+    docs = random_documents(vocab_size, n_docs=base_rows * seq_len // 6 + 8, seed=seed,
+                            max_len=max(6, seq_len // 2))
+    tok, tgt, pos = pack_documents(docs, seq_len, pad_id)
+    tok, tgt, pos = tok[:base_rows], tgt[:base_rows], pos[:base_rows]
+    assert len(tok) == base_rows, "not enough documents for the requested rows"
+    idx = np.arange(n_rows) % base_rows
+    return tok[idx], tgt[idx], pos[idx]
+
+
+def text_documents_stories(n_docs: int, seed: int = 0, max_tokens: int = 60) -> list[tuple[list[int], int]]:
+    """Real TinyStories text tokenized with stories260K's tokenizer.json: each paragraph is a document whose
+    first sentence is the prompt."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(STORIES_HF / "tokenizer.json"))
+    text = (FIXTURES / "text" / "tinystories_val_sample.txt").read_text(encoding="utf-8")
+    paras = [p.strip() for p in text.split("\n\n") if len(p.strip()) > 40]
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in rng.permutation(len(paras))[:n_docs]:
+        para = paras[int(i)]
+        first = para.split(". ")[0] + "."
+        ids = [1] + tok.encode(para, add_special_tokens=False).ids[: max_tokens - 2] + [2]
+        n_prompt = min(len(ids) - 2, 1 + len(tok.encode(first, add_special_tokens=False).ids))
+        docs.append((ids, n_prompt))
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention mask and loss for packed rows
+# ---------------------------------------------------------------------------------------------------------
+
+def packed_causal_mask(positions: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """positions: (B, T) -> additive mask (B, 1, T, T): 0 where key k <= query q in the same document, else
+    the dtype's most negative value. A document starts where positions == 0 (protocol)."""
+    doc = torch.cumsum((positions == 0).to(torch.int64), dim=1)  # (B, T) document index per token
+    T = positions.shape[1]
+    same_doc = doc[:, :, None] == doc[:, None, :]
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))[None]
+    allowed = same_doc & causal
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def forward_logits(model, tokens, positions) -> torch.Tensor:
+    """(B, T) int arrays -> fp32 logits (B, T, V) with positions restarting per document and no attention
+    across documents."""
+    tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    positions = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+    out = model(input_ids=tokens, position_ids=positions, attention_mask=packed_causal_mask(positions),
+                use_cache=False)
+    return out.logits.float()
+
+
+def ce_sum(logits: torch.Tensor, targets) -> torch.Tensor:
+    """Sum of cross-entropy over targets != -100."""
+    targets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+
+
+def forward_loss(model, tokens, targets, positions) -> float:
+    """Mean CE over targets != -100 of the given rows (what the engine reports for one step)."""
+    with torch.no_grad():
+        logits = forward_logits(model, tokens, positions)
+        n = int((np.asarray(targets) != -100).sum())
+        return float(ce_sum(logits, targets)) / n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PEFT adapters
+# ---------------------------------------------------------------------------------------------------------
+
+def make_peft_adapter(base_dir: str | Path, out_dir: str | Path, r: int, alpha: float, targets: list[str],
+                      rslora: bool = False, seed: int = 0, random_b: bool = False) -> Path:
+    """The initial adapter both sides start from. PEFT default init (A kaiming-uniform, B = 0), or with
+    random_b a non-zero B as well (PEFT's init_lora_weights=False) so that step 1 already has LoRA output and
+    gradients on A. Saved with save_pretrained (adapter_config.json + adapter_model.safetensors)."""
+    from peft import LoraConfig, get_peft_model
+    base = load_model(base_dir)
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), use_rslora=rslora,
+                     bias="none", task_type="CAUSAL_LM", init_lora_weights=not random_b)
+    peft_model = get_peft_model(base, cfg)
+    if random_b:
+        # PEFT's init_lora_weights=False gives B the same kaiming-uniform init as A (bound 1/sqrt(r)), which
+        # makes the LoRA term as large as the base output; scale B down to a realistic "after some training".
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    p.mul_(0.05)
+    peft_model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def load_peft(base_dir: str | Path, adapter_dir: str | Path, trainable: bool = False):
+    from peft import PeftModel
+    base = load_model(base_dir)
+    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    model.eval()
+    return model
+
+
+def load_adapter_tensors(adapter_dir: str | Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    return load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reference `train` job
+# ---------------------------------------------------------------------------------------------------------
+
+def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int):
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
+    if schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if schedule == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    raise ValueError(f"train.schedule: unknown schedule {schedule!r}")
+
+
+def load_rows(shards: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    parts = [read_shard(s) for s in shards]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def reference_train(job: dict, write_out: bool = True, threads: int | None = None,
+                    on_step=None) -> list[dict]:
+    """Runs an engine `train` job (same JSON) with torch + PEFT in fp32. Rows are taken in file order
+    (train.shuffle must be false): step s, micro-batch m uses rows [(s*GA + m)*B, +B), wrapping around.
+    Returns one dict per step: step, loss, lr, grad_norm, tokens, elapsed_s."""
+    tr = job["train"]
+    lora = job["lora"]
+    if tr.get("shuffle", True):
+        raise ValueError("reference_train: train.shuffle must be false (row order must be reproducible)")
+    if job.get("quantize_base"):
+        raise ValueError("reference_train: quantize_base is not supported by the fp32 reference")
+    if threads:
+        torch.set_num_threads(threads)
+    base = load_model(job["base"])
+    if lora.get("init_adapter"):
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(base, lora["init_adapter"], is_trainable=True)
+    else:
+        from peft import LoraConfig, get_peft_model
+        torch.manual_seed(tr.get("seed", 0))
+        model = get_peft_model(base, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                                target_modules=lora["targets"], use_rslora=lora.get("rslora", False),
+                                                task_type="CAUSAL_LM"))
+    model.train()  # dropout is 0 in the parity jobs; train() only matters for dropout
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tr["lr"], betas=(tr["beta1"], tr["beta2"]), eps=tr["eps"],
+                                  weight_decay=tr["weight_decay"])
+    steps = int(tr["steps"])
+    scheduler = make_scheduler(optimizer, tr["schedule"], int(tr.get("warmup_steps", 0)), steps)
+    tokens, targets, positions = load_rows(job["train_shards"])
+    B, GA = int(tr["batch_size"]), int(tr["grad_accum"])
+    n_rows = len(tokens)
+    max_norm = tr.get("max_grad_norm") or 0.0
+
+    records = []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        row_idx = [((step * GA + m) * B + b) % n_rows for m in range(GA) for b in range(B)]
+        n_items = int((targets[row_idx] != -100).sum())
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for m in range(GA):
+            idx = row_idx[m * B:(m + 1) * B]
+            logits = forward_logits(model, tokens[idx], positions[idx])
+            ce = ce_sum(logits, targets[idx])
+            (ce / n_items).backward()
+            loss_sum += float(ce.detach())
+        if max_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        rec = {"event": "step", "step": step + 1, "total_steps": steps, "loss": loss_sum / n_items, "lr": lr,
+               "grad_norm": grad_norm, "tokens": B * GA * tokens.shape[1],
+               "elapsed_s": time.perf_counter() - t0}
+        records.append(rec)
+        if on_step:
+            on_step(rec)
+    if write_out:
+        out = Path(job["out"])
+        model.save_pretrained(str(out))
+        with open(out / "metrics.jsonl", "w") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running the engine
+# ---------------------------------------------------------------------------------------------------------
+
+class EngineError(RuntimeError):
+    pass
+
+
+def run_engine(command: str, job: dict, job_path: str | Path, timeout: float = 300) -> list[dict]:
+    """Writes the job file, runs `finetune-engine <command> --job <job>`, returns the parsed stdout events.
+    Raises EngineError with the error event / stderr on failure."""
+    job_path = Path(job_path)
+    job_path.write_text(json.dumps(job, indent=2))
+    exe = engine_path()
+    proc = subprocess.run([str(exe), command, "--job", str(job_path)], capture_output=True, text=True,
+                          timeout=timeout)
+    events = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise EngineError(f"engine stdout line is not JSON: {line!r}") from e
+    if proc.returncode != 0:
+        errors = [e for e in events if e.get("event") == "error"]
+        raise EngineError(f"finetune-engine {command} exited {proc.returncode}: "
+                          f"{errors[-1] if errors else ''}\nstderr: {proc.stderr[-3000:]}")
+    return events
+
+
+def train_job(base: str | Path, shards: list[str | Path], out: str | Path, *, r: int, alpha: float,
+              targets: list[str], rslora: bool = False, init_adapter: str | Path | None = None, lr: float = 1e-3,
+              schedule: str = "linear", warmup_steps: int = 0, steps: int = 20, batch_size: int = 2,
+              grad_accum: int = 1, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0, max_grad_norm: float = 1.0, threads: int = 2) -> dict:
+    """A protocol `train` job (docs/engine-protocol.md) for the CPU backend, fp32, no shuffling."""
+    return {
+        "command": "train",
+        "base": str(base),
+        "train_shards": [str(s) for s in shards],
+        "eval_shards": [],
+        "out": str(out),
+        "backend": "cpu",
+        "threads": threads,
+        "lora": {"r": r, "alpha": alpha, "dropout": 0.0, "targets": list(targets), "rslora": rslora,
+                 "init_adapter": str(init_adapter) if init_adapter else None},
+        "quantize_base": None,
+        "train": {"seed": 0, "lr": lr, "schedule": schedule, "warmup_steps": warmup_steps, "steps": steps,
+                  "epochs": None, "batch_size": batch_size, "grad_accum": grad_accum, "optimizer": "adamw",
+                  "beta1": beta1, "beta2": beta2, "eps": eps, "weight_decay": weight_decay,
+                  "max_grad_norm": max_grad_norm, "gradient_checkpointing": False, "eval_every": 0,
+                  "save_every": 0, "resume": False, "shuffle": False},
+        "base_model_name_or_path": str(base),
+    }
+
+
+def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int, stop_ids: list[int]) -> list[int]:
+    """transformers greedy decoding; returns only the new ids (stop id included when hit, like the engine's
+    `summary.ids` is expected to)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=list(stop_ids) if stop_ids else None, pad_token_id=0,
+                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
+    return out[0, len(prompt_ids):].tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("make-model"); p.add_argument("--arch", choices=sorted(TINY_ARCHS), required=True)
+    p.add_argument("--out", required=True); p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("make-shard"); p.add_argument("--vocab", type=int, required=True)
+    p.add_argument("--seq-len", type=int, required=True); p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--distinct", type=int, default=None); p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("make-adapter"); p.add_argument("--base", required=True); p.add_argument("--out", required=True)
+    p.add_argument("--r", type=int, default=8); p.add_argument("--alpha", type=float, default=16)
+    p.add_argument("--targets", default=",".join(LORA_TARGETS_ALL)); p.add_argument("--rslora", action="store_true")
+    p.add_argument("--random-b", action="store_true"); p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("train"); p.add_argument("--job", required=True); p.add_argument("--threads", type=int)
+    p = sub.add_parser("forward-loss"); p.add_argument("--model", required=True); p.add_argument("--adapter")
+    p.add_argument("--shard", required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "make-model":
+        print(make_model(a.arch, a.out, a.seed))
+    elif a.cmd == "make-shard":
+        tok, tgt, pos = make_training_rows(a.vocab, a.seq_len, a.rows, a.seed, a.distinct)
+        print(write_shard(a.out, tok, tgt, pos))
+    elif a.cmd == "make-adapter":
+        print(make_peft_adapter(a.base, a.out, a.r, a.alpha, a.targets.split(","), a.rslora, a.seed, a.random_b))
+    elif a.cmd == "train":
+        job = json.loads(Path(a.job).read_text())
+        reference_train(job, threads=a.threads, on_step=lambda rec: print(json.dumps(rec), flush=True))
+    elif a.cmd == "forward-loss":
+        model = load_peft(a.model, a.adapter) if a.adapter else load_model(a.model)
+        tok, tgt, pos = read_shard(a.shard)
+        print(json.dumps({"loss": forward_loss(model, tok, tgt, pos)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
