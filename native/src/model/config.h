@@ -3,6 +3,7 @@
 // GeGLU tanh, head_dim from config). Unknown model_type, missing or impossible fields → EngineError naming
 // config.json and the field.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 #include "util/json.h"
@@ -36,14 +37,25 @@ struct ModelConfig {
   std::string hidden_act = "silu";  // "silu" (SwiGLU) | "gelu_pytorch_tanh" (GeGLU, gemma)
   bool norm_plus_one = false;       // gemma: RMSNorm multiplies by (1 + w)
   bool scale_embeddings = false;    // gemma: hidden = embed · √C (rounded to the activation dtype)
-  int bos_token_id = -1, eos_token_id = -1, pad_token_id = -1;
+  int bos_token_id = -1, eos_token_id = -1, pad_token_id = -1;   // eos: the first one when config lists several
+  std::vector<int> eos_token_ids;   // all eos ids (Llama 3.1 Instruct lists three)
+  int sliding_window = 0;           // mistral/qwen2 when enabled; 0 = none (informational: the engine's
+                                    // sequences are far shorter than any released window)
+  double initializer_range = 0.02;
   std::string torch_dtype;          // as found ("float32", "bfloat16", …)
   Json raw;                         // the whole parsed config.json, to copy and edit on merge
 
   static ModelConfig load(const std::string& config_json_path);
   static ModelConfig from_json(const Json& j, const std::string& source);
-  // RoPE inverse frequencies, length head_dim/2, with llama3 scaling applied (transformers' formula).
+  // RoPE inverse frequencies, length head_dim/2, with linear/llama3 scaling applied (transformers' formula),
+  // evaluated in float64: the mathematically intended values.
   std::vector<double> rope_inv_freq() const;
+  // The same, evaluated the way transformers does it: every operation in float32, in the same order
+  // (base ** (arange(0,d,2)/d) then 1/x, then the llama3 wavelength bands). Use this one for parity with
+  // PyTorch: its results equal transformers' inv_freq buffer bit for bit for the configs in tests/config_test.cpp.
+  std::vector<float> rope_inv_freq_f32() const;
+  // Parameter count of the base model (embeddings, all layers, final norm, lm_head unless tied).
+  int64_t num_params() const;
 };
 
 }  // namespace nxft
