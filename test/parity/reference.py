@@ -119,9 +119,10 @@ def make_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def load_model(model_dir: str | Path, dtype=torch.float32):
-    """Loads an HF folder with eager attention (so our 4D additive mask is used verbatim)."""
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="eager")
+def load_model(model_dir: str | Path, dtype=torch.float32, attn: str = "eager"):
+    """Loads an HF folder with eager attention by default (our 4D additive mask is used verbatim; "sdpa" takes the
+    same mask and is what the benchmark uses)."""
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation=attn)
     model.eval()
     return model
 
@@ -341,7 +342,7 @@ def load_rows(shards: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def reference_train(job: dict, write_out: bool = True, threads: int | None = None,
-                    on_step=None) -> list[dict]:
+                    on_step=None, attn: str = "eager") -> list[dict]:
     """Runs an engine `train` job (same JSON) with torch + PEFT in fp32. Rows are taken in file order
     (train.shuffle must be false): step s, micro-batch m uses rows [(s*GA + m)*B, +B), wrapping around.
     Returns one dict per step: step, loss, lr, grad_norm, tokens, elapsed_s."""
@@ -353,7 +354,7 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
         raise ValueError("reference_train: quantize_base is not supported by the fp32 reference")
     if threads:
         torch.set_num_threads(threads)
-    base = load_model(job["base"])
+    base = load_model(job["base"], attn=attn)
     if lora.get("init_adapter"):
         from peft import PeftModel
         model = PeftModel.from_pretrained(base, lora["init_adapter"], is_trainable=True)
