@@ -1,0 +1,98 @@
+// hub.ts — fetches a Hugging Face Hub dataset split once into a local cache and returns its local files.
+// Files are chosen from the repo listing at the requested revision (data files whose path names the split, e.g.
+// train.jsonl, data/train-00000-of-00001.parquet); when there are none, the datasets-server's parquet conversion
+// (refs/convert/parquet) is used. HF_TOKEN is sent when set (gated/private datasets). HF_HUB_OFFLINE=1 never touches
+// the network. Later runs read the cache only.
+import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { writeFileAtomic } from "./fsutil";
+
+export interface HubSpec {
+  hub: string; // "org/name"
+  split?: string;
+  revision?: string;
+  config?: string;
+}
+
+export interface HubFiles {
+  files: string[]; // local paths, in a stable order
+  label: string[]; // "hub:org/name@sha/path" for each file (manifests)
+}
+
+const DATA_EXTS = [".parquet", ".jsonl", ".json", ".csv"];
+
+function headers(): Record<string, string> {
+  const token = process.env.HF_TOKEN ?? process.env.HUGGING_FACE_HUB_TOKEN;
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+async function getJson(url: string): Promise<any> {
+  const res = await fetch(url, { headers: headers() });
+  if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}${res.status === 401 || res.status === 403 ? " (set HF_TOKEN for gated or private datasets)" : ""}`);
+  return res.json();
+}
+
+async function download(url: string, dest: string): Promise<void> {
+  const res = await fetch(url, { headers: headers(), redirect: "follow" });
+  if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}`);
+  const buf = new Uint8Array(await res.arrayBuffer());
+  writeFileAtomic(dest, buf);
+}
+
+// Does `path` hold rows of `split` (by file or folder name)?
+export function pathMatchesSplit(path: string, split: string, config: string): boolean {
+  const lower = path.toLowerCase();
+  if (!DATA_EXTS.some((e) => lower.endsWith(e))) return false;
+  const parts = lower.split("/");
+  if (config !== "default" && !parts.slice(0, -1).includes(config.toLowerCase())) return false;
+  const name = parts[parts.length - 1];
+  const s = split.toLowerCase();
+  return parts.slice(0, -1).includes(s) || name === `${s}${name.slice(name.indexOf("."))}` || name.startsWith(`${s}-`) || name.startsWith(`${s}.`) || name.startsWith(`${s}_`);
+}
+
+export async function fetchHubDataset(spec: HubSpec, cacheRoot: string): Promise<HubFiles> {
+  const split = spec.split ?? "train";
+  const revision = spec.revision ?? "main";
+  const config = spec.config ?? "default";
+  if (!/^[\w.-]+\/[\w.-]+$/.test(spec.hub)) throw new Error(`data: field "hub": expected "org/name", found ${JSON.stringify(spec.hub)}`);
+  const dir = join(cacheRoot, spec.hub.replace("/", "--"), encodeURIComponent(revision), encodeURIComponent(config), encodeURIComponent(split));
+  const index = join(dir, "files.json");
+  if (existsSync(index)) {
+    const saved = JSON.parse(readFileSync(index, "utf8")) as { files: string[]; label: string[] };
+    if (saved.files.every((f) => existsSync(join(dir, f)))) return { files: saved.files.map((f) => join(dir, f)), label: saved.label };
+  }
+  const what = `hub dataset ${spec.hub} (config ${config}, split ${split}, revision ${revision})`;
+  if (process.env.HF_HUB_OFFLINE === "1") {
+    throw new Error(`${what} is not in the local cache ${dir} and HF_HUB_OFFLINE=1: run once with network access, or point data.path at local files`);
+  }
+  try {
+    const info = await getJson(`https://huggingface.co/api/datasets/${spec.hub}/revision/${encodeURIComponent(revision)}`);
+    const sha: string = info.sha ?? revision;
+    let remote: Array<{ url: string; label: string }> = (info.siblings ?? [])
+      .map((s: any) => String(s.rfilename))
+      .filter((p: string) => pathMatchesSplit(p, split, config))
+      .sort()
+      .map((p: string) => ({ url: `https://huggingface.co/datasets/${spec.hub}/resolve/${sha}/${p}`, label: `hub:${spec.hub}@${sha}/${p}` }));
+    if (remote.length === 0) {
+      const pq = await getJson(`https://datasets-server.huggingface.co/parquet?dataset=${encodeURIComponent(spec.hub)}`);
+      remote = (pq.parquet_files ?? [])
+        .filter((f: any) => f.split === split && (config === "default" ? true : f.config === config))
+        .filter((f: any, _: number, all: any[]) => f.config === (config === "default" ? all[0].config : config))
+        .map((f: any) => ({ url: String(f.url), label: `hub:${spec.hub}@refs/convert/parquet/${f.config}/${f.split}/${f.filename}` }))
+        .sort((a: any, b: any) => (a.url < b.url ? -1 : 1));
+    }
+    if (remote.length === 0) throw new Error(`no data files for split "${split}"`);
+    mkdirSync(dir, { recursive: true });
+    const names: string[] = [];
+    for (const [i, r] of remote.entries()) {
+      const ext = DATA_EXTS.find((e) => r.url.toLowerCase().split("?")[0].endsWith(e)) ?? ".parquet";
+      const name = `${String(i).padStart(5, "0")}${ext}`;
+      await download(r.url, join(dir, name));
+      names.push(name);
+    }
+    writeFileAtomic(index, JSON.stringify({ files: names, label: remote.map((r) => r.label) }, null, 2) + "\n");
+    return { files: names.map((n) => join(dir, n)), label: remote.map((r) => r.label) };
+  } catch (err) {
+    throw new Error(`${what} is not in the local cache ${dir} and could not be downloaded (offline?): ${(err as Error).message}`);
+  }
+}

@@ -1,0 +1,220 @@
+// tokenizer.ts — loads a Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json) with
+// @huggingface/tokenizers and adds what the pipeline needs on top: BOS/EOS/PAD ids per the config, special-token
+// lookup, "continuation" encoding (text that continues earlier text of the same document, so an SPM tokenizer must
+// not prepend another "▁"), plain and streaming (incremental, UTF-8-safe) decoding.
+import { readFileSync, existsSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { Tokenizer } from "@huggingface/tokenizers";
+import { sha256Hex } from "./fsutil";
+
+export interface LoadedTokenizer {
+  dir: string;
+  // sha256 over tokenizer.json and tokenizer_config.json bytes: identifies the tokenizer for caches and manifests.
+  sha256: string;
+  vocabSize: number; // max id + 1 over the model vocab and the added tokens
+  addBos: boolean; // whether a document starts with BOS (tokenizer_config add_bos_token, else the post-processor)
+  bosId: number | null;
+  eosId: number | null;
+  padId: number; // pad_token id, else 0 (padding positions never carry loss)
+  unkId: number | null;
+  bosToken: string | null;
+  eosToken: string | null;
+  chatTemplate: string | null;
+  config: Record<string, any>;
+  json: Record<string, any>;
+  // Encodes text that starts a document or follows a special token (SPM tokenizers prepend "▁"). Special tokens
+  // written in the text (e.g. "<|im_end|>") map to their ids. Never adds BOS/EOS.
+  encode(text: string): number[];
+  // Encodes text that directly continues earlier text of the same document (no "▁" prepended to its first piece).
+  encodeContinuation(text: string): number[];
+  tokenId(token: string): number | undefined;
+  decode(ids: ArrayLike<number>, opts?: { skipSpecialTokens?: boolean }): string;
+  // The underlying @huggingface/tokenizers object.
+  hf: Tokenizer;
+}
+
+const cache = new Map<string, LoadedTokenizer>();
+
+// Reads a token name from a config value: "<s>" or { content: "<s>", ... } (older configs), or null.
+function tokenName(v: unknown): string | null {
+  if (typeof v === "string") return v;
+  if (v && typeof v === "object" && typeof (v as any).content === "string") return (v as any).content;
+  return null;
+}
+
+function readJson(path: string): any {
+  if (!existsSync(path)) throw new Error(`${path}: file not found (a tokenizer folder needs tokenizer.json and tokenizer_config.json)`);
+  const text = readFileSync(path, "utf8");
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new Error(`${path}: invalid JSON: ${(err as Error).message}`);
+  }
+}
+
+// A copy of tokenizer.json whose normalizer / pre-tokenizer never add a prefix space: used for text that continues
+// a previous segment, so that splitting a document into prompt/response segments gives the same pieces a single
+// pass over the text would (no spurious "▁" at the start of a response).
+function withoutPrefixSpace(json: any): { json: any; changed: boolean } {
+  const copy = JSON.parse(JSON.stringify(json));
+  let changed = false;
+  const fixNormalizer = (n: any): any => {
+    if (!n) return n;
+    if (n.type === "Prepend") { changed = true; return null; }
+    if (n.type === "Sequence") {
+      n.normalizers = n.normalizers.map(fixNormalizer).filter((x: any) => x !== null);
+      return n;
+    }
+    return n;
+  };
+  const fixPre = (p: any): any => {
+    if (!p) return p;
+    if (p.type === "Metaspace") {
+      if (p.prepend_scheme !== "never" || p.add_prefix_space) changed = true;
+      p.prepend_scheme = "never";
+      p.add_prefix_space = false;
+    } else if (p.type === "ByteLevel" && p.add_prefix_space) {
+      p.add_prefix_space = false;
+      changed = true;
+    } else if (p.type === "Sequence") {
+      p.pretokenizers = p.pretokenizers.map(fixPre);
+    }
+    return p;
+  };
+  copy.normalizer = fixNormalizer(copy.normalizer);
+  copy.pre_tokenizer = fixPre(copy.pre_tokenizer);
+  return { json: copy, changed };
+}
+
+// Loads (and caches per folder + content) the tokenizer in `dir`.
+export function tokenizerFor(dir: string): LoadedTokenizer {
+  dir = resolve(dir);
+  const jsonPath = join(dir, "tokenizer.json");
+  const configPath = join(dir, "tokenizer_config.json");
+  if (!existsSync(jsonPath)) throw new Error(`${jsonPath}: file not found (a tokenizer folder needs tokenizer.json and tokenizer_config.json)`);
+  const jsonBytes = readFileSync(jsonPath);
+  const configBytes = existsSync(configPath) ? readFileSync(configPath) : Buffer.from("{}");
+  const sha256 = sha256Hex(Buffer.concat([Buffer.from(sha256Hex(jsonBytes)), Buffer.from(sha256Hex(configBytes))]));
+  const key = `${dir}\0${sha256}`;
+  const hit = cache.get(key);
+  if (hit) return hit;
+
+  let json: any, config: any;
+  try { json = JSON.parse(jsonBytes.toString("utf8")); } catch (err) { throw new Error(`${jsonPath}: invalid JSON: ${(err as Error).message}`); }
+  try { config = JSON.parse(configBytes.toString("utf8")); } catch (err) { throw new Error(`${configPath}: invalid JSON: ${(err as Error).message}`); }
+  if (!json.model) throw new Error(`${jsonPath}: field "model": missing`);
+  const hf = new Tokenizer(json, config);
+  const noPrefix = withoutPrefixSpace(json);
+  const hfCont = noPrefix.changed ? new Tokenizer(noPrefix.json, config) : hf;
+
+  // Added tokens (special or not) are matched verbatim in text before normalization; we need them to find where a
+  // continuation's first text fragment ends.
+  const addedContents: string[] = (json.added_tokens ?? []).map((t: any) => String(t.content));
+
+  let vocabSize = 0;
+  const vocab = json.model.vocab;
+  if (Array.isArray(vocab)) vocabSize = vocab.length; // Unigram: [[piece, score], ...]
+  else if (vocab) for (const id of Object.values(vocab) as number[]) vocabSize = Math.max(vocabSize, id + 1);
+  for (const t of json.added_tokens ?? []) vocabSize = Math.max(vocabSize, t.id + 1);
+
+  const idOf = (name: string | null, field: string): number | null => {
+    if (name === null) return null;
+    const id = hf.token_to_id(name);
+    if (id === undefined) throw new Error(`${configPath}: field "${field}": token ${JSON.stringify(name)} is not in the vocabulary`);
+    return id;
+  };
+  const bosToken = tokenName(config.bos_token);
+  const eosToken = tokenName(config.eos_token);
+  const bosId = idOf(bosToken, "bos_token");
+  const eosId = idOf(eosToken, "eos_token");
+  const padId = idOf(tokenName(config.pad_token), "pad_token") ?? 0;
+  const unkId = idOf(tokenName(config.unk_token), "unk_token") ?? (json.model.unk_token ? hf.token_to_id(json.model.unk_token) ?? null : null);
+
+  // BOS: an explicit add_bos_token in the config wins (as in transformers' Llama tokenizers); otherwise whatever the
+  // post-processor adds in front of a single sequence.
+  let addBos: boolean;
+  let bosFinal = bosId;
+  if (typeof config.add_bos_token === "boolean") {
+    addBos = config.add_bos_token;
+    if (addBos && bosId === null) throw new Error(`${configPath}: field "add_bos_token": true but there is no bos_token`);
+  } else {
+    const withSpecial = hf.encode("a", { add_special_tokens: true }).ids;
+    const without = hf.encode("a", { add_special_tokens: false }).ids;
+    addBos = withSpecial.length > without.length && withSpecial[0] !== without[0];
+    if (addBos) bosFinal = withSpecial[0];
+  }
+
+  const encodeWith = (t: Tokenizer, text: string): number[] => (text.length === 0 ? [] : t.encode(text, { add_special_tokens: false }).ids);
+  const loaded: LoadedTokenizer = {
+    dir,
+    sha256,
+    vocabSize,
+    addBos,
+    bosId: bosFinal,
+    eosId,
+    padId,
+    unkId,
+    bosToken: bosFinal !== null ? hf.id_to_token(bosFinal) ?? bosToken : bosToken,
+    eosToken,
+    chatTemplate: typeof config.chat_template === "string" ? config.chat_template : null,
+    config,
+    json,
+    hf,
+    encode: (text) => encodeWith(hf, text),
+    encodeContinuation(text) {
+      if (hfCont === hf) return encodeWith(hf, text);
+      // Only the text before the first added token continues the previous segment; after a special token the
+      // tokenizer's usual rule (prefix space after specials, as llama.cpp and HF do) applies again.
+      let cut = text.length;
+      for (const a of addedContents) {
+        const i = text.indexOf(a);
+        if (i >= 0 && i < cut) cut = i;
+      }
+      return [...encodeWith(hfCont, text.slice(0, cut)), ...encodeWith(hf, text.slice(cut))];
+    },
+    tokenId: (token) => hf.token_to_id(token),
+    decode: (ids, opts) => (ids.length === 0 ? "" : hf.decode(Array.from(ids), { skip_special_tokens: opts?.skipSpecialTokens ?? false })),
+  };
+  cache.set(key, loaded);
+  return loaded;
+}
+
+// Decodes ids with the tokenizer in `dir` (special tokens kept unless skipSpecialTokens).
+export function decode(tokenizerDir: string, ids: ArrayLike<number>, opts?: { skipSpecialTokens?: boolean }): string {
+  return tokenizerFor(tokenizerDir).decode(ids, opts);
+}
+
+// Streaming detokenizer for the generate/chat flow: push token ids as the engine streams them, get back only the
+// newly completed text. Text is held back while the tail decodes to U+FFFD (an incomplete UTF-8 sequence from byte
+// tokens), and each step decodes a window that starts a few tokens back so SPM leading-space rules stay right.
+// `contextIds` (e.g. the prompt's last ids) set that window for the first generated tokens.
+export class StreamDecoder {
+  private ids: number[];
+  private prefix = 0; // window start
+  private read: number; // ids before this index have been emitted
+  constructor(private readonly tok: LoadedTokenizer, contextIds: ArrayLike<number> = [], private readonly skipSpecialTokens = false) {
+    this.ids = Array.from(contextIds).slice(-8);
+    this.read = this.ids.length;
+  }
+  push(id: number): string {
+    this.ids.push(id);
+    const opts = { skipSpecialTokens: this.skipSpecialTokens };
+    const before = this.tok.decode(this.ids.slice(this.prefix, this.read), opts);
+    const now = this.tok.decode(this.ids.slice(this.prefix), opts);
+    if (now.length > before.length && !now.endsWith("\uFFFD") && now.startsWith(before)) {
+      const out = now.slice(before.length);
+      this.prefix = this.read;
+      this.read = this.ids.length;
+      return out;
+    }
+    return "";
+  }
+  // Whatever is still held back (an incomplete byte sequence decodes to U+FFFD here).
+  flush(): string {
+    const opts = { skipSpecialTokens: this.skipSpecialTokens };
+    const before = this.tok.decode(this.ids.slice(this.prefix, this.read), opts);
+    const now = this.tok.decode(this.ids.slice(this.prefix), opts);
+    this.prefix = this.read = this.ids.length;
+    return now.startsWith(before) ? now.slice(before.length) : now;
+  }
+}
