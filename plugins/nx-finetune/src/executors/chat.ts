@@ -1,0 +1,57 @@
+// chat.ts — the `chat` executor: try the trained model. Renders the prompt with the recipe's template (the same
+// code the shards stage uses), runs `finetune-engine generate` with base + adapter, and streams decoded text as
+// the engine streams token ids.   nx run demo:chat --prompt="What is the capital of France?"
+import { dirname, resolve } from "node:path";
+import type { ExecutorContext } from "@nx/devkit";
+import { loadRecipe, RecipeError } from "../recipe";
+import { materializeStage } from "../stage-dir";
+import { baseModelDir, engine, stagePath, type StageContext } from "../stage-context";
+import { storeRoot } from "../store";
+import { pluginOptions } from "./stage";
+
+export interface ChatExecutorOptions {
+  recipe: string;
+  prompt?: string;
+  maxNewTokens?: number;
+  temperature?: number;
+  seed?: number;
+}
+
+export default async function chatExecutor(options: ChatExecutorOptions, context: ExecutorContext): Promise<{ success: boolean }> {
+  const workspaceRoot = context.root;
+  const recipeFile = resolve(workspaceRoot, options.recipe);
+  const projectDir = dirname(recipeFile);
+  try {
+    const recipe = loadRecipe(recipeFile, workspaceRoot);
+    const store = storeRoot(workspaceRoot, pluginOptions(context).storeDir);
+    for (const stage of ["base", "adapter"] as const) await materializeStage(store, projectDir, stage);
+    const ctx: StageContext = {
+      workspaceRoot, projectName: context.projectName ?? "recipe", projectDir, recipeFile, recipe, store, tmp: "",
+      log: (line) => console.error(line),
+    };
+    const prompt = options.prompt ?? recipe.chat.prompt;
+    if (!prompt) throw new Error(`no prompt: pass --prompt="…" or set chat.prompt in ${options.recipe}`);
+    const baseDir = baseModelDir(ctx);
+    const { tokenizerFor, StreamDecoder } = require("../data/tokenizer") as typeof import("../data/tokenizer");
+    const { renderRow, tokenizeRow, stopIds } = require("../data/templates") as typeof import("../data/templates");
+    const tok = tokenizerFor(baseDir);
+    const row = recipe.template.name === "text" ? { text: prompt } : { messages: [{ role: "user" as const, content: prompt }] };
+    let promptIds: number[];
+    if ("text" in row) promptIds = [...(tok.addBos && tok.bosId !== null ? [tok.bosId] : []), ...tok.encode(prompt)];
+    else promptIds = tokenizeRow(renderRow(row, recipe.template, tok, true), tok, false).ids;
+    const decoder = new StreamDecoder(tok, promptIds, true);
+    process.stdout.write(`> ${prompt}\n`);
+    const summary = await engine(ctx, "generate", {
+      model: baseDir, adapter: stagePath(ctx, "adapter"), prompt_ids: promptIds,
+      max_new_tokens: options.maxNewTokens ?? recipe.chat.max_new_tokens, temperature: options.temperature ?? recipe.chat.temperature,
+      top_k: 0, top_p: 1.0, seed: options.seed ?? 0, stop_ids: stopIds(recipe.template, tok),
+      backend: recipe.engine.backend, threads: recipe.engine.threads,
+    }, (e) => { if (e.event === "token") process.stdout.write(decoder.push(e.id)); });
+    process.stdout.write(decoder.flush() + "\n");
+    if (process.env.NXFT_DEBUG) console.error(`ids: ${JSON.stringify(summary.ids)}`);
+    return { success: true };
+  } catch (e) {
+    console.error(e instanceof RecipeError ? e.message : `chat failed: ${(e as Error).message}`);
+    return { success: false };
+  }
+}

@@ -1,0 +1,227 @@
+// index.ts — the Nx plugin: one project per recipe.json, with the inferred pipeline
+//
+//   base ─┐
+//   dataset → shards → adapter → merged → gguf → pipeline        (+ chat, watch)
+//
+// Each stage target is cached by exactly what it reads (nx.md §2.1):
+//   - its own recipe fields through a `json` input (editing export.gguf doesn't touch `adapter`'s hash),
+//   - upstream stages through `dependentTasksOutputFiles` on their small stage-manifest.json (early cutoff: a recipe
+//     edit that leaves the shards byte-identical doesn't retrain),
+//   - files outside Nx's view (datasets, base models) through a fast `runtime` fingerprint,
+//   - the engine's sources, the plugin code that runs the stage, and `externalDependencies` (never "all of npm").
+// Target options are the same for every stage shape ({recipe, stage}), so the project-config part of the hash,
+// which covers every target of the project, never changes when a recipe does.
+import { existsSync, readFileSync } from "node:fs";
+import { basename, dirname, join, relative, resolve, sep } from "node:path";
+import {
+  createNodesFromFiles,
+  type CreateNodes, type CreateNodesContext, type CreateNodesResult, type PostTasksExecution, type TargetConfiguration,
+} from "@nx/devkit";
+import { baseSpec, dataPaths, parseRecipe, type Recipe } from "./recipe";
+import { materializeStage, type StageName } from "./stage-dir";
+import { storeRoot } from "./store";
+
+export interface NxFinetunePluginOptions {
+  // Content store for big artifacts; relative to the workspace root. $NXFT_STORE wins. Default .nxft/store.
+  storeDir?: string;
+}
+
+export const STAGES = ["base", "dataset", "shards", "adapter", "merged", "gguf"] as const;
+const EXECUTOR = "@nx-finetune/plugin:stage";
+const PLUGIN_DIR = resolve(__dirname, "..");
+
+const stageDescriptions: Record<StageName, string> = {
+  base: "Resolve the base model: local folder (fingerprinted), Hub download (once, into the store) or engine init.",
+  dataset: "Read and normalize the dataset rows (jsonl/json/parquet), split train/eval.",
+  shards: "Render the prompt template, tokenize, write fixed-length token shards for the engine.",
+  adapter: "Train the LoRA/QLoRA adapter with the native engine (metrics.jsonl + loss.svg).",
+  merged: "Merge the adapter into the base weights (W + scale·B·A) and save in export.merged_dtype.",
+  gguf: "Export GGUF files (one per export.gguf type), adapter GGUF and Ollama Modelfile.",
+};
+
+// The recipe fields each stage reads — the only part of the recipe in its hash.
+const stageFields: Record<StageName, string[]> = {
+  base: ["base"],
+  dataset: ["data"],
+  shards: ["template"],
+  adapter: ["lora", "train", "quantize_base", "engine.backend"],
+  merged: ["export.merged_dtype"],
+  gguf: ["export.gguf", "export.adapter_gguf", "export.ollama", "template.name", "name"],
+};
+
+const stageDependsOn: Record<StageName, StageName[]> = {
+  base: [],
+  dataset: [],
+  shards: ["dataset", "base"],
+  adapter: ["shards", "base"],
+  merged: ["adapter", "base"],
+  gguf: ["merged", "adapter"],
+};
+
+// Small files Nx caches for each stage (big files are in the store, listed by stage-manifest.json).
+export const stageOutputs: Record<StageName, string[]> = {
+  base: ["stage-manifest.json", "run.json"],
+  dataset: ["stage-manifest.json", "run.json"],
+  shards: ["stage-manifest.json", "run.json"],
+  adapter: ["stage-manifest.json", "run.json", "metrics.jsonl", "loss.svg"],
+  merged: ["stage-manifest.json", "run.json"],
+  gguf: ["stage-manifest.json", "run.json"],
+};
+
+export const createNodes: CreateNodes<NxFinetunePluginOptions> = [
+  "**/recipe.json",
+  async (recipeFiles, options, context) => {
+    // createNodesFromFiles collects per-file errors (AggregateCreateNodesError): one bad recipe doesn't hide others.
+    return createNodesFromFiles(createRecipeProject, recipeFiles, options ?? {}, context);
+  },
+];
+
+function createRecipeProject(recipeFile: string, options: NxFinetunePluginOptions | undefined, context: CreateNodesContext): CreateNodesResult {
+  const projectRoot = dirname(recipeFile);
+  // A recipe.json is ours only when it declares our schema or sits under recipes/ (other tools use the name too).
+  const text = readFileSync(join(context.workspaceRoot, recipeFile), "utf8");
+  if (!text.includes("recipe.schema.json") && !`/${recipeFile}`.includes("/recipes/")) return {};
+  // Structure only at graph time; missing files are reported when a stage runs (the data may not exist yet).
+  const recipe = parseRecipe(text, recipeFile);
+  const name = recipe.name ?? basename(projectRoot);
+  const targets: Record<string, TargetConfiguration> = {};
+  for (const stage of STAGES) targets[stage] = stageTarget(stage, recipe, recipeFile, options ?? {}, context.workspaceRoot);
+
+  targets.pipeline = {
+    executor: "nx:noop",
+    dependsOn: ["gguf"],
+    cache: false,
+    metadata: { technologies: ["nx-finetune"], description: "Everything: dataset → shards → adapter → merged → gguf." },
+  };
+  targets.chat = {
+    executor: "@nx-finetune/plugin:chat",
+    options: { recipe: "{projectRoot}/recipe.json" },
+    dependsOn: ["adapter", "base"],
+    cache: false,
+    metadata: {
+      technologies: ["nx-finetune"],
+      description: "Chat with the trained model: renders the prompt with the recipe's template and streams the reply.",
+      help: { command: `nx run ${name}:chat --prompt="…"`, example: { options: { prompt: recipe.chat.prompt ?? "Hello" } } },
+    },
+  };
+  targets.watch = {
+    executor: "@nx-finetune/plugin:watch",
+    options: { recipe: "{projectRoot}/recipe.json" },
+    continuous: true,
+    cache: false,
+    metadata: { technologies: ["nx-finetune"], description: "Rerun the pipeline (up to gguf) whenever the recipe or its data change." },
+  };
+
+  return {
+    projects: {
+      [projectRoot]: {
+        name,
+        root: projectRoot,
+        projectType: "application",
+        tags: ["nx-finetune"],
+        targets,
+        metadata: {
+          description: recipe.description ?? `Fine-tune recipe ${recipeFile}`,
+          technologies: ["nx-finetune"],
+          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"] },
+        },
+      },
+    },
+  };
+}
+
+function stageTarget(stage: StageName, recipe: Recipe, recipeFile: string, options: NxFinetunePluginOptions, workspaceRoot: string): TargetConfiguration {
+  const inputs: TargetConfiguration["inputs"] = [{ json: "{projectRoot}/recipe.json", fields: stageFields[stage] }];
+  if (stageDependsOn[stage].length > 0) inputs.push({ dependentTasksOutputFiles: "**/stage-manifest.json" });
+  // Recipe paths are relative to the recipe's folder; the runtime command runs in the workspace root.
+  const fingerprinted = externalPaths(stage, recipe).map((p) => relativeOrAbsolute(workspaceRoot, resolve(workspaceRoot, dirname(recipeFile), p)));
+  if (fingerprinted.length > 0) inputs.push({ runtime: fingerprintCommand(fingerprinted, options, workspaceRoot) });
+  inputs.push(...codeInputs(stage, workspaceRoot));
+  if (process.env.NXFT_ENGINE && usesEngine(stage, recipe)) inputs.push({ env: "NXFT_ENGINE" });
+  return {
+    executor: EXECUTOR,
+    options: { recipe: "{projectRoot}/recipe.json", stage },
+    dependsOn: [...stageDependsOn[stage]],
+    cache: true,
+    inputs,
+    outputs: stageOutputs[stage].map((f) => `{projectRoot}/out/${stage}/${f}`),
+    // One accelerator: training and merging run alone.
+    parallelism: !(stage === "adapter" || stage === "merged"),
+    metadata: {
+      technologies: ["nx-finetune"],
+      description: stageDescriptions[stage],
+      help: { command: `nx run ${recipe.name ?? basename(dirname(recipeFile))}:${stage}`, example: {} },
+    },
+  };
+}
+
+function usesEngine(stage: StageName, recipe: Recipe): boolean {
+  if (stage === "base") return baseSpec(recipe).kind === "init";
+  return stage === "adapter" || stage === "merged" || stage === "gguf";
+}
+
+// Paths read by a stage that Nx can't hash cheaply (outside the workspace, ignored, or huge): fingerprinted.
+function externalPaths(stage: StageName, recipe: Recipe): string[] {
+  if (stage === "dataset") return dataPaths(recipe);
+  if (stage !== "base") return [];
+  const base = baseSpec(recipe);
+  if (base.kind === "local") return [base.path];
+  if (base.kind === "init") return [base.init, base.tokenizer];
+  return [];
+}
+
+function fingerprintCommand(paths: string[], options: NxFinetunePluginOptions, workspaceRoot: string): string {
+  const script = relativeOrAbsolute(workspaceRoot, join(PLUGIN_DIR, "src", "fingerprint.cjs"));
+  // The cache location is resolved by the script (so $NXFT_STORE on one machine doesn't change hashes elsewhere).
+  const store = options.storeDir ? ` --store ${shellQuote(options.storeDir)}` : "";
+  return `node ${shellQuote(script)}${store} ${paths.map(shellQuote).join(" ")}`;
+}
+
+// Code that decides a stage's output: the engine sources and the plugin's stage code.
+function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguration["inputs"] & object {
+  const plugin = relative(workspaceRoot, PLUGIN_DIR);
+  const inWorkspace = !plugin.startsWith("..") && !plugin.startsWith(sep) && existsSync(join(workspaceRoot, plugin));
+  const p = plugin.split(sep).join("/");
+  const inputs: Array<string | { externalDependencies: string[] }> = [];
+  if (inWorkspace) {
+    inputs.push(`{workspaceRoot}/${p}/src/*.ts`, `{workspaceRoot}/${p}/src/*.cjs`, `{workspaceRoot}/${p}/src/stages/${stage}.ts`);
+    if (stage === "dataset" || stage === "shards") inputs.push(`{workspaceRoot}/${p}/src/data/**/*`);
+    if (stage === "gguf") inputs.push(`{workspaceRoot}/${p}/src/gguf/**/*`);
+  }
+  if (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf") {
+    inputs.push("{workspaceRoot}/native/src/**/*", "{workspaceRoot}/native/CMakeLists.txt");
+  }
+  const npm: Record<StageName, string[]> = {
+    base: ["execa", "dotenv"],
+    dataset: ["hyparquet"],
+    shards: ["@huggingface/tokenizers", "@huggingface/jinja"],
+    adapter: ["execa"],
+    merged: ["execa"],
+    gguf: ["execa"],
+  };
+  inputs.push({ externalDependencies: inWorkspace ? npm[stage] : [...npm[stage], "@nx-finetune/plugin"] });
+  return inputs;
+}
+
+function relativeOrAbsolute(from: string, to: string): string {
+  const rel = relative(from, to);
+  return rel.startsWith("..") ? to : rel.split(sep).join("/");
+}
+
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_./@:=+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+// After every `nx run`, relink the big files of each of our stages that succeeded — including those Nx restored
+// from its cache, whose executor never ran (Nx restored only stage-manifest.json). Cheap: a stat per file.
+export const postTasksExecution: PostTasksExecution<NxFinetunePluginOptions> = async (options, context) => {
+  const store = storeRoot(context.workspaceRoot, options?.storeDir);
+  for (const result of Object.values(context.taskResults)) {
+    const stage = result.task.target.target as StageName;
+    if (result.status !== "success" && result.status !== "local-cache" && result.status !== "local-cache-kept-existing" && result.status !== "remote-cache") continue;
+    if (!(STAGES as readonly string[]).includes(stage) || !result.task.projectRoot) continue;
+    const manifestPath = join(context.workspaceRoot, result.task.projectRoot, "out", stage, "stage-manifest.json");
+    if (!existsSync(manifestPath) || !existsSync(join(context.workspaceRoot, result.task.projectRoot, "recipe.json"))) continue;
+    await materializeStage(store, join(context.workspaceRoot, result.task.projectRoot), stage);
+  }
+};
