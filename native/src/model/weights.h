@@ -2,12 +2,28 @@
 // On the CPU every tensor is fp32 (converted from F16/BF16 at load); the CUDA backend keeps its own bf16
 // copies. Names follow HF: model.layers.{l}.self_attn.q_proj.weight, …
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 #include "model/config.h"
 
 namespace nxft {
+
+// Every tensor an HF checkpoint of `config` holds, in a fixed order (embed, per layer: norms, q/k/v(+bias),
+// o, gate, up, down; final norm; lm_head unless tied), with shapes in PyTorch order.
+struct HfTensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t numel() const;
+};
+std::vector<HfTensorSpec> hf_tensor_specs(const ModelConfig& config);
+
+// ModelWeights' tensors by HF name (same order as hf_tensor_specs); pointers into the struct.
+struct NamedTensor {
+  HfTensorSpec spec;
+  const std::vector<float>* data;
+};
 
 // Shapes use C = hidden, F = intermediate, NH/NKV heads, HD head_dim, V vocab. Linear weights are [out, in].
 struct LayerWeights {
@@ -36,8 +52,10 @@ struct ModelWeights {
   // Deterministic random init from a config (N(0, 0.02) like transformers' initializer_range, norms = 1,
   // or 0 for gemma's (1+w) norms), from a seed — the demo's tiny base and test models.
   static ModelWeights random_init(const ModelConfig& config, uint64_t seed);
-  // Write as an HF folder's model.safetensors (dtype F32/F16/BF16), names as HF.
+  // Write as an HF folder's model.safetensors (dtype "F32"/"F16"/"BF16", or f32/f16/bf16), names as HF.
   void save_safetensors(const std::string& path, const std::string& dtype_name) const;
+  std::vector<NamedTensor> named_tensors() const;
+  std::vector<float>* tensor_by_name(const std::string& hf_name);   // nullptr if not part of this model
 };
 
 // Names of the seven LoRA-able projections, HF spelling.

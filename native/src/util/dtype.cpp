@@ -46,6 +46,25 @@ bool dtype_from_name(const std::string& s, DType* out) {
   return false;
 }
 
+DType float_dtype_from_string(const std::string& name, const std::string& context) {
+  std::string u = name;
+  for (char& ch : u) ch = char((ch >= 'a' && ch <= 'z') ? ch - 'a' + 'A' : ch);
+  if (u == "F32" || u == "FLOAT32") return DType::F32;
+  if (u == "F16" || u == "FLOAT16") return DType::F16;
+  if (u == "BF16" || u == "BFLOAT16") return DType::BF16;
+  throw EngineError(context + "unsupported dtype \"" + name + "\" (expected f32, f16 or bf16)");
+}
+
+const char* torch_dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "float32";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+    case DType::F64: return "float64";
+    default: return dtype_name(t);
+  }
+}
+
 float f16_to_f32(uint16_t h) {
   uint32_t sign = uint32_t(h & 0x8000u) << 16;
   uint32_t exp = (h >> 10) & 0x1fu;

@@ -13,6 +13,10 @@ enum class DType { F32, F16, BF16, F64, I32, I64, U8, I8, I16, U16, U32, U64, BO
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);                 // safetensors spelling: "F32", "BF16", …
 bool dtype_from_name(const std::string& s, DType* out);  // false for unknown names
+// A float storage type from a job/config spelling: f32|f16|bf16, F32|F16|BF16, float32|float16|bfloat16.
+// Throws EngineError("<context>unsupported dtype …") otherwise.
+DType float_dtype_from_string(const std::string& s, const std::string& context = "");
+const char* torch_dtype_name(DType t);           // "float32", "float16", "bfloat16" (config.json spelling)
 
 inline float bf16_to_f32(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
