@@ -1,0 +1,144 @@
+// transformer.h — the Llama-family decoder (llama, mistral, qwen2, gemma) with LoRA, written once against
+// backend.h: forward, backward (LoRA gradients only — base weights are frozen), chunked cross-entropy head,
+// optional per-layer gradient checkpointing, and a KV-cache decoder for generation.
+//
+// Shapes: B rows × T tokens per micro-batch, N = B·T; C hidden, F intermediate, NH/NKV heads, HD head_dim,
+// V vocab, r LoRA rank. Layer l computes (HF order):
+//   xn1 = rmsnorm(x)                        q = xn1·Wqᵀ (+bq) (+lora)   k, v likewise   rope(q), rope(k)
+//   att = attention(q, k, v)                res_mid = x + att·Woᵀ (+lora)
+//   xn2 = rmsnorm(res_mid)                  g = xn2·Wgᵀ (+lora), u = xn2·Wuᵀ (+lora), h = act(g)·u
+//   x_next = res_mid + h·Wdᵀ (+lora)
+// The head: logits = rmsnorm(x_L)·Wᵀ (W = lm_head or the tied embedding), consumed chunk by chunk.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+#include "backend/backend.h"
+#include "model/config.h"
+#include "model/lora.h"
+#include "model/weights.h"
+
+namespace nxft {
+
+struct TransformerOptions {
+  bool gradient_checkpointing = false;  // keep only each layer's input; recompute the layer in backward
+  bool quantize_nf4 = false;            // QLoRA: store the seven linear weights of every layer as NF4
+  int64_t ce_max_logits = 1 << 24;      // elements of the logits buffer (rows × vocab chunk)
+  int ce_vocab_chunk = 65536;           // vocabulary columns per chunk (V ≤ this → single-pass fused CE)
+};
+
+// One micro-batch in host memory: (B, T) int32 arrays, as in a token shard row.
+struct Batch {
+  const int32_t* tokens = nullptr;
+  const int32_t* targets = nullptr;    // -100 = no loss
+  const int32_t* positions = nullptr;  // 0 starts a document
+  int B = 0, T = 0;
+};
+
+class Transformer {
+ public:
+  // Uploads the base weights (the caller may free `weights` afterwards). `lora` may be null (no adapter).
+  Transformer(Backend& be, const ModelWeights& weights, const LoraSpec* lora, const TransformerOptions& opt);
+  ~Transformer();
+  Transformer(const Transformer&) = delete;
+  Transformer& operator=(const Transformer&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend& backend() { return be_; }
+
+  // ---- LoRA parameters: one flat fp32 buffer (A then B of every pair, in adapter order) ----
+  size_t num_lora_params() const { return n_params_; }
+  const Tensor& lora_params() const { return params_; }
+  const Tensor& lora_grads() const { return grads_; }
+  void set_lora(const LoraAdapter& adapter);   // upload; the adapter must match the spec (shapes checked)
+  void get_lora(LoraAdapter& adapter);          // download into an adapter with the same pairs
+  void zero_grads();
+
+  // ---- training ----
+  // Forward + backward of one micro-batch. Accumulates LoRA gradients of (Σ token losses)·grad_scale and
+  // returns Σ token losses (double) over targets != -100. dropout_seed selects the LoRA dropout masks.
+  double forward_backward(const Batch& batch, float grad_scale, uint64_t dropout_seed);
+  // Forward only (eval): Σ token losses; no dropout.
+  double forward_loss(const Batch& batch);
+
+  // ---- generation (B = 1) ----
+  void reset_cache(int max_tokens);             // allocate/clear the KV cache for up to max_tokens positions
+  int cached_tokens() const { return cache_len_; }
+  // Feed n tokens at positions cached_tokens()..+n-1; writes the last token's logits (V floats) to host.
+  void decode(const int32_t* ids, int n, float* logits_last);
+
+  // Bytes the backend holds (weights + activations + parameters).
+  size_t backend_bytes() const { return be_.bytes_in_use(); }
+
+ private:
+  struct LayerW {
+    Tensor attn_norm, wq, wk, wv, wo, bq, bk, bv, mlp_norm, wg, wu, wd;
+  };
+  struct LoraSlot {   // one adapted projection
+    int layer = 0, target = 0, in = 0, out = 0;
+    size_t off_a = 0, off_b = 0;   // offsets into params_/grads_
+  };
+  struct LayerActs {  // what backward needs from a layer's forward
+    Tensor xn1, rstd1, q, k, v, att, lse, res_mid, xn2, rstd2, g, u, h;
+    Tensor xa[7];     // (N, r) LoRA intermediates per target
+  };
+  struct AttnCtx {    // where k/v go and what the queries see
+    Tensor k, v;      // (B, Tk_stride, NKV, HD) destinations for this chunk's keys/values (already offset)
+    Tensor k_all, v_all;
+    int Tk = 0, Tk_stride = 0, q_offset = 0;
+  };
+
+  Backend& be_;
+  ModelConfig cfg_;
+  TransformerOptions opt_;
+  bool has_lora_ = false;
+  LoraSpec spec_;
+  float lora_scale_ = 1.0f;
+  Tensor embed_, head_, final_norm_, inv_freq_;
+  bool tied_ = false;
+  std::vector<LayerW> layers_;
+  std::vector<LoraSlot> slots_;
+  std::vector<std::array<int, 7>> slot_of_;   // [layer][target] → index into slots_, -1 if not adapted
+  size_t n_params_ = 0;
+  Tensor params_, grads_;
+
+  // activation buffers for the current N
+  int cap_n_ = 0;
+  std::vector<Tensor> res_;        // L+1 residual streams (N, C)
+  std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
+  Tensor ids_, targets_, positions_, doc_start_;
+  Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
+  Tensor dres_, dxn_, dq_, dk_, dv_, datt_, dh_, dg_, du_, dxa_, scratch_in_, scratch_dx_;
+  Tensor logits_, ce_max_, ce_sum_, ce_tl_, ce_loss_, ce_lse_;
+  int ce_rows_ = 0, ce_vc_ = 0;
+
+  // generation cache
+  int cache_cap_ = 0, cache_len_ = 0;
+  std::vector<Tensor> k_cache_, v_cache_;
+  std::vector<LayerActs> gen_acts_;
+  int gen_cap_n_ = 0;
+
+  void ensure_buffers(int N, bool training);
+  void alloc_layer_acts(LayerActs& a, int N, int B, int T);
+  void free_layer_acts(LayerActs& a);
+  void upload_batch(const Batch& batch);
+  void release(Tensor& t);
+
+  void linear_forward(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& bias, int N, int in, int out,
+                      int layer, int target, const Tensor& xa, uint64_t seed, float beta);
+  void lora_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& xa, int N, int layer,
+                     int target, uint64_t seed);
+  void layer_forward(int l, const Tensor& x, const Tensor& x_next, LayerActs& a, const AttnCtx& ctx, int B, int T,
+                     const Tensor& positions, const Tensor& doc_start, uint64_t seed);
+  void layer_backward(int l, const Tensor& x, LayerActs& a, int B, int T, uint64_t seed);
+  double head_loss(int N, bool backward, float grad_scale);
+  double run(const Batch& batch, bool backward, float grad_scale, uint64_t seed);
+  uint64_t lora_seed(uint64_t seed, int layer, int target) const;
+  float dropout_p() const { return has_lora_ ? float(spec_.dropout) : 0.0f; }
+};
+
+// Target name → index in kLoraTargets (q_proj 0 … down_proj 6), -1 when unknown.
+int lora_target_index(const std::string& name);
+
+}  // namespace nxft
