@@ -31,7 +31,7 @@ export class ProgressRenderer {
 
   constructor(out: NodeJS.WritableStream & { isTTY?: boolean } = process.stdout, tty?: boolean) {
     this.out = out;
-    this.tty = tty ?? Boolean(out.isTTY) && !process.env.CI;
+    this.tty = tty ?? (Boolean(out.isTTY) && !process.env.CI);
   }
 
   private line(text: string): void {

@@ -26,12 +26,12 @@ export function normalizeRecord(rec: RawRecord, spec: DataSpec): NormalizedRow {
     throw new DataError(rec.file, rec.line, null, `expected an object, found ${Array.isArray(rec.value) ? "an array" : JSON.stringify(rec.value)}`);
   }
   const obj = renamed(rec.value as Record<string, unknown>, spec.columns);
-  // Names a canonical field in messages, with its source column when the mapping renamed it.
-  const fieldName = (f: string) => {
-    const src = Object.entries(spec.columns ?? {}).find(([, dst]) => dst === f)?.[0];
-    return src !== undefined ? `${f}" (column "${src}` : f;
+  // Errors name the canonical field, and its source column when the mapping renamed it.
+  const fail = (field: string, msg: string): never => {
+    const top = field.split(/[.[]/)[0];
+    const src = Object.entries(spec.columns ?? {}).find(([, dst]) => dst === top)?.[0];
+    throw new DataError(rec.file, rec.line, field, msg, src !== undefined ? ` (column "${src}")` : "");
   };
-  const fail = (field: string, msg: string): never => { throw new DataError(rec.file, rec.line, fieldName(field), msg); };
   const str = (field: string, { optional = false, nonEmpty = true } = {}): string => {
     const v = obj[field];
     if (v === undefined || v === null) {

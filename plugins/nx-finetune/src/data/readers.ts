@@ -12,8 +12,9 @@ export interface RawRecord {
 }
 
 export class DataError extends Error {
-  constructor(readonly file: string, readonly line: number | null, readonly field: string | null, message: string) {
-    super(`${file}${line !== null ? `:${line}` : ""}: ${field !== null ? `field "${field}": ` : ""}${message}`);
+  // `fieldNote` follows the field name, e.g. ' (column "answer")' when a columns mapping renamed it.
+  constructor(readonly file: string, readonly line: number | null, readonly field: string | null, message: string, fieldNote = "") {
+    super(`${file}${line !== null ? `:${line}` : ""}: ${field !== null ? `field "${field}"${fieldNote}: ` : ""}${message}`);
   }
 }
 

@@ -9,7 +9,7 @@
 //   llama3  <|begin_of_text|> then <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> per message;
 //           assistant: header + [{content}<|eot_id|>]
 //   base    the tokenizer_config's chat_template (jinja); a response is the assistant content as rendered plus the
-//           special tokens that directly follow it (e.g. <|im_end|>, </s>, <|eot_id|>)
+//           end-of-turn tokens that directly follow it (EOS, <|im_end|>, <|eot_id|>, <|end|>, <end_of_turn>, …)
 //   text    [{text}<eos>] (text rows only)
 // Every template ends a response with its end-of-turn token (alpaca/text: the tokenizer's EOS), which is also what
 // generation stops on. BOS: added when the tokenizer adds one (add_bos_token / post-processor), except for llama3,
@@ -42,6 +42,9 @@ const TEMPLATE_SPECIALS: Record<string, string[]> = {
   llama3: ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
 };
 
+// Tokens that end a turn in common chat templates (base template responses; stop ids).
+const END_OF_TURN = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>"];
+
 export function checkTemplate(spec: TemplateSpec, tok: LoadedTokenizer): void {
   if (!TEMPLATE_NAMES.includes(spec.name as any)) {
     throw new Error(`template: field "name": unknown template ${JSON.stringify(spec.name)} (expected ${TEMPLATE_NAMES.join(", ")})`);
@@ -65,7 +68,7 @@ export function stopIds(spec: TemplateSpec, tok: LoadedTokenizer): number[] {
   const add = (s: string) => { const id = tok.tokenId(s); if (id !== undefined && !ids.includes(id)) ids.push(id); };
   if (spec.name === "chatml") add("<|im_end|>");
   if (spec.name === "llama3") add("<|eot_id|>");
-  if (spec.name === "base") for (const s of ["<|im_end|>", "<|eot_id|>", "<|end|>"]) if (tok.chatTemplate?.includes(s)) add(s);
+  if (spec.name === "base") for (const s of END_OF_TURN) if (tok.chatTemplate?.includes(s)) add(s);
   if (tok.eosId !== null && !ids.includes(tok.eosId)) ids.push(tok.eosId);
   return ids;
 }
@@ -180,7 +183,8 @@ function renderJinja(tok: LoadedTokenizer, messages: Message[], addGenerationPro
 
 function renderBase(messages: Message[], tok: LoadedTokenizer, generationPrompt: boolean): RenderedRow {
   const full = renderJinja(tok, messages, generationPrompt);
-  const added: string[] = (tok.json.added_tokens ?? []).map((t: any) => String(t.content)).filter((s: string) => s.length > 0);
+  // End-of-turn tokens that belong to a response when they directly follow its content.
+  const enders = [...new Set([tok.eosToken, ...END_OF_TURN])].filter((s): s is string => !!s && tok.tokenId(s) !== undefined);
   const segs: Segment[] = [];
   let cursor = 0;
   messages.forEach((m, i) => {
@@ -198,7 +202,7 @@ function renderBase(messages: Message[], tok: LoadedTokenizer, generationPrompt:
     let end = at + content.length;
     for (let more = true; more;) {
       more = false;
-      for (const a of added) if (full.startsWith(a, end)) { end += a.length; more = true; break; }
+      for (const a of enders) if (full.startsWith(a, end)) { end += a.length; more = true; break; }
     }
     segs.push({ text: full.slice(cursor, at), train: false });
     segs.push({ text: full.slice(at, end), train: true });
@@ -219,7 +223,7 @@ export interface TokenizedRow {
 export function tokenizeRow(r: RenderedRow, tok: LoadedTokenizer, trainOnAll: boolean): TokenizedRow {
   const ids: number[] = [];
   const train: number[] = [];
-  if (r.addBos) { ids.push(tok.bosId!); train.push(trainOnAll ? 1 : 0); }
+  if (r.addBos) { ids.push(tok.bosId!); train.push(0); } // BOS is never predicted
   let continues = false;
   for (const s of r.segments) {
     const segIds = continues ? tok.encodeContinuation(s.text) : tok.encode(s.text);

@@ -8,6 +8,7 @@ import { materializeStage } from "../stage-dir";
 import { baseModelDir, engine, stagePath, type StageContext } from "../stage-context";
 import { storeRoot } from "../store";
 import { pluginOptions } from "./stage";
+import { renderChat, tokenizerFor, StreamDecoder } from "../data";
 
 export interface ChatExecutorOptions {
   recipe: string;
@@ -32,19 +33,15 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
     const prompt = options.prompt ?? recipe.chat.prompt;
     if (!prompt) throw new Error(`no prompt: pass --prompt="…" or set chat.prompt in ${options.recipe}`);
     const baseDir = baseModelDir(ctx);
-    const { tokenizerFor, StreamDecoder } = require("../data/tokenizer") as typeof import("../data/tokenizer");
-    const { renderRow, tokenizeRow, stopIds } = require("../data/templates") as typeof import("../data/templates");
+    const chat = renderChat([{ role: "user", content: prompt }], recipe.template, baseDir);
+    const promptIds = chat.ids;
     const tok = tokenizerFor(baseDir);
-    const row = recipe.template.name === "text" ? { text: prompt } : { messages: [{ role: "user" as const, content: prompt }] };
-    let promptIds: number[];
-    if ("text" in row) promptIds = [...(tok.addBos && tok.bosId !== null ? [tok.bosId] : []), ...tok.encode(prompt)];
-    else promptIds = tokenizeRow(renderRow(row, recipe.template, tok, true), tok, false).ids;
     const decoder = new StreamDecoder(tok, promptIds, true);
     process.stdout.write(`> ${prompt}\n`);
     const summary = await engine(ctx, "generate", {
       model: baseDir, adapter: stagePath(ctx, "adapter"), prompt_ids: promptIds,
       max_new_tokens: options.maxNewTokens ?? recipe.chat.max_new_tokens, temperature: options.temperature ?? recipe.chat.temperature,
-      top_k: 0, top_p: 1.0, seed: options.seed ?? 0, stop_ids: stopIds(recipe.template, tok),
+      top_k: 0, top_p: 1.0, seed: options.seed ?? 0, stop_ids: chat.stopIds,
       backend: recipe.engine.backend, threads: recipe.engine.threads,
     }, (e) => { if (e.event === "token") process.stdout.write(decoder.push(e.id)); });
     process.stdout.write(decoder.flush() + "\n");
@@ -55,3 +52,4 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
     return { success: false };
   }
 }
+

@@ -1,20 +1,20 @@
 // shards.ts — the shards stage: template + tokenize into fixed-length token shards (src/data does the work).
-// The previous shards folder is offered for reuse, so editing one dataset row retokenizes only its shard.
-import { existsSync } from "node:fs";
-import { dataModule } from "../peers";
+// A shard cache in the store (files named by a key over their rows, template, tokenizer and seq_len) lets an edit
+// of one dataset row retokenize only the shard holding it.
+import { join } from "node:path";
+import { runShardsStage } from "../data";
 import { baseModelDir, stagePath, type StageContext, type StageResult } from "../stage-context";
 
 export async function runShards(ctx: StageContext): Promise<StageResult> {
-  const previous = stagePath(ctx, "shards");
-  const manifest = await dataModule().runShardsStage({
+  const m = await runShardsStage({
     template: ctx.recipe.template,
     datasetDir: stagePath(ctx, "dataset"),
     tokenizerDir: baseModelDir(ctx),
     outDir: ctx.tmp,
-    previousDir: existsSync(previous) ? previous : undefined,
-    log: ctx.log,
+    cacheDir: join(ctx.store, "shard-cache"),
   });
-  const train = manifest.shards.filter((s) => s.split === "train").length;
-  ctx.log(`shards: ${train} train, ${manifest.shards.length - train} eval`);
-  return { info: {} };
+  const train = m.shards.filter((s) => s.split === "train").length;
+  ctx.log(`shards: ${train} train + ${m.shards.length - train} eval shard(s) of ${m.seq_len} tokens; ` +
+          `${m.examples.train} + ${m.examples.eval} examples, ${m.truncated} truncated; ${m.retokenized} tokenized, ${m.reused} reused`);
+  return { info: {}, run: { retokenized: m.retokenized, reused: m.reused } };
 }

@@ -1,0 +1,126 @@
+// createNodes: one project per recipe, the pipeline targets with per-stage inputs, outputs, dependsOn, metadata.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { CreateNodesContext, CreateNodesResult, TargetConfiguration } from "@nx/devkit";
+import { createNodes } from "../../plugins/nx-finetune/src/index";
+
+process.env.NX_CACHE_PROJECT_GRAPH = "false";
+delete process.env.NXFT_ENGINE;
+
+const recipe = {
+  $schema: "../../plugins/nx-finetune/recipe.schema.json",
+  base: { init: "base/config.json", tokenizer: "base" },
+  data: { path: "../../datasets/tiny.jsonl", format: "alpaca" },
+  template: { name: "chatml", max_seq_len: 128 },
+  lora: { r: 8 },
+  train: { steps: 10 },
+  export: { gguf: ["q8_0", "f16"] },
+};
+
+function workspace(files: Record<string, unknown>): string {
+  const root = mkdtempSync(join(tmpdir(), "nxft-nodes-"));
+  for (const [path, content] of Object.entries(files)) {
+    mkdirSync(join(root, path, ".."), { recursive: true });
+    writeFileSync(join(root, path), typeof content === "string" ? content : JSON.stringify(content, null, 2));
+  }
+  return root;
+}
+
+async function run(root: string, files: string[], options = {}) {
+  const context: CreateNodesContext = { nxJsonConfiguration: {}, workspaceRoot: root };
+  return (await createNodes[1](files, options, context)) as Array<readonly [string, CreateNodesResult]>;
+}
+
+test("glob matches recipe.json files", () => {
+  assert.equal(createNodes[0], "**/recipe.json");
+});
+
+test("one project per recipe with the pipeline targets", async () => {
+  const root = workspace({ "recipes/chat-a/recipe.json": recipe });
+  const [[file, result]] = await run(root, ["recipes/chat-a/recipe.json"]);
+  assert.equal(file, "recipes/chat-a/recipe.json");
+  const project = result.projects!["recipes/chat-a"];
+  assert.equal(project.name, "chat-a");
+  const targets = project.targets!;
+  assert.deepEqual(Object.keys(targets), ["base", "dataset", "shards", "adapter", "merged", "gguf", "pipeline", "chat", "watch"]);
+  const deps = (t: string) => targets[t].dependsOn;
+  assert.deepEqual(deps("dataset"), []);
+  assert.deepEqual(deps("shards"), ["dataset", "base"]);
+  assert.deepEqual(deps("adapter"), ["shards", "base"]);
+  assert.deepEqual(deps("merged"), ["adapter", "base"]);
+  assert.deepEqual(deps("gguf"), ["merged", "adapter"]);
+  assert.deepEqual(deps("pipeline"), ["gguf"]);
+  assert.equal(targets.pipeline.executor, "nx:noop");
+  assert.equal(targets.chat.cache, false);
+  assert.equal(targets.watch.continuous, true);
+  assert.deepEqual(project.metadata!.targetGroups, { "fine-tune": ["base", "dataset", "shards", "adapter", "merged", "gguf", "pipeline"], try: ["chat", "watch"] });
+});
+
+test("stage targets: stable options, cache, small outputs, per-stage inputs", async () => {
+  const root = workspace({ "recipes/r/recipe.json": recipe });
+  const [[, result]] = await run(root, ["recipes/r/recipe.json"]);
+  const targets = result.projects!["recipes/r"].targets!;
+  for (const stage of ["base", "dataset", "shards", "adapter", "merged", "gguf"]) {
+    const t = targets[stage] as TargetConfiguration;
+    assert.equal(t.executor, "@nx-finetune/plugin:stage");
+    // Options are identical in shape for every recipe and every edit: they go into every task's hash.
+    assert.deepEqual(t.options, { recipe: "{projectRoot}/recipe.json", stage });
+    assert.equal(t.cache, true);
+    assert.ok(t.outputs!.every((o) => o.startsWith(`{projectRoot}/out/${stage}/`)), JSON.stringify(t.outputs));
+    assert.ok(t.outputs!.includes(`{projectRoot}/out/${stage}/stage-manifest.json`));
+    assert.ok(!t.outputs!.some((o) => o.includes("*")), "outputs list small files, never globs over big ones");
+    const inputs = t.inputs as any[];
+    assert.ok(inputs.some((i) => i.externalDependencies), `${stage} declares externalDependencies`);
+    assert.ok((t.metadata as any).description.length > 10);
+  }
+  const fields = (stage: string) => (targets[stage].inputs as any[]).find((i) => i.json)!;
+  assert.deepEqual(fields("dataset"), { json: "{projectRoot}/recipe.json", fields: ["data"] });
+  assert.deepEqual(fields("shards").fields, ["template"]);
+  assert.deepEqual(fields("adapter").fields, ["lora", "train", "quantize_base", "engine.backend"]);
+  assert.deepEqual(fields("merged").fields, ["export.merged_dtype"]);
+  assert.deepEqual(fields("gguf").fields, ["export.gguf", "export.adapter_gguf", "export.ollama", "template.name", "name"]);
+  // Upstream manifests (early cutoff) for every stage with dependencies, and nothing else of the upstream outputs.
+  for (const stage of ["shards", "adapter", "merged", "gguf"]) {
+    assert.ok((targets[stage].inputs as any[]).some((i) => i.dependentTasksOutputFiles === "**/stage-manifest.json"), stage);
+  }
+  assert.ok(!(targets.dataset.inputs as any[]).some((i) => i.dependentTasksOutputFiles));
+  // Data and base files are fingerprinted by a runtime command, with workspace-relative paths.
+  const runtime = (stage: string) => (targets[stage].inputs as any[]).find((i) => i.runtime)?.runtime as string | undefined;
+  assert.match(runtime("dataset")!, /^node \S*fingerprint\.cjs datasets\/tiny\.jsonl$/);
+  assert.match(runtime("base")!, /fingerprint\.cjs recipes\/r\/base\/config\.json recipes\/r\/base$/);
+  assert.equal(runtime("adapter"), undefined);
+  // Engine sources matter to the engine stages only.
+  assert.ok((targets.adapter.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
+  assert.ok(!(targets.dataset.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
+  assert.equal(targets.adapter.parallelism, false);
+  assert.equal(targets.dataset.parallelism, true);
+});
+
+test("plugin option storeDir reaches the fingerprint command; hub bases have no fingerprint input", async () => {
+  const root = workspace({ "recipes/h/recipe.json": { ...recipe, name: "hubby", base: { hub: "org/model", revision: "abc123" } } });
+  const [[, result]] = await run(root, ["recipes/h/recipe.json"], { storeDir: "/data/cas" });
+  const project = result.projects!["recipes/h"];
+  assert.equal(project.name, "hubby");
+  assert.ok(!(project.targets!.base.inputs as any[]).some((i) => i.runtime));
+  assert.match((project.targets!.dataset.inputs as any[]).find((i) => i.runtime).runtime, / --store \/data\/cas /);
+});
+
+test("recipe.json files of other tools are ignored; a bad recipe fails with file:line", async () => {
+  const root = workspace({
+    "tools/other/recipe.json": { cake: true },
+    "recipes/bad/recipe.json": { ...recipe, lora: { r: -1 } },
+    "recipes/good/recipe.json": recipe,
+  });
+  const [[, other]] = await run(root, ["tools/other/recipe.json"]);
+  assert.deepEqual(other, {});
+  await assert.rejects(run(root, ["recipes/bad/recipe.json", "recipes/good/recipe.json"]), (e: any) => {
+    const text = [e.message, ...(e.errors ?? []).map((x: any) => String(x[1]?.message ?? x))].join("\n");
+    assert.match(text, /recipes\/bad\/recipe\.json:\d+:\d+ lora\.r: must be > 0 \(got -1\)/);
+    // The good recipe's project is still produced (AggregateCreateNodesError carries partial results).
+    assert.ok((e.partialResults ?? []).some(([f]: [string]) => f === "recipes/good/recipe.json"));
+    return true;
+  });
+});
