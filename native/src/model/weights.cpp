@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "util/events.h"
 #include "util/fs.h"
+#include "util/parallel.h"
 #include "util/rng.h"
 
 namespace nxft {
@@ -88,32 +89,6 @@ std::vector<NamedTensor> ModelWeights::named_tensors() const {
   ModelWeights* self = const_cast<ModelWeights*>(this);  // tensor_by_name only looks up
   for (auto& spec : hf_tensor_specs(config)) out.push_back({spec, self->tensor_by_name(spec.name)});
   return out;
-}
-
-// Runs fn(i) for i in [0, n) on up to hardware_concurrency threads; rethrows the first exception.
-static void parallel_for(size_t n, const std::function<void(size_t)>& fn) {
-  unsigned nt = std::max(1u, std::min<unsigned>(std::thread::hardware_concurrency(), unsigned(n)));
-  std::atomic<size_t> next{0};
-  std::exception_ptr err;
-  std::mutex err_mu;
-  auto worker = [&] {
-    while (true) {
-      size_t i = next.fetch_add(1);
-      if (i >= n) return;
-      try {
-        fn(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lk(err_mu);
-        if (!err) err = std::current_exception();
-        next = n;  // stop handing out work
-      }
-    }
-  };
-  std::vector<std::thread> ts;
-  for (unsigned t = 1; t < nt; t++) ts.emplace_back(worker);
-  worker();
-  for (auto& t : ts) t.join();
-  if (err) std::rethrow_exception(err);
 }
 
 static std::string shape_str(const std::vector<int64_t>& s) {

@@ -1,0 +1,330 @@
+// merge.cpp — `finetune-engine merge`: fold a LoRA adapter into its base model.
+//   { "command": "merge", "base": "/abs/hf-dir", "adapter": "/abs/adapter-dir", "dtype": "bf16",
+//     "out": "/abs/merged-dir", "threads": 0 }
+// W' = W + scale·(B·A), computed in fp32 like PEFT's merge_and_unload (B·A first, then × scale, then added),
+// stored as dtype (f32 | f16 | bf16, round-to-nearest-even). Every other tensor is converted to dtype (copied
+// byte for byte when it already is). The output is sharded exactly like the base: same shard file names,
+// same tensor → file mapping and order, and an index json when the base had one.
+//
+// Streaming: the base is mmap'd and processed one tensor at a time; only the tensor being merged exists in fp32,
+// and a writer thread writes tensor i while tensor i+1 is computed (at most two finished tensors wait in the
+// queue), so an 8B model never sits in memory twice. Compute (dequantise, B·A, convert) is spread over all
+// cores. Every file is written atomically; config.json is written last, so a folder with a config.json that
+// matches this run is complete.
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unistd.h>
+
+#include "commands/command.h"
+#include "io/safetensors.h"
+#include "model/lora.h"
+#include "model/weights.h"
+#include "util/events.h"
+#include "util/fs.h"
+#include "util/job.h"
+#include "util/parallel.h"
+
+namespace nxft {
+
+namespace {
+
+// A bounded queue in front of one SafetensorsWriter, drained by its own thread.
+class WriteQueue {
+ public:
+  struct Item {
+    const uint8_t* ptr = nullptr;   // bytes to write: ptr (borrowed, e.g. from the base's mmap) …
+    size_t n = 0;
+    std::vector<uint8_t> owned;     // … or owned bytes
+  };
+  explicit WriteQueue(SafetensorsWriter* w) : w_(w), th_([this] { run(); }) {}
+  ~WriteQueue() {
+    if (th_.joinable()) {
+      { std::lock_guard<std::mutex> lk(mu_); closed_ = true; }
+      cv_.notify_all();
+      th_.join();
+    }
+  }
+  void push(Item&& item) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return q_.size() < kMaxPending || err_; });
+    if (err_) std::rethrow_exception(err_);
+    q_.push_back(std::move(item));
+    cv_.notify_all();
+  }
+  void finish() {  // waits for every queued item to be written; rethrows a write error
+    { std::lock_guard<std::mutex> lk(mu_); closed_ = true; }
+    cv_.notify_all();
+    th_.join();
+    if (err_) std::rethrow_exception(err_);
+  }
+
+ private:
+  static constexpr size_t kMaxPending = 2;
+  SafetensorsWriter* w_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> q_;
+  bool closed_ = false;
+  std::exception_ptr err_;
+  std::thread th_;
+  void run() {
+    while (true) {
+      Item it;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return !q_.empty() || closed_; });
+        if (q_.empty()) return;
+        it = std::move(q_.front());
+        q_.pop_front();
+      }
+      cv_.notify_all();
+      try {
+        if (!it.owned.empty()) w_->write(it.owned.data(), it.owned.size());
+        else if (it.n) w_->write(it.ptr, it.n);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        err_ = std::current_exception();
+        q_.clear();
+        cv_.notify_all();
+        return;
+      }
+    }
+  }
+};
+
+bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string o = "[";
+  for (size_t i = 0; i < s.size(); i++) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + "]";
+}
+
+// W (out, in) += scale · B (out, r) · A (r, in), fp32, rows spread over threads. Per row: acc = Σ_k B[i,k]·A[k,:]
+// (the B·A product, accumulated in k order), then W[i,:] += acc · scale — PEFT's (B @ A) * scaling, then add.
+void add_lora_delta(float* W, const LoraPair& p, int r, float scale, int threads) {
+  const size_t in = size_t(p.in);
+  parallel_ranges(size_t(p.out), 8, [&](size_t r0, size_t r1) {
+    std::vector<float> acc(in);
+    for (size_t i = r0; i < r1; i++) {
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int k = 0; k < r; k++) {
+        const float b = p.B[i * size_t(r) + size_t(k)];
+        const float* a = p.A.data() + size_t(k) * in;
+        for (size_t j = 0; j < in; j++) acc[j] += b * a[j];
+      }
+      float* w = W + i * in;
+      for (size_t j = 0; j < in; j++) w[j] += acc[j] * scale;
+    }
+  }, threads);
+}
+
+// Files of an HF folder that are not weights or config: tokenizer files, generation_config.json, README, …
+std::vector<std::string> companion_files(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) throw EngineError(dir + ": cannot list folder", dir);
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n.empty() || n[0] == '.') continue;
+    auto ends = [&](const char* suf) {
+      size_t m = std::strlen(suf);
+      return n.size() >= m && n.compare(n.size() - m, m, suf) == 0;
+    };
+    if (n == "config.json" || ends(".safetensors") || ends(".safetensors.index.json") || ends(".bin") || ends(".pt") ||
+        ends(".pth") || ends(".gguf") || ends(".bin.index.json") || n.find(".tmp-") != std::string::npos)
+      continue;
+    std::string full = path_join(dir, n);
+    struct stat st;
+    if (::stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+static int cmd_merge(const Json& job, const std::string& job_path) {
+  auto t0 = std::chrono::steady_clock::now();
+  JobReader r(job, job_path);
+  const std::string base = r.path("base");
+  const std::string adapter = r.path("adapter");
+  const std::string dtype_s = r.choice("dtype", {"f32", "f16", "bf16"});
+  const std::string out = r.path("out");
+  const int threads = resolve_threads(int(r.integer_in("threads", 0, 4096, 0)));
+  r.finish();
+  auto same_dir = [](std::string a, std::string b) {
+    while (a.size() > 1 && a.back() == '/') a.pop_back();
+    while (b.size() > 1 && b.back() == '/') b.pop_back();
+    return a == b;
+  };
+  if (same_dir(out, base)) r.fail("out", "must differ from base (the base is read while the output is written)");
+  if (same_dir(out, adapter)) r.fail("out", "must differ from adapter");
+  const DType D = float_dtype_from_string(dtype_s);
+
+  ModelConfig cfg = ModelConfig::load(path_join(base, "config.json"));
+  auto st = SafetensorsModel::open_dir(base);
+  LoraAdapter ad = LoraAdapter::load_peft(adapter, cfg);
+  const float scale = float(ad.spec.scale());  // PEFT multiplies an fp32 tensor by the Python float: fp32 scale
+
+  // Validate the whole base against its config before writing anything.
+  std::map<std::string, const LoraPair*> lora_of;
+  for (const auto& spec : hf_tensor_specs(cfg)) {
+    const TensorView* tv = st->find(spec.name);
+    if (!tv) throw EngineError(base + ": missing tensor " + spec.name, base, spec.name);
+    if (tv->shape != spec.shape) {
+      std::string f = path_join(base, st->shard_of(spec.name));
+      throw EngineError(f + ": tensor " + spec.name + " has shape " + shape_str(tv->shape) + " but config.json implies " +
+                            shape_str(spec.shape), f, spec.name);
+    }
+    if (!is_float(tv->dtype)) {
+      std::string f = path_join(base, st->shard_of(spec.name));
+      throw EngineError(f + ": tensor " + spec.name + " has dtype " + dtype_name(tv->dtype) + " (expected a float type)", f, spec.name);
+    }
+  }
+  for (const auto& p : ad.pairs) {
+    std::string name = "model.layers." + std::to_string(p.layer) +
+                       (p.target == "q_proj" || p.target == "k_proj" || p.target == "v_proj" || p.target == "o_proj" ? ".self_attn." : ".mlp.") +
+                       p.target + ".weight";
+    lora_of[name] = &p;
+  }
+
+  // Output plan: per base shard, its tensors in file order (= data order).
+  struct Plan { std::string file; std::vector<const TensorView*> tensors; };
+  std::vector<Plan> plans;
+  std::map<std::string, size_t> plan_of;
+  for (const auto& f : st->shard_files()) { plan_of[f] = plans.size(); plans.push_back({f, {}}); }
+  for (const auto& name : st->names()) plans[plan_of[st->shard_of(name)]].tensors.push_back(st->find(name));
+  size_t total_tensors = 0;
+  uint64_t total_bytes = 0;
+  for (auto& pl : plans) {
+    std::sort(pl.tensors.begin(), pl.tensors.end(), [](const TensorView* a, const TensorView* b) { return a->data < b->data; });
+    total_tensors += pl.tensors.size();
+    for (const TensorView* tv : pl.tensors) total_bytes += uint64_t(tv->numel()) * dtype_size(is_float(tv->dtype) ? D : tv->dtype);
+  }
+
+  emit_event("start", Json::object()
+                          .set("command", Json::string("merge"))
+                          .set("backend", Json::string("cpu"))
+                          .set("threads", Json::number(threads))
+                          .set("device", Json::string("cpu"))
+                          .set("tensors", Json::number(double(total_tensors)))
+                          .set("merged_tensors", Json::number(double(lora_of.size())))
+                          .set("bytes", Json::number(double(total_bytes)))
+                          .set("scale", Json::number(ad.spec.scale()))
+                          .set("dtype", Json::string(dtype_s)));
+  make_dirs(out);
+
+  Json files = Json::array();
+  Json weight_map = Json::object();
+  size_t done = 0;
+  auto last_emit = std::chrono::steady_clock::now();
+  auto progress = [&](bool force) {
+    auto now = std::chrono::steady_clock::now();
+    if (!force && std::chrono::duration<double>(now - last_emit).count() < 0.25) return;
+    last_emit = now;
+    emit_event("progress", Json::object()
+                               .set("stage", Json::string("merge"))
+                               .set("done", Json::number(double(done)))
+                               .set("total", Json::number(double(total_tensors)))
+                               .set("unit", Json::string("tensors")));
+  };
+  std::vector<float> f32;  // the tensor being merged, fp32
+  for (const Plan& pl : plans) {
+    std::vector<TensorDecl> decls;
+    for (const TensorView* tv : pl.tensors) decls.push_back({tv->name, is_float(tv->dtype) ? D : tv->dtype, tv->shape});
+    const std::string path = path_join(out, pl.file);
+    SafetensorsWriter writer(path, decls, {{"format", "pt"}});
+    {
+      WriteQueue q(&writer);
+      for (const TensorView* tv : pl.tensors) {
+        WriteQueue::Item item;
+        const size_t n = size_t(tv->numel());
+        auto it = lora_of.find(tv->name);
+        if (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end())) {
+          item.ptr = tv->data;  // unchanged: straight from the mmap, zero-copy
+          item.n = tv->nbytes;
+        } else if (it != lora_of.end()) {
+          f32.resize(n);
+          parallel_ranges(n, 1 << 16, [&](size_t a, size_t b) {
+            convert_to_f32(tv->data + a * dtype_size(tv->dtype), tv->dtype, f32.data() + a, b - a);
+          }, threads);
+          add_lora_delta(f32.data(), *it->second, ad.spec.r, scale, threads);
+          item.owned.resize(n * dtype_size(D));
+          parallel_ranges(n, 1 << 16, [&](size_t a, size_t b) {
+            convert_from_f32(f32.data() + a, item.owned.data() + a * dtype_size(D), D, b - a);
+          }, threads);
+        } else {  // dtype change only: convert in chunks through a small fp32 buffer per worker
+          item.owned.resize(n * dtype_size(D));
+          parallel_ranges(n, 1 << 16, [&](size_t a, size_t b) {
+            std::vector<float> tmp(b - a);
+            convert_to_f32(tv->data + a * dtype_size(tv->dtype), tv->dtype, tmp.data(), b - a);
+            convert_from_f32(tmp.data(), item.owned.data() + a * dtype_size(D), D, b - a);
+          }, threads);
+        }
+        q.push(std::move(item));
+        weight_map.set(tv->name, Json::string(pl.file));
+        done++;
+        progress(false);
+      }
+      q.finish();
+    }
+    writer.commit();
+    files.push(Json::string(path));
+  }
+  f32.clear();
+  f32.shrink_to_fit();
+  progress(true);
+
+  // Index json when the base had one (same name, same weight_map, new total_size).
+  const std::string index_name = "model.safetensors.index.json";
+  if (path_exists(path_join(base, index_name))) {
+    Json wm = Json::object();
+    std::vector<std::pair<std::string, Json>> entries(weight_map.as_object().begin(), weight_map.as_object().end());
+    std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto& e : entries) wm.set(e.first, e.second);
+    Json idx = Json::object();
+    idx.set("metadata", Json::object().set("total_size", Json::number(double(total_bytes))));
+    idx.set("weight_map", wm);
+    write_file_atomic(path_join(out, index_name), idx.dump(2) + "\n");
+    files.push(Json::string(path_join(out, index_name)));
+  } else if (path_exists(path_join(out, index_name))) {
+    ::unlink(path_join(out, index_name).c_str());  // stale index from an earlier, sharded output
+  }
+
+  for (const auto& f : companion_files(base)) {
+    copy_file_atomic(path_join(base, f), path_join(out, f));
+    files.push(Json::string(path_join(out, f)));
+  }
+  Json config = cfg.raw;
+  const char* tdn = torch_dtype_name(D);
+  bool set_any = false;
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (config.has(key)) { config.set(key, Json::string(tdn)); set_any = true; }
+  if (!set_any) config.set("torch_dtype", Json::string(tdn));
+  write_file_atomic(path_join(out, "config.json"), config.dump(2) + "\n");
+  files.push(Json::string(path_join(out, "config.json")));
+
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  emit_event("done", Json::object().set("summary", Json::object()
+                                                       .set("files", files)
+                                                       .set("tensors", Json::number(double(total_tensors)))
+                                                       .set("merged_tensors", Json::number(double(lora_of.size())))
+                                                       .set("bytes", Json::number(double(total_bytes)))
+                                                       .set("dtype", Json::string(dtype_s))
+                                                       .set("wall_s", Json::number(wall))));
+  return 0;
+}
+
+static RegisterCommand reg_merge("merge", &cmd_merge);
+
+}  // namespace nxft
