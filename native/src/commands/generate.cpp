@@ -1,0 +1,144 @@
+// generate.cpp — `finetune-engine generate`: token ids in, token ids out, with a KV cache.
+//   { "command": "generate", "model": dir, "adapter": dir|null, "prompt_ids": [...], "max_new_tokens": 64,
+//     "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "stop_ids": [2], "backend": "auto", "threads": 0 }
+// temperature 0 = greedy (argmax, lowest id on ties like torch.argmax). Otherwise logits/temperature, then
+// top-k, then top-p (smallest set of most likely tokens whose probability reaches top_p), then a draw from a
+// seeded RNG. The adapter is applied unmerged (y = Wx + scale·B(Ax)). Streams one `token` event per token;
+// a token in stop_ids is emitted and ends generation.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include "backend/backend.h"
+#include "commands/command.h"
+#include "model/lora.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+#include "util/events.h"
+#include "util/job.h"
+#include "util/rng.h"
+
+namespace nxft {
+
+namespace {
+
+int sample_token(std::vector<float>& logits, double temperature, int top_k, double top_p, Rng& rng) {
+  const int V = int(logits.size());
+  if (temperature <= 0) {
+    int best = 0;
+    for (int i = 1; i < V; i++)
+      if (logits[size_t(i)] > logits[size_t(best)]) best = i;
+    return best;
+  }
+  std::vector<int> order(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  // most likely first; ties by id so the order is deterministic
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits[size_t(a)] > logits[size_t(b)]; });
+  int keep = V;
+  if (top_k > 0 && top_k < keep) keep = top_k;
+  std::vector<double> prob(static_cast<size_t>(keep));
+  const double mx = double(logits[size_t(order[0])]) / temperature;
+  double sum = 0;
+  for (int i = 0; i < keep; i++) sum += (prob[size_t(i)] = std::exp(double(logits[size_t(order[size_t(i)])]) / temperature - mx));
+  for (double& p : prob) p /= sum;
+  if (top_p < 1.0) {
+    double cum = 0;
+    int n = 0;
+    while (n < keep) {
+      cum += prob[size_t(n)];
+      n++;
+      if (cum >= top_p) break;
+    }
+    keep = std::max(1, n);
+    double s = 0;
+    for (int i = 0; i < keep; i++) s += prob[size_t(i)];
+    for (int i = 0; i < keep; i++) prob[size_t(i)] /= s;
+  }
+  double u = rng.uniform(), cum = 0;
+  for (int i = 0; i < keep; i++) {
+    cum += prob[size_t(i)];
+    if (u < cum) return order[size_t(i)];
+  }
+  return order[size_t(keep - 1)];
+}
+
+int cmd_generate(const Json& job, const std::string& job_path) {
+  const auto t0 = std::chrono::steady_clock::now();
+  JobReader r(job, job_path);
+  const std::string model_dir = r.path("model");
+  const std::string adapter_dir = r.opt_path("adapter");
+  const std::vector<int64_t> prompt = r.int_list("prompt_ids");
+  const int max_new = int(r.integer_in("max_new_tokens", 0, 1 << 20, 64));
+  const double temperature = r.num_in("temperature", 0.0, 100.0, 0.0);
+  const int top_k = int(r.integer_in("top_k", 0, 1 << 30, 0));
+  const double top_p = r.num_in("top_p", 0.0, 1.0, 1.0);
+  const int64_t seed = r.integer_in("seed", 0, int64_t(9007199254740991LL), 0);
+  const std::vector<int64_t> stop_ids = r.int_list("stop_ids", {});
+  const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
+  const int threads = int(r.integer_in("threads", 0, 4096, 0));
+  r.finish();
+  if (prompt.empty()) r.fail("prompt_ids", "must not be empty");
+  if (top_p <= 0) r.fail("top_p", "must be in (0, 1]");
+
+  ModelWeights w = ModelWeights::load(model_dir);
+  const ModelConfig cfg = w.config;
+  for (size_t i = 0; i < prompt.size(); i++)
+    if (prompt[i] < 0 || prompt[i] >= cfg.vocab_size)
+      r.fail("prompt_ids", "id " + std::to_string(prompt[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
+                               std::to_string(cfg.vocab_size) + ")");
+  std::unique_ptr<LoraAdapter> adapter;
+  if (!adapter_dir.empty()) adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+
+  std::unique_ptr<Backend> be = make_backend(backend_name, threads);
+  TransformerOptions opt;
+  Transformer model(*be, w, adapter ? &adapter->spec : nullptr, opt);
+  w = ModelWeights();   // the backend holds its own copy now
+  if (adapter) model.set_lora(*adapter);
+
+  emit_event("start", Json::object()
+                          .set("command", Json::string("generate"))
+                          .set("backend", Json::string(be->name()))
+                          .set("threads", Json::number(be->threads()))
+                          .set("device", Json::string(be->device()))
+                          .set("prompt_tokens", Json::number(double(prompt.size())))
+                          .set("max_new_tokens", Json::number(max_new)));
+
+  const int total = int(prompt.size()) + max_new;
+  model.reset_cache(std::max(1, total));
+  std::vector<int32_t> ids(prompt.begin(), prompt.end());
+  std::vector<float> logits(size_t(cfg.vocab_size));
+  Rng rng = Rng::stream(uint64_t(seed), "generate");
+  Json out_ids = Json::array();
+  const auto t_gen = std::chrono::steady_clock::now();
+  int produced = 0;
+  if (max_new > 0) model.decode(ids.data(), int(ids.size()), logits.data());
+  for (int i = 0; i < max_new; i++) {
+    for (float x : logits)
+      if (!std::isfinite(x)) throw EngineError("non-finite logits at generated token " + std::to_string(i));
+    const int next = sample_token(logits, temperature, top_k, top_p, rng);
+    emit_event("token", Json::object().set("id", Json::number(next)).set("index", Json::number(i)));
+    out_ids.push(Json::number(next));
+    produced++;
+    if (std::find(stop_ids.begin(), stop_ids.end(), int64_t(next)) != stop_ids.end()) break;
+    if (i + 1 < max_new) {
+      int32_t tok = next;
+      model.decode(&tok, 1, logits.data());
+    }
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  const double gen_s = std::chrono::duration<double>(t1 - t_gen).count();
+  emit_event("done", Json::object().set(
+                         "summary", Json::object()
+                                        .set("ids", out_ids)
+                                        .set("tokens", Json::number(produced))
+                                        .set("tokens_per_s", Json::number(gen_s > 0 ? produced / gen_s : 0))
+                                        .set("wall_s", Json::number(std::chrono::duration<double>(t1 - t0).count()))
+                                        .set("files", Json::array())));
+  return 0;
+}
+
+RegisterCommand reg_generate("generate", &cmd_generate);
+
+}  // namespace
+
+}  // namespace nxft
