@@ -6,8 +6,10 @@ import { runShardsStage } from "../data";
 import { baseModelDir, stagePath, type StageContext, type StageResult } from "../stage-context";
 
 export async function runShards(ctx: StageContext): Promise<StageResult> {
+  const { rows_per_shard, ...template } = ctx.recipe.template;
   const m = await runShardsStage({
-    template: ctx.recipe.template,
+    template,
+    rowsPerShard: rows_per_shard,
     datasetDir: stagePath(ctx, "dataset"),
     tokenizerDir: baseModelDir(ctx),
     outDir: ctx.tmp,
