@@ -23,6 +23,7 @@
 import { readFileSync, existsSync } from "node:fs";
 import { join, resolve, dirname } from "node:path";
 import { writeFileAtomic } from "./fsutil";
+import { ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT } from "./templates";
 
 export interface DemoTokenizerFiles {
   tokenizerJson: string; // file contents
@@ -201,7 +202,9 @@ export function trainSpmBpe(texts: string[], vocabSize = 512): DemoTokenizerFile
   };
 }
 
-// The demo corpus: every non-empty string field of each JSONL row, in file order.
+// The demo corpus: each Alpaca row of the JSONL file as the alpaca template renders it for training (so the template's
+// fixed text gets pieces of its own and a rendered example stays short), in file order. Rows without an
+// instruction/output contribute their string fields.
 export function corpusFromJsonl(path: string): string[] {
   const texts: string[] = [];
   readFileSync(path, "utf8").split("\n").forEach((line, i) => {
@@ -209,7 +212,14 @@ export function corpusFromJsonl(path: string): string[] {
     let row: unknown;
     try { row = JSON.parse(line); } catch (err) { throw new Error(`${path}:${i + 1}: invalid JSON: ${(err as Error).message}`); }
     if (!row || typeof row !== "object") throw new Error(`${path}:${i + 1}: expected a JSON object`);
-    for (const v of Object.values(row as Record<string, unknown>)) if (typeof v === "string" && v.length > 0) texts.push(v);
+    const r = row as Record<string, unknown>;
+    if (typeof r.instruction === "string" && typeof r.output === "string") {
+      const input = typeof r.input === "string" && r.input.trim() !== "" ? r.input : "";
+      texts.push(`${input ? ALPACA_PREAMBLE_WITH_INPUT : ALPACA_PREAMBLE}\n\n### Instruction:\n${r.instruction}\n\n` +
+        `${input ? `### Input:\n${input}\n\n` : ""}### Response:\n${r.output}`);
+    } else {
+      for (const v of Object.values(r)) if (typeof v === "string" && v.length > 0) texts.push(v);
+    }
   });
   return texts;
 }
