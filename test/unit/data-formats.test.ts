@@ -201,3 +201,49 @@ test("hub dataset offline: a clear error naming the dataset and the cache", asyn
     if (prev === undefined) delete process.env.HF_HUB_OFFLINE; else process.env.HF_HUB_OFFLINE = prev;
   }
 });
+
+test("hub dataset: listed at the revision, split files downloaded once (local HF_ENDPOINT), then served from the cache", async () => {
+  const { createServer } = await import("node:http");
+  const { pathMatchesSplit } = await import("../../plugins/nx-finetune/src/data/hub");
+  assert.ok(pathMatchesSplit("data/train-00000-of-00001.parquet", "train", "default"));
+  assert.ok(pathMatchesSplit("train.jsonl", "train", "default"));
+  assert.ok(!pathMatchesSplit("test.jsonl", "train", "default"));
+  assert.ok(!pathMatchesSplit("README.md", "train", "default"));
+  assert.ok(pathMatchesSplit("en/train/0000.parquet", "train", "en"));
+  const requests: string[] = [];
+  let auth = "";
+  const server = createServer((req, res) => {
+    requests.push(req.url!);
+    auth = String(req.headers.authorization ?? "");
+    if (req.url === "/api/datasets/org/set/revision/v1") {
+      res.end(JSON.stringify({ sha: "abc123", siblings: [{ rfilename: "README.md" }, { rfilename: "data/train.jsonl" }, { rfilename: "data/test.jsonl" }] }));
+    } else if (req.url === "/datasets/org/set/resolve/abc123/data/train.jsonl") {
+      res.end('{"text":"hello from the hub"}\n{"text":"second"}\n');
+    } else { res.statusCode = 404; res.end("{}"); }
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as any).port;
+  const saved = { e: process.env.HF_ENDPOINT, t: process.env.HF_TOKEN, o: process.env.HF_HUB_OFFLINE };
+  process.env.HF_ENDPOINT = `http://127.0.0.1:${port}`;
+  process.env.HF_TOKEN = "hf_test";
+  delete process.env.HF_HUB_OFFLINE;
+  try {
+    const dir = workspace({});
+    const data: DataSpec = { hub: "org/set", revision: "v1", format: "text" };
+    const opts = { recipePath: join(dir, "recipe.json"), data, workspaceRoot: dir, hubCacheDir: join(dir, "cache") };
+    const m = await runDatasetStage({ ...opts, outDir: join(dir, "a") });
+    assert.equal(m.rows, 2);
+    assert.equal(m.sources[0].file, "hub:org/set@abc123/data/train.jsonl");
+    assert.equal(auth, "Bearer hf_test");
+    const n = requests.length;
+    process.env.HF_HUB_OFFLINE = "1";
+    const again = await runDatasetStage({ ...opts, outDir: join(dir, "b") });
+    assert.equal(requests.length, n); // served from the cache
+    assert.equal(again.rows_sha256, m.rows_sha256);
+  } finally {
+    server.close();
+    for (const [k, v] of [["HF_ENDPOINT", saved.e], ["HF_TOKEN", saved.t], ["HF_HUB_OFFLINE", saved.o]] as const) {
+      if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    }
+  }
+});

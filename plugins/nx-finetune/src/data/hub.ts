@@ -2,7 +2,7 @@
 // Files are chosen from the repo listing at the requested revision (data files whose path names the split, e.g.
 // train.jsonl, data/train-00000-of-00001.parquet); when there are none, the datasets-server's parquet conversion
 // (refs/convert/parquet) is used. HF_TOKEN is sent when set (gated/private datasets). HF_HUB_OFFLINE=1 never touches
-// the network. Later runs read the cache only.
+// the network. Later runs read the cache only. HF_ENDPOINT (as in huggingface_hub) replaces https://huggingface.co.
 import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "./fsutil";
@@ -20,6 +20,8 @@ export interface HubFiles {
 }
 
 const DATA_EXTS = [".parquet", ".jsonl", ".json", ".csv"];
+
+const endpoint = () => (process.env.HF_ENDPOINT ?? "https://huggingface.co").replace(/\/+$/, "");
 
 function headers(): Record<string, string> {
   const token = process.env.HF_TOKEN ?? process.env.HUGGING_FACE_HUB_TOKEN;
@@ -66,13 +68,13 @@ export async function fetchHubDataset(spec: HubSpec, cacheRoot: string): Promise
     throw new Error(`${what} is not in the local cache ${dir} and HF_HUB_OFFLINE=1: run once with network access, or point data.path at local files`);
   }
   try {
-    const info = await getJson(`https://huggingface.co/api/datasets/${spec.hub}/revision/${encodeURIComponent(revision)}`);
+    const info = await getJson(`${endpoint()}/api/datasets/${spec.hub}/revision/${encodeURIComponent(revision)}`);
     const sha: string = info.sha ?? revision;
     let remote: Array<{ url: string; label: string }> = (info.siblings ?? [])
       .map((s: any) => String(s.rfilename))
       .filter((p: string) => pathMatchesSplit(p, split, config))
       .sort()
-      .map((p: string) => ({ url: `https://huggingface.co/datasets/${spec.hub}/resolve/${sha}/${p}`, label: `hub:${spec.hub}@${sha}/${p}` }));
+      .map((p: string) => ({ url: `${endpoint()}/datasets/${spec.hub}/resolve/${sha}/${p}`, label: `hub:${spec.hub}@${sha}/${p}` }));
     if (remote.length === 0) {
       const pq = await getJson(`https://datasets-server.huggingface.co/parquet?dataset=${encodeURIComponent(spec.hub)}`);
       remote = (pq.parquet_files ?? [])
