@@ -26,6 +26,7 @@ class JobReader {
  public:
   // `obj` must outlive the reader. `prefix` is the dotted path of `obj` inside the job ("" at top level).
   JobReader(const Json& obj, std::string job_path, std::string prefix = "");
+  JobReader(Json&&, std::string, std::string = "") = delete;   // would dangle: keep the Json alive yourself
 
   bool has(const std::string& key) const;          // present and not null
   bool present(const std::string& key) const;      // present, possibly null

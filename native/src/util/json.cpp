@@ -9,13 +9,15 @@
 //
 // Numbers: parsed with std::from_chars (locale-independent, correctly rounded). Written as the shortest
 // decimal that parses back to the exact same double (std::to_chars), which is never longer than %.17g and
-// round-trips bit-exactly like it; integral values below 2^53 print without a fraction ("8", not "8.0").
+// round-trips bit-exactly like it, laid out as Python's repr() does (0.0002, 1e-05, 1.5e+20); integral values
+// below 2^53 print without a fraction ("8", not "8.0").
 // Non-finite numbers cannot be represented in JSON and are written as null.
 #include "util/json.h"
 
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -362,9 +364,41 @@ static void write_number(std::string& out, double d) {
     out.append(buf, r.ptr);
     return;
   }
+  // Shortest digits that round-trip (to_chars), laid out like Python's repr(): fixed notation for decimal
+  // exponents in [-4, 16), otherwise d.ddde±XX with at least two exponent digits.
   char buf[64];
-  auto r = std::to_chars(buf, buf + sizeof buf, d);  // shortest representation that round-trips
-  out.append(buf, r.ptr);
+  auto r = std::to_chars(buf, buf + sizeof buf, d, std::chars_format::scientific);
+  std::string sci(buf, r.ptr);                       // e.g. "-1.2345e-05"
+  size_t epos = sci.find('e');
+  int exp10 = std::atoi(sci.c_str() + epos + 1);
+  std::string mant = sci.substr(0, epos);
+  bool neg = !mant.empty() && mant[0] == '-';
+  if (neg) mant.erase(0, 1);
+  std::string digits;
+  for (char c : mant)
+    if (c != '.') digits += c;
+  if (neg) out += '-';
+  if (exp10 >= -4 && exp10 < 16) {
+    if (exp10 < 0) {
+      out += "0.";
+      out.append(size_t(-exp10 - 1), '0');
+      out += digits;
+    } else if (size_t(exp10) + 1 >= digits.size()) {
+      out += digits;
+      out.append(size_t(exp10) + 1 - digits.size(), '0');
+      out += ".0";
+    } else {
+      out += digits.substr(0, size_t(exp10) + 1);
+      out += '.';
+      out += digits.substr(size_t(exp10) + 1);
+    }
+  } else {
+    out += digits.substr(0, 1);
+    if (digits.size() > 1) { out += '.'; out += digits.substr(1); }
+    char eb[16];
+    std::snprintf(eb, sizeof eb, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
+    out += eb;
+  }
 }
 
 static void write_string(std::string& out, const std::string& s) {
