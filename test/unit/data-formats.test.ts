@@ -5,7 +5,9 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { createServer } from "node:http";
 import { runDatasetStage, isEvalRow } from "../../plugins/nx-finetune/src/data";
+import { pathMatchesSplit } from "../../plugins/nx-finetune/src/data/hub";
 import type { DataSpec } from "../../plugins/nx-finetune/src/data";
 
 const GOLDEN = resolve(__dirname, "data-golden");
@@ -203,8 +205,6 @@ test("hub dataset offline: a clear error naming the dataset and the cache", asyn
 });
 
 test("hub dataset: listed at the revision, split files downloaded once (local HF_ENDPOINT), then served from the cache", async () => {
-  const { createServer } = await import("node:http");
-  const { pathMatchesSplit } = await import("../../plugins/nx-finetune/src/data/hub");
   assert.ok(pathMatchesSplit("data/train-00000-of-00001.parquet", "train", "default"));
   assert.ok(pathMatchesSplit("train.jsonl", "train", "default"));
   assert.ok(!pathMatchesSplit("test.jsonl", "train", "default"));
