@@ -1,7 +1,7 @@
 // watch.ts — the `watch` executor (continuous): reruns `nx run <project>:<target>` (default gguf) whenever the
 // recipe, its dataset files or its base/tokenizer files change. chokidar rather than `nx watch`: datasets and models
 // are often git-ignored or outside the workspace, where Nx's watcher sends no events (nx.md §4.1).
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
 import { baseSpec, dataPaths, loadRecipe, parseRecipe } from "../recipe";
 import { readFileSync } from "node:fs";
@@ -25,7 +25,8 @@ export default async function* watchExecutor(options: WatchExecutorOptions, cont
   const target = `${context.projectName}:${options.target ?? "gguf"}`;
   const { watch } = await import("chokidar");
   const { execa } = await import("execa");
-  const nxBin = require.resolve("nx/bin/nx.js", { paths: [context.root] });
+  const nxPackage = require.resolve("nx/package.json", { paths: [context.root] });
+  const nxBin = join(dirname(nxPackage), require(nxPackage).bin.nx);
 
   let running = false, again = false;
   const rerun = async () => {

@@ -1,0 +1,162 @@
+// End to end with the real nx, the real engine and the real data pipeline, in a temp copy of the workspace:
+// the demo recipe to GGUF, then the caching contract:
+//   - a second run runs nothing; a fresh clone sharing the store and the Nx cache runs nothing and still ends with
+//     the .gguf files present (relinked from the store);
+//   - touching the recipe (mtime only) reruns nothing;
+//   - changing only export.gguf reruns only gguf;
+//   - editing one dataset row reruns dataset, shards (retokenizing only the affected shards) and downstream, not base.
+// What ran is read from out/runs.log, which the stage executor appends to (a cache hit never runs the executor),
+// and cross-checked with Nx's own summary line.
+import { test, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync, execFileSync } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
+
+const repo = resolve(__dirname, "..", "..");
+const STAGES = ["base", "dataset", "shards", "adapter", "merged", "gguf"];
+const COPY = ["package.json", "package-lock.json", "nx.json", "tsconfig.json", ".gitignore", "plugins/nx-finetune/", "recipes/demo/", "datasets/demo/", "native/CMakeLists.txt", "native/src/"];
+
+let ws = "";        // the temp workspace
+let shared = "";    // store + Nx cache shared by the "clones"
+let engine = "";
+
+// Copies the tracked and untracked-but-not-ignored files we need (what a clone would have).
+function makeWorkspace(dir: string): void {
+  const files = execFileSync("git", ["ls-files", "-co", "--exclude-standard"], { cwd: repo, encoding: "utf8" }).split("\n").filter(Boolean);
+  for (const f of files) {
+    if (!COPY.some((p) => (p.endsWith("/") ? f.startsWith(p) : f === p))) continue;
+    if (!existsSync(join(repo, f))) continue;
+    mkdirSync(dirname(join(dir, f)), { recursive: true });
+    cpSync(join(repo, f), join(dir, f));
+  }
+  symlinkSync(join(repo, "node_modules"), join(dir, "node_modules"));
+  // Fewer steps than the demo: this test checks the build contract, not what the model learns.
+  const recipeFile = join(dir, "recipes", "demo", "recipe.json");
+  const recipe = JSON.parse(readFileSync(recipeFile, "utf8"));
+  recipe.train = { ...recipe.train, steps: 30, warmup_steps: 3, eval_every: 15 };
+  writeFileSync(recipeFile, JSON.stringify(recipe, null, 2) + "\n");
+}
+
+function nx(dir: string, ...args: string[]): { code: number; out: string } {
+  const r = spawnSync(process.execPath, [join(repo, "node_modules", "nx", "dist", "bin", "nx.js"), ...args, "--outputStyle=stream"], {
+    cwd: dir,
+    encoding: "utf8",
+    env: {
+      ...process.env, NX_DAEMON: "false", NX_NO_CLOUD: "true", NX_TUI: "false", CI: "true",
+      NX_CACHE_DIRECTORY: join(shared, "nx-cache"), NX_WORKSPACE_DATA_DIRECTORY: join(dir, ".nx", "workspace-data"),
+      NXFT_STORE: join(shared, "store"), NXFT_ENGINE: engine,
+    },
+    timeout: 300_000,
+  });
+  return { code: r.status ?? -1, out: `${r.stdout}\n${r.stderr}` };
+}
+
+// Stages that ran since the last call (from out/runs.log).
+const seen = new Map<string, number>();
+function ranSince(dir: string): string[] {
+  const log = join(dir, "recipes", "demo", "out", "runs.log");
+  const lines = existsSync(log) ? readFileSync(log, "utf8").trim().split("\n").filter(Boolean) : [];
+  const from = seen.get(dir) ?? 0;
+  seen.set(dir, lines.length);
+  return lines.slice(from).map((l) => l.split(" ")[1]).sort();
+}
+
+const ggufDir = (dir: string) => join(dir, "recipes", "demo", "out", "gguf");
+function magic(file: string): string {
+  const fd = openSync(file, "r");
+  const buf = Buffer.alloc(4);
+  readSync(fd, buf, 0, 4, 0);
+  closeSync(fd);
+  return buf.toString("latin1");
+}
+
+before(async () => {
+  engine = process.env.NXFT_ENGINE || (await ensureEngine(repo, (l) => console.log(l)));
+  const root = mkdtempSync(join(tmpdir(), "nxft-e2e-"));
+  shared = join(root, "shared");
+  ws = join(root, "ws");
+  mkdirSync(ws, { recursive: true });
+  makeWorkspace(ws);
+});
+
+test("cold: nx run demo:gguf runs every stage and writes the GGUF files, adapter GGUF and Modelfile", () => {
+  const r = nx(ws, "run", "demo:gguf");
+  assert.equal(r.code, 0, r.out);
+  assert.deepEqual(ranSince(ws), [...STAGES].sort());
+  const files = readdirSync(ggufDir(ws)).sort();
+  assert.deepEqual(files, ["Modelfile", "demo.adapter.gguf", "demo.f16.gguf", "demo.q4_k_m.gguf", "demo.q8_0.gguf", "run.json", "stage-manifest.json"]);
+  for (const f of files.filter((f) => f.endsWith(".gguf"))) assert.equal(magic(join(ggufDir(ws), f)), "GGUF", f);
+  assert.match(readFileSync(join(ggufDir(ws), "Modelfile"), "utf8"), /^FROM \.\/demo\.q4_k_m\.gguf/m);
+  const adapter = join(ws, "recipes", "demo", "out", "adapter");
+  assert.match(readFileSync(join(adapter, "loss.svg"), "utf8"), /<polyline/);
+  assert.equal(readFileSync(join(adapter, "metrics.jsonl"), "utf8").split("\n").filter((l) => l.includes('"step"')).length, 30);
+  assert.match(r.out, /step 30\/30 {2}loss \d/);
+});
+
+test("warm: a second run runs nothing", () => {
+  const r = nx(ws, "run", "demo:gguf");
+  assert.equal(r.code, 0, r.out);
+  assert.deepEqual(ranSince(ws), []);
+  assert.match(r.out, /Nx read the output from the cache instead of running the command for 6 out of 6 tasks/);
+});
+
+test("fresh clone sharing the store and the Nx cache: nothing runs and the GGUF files are there", () => {
+  const clone = join(dirname(ws), "clone");
+  mkdirSync(clone);
+  makeWorkspace(clone);
+  const r = nx(clone, "run", "demo:gguf");
+  assert.equal(r.code, 0, r.out);
+  assert.deepEqual(ranSince(clone), []);
+  assert.match(r.out, /for 6 out of 6 tasks/);
+  for (const f of ["demo.q8_0.gguf", "demo.q4_k_m.gguf", "demo.f16.gguf", "demo.adapter.gguf", "Modelfile"]) {
+    const a = statSync(join(ggufDir(clone), f)), b = statSync(join(ggufDir(ws), f));
+    assert.equal(a.size, b.size, f);
+    assert.equal(a.ino, b.ino, `${f} is a hard link of the same store blob, not a copy`);
+  }
+  rmSync(clone, { recursive: true, force: true });
+});
+
+test("touching the recipe without changing it reruns nothing", () => {
+  const recipe = join(ws, "recipes", "demo", "recipe.json");
+  const later = new Date(Date.now() + 5000);
+  utimesSync(recipe, later, later);
+  const r = nx(ws, "run", "demo:gguf");
+  assert.equal(r.code, 0, r.out);
+  assert.deepEqual(ranSince(ws), []);
+});
+
+test("changing only export.gguf reruns only gguf", () => {
+  const file = join(ws, "recipes", "demo", "recipe.json");
+  const recipe = JSON.parse(readFileSync(file, "utf8"));
+  recipe.export.gguf = ["q8_0"];
+  writeFileSync(file, JSON.stringify(recipe, null, 2) + "\n");
+  const r = nx(ws, "run", "demo:gguf");
+  assert.equal(r.code, 0, r.out);
+  assert.deepEqual(ranSince(ws), ["gguf"]);
+  assert.deepEqual(readdirSync(ggufDir(ws)).filter((f) => f.endsWith(".gguf")).sort(), ["demo.adapter.gguf", "demo.q8_0.gguf"]);
+  assert.match(readFileSync(join(ggufDir(ws), "Modelfile"), "utf8"), /^FROM \.\/demo\.q8_0\.gguf/m);
+});
+
+test("editing one dataset row reruns dataset, the affected shard and downstream stages, not base", () => {
+  const data = join(ws, "datasets", "demo", "train.jsonl");
+  const lines = readFileSync(data, "utf8").split("\n");
+  const i = lines.findIndex((l) => l.includes("capital of France"));
+  lines[i] = lines[i].replace("Paris.", "Paris, France.");
+  writeFileSync(data, lines.join("\n"));
+  const r = nx(ws, "run", "demo:gguf");
+  assert.equal(r.code, 0, r.out);
+  assert.deepEqual(ranSince(ws), ["adapter", "dataset", "gguf", "merged", "shards"]);
+  const shards = JSON.parse(readFileSync(join(ws, "recipes", "demo", "out", "shards", "run.json"), "utf8"));
+  assert.ok(shards.retokenized >= 1 && shards.retokenized <= 2, JSON.stringify(shards));
+  assert.ok(shards.reused >= 1, `unaffected shards are reused: ${JSON.stringify(shards)}`);
+});
+
+test("chat streams a reply from the trained adapter", () => {
+  const r = nx(ws, "run", "demo:chat", "--prompt=What is the capital of Italy?");
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /> What is the capital of Italy\?\n\S/);
+  assert.deepEqual(ranSince(ws), [], "chat reads the cached stages");
+});
