@@ -65,7 +65,7 @@ static void parse_into(const uint8_t* data, size_t size, const std::string& sour
   if (n > size - 8)
     bad(source, "header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
                     " bytes): truncated or not a safetensors file");
-  if (n < 2 || data[8] != '{') bad(source, "header does not start with '{': not a safetensors file");
+  if (n == 0 || data[8] != '{') bad(source, "header does not start with '{': not a safetensors file");
   std::string header((const char*)data + 8, size_t(n));
   Json j;
   try {
