@@ -56,7 +56,9 @@ function readJson(path: string): any {
 // a previous segment, so that splitting a document into prompt/response segments gives the same pieces a single
 // pass over the text would (no spurious "▁" at the start of a response).
 function withoutPrefixSpace(json: any): { json: any; changed: boolean } {
-  const copy = JSON.parse(JSON.stringify(json));
+  // Only the normalizer and pre-tokenizer change: copy those, share the (large) model.
+  const clone = (x: unknown) => (x === undefined ? undefined : JSON.parse(JSON.stringify(x)));
+  const copy = { ...json, normalizer: clone(json.normalizer), pre_tokenizer: clone(json.pre_tokenizer) };
   let changed = false;
   const fixNormalizer = (n: any): any => {
     if (!n) return n;
@@ -86,6 +88,22 @@ function withoutPrefixSpace(json: any): { json: any; changed: boolean } {
   return { json: copy, changed };
 }
 
+// SentencePiece-style BPE tokenizers (a "▁" normalizer and no pre-tokenizer) see each text section as ONE word, which
+// @huggingface/tokenizers' BPE neither caches nor handles quickly on long lines. When no vocabulary piece has a "▁"
+// right after another character, no merge can ever join the text before such a "▁" with the text after it, so
+// splitting the normalized text there (a Split pre-tokenizer: "▁+[^▁]*|[^▁]+") gives exactly the same ids — and
+// every word now hits the BPE word cache. The parity tests (llama.cpp vectors, Python goldens) run through this path.
+function withWordSplit(json: any): any {
+  const m = json.model;
+  if (json.pre_tokenizer || !m || m.type !== "BPE" || !m.vocab || Array.isArray(m.vocab)) return json;
+  const norm = JSON.stringify(json.normalizer ?? null);
+  if (!norm.includes('"content":"▁"')) return json;
+  for (const piece of Object.keys(m.vocab)) {
+    for (let i = 1; i < piece.length; i++) if (piece[i] === "▁" && piece[i - 1] !== "▁") return json;
+  }
+  return { ...json, pre_tokenizer: { type: "Split", pattern: { Regex: "▁+[^▁]*|[^▁]+" }, behavior: "Isolated", invert: false } };
+}
+
 // Loads (and caches per folder + content) the tokenizer in `dir`.
 export function tokenizerFor(dir: string): LoadedTokenizer {
   dir = resolve(dir);
@@ -103,9 +121,9 @@ export function tokenizerFor(dir: string): LoadedTokenizer {
   try { json = JSON.parse(jsonBytes.toString("utf8")); } catch (err) { throw new Error(`${jsonPath}: invalid JSON: ${(err as Error).message}`); }
   try { config = JSON.parse(configBytes.toString("utf8")); } catch (err) { throw new Error(`${configPath}: invalid JSON: ${(err as Error).message}`); }
   if (!json.model) throw new Error(`${jsonPath}: field "model": missing`);
-  const hf = new Tokenizer(json, config);
+  const hf = new Tokenizer(withWordSplit(json), config);
   const noPrefix = withoutPrefixSpace(json);
-  const hfCont = noPrefix.changed ? new Tokenizer(noPrefix.json, config) : hf;
+  const hfCont = noPrefix.changed ? new Tokenizer(withWordSplit(noPrefix.json), config) : hf;
 
   // Added tokens (special or not) are matched verbatim in text before normalization; we need them to find where a
   // continuation's first text fragment ends.
