@@ -1,0 +1,406 @@
+// train.cpp — `finetune-engine train`: LoRA / QLoRA fine-tuning (docs/engine-protocol.md "train").
+//
+// Data: the training rows form one stream, epoch after epoch (each epoch a seeded permutation of all rows, or
+// file order when shuffle is false). Optimizer step s, micro-batch m takes stream rows [(s·GA + m)·B, +B).
+// Loss of a step = Σ cross-entropy over its targets != -100 / their count (all GA micro-batches together, like
+// transformers' Trainer with num_items_in_batch). Then: global grad norm, clip (torch clip_grad_norm_),
+// AdamW (torch.optim.AdamW), LR from transformers' schedules. Eval every eval_every steps and at the end;
+// checkpoints every save_every steps; resume continues bit-identically from the newest checkpoint.
+#include <sys/resource.h>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include "backend/backend.h"
+#include "commands/command.h"
+#include "model/lora.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+#include "train/checkpoint.h"
+#include "train/schedule.h"
+#include "train/shards.h"
+#include "util/events.h"
+#include "util/fs.h"
+#include "util/job.h"
+#include "util/rng.h"
+
+namespace nxft {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Peak resident memory of this process in bytes (VmHWM; getrusage as a fallback).
+double peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmHWM:", 0) == 0) {
+      std::istringstream is(line.substr(6));
+      double kb = 0;
+      is >> kb;
+      return kb * 1024.0;
+    }
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) * 1024.0;
+}
+
+// The order rows are visited in: epoch e is a permutation of [0, R) (identity without shuffle).
+class RowOrder {
+ public:
+  RowOrder(int64_t rows, bool shuffle, uint64_t seed) : rows_(rows), shuffle_(shuffle), seed_(seed) {}
+  int64_t row_at(int64_t stream_index) {
+    const int64_t epoch = stream_index / rows_, i = stream_index % rows_;
+    if (!shuffle_) return i;
+    if (epoch != cached_epoch_) {
+      perm_.resize(size_t(rows_));
+      std::iota(perm_.begin(), perm_.end(), int64_t(0));
+      Rng rng = Rng::stream(seed_, "shuffle-epoch-" + std::to_string(epoch));
+      for (int64_t k = rows_ - 1; k > 0; k--) {   // Fisher-Yates
+        const int64_t j = int64_t(rng.next_u64() % uint64_t(k + 1));
+        std::swap(perm_[size_t(k)], perm_[size_t(j)]);
+      }
+      cached_epoch_ = epoch;
+    }
+    return perm_[size_t(i)];
+  }
+
+ private:
+  int64_t rows_;
+  bool shuffle_;
+  uint64_t seed_;
+  int64_t cached_epoch_ = -1;
+  std::vector<int64_t> perm_;
+};
+
+struct HostRows {   // B rows of T, as the three shard arrays
+  std::vector<int32_t> tokens, targets, positions;
+  int B = 0, T = 0;
+  Batch batch() const { return Batch{tokens.data(), targets.data(), positions.data(), B, T}; }
+  int64_t n_targets() const {
+    int64_t n = 0;
+    for (int32_t t : targets) n += t != -100;
+    return n;
+  }
+};
+
+void read_rows(const ShardSet& s, const std::vector<int64_t>& rows, HostRows* out) {
+  const int T = s.seq_len();
+  out->B = int(rows.size());
+  out->T = T;
+  out->tokens.resize(rows.size() * size_t(T));
+  out->targets.resize(rows.size() * size_t(T));
+  out->positions.resize(rows.size() * size_t(T));
+  for (size_t b = 0; b < rows.size(); b++)
+    s.read_row(rows[b], &out->tokens[b * size_t(T)], &out->targets[b * size_t(T)], &out->positions[b * size_t(T)]);
+}
+
+// Mean loss over all target tokens of the eval set, in batches of B rows in file order.
+std::pair<double, int64_t> evaluate(Transformer& model, const ShardSet& eval, int B) {
+  double sum = 0;
+  int64_t count = 0;
+  HostRows hr;
+  for (int64_t r0 = 0; r0 < eval.rows(); r0 += B) {
+    std::vector<int64_t> rows;
+    for (int64_t r = r0; r < std::min<int64_t>(eval.rows(), r0 + B); r++) rows.push_back(r);
+    read_rows(eval, rows, &hr);
+    const int64_t n = hr.n_targets();
+    if (n == 0) continue;
+    sum += model.forward_loss(hr.batch());
+    count += n;
+  }
+  return {count > 0 ? sum / double(count) : std::nan(""), count};
+}
+
+std::string json_line(const std::string& event, Json fields) {
+  Json j = Json::object().set("event", Json::string(event));
+  for (const auto& kv : fields.as_object()) j.set(kv.first, kv.second);
+  return j.dump();
+}
+
+Json num(double x) { return std::isfinite(x) ? Json::number(x) : Json(); }
+
+int cmd_train(const Json& job, const std::string& job_path) {
+  const auto t_start = Clock::now();
+  JobReader r(job, job_path);
+  const std::string base = r.path("base");
+  const std::vector<std::string> train_files = r.path_list("train_shards");
+  const std::vector<std::string> eval_files = r.path_list("eval_shards", {});
+  const std::string out = r.path("out");
+  const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
+  const int threads = int(r.integer_in("threads", 0, 4096, 0));
+  const std::string quantize = r.choice("quantize_base", {"nf4"}, "");
+  const std::string base_name = r.str("base_model_name_or_path", base);
+
+  LoraSpec spec;
+  std::string init_adapter;
+  {
+    JobReader l = r.sub("lora");
+    spec.r = int(l.integer_in("r", 1, 4096, 8));
+    spec.alpha = l.num_in("alpha", 1e-9, 1e9, 16);
+    spec.dropout = l.num_in("dropout", 0.0, 0.999, 0.0);
+    spec.targets = l.str_list("targets", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"});
+    spec.rslora = l.boolean("rslora", false);
+    init_adapter = l.opt_path("init_adapter");
+    if (spec.targets.empty()) l.fail("targets", "must list at least one projection");
+    std::set<std::string> seen;
+    for (const std::string& t : spec.targets) {
+      if (lora_target_index(t) < 0)
+        l.fail("targets", "unknown projection \"" + t + "\" (supported: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+      if (!seen.insert(t).second) l.fail("targets", "\"" + t + "\" listed twice");
+    }
+    l.finish();
+  }
+  JobReader t = r.sub("train");
+  const uint64_t seed = uint64_t(t.integer_in("seed", 0, int64_t(9007199254740991LL), 0));
+  const double base_lr = t.num_in("lr", 0.0, 10.0, 2e-4);
+  const std::string schedule = t.choice("schedule", {"constant", "linear", "cosine"}, "linear");
+  const int64_t warmup = t.integer_in("warmup_steps", 0, int64_t(1) << 40, 0);
+  const bool has_steps = t.has("steps"), has_epochs = t.has("epochs");
+  if (!has_steps && t.present("steps")) t.any("steps");     // explicit null: mark as read
+  if (!has_epochs && t.present("epochs")) t.any("epochs");
+  if (has_steps == has_epochs) t.fail(has_steps ? "epochs" : "steps", "give exactly one of steps and epochs");
+  const int64_t steps_req = has_steps ? t.integer_in("steps", 1, int64_t(1) << 40, 1) : 0;
+  const double epochs = has_epochs ? t.num_in("epochs", 1e-9, 1e9, 1) : 0;
+  const int B = int(t.integer_in("batch_size", 1, 1 << 20, 2));
+  const int GA = int(t.integer_in("grad_accum", 1, 1 << 20, 1));
+  t.choice("optimizer", {"adamw"}, "adamw");
+  const double beta1 = t.num_in("beta1", 0.0, 0.999999999, 0.9);
+  const double beta2 = t.num_in("beta2", 0.0, 0.999999999, 0.999);
+  const double eps = t.num_in("eps", 0.0, 1.0, 1e-8);
+  const double weight_decay = t.num_in("weight_decay", 0.0, 1e6, 0.0);
+  const double max_grad_norm = t.num_in("max_grad_norm", 0.0, 1e12, 0.0);
+  const bool grad_ckpt = t.boolean("gradient_checkpointing", false);
+  const int64_t eval_every = t.integer_in("eval_every", 0, int64_t(1) << 40, 0);
+  const int64_t save_every = t.integer_in("save_every", 0, int64_t(1) << 40, 0);
+  const bool resume = t.boolean("resume", false);
+  const bool shuffle = t.boolean("shuffle", true);
+  t.finish();
+  r.finish();
+
+  // ---- model, data, adapter ----
+  emit_event("progress", Json::object().set("stage", Json::string("load")).set("done", Json::number(0)).set("total", Json::number(1)));
+  ModelWeights weights = ModelWeights::load(base);
+  const ModelConfig cfg = weights.config;
+  ShardSet train(train_files, cfg.vocab_size);
+  if (train.rows() == 0) throw EngineError(job_path + ": train_shards: the shards hold no rows", job_path, "train_shards");
+  std::unique_ptr<ShardSet> eval;
+  if (!eval_files.empty()) eval = std::make_unique<ShardSet>(eval_files, cfg.vocab_size);
+  const int T = train.seq_len();
+  const int64_t rows_per_step = int64_t(B) * GA;
+  const int64_t total_steps =
+      has_steps ? steps_req : std::max<int64_t>(1, int64_t(std::ceil(epochs * double(train.rows()) / double(rows_per_step) - 1e-9)));
+
+  LoraAdapter adapter;
+  if (!init_adapter.empty()) {
+    adapter = LoraAdapter::load_peft(init_adapter, cfg);
+    std::set<std::string> want(spec.targets.begin(), spec.targets.end()), got(adapter.spec.targets.begin(), adapter.spec.targets.end());
+    if (adapter.spec.r != spec.r || adapter.spec.alpha != spec.alpha || want != got || adapter.spec.rslora != spec.rslora)
+      throw EngineError(job_path + ": lora.init_adapter: " + init_adapter + " has r/alpha/targets/rslora different from the job's lora settings",
+                        job_path, "lora.init_adapter");
+    adapter.spec.dropout = spec.dropout;
+  } else {
+    adapter = LoraAdapter::init(cfg, spec, seed);
+  }
+  spec = adapter.spec;   // targets in canonical order
+
+  std::unique_ptr<Backend> be = make_backend(backend_name, threads);
+  TransformerOptions opt;
+  opt.gradient_checkpointing = grad_ckpt;
+  opt.quantize_nf4 = quantize == "nf4";
+  Transformer model(*be, weights, &spec, opt);
+  weights = ModelWeights();   // the backend holds the weights now
+  const size_t n_params = model.num_lora_params();
+  Tensor adam_m = be->alloc(n_params, Role::Param), adam_v = be->alloc(n_params, Role::Param);
+  be->fill(adam_m, 0.0f, n_params);
+  be->fill(adam_v, 0.0f, n_params);
+
+  // What must match for a checkpoint to be resumed.
+  std::ostringstream fp;
+  fp << "r=" << spec.r << " alpha=" << spec.alpha << " targets=" << spec.targets.size() << " B=" << B << " GA=" << GA
+     << " seed=" << seed << " shuffle=" << shuffle << " T=" << T << " rows=" << train.rows() << " total=" << total_steps;
+  TrainerState state;
+  state.total_steps = total_steps;
+  state.n_params = int64_t(n_params);
+  state.fingerprint = fp.str();
+  std::string resumed_from;
+  if (resume) {
+    const std::string ck = find_latest_checkpoint(out);
+    if (ck.empty()) {
+      emit_warning("resume: no checkpoint under " + path_join(out, "checkpoints") + "; starting from step 0");
+    } else {
+      std::vector<float> m, v;
+      TrainerState loaded;
+      load_checkpoint(ck, cfg, &adapter, &m, &v, &loaded);
+      if (loaded.fingerprint != state.fingerprint || loaded.n_params != int64_t(n_params))
+        throw EngineError(ck + ": checkpoint was made with different settings (" + loaded.fingerprint + " vs " + state.fingerprint + ")",
+                          path_join(ck, "trainer_state.json"), "train.resume");
+      adapter.spec.dropout = spec.dropout;
+      be->upload(adam_m, m.data(), n_params);
+      be->upload(adam_v, v.data(), n_params);
+      state.step = loaded.step;
+      state.rows_consumed = loaded.rows_consumed;
+      state.metrics = loaded.metrics;
+      resumed_from = ck;
+    }
+  }
+  model.set_lora(adapter);
+
+  Json start = Json::object()
+                   .set("command", Json::string("train"))
+                   .set("backend", Json::string(be->name()))
+                   .set("threads", Json::number(be->threads()))
+                   .set("device", Json::string(be->device()))
+                   .set("model_type", Json::string(cfg.model_type))
+                   .set("params", Json::number(double(cfg.num_params())))
+                   .set("trainable_params", Json::number(double(n_params)))
+                   .set("total_steps", Json::number(double(total_steps)))
+                   .set("train_rows", Json::number(double(train.rows())))
+                   .set("seq_len", Json::number(T))
+                   .set("start_step", Json::number(double(state.step)));
+  if (!resumed_from.empty()) start.set("resumed_from", Json::string(resumed_from));
+  emit_event("start", start);
+
+  // ---- the loop ----
+  RowOrder order(train.rows(), shuffle, seed);
+  std::vector<HostRows> micro(static_cast<size_t>(GA));
+  std::vector<float> host_m, host_v;
+  double last_loss = std::nan(""), last_eval = std::nan("");
+  int64_t last_eval_step = -1;
+  int64_t tokens_done = 0;
+  double train_seconds = 0;
+  const int64_t first_step = state.step;
+  const float max_norm_f = float(max_grad_norm);
+
+  auto run_eval = [&](int64_t step) {
+    auto [loss, count] = evaluate(model, *eval, B);
+    last_eval = loss;
+    last_eval_step = step;
+    Json f = Json::object().set("step", Json::number(double(step))).set("loss", num(loss)).set("tokens", Json::number(double(count)));
+    emit_event("eval", f);
+    state.metrics.push_back(json_line("eval", f));
+  };
+
+  for (int64_t step = state.step; step < total_steps; step++) {
+    const auto t_step = Clock::now();
+    int64_t n_items = 0;
+    for (int m = 0; m < GA; m++) {
+      std::vector<int64_t> rows(static_cast<size_t>(B));
+      for (int b = 0; b < B; b++) rows[size_t(b)] = order.row_at((step * GA + m) * int64_t(B) + b);
+      read_rows(train, rows, &micro[size_t(m)]);
+      n_items += micro[size_t(m)].n_targets();
+    }
+    model.zero_grads();
+    double loss_sum = 0;
+    if (n_items > 0) {
+      const float grad_scale = float(1.0 / double(n_items));
+      for (int m = 0; m < GA; m++) {
+        const uint64_t mb_seed = splitmix64_mix(splitmix64_mix(seed + 0x51ED) + uint64_t(step) * uint64_t(GA) + uint64_t(m) + 1);
+        loss_sum += model.forward_backward(micro[size_t(m)].batch(), grad_scale, mb_seed);
+      }
+    } else {
+      emit_warning("step " + std::to_string(step + 1) + ": no target tokens in this step's rows; skipping the update");
+    }
+    const double loss = n_items > 0 ? loss_sum / double(n_items) : 0.0;
+    if (!std::isfinite(loss))
+      throw EngineError("step " + std::to_string(step + 1) + ": loss is " + (std::isnan(loss) ? "NaN" : "infinite") +
+                        " (try a lower lr)", "", "train.lr");
+    const float grad_norm = float(std::sqrt(be->sum_sq(model.lora_grads(), n_params)));
+    if (!std::isfinite(grad_norm))
+      throw EngineError("step " + std::to_string(step + 1) + ": gradient norm is not finite", "", "train.lr");
+    const double lr = base_lr * lr_multiplier(schedule, step, warmup, total_steps);
+    if (n_items > 0) {
+      // torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1, in float32
+      float coef = 1.0f;
+      if (max_grad_norm > 0) coef = std::min(1.0f, max_norm_f / (grad_norm + 1e-6f));
+      be->adamw_step(model.lora_params(), model.lora_grads(), adam_m, adam_v, n_params, lr, beta1, beta2, eps,
+                     weight_decay, step + 1, coef);
+    }
+    be->synchronize();
+    train_seconds += seconds_since(t_step);
+    state.step = step + 1;
+    state.rows_consumed = state.step * rows_per_step;
+    const int64_t step_tokens = rows_per_step * T;
+    tokens_done += step_tokens;
+    last_loss = loss;
+    const int64_t done_here = state.step - first_step;
+    const double eta = train_seconds / double(done_here) * double(total_steps - state.step);
+    Json f = Json::object()
+                 .set("step", Json::number(double(state.step)))
+                 .set("total_steps", Json::number(double(total_steps)))
+                 .set("loss", Json::number(loss))
+                 .set("lr", Json::number(lr))
+                 .set("grad_norm", Json::number(grad_norm))
+                 .set("tokens", Json::number(double(step_tokens)))
+                 .set("target_tokens", Json::number(double(n_items)))
+                 .set("tokens_per_s", Json::number(train_seconds > 0 ? double(tokens_done) / train_seconds : 0))
+                 .set("elapsed_s", Json::number(seconds_since(t_start)))
+                 .set("eta_s", Json::number(eta))
+                 .set("epoch", Json::number(double(state.rows_consumed) / double(train.rows())));
+    emit_event("step", f);
+    state.metrics.push_back(json_line("step", f));
+    if (eval && eval_every > 0 && state.step % eval_every == 0) run_eval(state.step);
+    if (save_every > 0 && state.step % save_every == 0) {
+      model.get_lora(adapter);
+      host_m.resize(n_params);
+      host_v.resize(n_params);
+      be->download(adam_m, host_m.data(), n_params);
+      be->download(adam_v, host_v.data(), n_params);
+      const std::string dir = save_checkpoint(out, adapter, base_name, host_m, host_v, state);
+      emit_event("checkpoint", Json::object().set("step", Json::number(double(state.step))).set("path", Json::string(dir)));
+    }
+  }
+  if (eval && last_eval_step != state.step) run_eval(state.step);
+  if (std::isnan(last_loss) && !state.metrics.empty()) {   // resumed at the very end: report the recorded loss
+    for (auto it = state.metrics.rbegin(); it != state.metrics.rend(); ++it) {
+      Json m = Json::parse(*it, "metrics");
+      if (m.at("event").as_string() == "step") {
+        last_loss = m.at("loss").as_number();
+        break;
+      }
+    }
+  }
+
+  // ---- outputs (each written atomically) ----
+  model.get_lora(adapter);
+  adapter.save_peft(out, base_name);
+  std::string metrics;
+  for (const std::string& line : state.metrics) metrics += line + "\n";
+  write_file_atomic(path_join(out, "metrics.jsonl"), metrics);
+  const double wall = seconds_since(t_start);
+  Json summary = Json::object()
+                     .set("wall_s", Json::number(wall))
+                     .set("train_s", Json::number(train_seconds))
+                     .set("tokens_per_s", Json::number(train_seconds > 0 ? double(tokens_done) / train_seconds : 0))
+                     .set("peak_memory_bytes", Json::number(peak_rss_bytes()))
+                     .set("backend_peak_bytes", Json::number(double(be->peak_bytes())))
+                     .set("final_train_loss", num(last_loss))
+                     .set("final_eval_loss", num(last_eval))
+                     .set("steps", Json::number(double(state.step)))
+                     .set("tokens", Json::number(double(state.step * rows_per_step * T)))
+                     .set("trainable_params", Json::number(double(n_params)))
+                     .set("backend", Json::string(be->name()))
+                     .set("device", Json::string(be->device()));
+  write_file_atomic(path_join(out, "summary.json"), summary.dump(2) + "\n");
+  Json files = Json::array();
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "summary.json"})
+    files.push(Json::string(path_join(out, f)));
+  summary.set("files", files);
+  emit_event("done", Json::object().set("summary", summary));
+  be->free(adam_m);
+  be->free(adam_v);
+  return 0;
+}
+
+RegisterCommand reg_train("train", &cmd_train);
+
+}  // namespace
+
+}  // namespace nxft

@@ -1,0 +1,104 @@
+// shards.cpp — see shards.h.
+#include "train/shards.h"
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstring>
+#include "util/events.h"
+
+namespace nxft {
+
+namespace {
+constexpr size_t kHeader = 24;
+
+uint32_t le32(const unsigned char* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+
+void read_exact(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
+  char* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t got = ::pread(fd, p, n, off_t(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) throw EngineError(path + ": short read at byte " + std::to_string(offset), path);
+    p += got;
+    n -= size_t(got);
+    offset += uint64_t(got);
+  }
+}
+}  // namespace
+
+ShardSet::ShardSet(const std::vector<std::string>& files, int vocab_size) : vocab_(vocab_size) {
+  for (const std::string& path : files) {
+    File f;
+    f.path = path;
+    f.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (f.fd < 0) throw EngineError(path + ": cannot open token shard: " + std::strerror(errno), path);
+    files_.push_back(f);   // closed by the destructor from here on
+    struct stat st;
+    if (::fstat(f.fd, &st) != 0) throw EngineError(path + ": cannot stat token shard", path);
+    if (size_t(st.st_size) < kHeader)
+      throw EngineError(path + ": not a token shard (" + std::to_string(st.st_size) + " bytes, header needs 24)", path);
+    unsigned char h[kHeader];
+    read_exact(f.fd, h, kHeader, 0, path);
+    if (std::memcmp(h, "NXFTSHD1", 8) != 0) throw EngineError(path + ": bad magic (expected \"NXFTSHD1\")", path);
+    const uint32_t version = le32(h + 8), T = le32(h + 12), R = le32(h + 16), flags = le32(h + 20);
+    if (version != 1) throw EngineError(path + ": unsupported shard version " + std::to_string(version) + " (expected 1)", path);
+    if (flags != 0) throw EngineError(path + ": unsupported shard flags " + std::to_string(flags) + " (expected 0)", path);
+    if (T == 0 || T > (1u << 24)) throw EngineError(path + ": bad seq_len " + std::to_string(T), path);
+    const uint64_t want = kHeader + uint64_t(R) * 3 * T * 4;
+    if (uint64_t(st.st_size) != want)
+      throw EngineError(path + ": size " + std::to_string(st.st_size) + " bytes does not match header (" + std::to_string(R) +
+                            " rows × seq_len " + std::to_string(T) + " → " + std::to_string(want) + " bytes)",
+                        path);
+    if (seq_len_ == 0) seq_len_ = int(T);
+    if (int(T) != seq_len_)
+      throw EngineError(path + ": seq_len " + std::to_string(T) + " differs from " + files_[0].path + " (" +
+                            std::to_string(seq_len_) + ")",
+                        path);
+    files_.back().rows = R;
+    files_.back().first_row = total_rows_;
+    total_rows_ += R;
+  }
+}
+
+ShardSet::~ShardSet() {
+  for (File& f : files_)
+    if (f.fd >= 0) ::close(f.fd);
+}
+
+void ShardSet::read_row(int64_t index, int32_t* tokens, int32_t* targets, int32_t* positions) const {
+  size_t fi = 0;
+  while (fi + 1 < files_.size() && index >= files_[fi + 1].first_row) fi++;
+  const File& f = files_[fi];
+  const int64_t r = index - f.first_row;
+  if (index < 0 || r >= f.rows) throw EngineError("internal: shard row " + std::to_string(index) + " out of range");
+  const int T = seq_len_;
+  std::vector<unsigned char> buf(size_t(T) * 12);
+  read_exact(f.fd, buf.data(), buf.size(), kHeader + uint64_t(r) * uint64_t(T) * 12, f.path);
+  auto at = [&](int arr, int t) { return int32_t(le32(buf.data() + (size_t(arr) * T + t) * 4)); };
+  for (int t = 0; t < T; t++) {
+    const int32_t tok = at(0, t), tg = at(1, t), pos = at(2, t);
+    auto bad = [&](const std::string& what) {
+      throw EngineError(f.path + ": row " + std::to_string(r) + ", position " + std::to_string(t) + ": " + what, f.path);
+    };
+    if (tok < 0 || tok >= vocab_) bad("token id " + std::to_string(tok) + " outside the vocabulary [0, " + std::to_string(vocab_) + ")");
+    if (tg != -100 && (tg < 0 || tg >= vocab_)) bad("target " + std::to_string(tg) + " is neither -100 nor a vocabulary id");
+    if (pos < 0) bad("negative position " + std::to_string(pos));
+    if (t > 0 && pos != 0 && pos != positions[t - 1] + 1)
+      bad("position " + std::to_string(pos) + " neither starts a document (0) nor follows " + std::to_string(positions[t - 1]));
+    tokens[t] = tok;
+    targets[t] = tg;
+    positions[t] = pos;
+  }
+}
+
+int64_t ShardSet::count_targets(int64_t index) const {
+  const int T = seq_len_;
+  std::vector<int32_t> a(static_cast<size_t>(T) * 3);
+  read_row(index, a.data(), a.data() + T, a.data() + 2 * T);
+  int64_t n = 0;
+  for (int t = 0; t < T; t++) n += a[size_t(T + t)] != -100;
+  return n;
+}
+
+}  // namespace nxft

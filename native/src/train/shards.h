@@ -1,0 +1,41 @@
+// shards.h — reader for token shards (*.tokens.bin, docs/engine-protocol.md "Token shards"):
+//   "NXFTSHD1" | u32 version=1 | u32 seq_len T | u32 n_rows R | u32 flags=0 | R rows of (tokens[T], targets[T],
+//   positions[T]) as little-endian i32.
+// Every shard is validated when opened (magic, version, flags, size); row contents are validated when read
+// (ids inside the vocabulary, targets -100 or inside it, positions ≥ 0 and restarting at 0 or counting up),
+// with errors naming the file and row.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace nxft {
+
+class ShardSet {
+ public:
+  // Opens every file; all must share one seq_len. vocab_size bounds the ids checked in read_row.
+  ShardSet(const std::vector<std::string>& files, int vocab_size);
+  ~ShardSet();
+  ShardSet(const ShardSet&) = delete;
+  ShardSet& operator=(const ShardSet&) = delete;
+
+  int64_t rows() const { return total_rows_; }
+  int seq_len() const { return seq_len_; }
+  // Row `index` in [0, rows()) over the concatenation of the files in order, into three arrays of T values.
+  void read_row(int64_t index, int32_t* tokens, int32_t* targets, int32_t* positions) const;
+  // Number of targets != -100 in a row (reads it).
+  int64_t count_targets(int64_t index) const;
+
+ private:
+  struct File {
+    std::string path;
+    int fd = -1;
+    int64_t rows = 0, first_row = 0;
+  };
+  std::vector<File> files_;
+  int seq_len_ = 0;
+  int vocab_ = 0;
+  int64_t total_rows_ = 0;
+};
+
+}  // namespace nxft
