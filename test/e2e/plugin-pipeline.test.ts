@@ -9,31 +9,22 @@
 // and cross-checked with Nx's own summary line.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync, execFileSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { dirname, join } from "node:path";
 import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
+import { makeWorkspace, repoRoot, runNx } from "./temp-workspace";
 
-const repo = resolve(__dirname, "..", "..");
 const STAGES = ["base", "dataset", "shards", "adapter", "merged", "gguf"];
-const COPY = ["package.json", "package-lock.json", "nx.json", "tsconfig.json", ".gitignore", "plugins/nx-finetune/", "recipes/demo/", "datasets/demo/", "native/CMakeLists.txt", "native/src/"];
 
 let ws = "";        // the temp workspace
 let shared = "";    // store + Nx cache shared by the "clones"
 let engine = "";
 
-// Copies the tracked and untracked-but-not-ignored files we need (what a clone would have).
-function makeWorkspace(dir: string): void {
-  const files = execFileSync("git", ["ls-files", "-co", "--exclude-standard"], { cwd: repo, encoding: "utf8" }).split("\n").filter(Boolean);
-  for (const f of files) {
-    if (!COPY.some((p) => (p.endsWith("/") ? f.startsWith(p) : f === p))) continue;
-    if (!existsSync(join(repo, f))) continue;
-    mkdirSync(dirname(join(dir, f)), { recursive: true });
-    cpSync(join(repo, f), join(dir, f));
-  }
-  symlinkSync(join(repo, "node_modules"), join(dir, "node_modules"));
-  // Fewer steps than the demo: this test checks the build contract, not what the model learns.
+// A clone of the repo with fewer training steps than the demo: this test checks the build contract, not what the
+// model learns (test/e2e/demo.test.ts does).
+function makeTestWorkspace(dir: string): void {
+  makeWorkspace(dir);
   const recipeFile = join(dir, "recipes", "demo", "recipe.json");
   const recipe = JSON.parse(readFileSync(recipeFile, "utf8"));
   recipe.train = { ...recipe.train, steps: 30, warmup_steps: 3, eval_every: 15 };
@@ -41,17 +32,7 @@ function makeWorkspace(dir: string): void {
 }
 
 function nx(dir: string, ...args: string[]): { code: number; out: string } {
-  const r = spawnSync(process.execPath, [join(repo, "node_modules", "nx", "dist", "bin", "nx.js"), ...args, "--outputStyle=stream"], {
-    cwd: dir,
-    encoding: "utf8",
-    env: {
-      ...process.env, NX_DAEMON: "false", NX_NO_CLOUD: "true", NX_TUI: "false", CI: "true",
-      NX_CACHE_DIRECTORY: join(shared, "nx-cache"), NX_WORKSPACE_DATA_DIRECTORY: join(dir, ".nx", "workspace-data"),
-      NXFT_STORE: join(shared, "store"), NXFT_ENGINE: engine,
-    },
-    timeout: 300_000,
-  });
-  return { code: r.status ?? -1, out: `${r.stdout}\n${r.stderr}` };
+  return runNx(dir, { shared, engine }, ...args);
 }
 
 // Stages that ran since the last call (from out/runs.log).
@@ -74,12 +55,12 @@ function magic(file: string): string {
 }
 
 before(async () => {
-  engine = process.env.NXFT_ENGINE || (await ensureEngine(repo, (l) => console.log(l)));
+  engine = process.env.NXFT_ENGINE || (await ensureEngine(repoRoot, (l) => console.log(l)));
   const root = mkdtempSync(join(tmpdir(), "nxft-e2e-"));
   shared = join(root, "shared");
   ws = join(root, "ws");
   mkdirSync(ws, { recursive: true });
-  makeWorkspace(ws);
+  makeTestWorkspace(ws);
 });
 
 test("cold: nx run demo:gguf runs every stage and writes the GGUF files, adapter GGUF and Modelfile", () => {
@@ -106,7 +87,7 @@ test("warm: a second run runs nothing", () => {
 test("fresh clone sharing the store and the Nx cache: nothing runs and the GGUF files are there", () => {
   const clone = join(dirname(ws), "clone");
   mkdirSync(clone);
-  makeWorkspace(clone);
+  makeTestWorkspace(clone);
   const r = nx(clone, "run", "demo:gguf");
   assert.equal(r.code, 0, r.out);
   assert.deepEqual(ranSince(clone), []);

@@ -199,7 +199,10 @@ function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguratio
     merged: ["execa"],
     gguf: ["execa"],
   };
-  inputs.push({ externalDependencies: inWorkspace ? npm[stage] : [...npm[stage], "@nx-finetune/plugin"] });
+  // Installed from npm, the plugin is an external node whose version Nx can hash; a linked checkout elsewhere
+  // (development) has no stable identity to hash.
+  const installed = !inWorkspace && PLUGIN_DIR.split(sep).includes("node_modules");
+  inputs.push({ externalDependencies: installed ? [...npm[stage], "@nx-finetune/plugin"] : npm[stage] });
   return inputs;
 }
 
