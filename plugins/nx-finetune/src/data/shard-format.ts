@@ -14,6 +14,8 @@ export interface ShardRows {
   positions: Int32Array; // [R, T]
 }
 
+const littleEndian = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
 export function encodeShard(s: ShardRows): Buffer {
   const T = s.seqLen, R = s.nRows;
   if (s.tokens.length !== R * T || s.targets.length !== R * T || s.positions.length !== R * T) {
@@ -26,6 +28,15 @@ export function encodeShard(s: ShardRows): Buffer {
   buf.writeUInt32LE(R, 16);
   buf.writeUInt32LE(0, 20);
   // Row r: [tokens | targets | positions], each T little-endian i32.
+  if (littleEndian && buf.byteOffset % 4 === 0) {
+    const body = new Int32Array(buf.buffer, buf.byteOffset + SHARD_HEADER_BYTES, R * 3 * T);
+    for (let r = 0; r < R; r++) {
+      body.set(s.tokens.subarray(r * T, (r + 1) * T), r * 3 * T);
+      body.set(s.targets.subarray(r * T, (r + 1) * T), r * 3 * T + T);
+      body.set(s.positions.subarray(r * T, (r + 1) * T), r * 3 * T + 2 * T);
+    }
+    return buf;
+  }
   let off = SHARD_HEADER_BYTES;
   for (let r = 0; r < R; r++) {
     for (const arr of [s.tokens, s.targets, s.positions]) {
@@ -47,6 +58,16 @@ export function parseShard(buf: Uint8Array, name = "shard"): ShardRows {
   const expected = SHARD_HEADER_BYTES + R * 3 * T * 4;
   if (b.length !== expected) throw new Error(`${name}: size ${b.length} bytes, expected ${expected} for ${R} rows of ${T}`);
   const tokens = new Int32Array(R * T), targets = new Int32Array(R * T), positions = new Int32Array(R * T);
+  if (littleEndian) {
+    // Copy into an aligned buffer first (the file's bytes may sit at any offset).
+    const body = new Int32Array(Uint8Array.from(b.subarray(SHARD_HEADER_BYTES)).buffer);
+    for (let r = 0; r < R; r++) {
+      tokens.set(body.subarray(r * 3 * T, r * 3 * T + T), r * T);
+      targets.set(body.subarray(r * 3 * T + T, r * 3 * T + 2 * T), r * T);
+      positions.set(body.subarray(r * 3 * T + 2 * T, (r + 1) * 3 * T), r * T);
+    }
+    return { seqLen: T, nRows: R, tokens, targets, positions };
+  }
   let off = SHARD_HEADER_BYTES;
   for (let r = 0; r < R; r++) {
     for (const arr of [tokens, targets, positions]) {
