@@ -114,6 +114,9 @@ test("packing: several examples per row, positions restart, targets never cross 
   // Truncation: a short seq_len cuts examples and counts them.
   const short = await runShardsStage({ datasetDir: ds, tokenizerDir: DEMO, template: { name: "chatml", max_seq_len: 24 }, outDir: join(dir, "t") });
   assert.equal(short.truncated, 40);
+  assert.equal(short.untrained, 40); // the prompt alone fills 24 tokens: no answer token is left
+  const mid = await runShardsStage({ datasetDir: ds, tokenizerDir: DEMO, template: { name: "chatml", max_seq_len: 256 }, outDir: join(dir, "m") });
+  assert.equal(mid.untrained, 0);
   const long = await runShardsStage({ datasetDir: ds, tokenizerDir: DEMO, template: { name: "chatml", max_seq_len: 256 }, outDir: join(dir, "l") });
   assert.equal(long.truncated, 0);
 });

@@ -139,7 +139,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
   mkdirSync(opts.outDir, { recursive: true });
 
   const shards: ShardEntry[] = [];
-  let retokenized = 0, reused = 0, truncated = 0, done = 0;
+  let retokenized = 0, reused = 0, truncated = 0, untrained = 0, done = 0;
   const examples = { train: 0, eval: 0 };
   for (const split of ["train", "eval"] as const) {
     const flag = split === "train" ? "t" : "e";
@@ -156,6 +156,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
           if (hit.path !== dest) writeFileAtomic(dest, bytes);
           shards.push({ ...hit.entry, split, key });
           truncated += hit.entry.truncated ?? 0;
+          untrained += hit.entry.untrained ?? 0;
           reused++;
           done += chunk.length;
           opts.onProgress?.(done, rows.length);
@@ -163,7 +164,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
         }
       }
       const exs: Example[] = [];
-      let chunkTruncated = 0;
+      let chunkTruncated = 0, chunkUntrained = 0;
       for (const i of chunk) {
         let ex;
         try {
@@ -172,6 +173,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
           throw new Error(`${join(opts.datasetDir, "rows.jsonl")}:${i + 1}: ${(err as Error).message}`);
         }
         if (ex.truncated) chunkTruncated++;
+        if (!ex.train.some((x, t) => t > 0 && x === 1)) chunkUntrained++;
         exs.push(ex);
       }
       const built = buildRows(exs, T, tok.padId, spec.packing);
@@ -179,7 +181,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
       const sha = sha256Hex(bytes);
       const entry: ShardEntry = {
         file: `${sha}.tokens.bin`, split, rows: built.nRows, examples: chunk.length, tokens: built.tokenCount,
-        target_tokens: built.targetTokens, sha256: sha, key, truncated: chunkTruncated,
+        target_tokens: built.targetTokens, truncated: chunkTruncated, untrained: chunkUntrained, sha256: sha, key,
       };
       writeFileAtomic(join(opts.outDir, entry.file), bytes);
       if (opts.cacheDir) {
@@ -188,6 +190,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
       }
       shards.push(entry);
       truncated += chunkTruncated;
+      untrained += chunkUntrained;
       retokenized++;
       done += chunk.length;
       opts.onProgress?.(done, rows.length);
@@ -212,6 +215,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
     shards,
     examples,
     truncated,
+    untrained,
     retokenized,
     reused,
   };

@@ -80,6 +80,7 @@ export interface ShardEntry {
   tokens: number; // non-padding tokens
   target_tokens: number; // targets != -100
   truncated: number; // examples in it that were cut at seq_len
+  untrained: number; // examples in it with no target left (e.g. the prompt alone fills seq_len)
   sha256: string;
   key: string; // cache key: hash of the dataset row ids + template + tokenizer + seq_len (reuse across runs)
 }
@@ -99,6 +100,7 @@ export interface ShardsManifest {
   shards: ShardEntry[];
   examples: { train: number; eval: number };
   truncated: number; // examples longer than seq_len that were cut
+  untrained: number; // examples without any target token (they add nothing to the loss: raise max_seq_len)
   retokenized: number; // shards tokenized in this run (the rest were reused from earlier output / the cache)
   reused: number;
 }
