@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# cuda-train.sh — the CUDA backend's benchmark, in ONE call on a GPU machine (see bench/README or the report):
+#   1. builds the engine with CUDA (+ cuDNN SDPA when the cuDNN wheel and cudnn-frontend headers are present),
+#   2. runs the op-by-op parity check against the CPU backend (native/tests/cuda/cuda_parity.cpp),
+#   3. trains a tiny Llama for 50 steps on CPU and CUDA from the same weights and compares the losses,
+#   4. times our LoRA training step on an 8B-shaped random model (Llama-3-8B dims, r16 α16, 7 targets, AdamW),
+#   5. runs the peer — Hugging Face transformers + PEFT, eager and torch.compile — on the same shapes
+#      (../shared/bench/hf_peft_baseline.py, copied into .carry/ because only the repo travels),
+#   6. prints one table: tokens/s, peak memory and our/peer ratios.
+# Environment: PHASE=all|ours|peer (default all), PLANS (ours), PEER_PLAN / PEER_COMPILE_PLAN (peer),
+# OUT (logs; default /tmp/cuda-bench), CUDNN_FE (cudnn-frontend root; default .carry/cudnn-frontend).
+# Never part of CI: CI has no GPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-/tmp/cuda-bench}
+mkdir -p "$OUT"
+PHASE=${PHASE:-all}
+PLANS=${PLANS:-"1x2048x1 2x2048x0 2x2048x1 4x2048x0 4x2048x1 1x8192x0 1x8192x1"}
+PEER_PLAN=${PEER_PLAN:-"1x2048x1,2x2048x0,4x2048x1,1x8192x1"}
+PEER_COMPILE_PLAN=${PEER_COMPILE_PLAN:-"1x2048x1,2x2048x0"}
+CUDNN_FE=${CUDNN_FE:-$ROOT/.carry/cudnn-frontend}
+BUILD=${BUILD:-$ROOT/native/build-cuda-bench}
+log() { echo "[cuda-train $(date +%H:%M:%S)] $*" >&2; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+GPU=$(head -1 "$OUT/gpu.txt" | cut -d, -f1)
+
+if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then
+  # cuDNN: the pip wheel that PyTorch uses (nvidia-cudnn-cu13) has headers and libs.
+  CUDNN_DIR=$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__ or list(nvidia.cudnn.__path__)[0]))' 2>/dev/null \
+    || python3 -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null || true)
+  if [ -n "$CUDNN_DIR" ] && [ ! -e "$CUDNN_DIR/lib/libcudnn.so" ] && [ -e "$CUDNN_DIR/lib/libcudnn.so.9" ]; then
+    mkdir -p /tmp/cudnn/lib && ln -sf "$CUDNN_DIR"/lib/* /tmp/cudnn/lib/ && ln -sf libcudnn.so.9 /tmp/cudnn/lib/libcudnn.so
+    ln -sfn "$CUDNN_DIR/include" /tmp/cudnn/include && CUDNN_DIR=/tmp/cudnn
+  fi
+  log "cuDNN dir: ${CUDNN_DIR:-none}; frontend: $CUDNN_FE"
+  export LD_LIBRARY_PATH=${CUDNN_DIR:+$CUDNN_DIR/lib:}${LD_LIBRARY_PATH:-}
+  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  log "configure (nvcc: $NVCC)"
+  cmake -S native -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DNXFT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
+    -DNXFT_CUDA_ARCHS=90a-real -DNXFT_CUDNN_DIR="${CUDNN_DIR:-}" -DNXFT_CUDNN_FRONTEND_DIR="$CUDNN_FE" \
+    > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  grep -E "finetune-engine:" "$OUT/build.log" >&2
+  log "build"
+  cmake --build "$BUILD" -j"$(nproc)" --target cuda_parity cuda_train_bench finetune-engine >> "$OUT/build.log" 2>&1 \
+    || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
+
+  log "op parity vs CPU backend"
+  "$BUILD/cuda_parity" > "$OUT/parity.md" 2>&1; PARITY_RC=$?
+  cat "$OUT/parity.md"
+  log "tiny-model CPU vs CUDA, 50 steps"
+  "$BUILD/cuda_train_bench" compare 50 > "$OUT/compare.md" 2>&1; COMPARE_RC=$?
+  cat "$OUT/compare.md"
+  log "8B-shaped LoRA training: $PLANS"
+  "$BUILD/cuda_train_bench" bench ${BENCH_ARGS:-} $PLANS > "$OUT/ours.txt" 2> "$OUT/ours.err"; BENCH_RC=$?
+  cat "$OUT/ours.err" >&2
+  grep -v '^{' "$OUT/ours.txt"
+  grep '^{' "$OUT/ours.txt" > "$OUT/ours.jsonl"
+  log "parity rc=$PARITY_RC compare rc=$COMPARE_RC bench rc=$BENCH_RC"
+fi
+
+if [ "$PHASE" = all ] || [ "$PHASE" = peer ]; then
+  PEER=$ROOT/.carry/hf_peft_baseline.py
+  if [ -f "$PEER" ]; then
+    log "peer eager: $PEER_PLAN"
+    (cd "$OUT" && OUT="$OUT" PLAN="$PEER_PLAN" PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-400} python3 "$PEER" > "$OUT/peer_eager.txt" 2>&1)
+    cp "$OUT/hf_peft_baseline.json" "$OUT/peer_eager.json" 2>/dev/null
+    grep -E '^\{|^torch|^matmul' "$OUT/peer_eager.txt"
+    if [ -n "$PEER_COMPILE_PLAN" ]; then
+      log "peer torch.compile: $PEER_COMPILE_PLAN"
+      (cd "$OUT" && OUT="$OUT" PLAN="$PEER_COMPILE_PLAN" COMPILE=1 PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-400} python3 "$PEER" > "$OUT/peer_compile.txt" 2>&1)
+      cp "$OUT/hf_peft_baseline.json" "$OUT/peer_compile.json" 2>/dev/null
+      grep -E '^\{' "$OUT/peer_compile.txt"
+    fi
+  else
+    log "peer script missing: cp ../shared/bench/hf_peft_baseline.py .carry/ and carry .carry"
+  fi
+fi
+
+python3 "$ROOT/bench/cuda-train-table.py" "$OUT" "$GPU" | tee "$OUT/table.md"

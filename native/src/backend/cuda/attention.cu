@@ -1,0 +1,193 @@
+// attention.cu — the portable flash-style causal GQA attention with packed documents (FlashAttention-2's
+// algorithm, native.md §6.1, on CUDA cores): one warp per query row with an online softmax in registers, the
+// backward recomputes P from the saved logsumexp. Memory is O(T): no (T, T) buffer ever exists. This is the
+// path for packed multi-document rows, KV-cache generation and devices without cuDNN; the cuDNN SDPA path
+// (cudnn_attention.cpp) is the fast one for plain causal rows.
+// Query i of row b attends keys j with doc_start[b,i] ≤ j ≤ q_offset + i.
+#include "backend/cuda/kernels.cuh"
+#include "backend/cuda/cuda_common.cuh"
+
+namespace nxft {
+namespace cuda {
+
+constexpr int kMaxHD = 256;
+constexpr int kPerLane = kMaxHD / 32;  // dims held by one lane: d = lane + 32·r
+
+__device__ __forceinline__ void load_row(float (&r)[kPerLane], const bf16* p, int HD, int lane) {
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) {
+    int d = lane + 32 * u;
+    r[u] = d < HD ? __bfloat162float(p[d]) : 0.0f;
+  }
+}
+__device__ __forceinline__ float dot_row(const float (&r)[kPerLane], const bf16* p, int HD, int lane) {
+  float s = 0.0f;
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) {
+    int d = lane + 32 * u;
+    if (d < HD) s += r[u] * __bfloat162float(p[d]);
+  }
+  return warp_sum(s);
+}
+
+__global__ void attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                                         const int32_t* doc_start, int Tq, int Tk_stride, int q_offset, int NH,
+                                         int NKV, int HD, float scale) {
+  int lane = threadIdx.x & 31;
+  int i = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+  int h = blockIdx.y, b = blockIdx.z;
+  if (i >= Tq) return;
+  int kvh = h / (NH / NKV);
+  const bf16* qr = q + (((size_t)b * Tq + i) * NH + h) * HD;
+  float qv[kPerLane], o[kPerLane];
+  load_row(qv, qr, HD, lane);
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) o[u] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  int lo = doc_start[(size_t)b * Tq + i], hi = q_offset + i;
+  for (int j = lo; j <= hi; j++) {
+    size_t kv_off = (((size_t)b * Tk_stride + j) * NKV + kvh) * HD;
+    float s = dot_row(qv, k + kv_off, HD, lane) * scale;
+    float m_new = fmaxf(m, s);
+    float corr = expf(m - m_new), p = expf(s - m_new);
+    l = l * corr + p;
+    const bf16* vr = v + kv_off;
+#pragma unroll
+    for (int u = 0; u < kPerLane; u++) {
+      int d = lane + 32 * u;
+      if (d < HD) o[u] = o[u] * corr + p * __bfloat162float(vr[d]);
+    }
+    m = m_new;
+  }
+  bf16* orow = out + (((size_t)b * Tq + i) * NH + h) * HD;
+  float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) {
+    int d = lane + 32 * u;
+    if (d < HD) orow[d] = __float2bfloat16_rn(o[u] * inv);
+  }
+  if (lane == 0) lse[((size_t)b * NH + h) * Tq + i] = m + logf(l);
+}
+
+void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                              const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
+                              int NKV, int HD, cudaStream_t s) {
+  if (B == 0 || Tq == 0) return;
+  if (HD > kMaxHD) throw EngineError("attention: head_dim " + std::to_string(HD) + " > 256 is not supported");
+  dim3 grid(ceil_div(Tq, 4), NH, B);
+  attention_forward_kernel<<<grid, 128, 0, s>>>(out, lse, q, k, v, doc_start, Tq, Tk_stride, q_offset, NH, NKV, HD,
+                                                1.0f / sqrtf((float)HD));
+  CUDA_LAUNCH_CHECK();
+}
+
+// delta (B,NH,T) = rowsum(dO ∘ O)
+__global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int T, int NH, int HD) {
+  int lane = threadIdx.x & 31;
+  int i = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+  int h = blockIdx.y, b = blockIdx.z;
+  if (i >= T) return;
+  size_t off = (((size_t)b * T + i) * NH + h) * HD;
+  float s = 0.0f;
+  for (int d = lane; d < HD; d += 32) s += __bfloat162float(dout[off + d]) * __bfloat162float(out[off + d]);
+  s = warp_sum(s);
+  if (lane == 0) delta[((size_t)b * NH + h) * T + i] = s;
+}
+
+// dq: one warp per query row; dS = P ∘ (dP − delta), dq = scale · Σ_j dS_j k_j.
+__global__ void attention_dq_kernel(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                                    const float* lse, const float* delta, const int32_t* doc_start, int T, int NH,
+                                    int NKV, int HD, float scale) {
+  int lane = threadIdx.x & 31;
+  int i = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+  int h = blockIdx.y, b = blockIdx.z;
+  if (i >= T) return;
+  int kvh = h / (NH / NKV);
+  size_t qoff = (((size_t)b * T + i) * NH + h) * HD;
+  float qv[kPerLane], dov[kPerLane], acc[kPerLane];
+  load_row(qv, q + qoff, HD, lane);
+  load_row(dov, dout + qoff, HD, lane);
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) acc[u] = 0.0f;
+  float L = lse[((size_t)b * NH + h) * T + i], D = delta[((size_t)b * NH + h) * T + i];
+  for (int j = doc_start[(size_t)b * T + i]; j <= i; j++) {
+    size_t kv_off = (((size_t)b * T + j) * NKV + kvh) * HD;
+    float p = expf(dot_row(qv, k + kv_off, HD, lane) * scale - L);
+    float dp = dot_row(dov, v + kv_off, HD, lane);
+    float ds = p * (dp - D) * scale;
+    const bf16* kr = k + kv_off;
+#pragma unroll
+    for (int u = 0; u < kPerLane; u++) {
+      int d = lane + 32 * u;
+      if (d < HD) acc[u] += ds * __bfloat162float(kr[d]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) {
+    int d = lane + 32 * u;
+    if (d < HD) dq[qoff + d] = __float2bfloat16_rn(acc[u]);
+  }
+}
+
+// dk, dv: one warp per key row, summing over the query heads of its group and the queries of its document
+// (documents are contiguous, so the first query whose document starts after j ends the loop).
+__global__ void attention_dkdv_kernel(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
+                                      const bf16* v, const float* lse, const float* delta, const int32_t* doc_start,
+                                      int T, int NH, int NKV, int HD, float scale) {
+  int lane = threadIdx.x & 31;
+  int j = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
+  int kvh = blockIdx.y, b = blockIdx.z;
+  if (j >= T) return;
+  int group = NH / NKV;
+  size_t kv_off = (((size_t)b * T + j) * NKV + kvh) * HD;
+  float kv_[kPerLane], vv[kPerLane], dka[kPerLane], dva[kPerLane];
+  load_row(kv_, k + kv_off, HD, lane);
+  load_row(vv, v + kv_off, HD, lane);
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) dka[u] = dva[u] = 0.0f;
+  for (int i = j; i < T; i++) {
+    if (doc_start[(size_t)b * T + i] > j) break;
+    for (int hh = 0; hh < group; hh++) {
+      int h = kvh * group + hh;
+      size_t qoff = (((size_t)b * T + i) * NH + h) * HD;
+      float L = lse[((size_t)b * NH + h) * T + i], D = delta[((size_t)b * NH + h) * T + i];
+      float p = expf(dot_row(kv_, q + qoff, HD, lane) * scale - L);
+      float dp = dot_row(vv, dout + qoff, HD, lane);
+      float ds = p * (dp - D) * scale;
+#pragma unroll
+      for (int u = 0; u < kPerLane; u++) {
+        int d = lane + 32 * u;
+        if (d < HD) {
+          dva[u] += p * __bfloat162float(dout[qoff + d]);
+          dka[u] += ds * __bfloat162float(q[qoff + d]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) {
+    int d = lane + 32 * u;
+    if (d < HD) {
+      dk[kv_off + d] = __float2bfloat16_rn(dka[u]);
+      dv[kv_off + d] = __float2bfloat16_rn(dva[u]);
+    }
+  }
+}
+
+void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
+                               const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
+                               float* delta, int B, int T, int NH, int NKV, int HD, cudaStream_t s) {
+  if (B == 0 || T == 0) return;
+  if (HD > kMaxHD) throw EngineError("attention: head_dim " + std::to_string(HD) + " > 256 is not supported");
+  float scale = 1.0f / sqrtf((float)HD);
+  dim3 grid(ceil_div(T, 4), NH, B);
+  attention_delta_kernel<<<grid, 128, 0, s>>>(delta, dout, out, T, NH, HD);
+  CUDA_LAUNCH_CHECK();
+  attention_dq_kernel<<<grid, 128, 0, s>>>(dq, dout, q, k, v, lse, delta, doc_start, T, NH, NKV, HD, scale);
+  CUDA_LAUNCH_CHECK();
+  dim3 grid_kv(ceil_div(T, 4), NKV, B);
+  attention_dkdv_kernel<<<grid_kv, 128, 0, s>>>(dk, dv, dout, q, k, v, lse, delta, doc_start, T, NH, NKV, HD, scale);
+  CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+}  // namespace nxft

@@ -1,0 +1,708 @@
+// cuda_backend.cpp — the Backend interface (backend.h) on one NVIDIA GPU.
+// Storage by role: Weight and Activation bf16, Param and Stat fp32, Index int32 (backend.h "Design").
+// Every op is asynchronous on one stream; matmuls go through cuBLASLt (gemm.cu), attention through cuDNN SDPA
+// for plain causal rows when available (cudnn_attention.cpp) and the portable flash-style kernels otherwise
+// (attention.cu); everything else is our own kernels (one .cu per concern).
+#include <cuda_runtime.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/gemm.cuh"
+#include "backend/cuda/kernels.cuh"
+#include "util/backends.h"
+#include "util/events.h"
+#if defined(NXFT_HAVE_CUDNN)
+#include "backend/cuda/cudnn_attention.h"
+#endif
+
+namespace nxft {
+
+bool cuda_backend_available() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return false;
+  }
+  return n > 0;
+}
+
+namespace cuda {
+namespace {
+
+using nxft::cuda::bf16;
+
+// ---- a caching device allocator: exact-size free lists (the model allocates the same shapes every step) ----
+class DeviceMemory {
+ public:
+  void* get(size_t bytes) {
+    bytes = round(bytes);
+    auto it = free_.find(bytes);
+    if (it != free_.end() && !it->second.empty()) {
+      void* p = it->second.back();
+      it->second.pop_back();
+      cached_ -= bytes;
+      live_ += bytes;
+      peak_live_ = std::max(peak_live_, live_);
+      sizes_[p] = bytes;
+      return p;
+    }
+    void* p = nullptr;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      release_cache();
+      e = cudaMalloc(&p, bytes);
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        throw EngineError("CUDA out of memory allocating " + std::to_string(bytes >> 20) + " MiB (" +
+                          std::to_string(live_ >> 20) + " MiB in use)");
+      }
+    }
+    reserved_ += bytes;
+    peak_reserved_ = std::max(peak_reserved_, reserved_);
+    live_ += bytes;
+    peak_live_ = std::max(peak_live_, live_);
+    sizes_[p] = bytes;
+    return p;
+  }
+  void put(void* p) {
+    auto it = sizes_.find(p);
+    if (it == sizes_.end()) return;
+    free_[it->second].push_back(p);
+    live_ -= it->second;
+    cached_ += it->second;
+    sizes_.erase(it);
+  }
+  void release_cache() {
+    for (auto& kv : free_)
+      for (void* p : kv.second) {
+        cudaFree(p);
+        reserved_ -= kv.first;
+      }
+    free_.clear();
+    cached_ = 0;
+  }
+  void add_external(size_t bytes) {  // workspaces held outside the allocator
+    reserved_ += bytes;
+    live_ += bytes;
+    peak_reserved_ = std::max(peak_reserved_, reserved_);
+    peak_live_ = std::max(peak_live_, live_);
+  }
+  ~DeviceMemory() {
+    release_cache();
+    for (auto& kv : sizes_) cudaFree(kv.first);
+  }
+  size_t live() const { return live_; }
+  size_t peak_live() const { return peak_live_; }
+  size_t reserved() const { return reserved_; }
+  size_t peak_reserved() const { return peak_reserved_; }
+
+ private:
+  static size_t round(size_t b) { return (b + 511) & ~size_t(511); }
+  std::map<size_t, std::vector<void*>> free_;
+  std::map<void*, size_t> sizes_;
+  size_t live_ = 0, peak_live_ = 0, reserved_ = 0, peak_reserved_ = 0, cached_ = 0;
+};
+
+// Per-op device timing with events (only when enabled: the events cost a little launch time).
+struct OpStats {
+  double ms = 0, flops = 0;
+  long calls = 0;
+};
+
+const float kNF4Host[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+                            -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+                            0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
+                            0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+                            0.7229568362236023f, 1.0f};
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend() {
+    CUDA_CHECK(cudaSetDevice(0));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    device_ = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+              std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemm_ = std::make_unique<Gemm>(stream_);
+    mem_.add_external(32u << 20);  // the cuBLASLt workspace
+    CUDA_CHECK(cudaMalloc(&d_sum_, sizeof(double) * (kSumSqBlocks + 1)));
+    const char* no_cudnn = std::getenv("NXFT_NO_CUDNN");
+#if defined(NXFT_HAVE_CUDNN)
+    if (no_cudnn && std::string(no_cudnn) == "1") {
+      attention_path_ = "portable (NXFT_NO_CUDNN=1)";
+    } else {
+      std::string why;
+      cudnn_ = make_cudnn_attention(stream_, &why);
+      attention_path_ = cudnn_ ? "cudnn " + cudnn_->version() : "portable (cuDNN unusable: " + why + ")";
+    }
+#else
+    (void)no_cudnn;
+    attention_path_ = "portable (built without cuDNN)";
+#endif
+    const char* prof = std::getenv("NXFT_CUDA_PROFILE");
+    profile_ = prof && std::string(prof) == "1";
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (auto& e : event_pool_) cudaEventDestroy(e);
+    for (void* p : scratch_) if (p) cudaFree(p);
+    cudaFree(d_sum_);
+  }
+
+  std::string name() const override { return "cuda"; }
+  std::string device() const override { return device_; }
+  int threads() const override { return 0; }
+  DType dtype_of(Role role) const override {
+    switch (role) {
+      case Role::Weight:
+      case Role::Activation: return DType::BF16;
+      case Role::Param:
+      case Role::Stat: return DType::F32;
+      case Role::Index: return DType::I32;
+    }
+    return DType::F32;
+  }
+  Tensor alloc(size_t n, Role role) override {
+    Tensor t;
+    t.dtype = dtype_of(role);
+    t.n = n;
+    if (n == 0) return t;
+    t.ptr = mem_.get(n * dtype_size(t.dtype));
+    return t;
+  }
+  void free(Tensor& t) override {
+    if (t.ptr) {
+      // the stream may still use the memory: the allocator hands it out again only to later stream work,
+      // which is ordered after the current work on the same stream.
+      forget_index(t.ptr);
+      mem_.put(t.ptr);
+    }
+    if (t.scales) mem_.put(t.scales);
+    t = Tensor();
+  }
+  size_t bytes_in_use() const override { return mem_.live(); }
+  size_t peak_bytes() const override { return mem_.peak_reserved(); }
+  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- transfers ---------------------------------------------------------------------------------------
+  template <typename S> void upload_float(const Tensor& dst, const S* src, size_t n, size_t offset) {
+    check_range(dst, n, offset, "upload");
+    size_t es = dtype_size(dst.dtype);
+    staging_.resize(n * es);
+    if (dst.dtype == DType::BF16) {
+      // Big weights (an 8B base is 8e9 values) convert on all cores.
+      uint16_t* o = reinterpret_cast<uint16_t*>(staging_.data());
+      size_t nt = n > (size_t(1) << 22) ? std::max(1u, std::thread::hardware_concurrency()) : 1;
+      std::vector<std::thread> pool;
+      for (size_t t = 0; t < nt; t++)
+        pool.emplace_back([=] {
+          for (size_t i = n * t / nt; i < n * (t + 1) / nt; i++) o[i] = f32_to_bf16(float(src[i]));
+        });
+      for (auto& th : pool) th.join();
+    } else if (dst.dtype == DType::F32) {
+      float* o = reinterpret_cast<float*>(staging_.data());
+      for (size_t i = 0; i < n; i++) o[i] = float(src[i]);
+    } else {
+      throw EngineError("cuda upload: float data into a " + std::string(dtype_name(dst.dtype)) + " tensor");
+    }
+    CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.ptr) + offset * es, staging_.data(), n * es,
+                               cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void upload(const Tensor& dst, const float* src, size_t n, size_t offset) override {
+    upload_float(dst, src, n, offset);
+  }
+  void upload(const Tensor& dst, const double* src, size_t n, size_t offset) override {
+    upload_float(dst, src, n, offset);
+  }
+  void upload(const Tensor& dst, const int32_t* src, size_t n, size_t offset) override {
+    check_range(dst, n, offset, "upload");
+    if (dst.dtype != DType::I32) throw EngineError("cuda upload: int32 data into a non-Index tensor");
+    CUDA_CHECK(cudaMemcpyAsync(static_cast<int32_t*>(dst.ptr) + offset, src, n * 4, cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    // Remember whether this index range is all zeros: a doc_start of zeros means one document per row, the
+    // plain causal case that cuDNN SDPA handles (checked here on the host, so attention never has to sync).
+    bool all_zero = true;
+    for (size_t i = 0; i < n && all_zero; i++) all_zero = src[i] == 0;
+    forget_index_range(static_cast<int32_t*>(dst.ptr) + offset, n);
+    zero_index_[static_cast<int32_t*>(dst.ptr) + offset] = all_zero ? n : 0;
+  }
+  template <typename D> void download_float(const Tensor& src, D* dst, size_t n, size_t offset) {
+    check_range(src, n, offset, "download");
+    size_t es = dtype_size(src.dtype);
+    staging_.resize(n * es);
+    CUDA_CHECK(cudaMemcpyAsync(staging_.data(), static_cast<const char*>(src.ptr) + offset * es, n * es,
+                               cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (src.dtype == DType::BF16) {
+      const uint16_t* s = reinterpret_cast<const uint16_t*>(staging_.data());
+      for (size_t i = 0; i < n; i++) dst[i] = D(bf16_to_f32(s[i]));
+    } else if (src.dtype == DType::F32) {
+      const float* s = reinterpret_cast<const float*>(staging_.data());
+      for (size_t i = 0; i < n; i++) dst[i] = D(s[i]);
+    } else if (src.dtype == DType::I32) {
+      const int32_t* s = reinterpret_cast<const int32_t*>(staging_.data());
+      for (size_t i = 0; i < n; i++) dst[i] = D(s[i]);
+    } else {
+      throw EngineError("cuda download: unsupported dtype");
+    }
+  }
+  void download(const Tensor& src, float* dst, size_t n, size_t offset) override {
+    download_float(src, dst, n, offset);
+  }
+  void download(const Tensor& src, double* dst, size_t n, size_t offset) override {
+    download_float(src, dst, n, offset);
+  }
+  void copy(const Tensor& dst, const Tensor& src, size_t n) override {
+    if (dst.dtype != src.dtype) throw EngineError("cuda copy: dtype mismatch");
+    check_range(dst, n, 0, "copy");
+    check_range(src, n, 0, "copy");
+    CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, n * dtype_size(dst.dtype), cudaMemcpyDeviceToDevice, stream_));
+    if (dst.dtype == DType::I32) {
+      auto it = zero_index_.find(static_cast<int32_t*>(src.ptr));
+      bool z = it != zero_index_.end() && it->second >= n;
+      forget_index_range(static_cast<int32_t*>(dst.ptr), n);
+      zero_index_[static_cast<int32_t*>(dst.ptr)] = z ? n : 0;
+    }
+  }
+  void fill(const Tensor& dst, float value, size_t n) override {
+    check_range(dst, n, 0, "fill");
+    if (dst.dtype == DType::F32) launch_fill(static_cast<float*>(dst.ptr), value, n, stream_);
+    else if (dst.dtype == DType::BF16) launch_fill(static_cast<bf16*>(dst.ptr), value, n, stream_);
+    else if (dst.dtype == DType::I32) {
+      launch_fill_i32(static_cast<int32_t*>(dst.ptr), int32_t(value), n, stream_);
+      forget_index_range(static_cast<int32_t*>(dst.ptr), n);
+      zero_index_[static_cast<int32_t*>(dst.ptr)] = value == 0.0f ? n : 0;
+    } else throw EngineError("cuda fill: unsupported dtype");
+  }
+  Tensor upload_nf4(const float* w, int rows, int cols) override {
+    size_t n = (size_t)rows * cols;
+    if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
+    std::vector<uint8_t> codes(n / 2);
+    std::vector<float> scales(n / 64);
+    for (size_t blk = 0; blk < n / 64; blk++) {
+      float amax = 0.0f;
+      for (int i = 0; i < 64; i++) amax = std::max(amax, std::fabs(w[blk * 64 + i]));
+      scales[blk] = amax;
+      for (int i = 0; i < 64; i += 2) {
+        uint8_t q[2];
+        for (int h = 0; h < 2; h++) {
+          float x = amax > 0 ? w[blk * 64 + i + h] / amax : 0.0f;
+          int best = 0;
+          for (int c = 1; c < 16; c++)
+            if (std::fabs(kNF4Host[c] - x) < std::fabs(kNF4Host[best] - x)) best = c;
+          q[h] = uint8_t(best);
+        }
+        codes[(blk * 64 + i) / 2] = uint8_t((q[0] << 4) | q[1]);
+      }
+    }
+    Tensor t;
+    t.dtype = DType::U8;
+    t.n = n;
+    t.quant = Quant::NF4;
+    t.ptr = mem_.get(n / 2);
+    t.scales = mem_.get(scales.size() * 4);
+    CUDA_CHECK(cudaMemcpy(t.ptr, codes.data(), codes.size(), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(t.scales, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice));
+    return t;
+  }
+
+  // ---- matmul ----------------------------------------------------------------------------------------------
+  void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, bool trans_a, bool trans_b,
+              float alpha, float beta) override {
+    Timer tm(this, "matmul", 2.0 * M * N * K, M, N, K);
+    const void* ap = a.ptr;
+    const void* bp = b.ptr;
+    DType at = a.dtype, bt = b.dtype;
+    if (b.quant == Quant::NF4) {
+      bf16* w = static_cast<bf16*>(scratch(1, b.n * 2));
+      launch_nf4_dequant(w, static_cast<const uint8_t*>(b.ptr), static_cast<const float*>(b.scales), b.n, stream_);
+      bp = w;
+      bt = DType::BF16;
+    }
+    if (a.quant == Quant::NF4) throw EngineError("cuda matmul: NF4 is supported only as the B operand");
+    // Mixed bf16/fp32 operands (LoRA A/B are fp32 Params, activations bf16): round the fp32 one to bf16 in a
+    // scratch buffer, then one bf16 GEMM with fp32 accumulation. Both fp32: a true fp32 GEMM.
+    bool want_bf16 = at == DType::BF16 || bt == DType::BF16 || c.dtype == DType::BF16;
+    if (want_bf16) {
+      if (at == DType::F32) {
+        bf16* s = static_cast<bf16*>(scratch(2, (size_t)M * K * 2));
+        launch_f32_to_bf16(s, static_cast<const float*>(ap), (size_t)M * K, stream_);
+        ap = s;
+        at = DType::BF16;
+      }
+      if (bt == DType::F32) {
+        bf16* s = static_cast<bf16*>(scratch(3, (size_t)K * N * 2));
+        launch_f32_to_bf16(s, static_cast<const float*>(bp), (size_t)K * N, stream_);
+        bp = s;
+        bt = DType::BF16;
+      }
+    }
+    if (at != bt || (at != DType::BF16 && at != DType::F32))
+      throw EngineError("cuda matmul: unsupported operand dtypes");
+    if (c.dtype != DType::BF16 && c.dtype != DType::F32) throw EngineError("cuda matmul: unsupported output dtype");
+    cudaDataType_t ab = at == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    cudaDataType_t ct = c.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    if (ab == CUDA_R_32F && ct == CUDA_R_16BF) throw EngineError("cuda matmul: fp32 × fp32 → bf16 unsupported");
+    int lda = trans_a ? M : K, ldb = trans_b ? K : N;
+    if (K == 0) {  // empty contraction: C = beta·C
+      if (beta == 0.0f) fill(c, 0.0f, (size_t)M * N);
+      else if (beta != 1.0f && ct == CUDA_R_32F) launch_scale(static_cast<float*>(c.ptr), beta, (size_t)M * N, stream_);
+      return;
+    }
+    gemm_->run(c.ptr, ct, N, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
+  }
+
+  // ---- embedding, norms, elementwise -------------------------------------------------------------------------
+  void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table, int N, int C,
+                         double scale) override {
+    Timer tm(this, "embedding");
+    need(out, DType::BF16, "embedding out");
+    need(table, DType::BF16, "embedding table");
+    float s = scale == 1.0 ? 1.0f : bf16_to_f32(f32_to_bf16(float(scale)));
+    launch_embedding(static_cast<bf16*>(out.ptr), static_cast<const int32_t*>(ids.ptr),
+                     static_cast<const bf16*>(table.ptr), N, C, s, stream_);
+  }
+  void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, int N, int C,
+                       double eps, bool plus_one) override {
+    Timer tm(this, "rmsnorm_forward");
+    need(out, DType::BF16, "rmsnorm out");
+    need(x, DType::BF16, "rmsnorm x");
+    need(w, DType::BF16, "rmsnorm w");
+    need(rstd, DType::F32, "rmsnorm rstd");
+    launch_rmsnorm_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(rstd.ptr),
+                           static_cast<const bf16*>(x.ptr), static_cast<const bf16*>(w.ptr), N, C, float(eps),
+                           plus_one, stream_);
+  }
+  void rmsnorm_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        int N, int C, bool plus_one) override {
+    Timer tm(this, "rmsnorm_backward");
+    need(dx, DType::BF16, "rmsnorm dx");
+    launch_rmsnorm_backward(static_cast<bf16*>(dx.ptr), static_cast<const bf16*>(dout.ptr),
+                            static_cast<const bf16*>(x.ptr), static_cast<const bf16*>(w.ptr),
+                            static_cast<const float*>(rstd.ptr), N, C, plus_one, stream_);
+  }
+  void add(const Tensor& y, const Tensor& x, size_t n, float alpha) override {
+    Timer tm(this, "add");
+    if (y.dtype != x.dtype) throw EngineError("cuda add: dtype mismatch");
+    if (y.dtype == DType::F32)
+      launch_add(static_cast<float*>(y.ptr), static_cast<const float*>(x.ptr), n, alpha, stream_);
+    else if (y.dtype == DType::BF16)
+      launch_add(static_cast<bf16*>(y.ptr), static_cast<const bf16*>(x.ptr), n, alpha, stream_);
+    else throw EngineError("cuda add: unsupported dtype");
+  }
+  void add_bias(const Tensor& y, const Tensor& bias, int N, int D) override {
+    Timer tm(this, "add_bias");
+    need(y, DType::BF16, "add_bias y");
+    need(bias, DType::BF16, "add_bias bias");
+    launch_add_bias(static_cast<bf16*>(y.ptr), static_cast<const bf16*>(bias.ptr), N, D, stream_);
+  }
+  void scale(const Tensor& y, float s, size_t n) override {
+    Timer tm(this, "scale");
+    need(y, DType::F32, "scale y");
+    launch_scale(static_cast<float*>(y.ptr), s, n, stream_);
+  }
+  void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H,
+                    int HD) override {
+    Timer tm(this, "rope");
+    need(x, DType::BF16, "rope x");
+    launch_rope(static_cast<bf16*>(x.ptr), static_cast<const int32_t*>(positions.ptr),
+                static_cast<const float*>(inv_freq.ptr), N, H, HD, false, stream_);
+  }
+  void rope_backward(const Tensor& dx, const Tensor& positions, const Tensor& inv_freq, int N, int H,
+                     int HD) override {
+    Timer tm(this, "rope");
+    need(dx, DType::BF16, "rope dx");
+    launch_rope(static_cast<bf16*>(dx.ptr), static_cast<const int32_t*>(positions.ptr),
+                static_cast<const float*>(inv_freq.ptr), N, H, HD, true, stream_);
+  }
+
+  // ---- attention ---------------------------------------------------------------------------------------------
+  void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH, int NKV,
+                         int HD) override {
+    Timer tm(this, "attention_forward", attention_flops(B, Tq, NH, HD, 1.0));
+    need(q, DType::BF16, "attention q");
+    need(lse, DType::F32, "attention lse");
+#if defined(NXFT_HAVE_CUDNN)
+    if (cudnn_ && Tq == Tk && Tk == Tk_stride && q_offset == 0 && index_all_zero(doc_start, (size_t)B * Tq) &&
+        cudnn_->forward(out.ptr, static_cast<float*>(lse.ptr), q.ptr, k.ptr, v.ptr, B, Tq, NH, NKV, HD)) {
+      tm.rename("attention_forward (cudnn)");
+      return;
+    }
+#endif
+    launch_attention_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(lse.ptr),
+                             static_cast<const bf16*>(q.ptr), static_cast<const bf16*>(k.ptr),
+                             static_cast<const bf16*>(v.ptr), static_cast<const int32_t*>(doc_start.ptr), B, Tq, Tk,
+                             Tk_stride, q_offset, NH, NKV, HD, stream_);
+  }
+  void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                          const Tensor& doc_start, int B, int T, int NH, int NKV, int HD) override {
+    Timer tm(this, "attention_backward", attention_flops(B, T, NH, HD, 2.5));
+#if defined(NXFT_HAVE_CUDNN)
+    if (cudnn_ && index_all_zero(doc_start, (size_t)B * T) &&
+        cudnn_->backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr,
+                         static_cast<const float*>(lse.ptr), B, T, NH, NKV, HD)) {
+      tm.rename("attention_backward (cudnn)");
+      return;
+    }
+#endif
+    float* delta = static_cast<float*>(scratch(4, (size_t)B * NH * T * 4));
+    launch_attention_backward(static_cast<bf16*>(dq.ptr), static_cast<bf16*>(dk.ptr), static_cast<bf16*>(dv.ptr),
+                              static_cast<const bf16*>(dout.ptr), static_cast<const bf16*>(q.ptr),
+                              static_cast<const bf16*>(k.ptr), static_cast<const bf16*>(v.ptr),
+                              static_cast<const bf16*>(out.ptr), static_cast<const float*>(lse.ptr),
+                              static_cast<const int32_t*>(doc_start.ptr), delta, B, T, NH, NKV, HD, stream_);
+  }
+
+  // ---- MLP activation, dropout ----------------------------------------------------------------------------------
+  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act) override {
+    Timer tm(this, "glu_forward");
+    need(out, DType::BF16, "glu out");
+    launch_glu_forward(static_cast<bf16*>(out.ptr), static_cast<const bf16*>(gate.ptr),
+                       static_cast<const bf16*>(up.ptr), (size_t)N * F, act == Glu::SwiGLU ? 0 : 1, stream_);
+  }
+  void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
+                    int N, int F, Glu act) override {
+    Timer tm(this, "glu_backward");
+    need(dgate, DType::BF16, "glu dgate");
+    launch_glu_backward(static_cast<bf16*>(dgate.ptr), static_cast<bf16*>(dup.ptr),
+                        static_cast<const bf16*>(dout.ptr), static_cast<const bf16*>(gate.ptr),
+                        static_cast<const bf16*>(up.ptr), (size_t)N * F, act == Glu::SwiGLU ? 0 : 1, stream_);
+  }
+  void lora_dropout(const Tensor& out, const Tensor& x, int N, int D, float p, uint64_t seed) override {
+    Timer tm(this, "lora_dropout");
+    need(out, DType::BF16, "lora_dropout out");
+    launch_lora_dropout(static_cast<bf16*>(out.ptr), static_cast<const bf16*>(x.ptr), (size_t)N * D, p, seed,
+                        stream_);
+  }
+
+  // ---- cross-entropy ------------------------------------------------------------------------------------------------
+  void ce_stats(const Tensor& logits, const Tensor& targets, const Tensor& run_max, const Tensor& run_sum,
+                const Tensor& target_logit, int n, int Vc, int v0) override {
+    Timer tm(this, "cross_entropy");
+    need(logits, DType::BF16, "ce logits");
+    launch_ce_stats(static_cast<const bf16*>(logits.ptr), static_cast<const int32_t*>(targets.ptr),
+                    static_cast<float*>(run_max.ptr), static_cast<float*>(run_sum.ptr),
+                    static_cast<float*>(target_logit.ptr), n, Vc, v0, stream_);
+  }
+  void ce_finish(const Tensor& loss, const Tensor& lse, const Tensor& run_max, const Tensor& run_sum,
+                 const Tensor& target_logit, const Tensor& targets, int n) override {
+    Timer tm(this, "cross_entropy");
+    launch_ce_finish(static_cast<float*>(loss.ptr), static_cast<float*>(lse.ptr),
+                     static_cast<const float*>(run_max.ptr), static_cast<const float*>(run_sum.ptr),
+                     static_cast<const float*>(target_logit.ptr), static_cast<const int32_t*>(targets.ptr), n, stream_);
+  }
+  void ce_grad(const Tensor& logits, const Tensor& targets, const Tensor& lse, int n, int Vc, int v0,
+               float grad_scale) override {
+    Timer tm(this, "cross_entropy");
+    need(logits, DType::BF16, "ce logits");
+    launch_ce_grad(static_cast<bf16*>(logits.ptr), static_cast<const int32_t*>(targets.ptr),
+                   static_cast<const float*>(lse.ptr), n, Vc, v0, grad_scale, stream_);
+  }
+
+  // ---- optimizer --------------------------------------------------------------------------------------------------
+  double sum_sq(const Tensor& x, size_t n) override {
+    Timer tm(this, "sum_sq");
+    if (x.dtype == DType::F32)
+      launch_sum_sq(d_sum_, d_sum_ + 1, static_cast<const float*>(x.ptr), n, stream_);
+    else if (x.dtype == DType::BF16)
+      launch_sum_sq(d_sum_, d_sum_ + 1, static_cast<const bf16*>(x.ptr), n, stream_);
+    else throw EngineError("cuda sum_sq: unsupported dtype");
+    double r = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&r, d_sum_, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return r;
+  }
+  void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, size_t n, double lr,
+                  double beta1, double beta2, double eps, double weight_decay, int64_t t, float grad_scale) override {
+    Timer tm(this, "adamw");
+    need(param, DType::F32, "adamw param");
+    double bc1 = 1.0 - std::pow(beta1, double(t)), bc2 = 1.0 - std::pow(beta2, double(t));
+    launch_adamw(static_cast<float*>(param.ptr), static_cast<const float*>(grad.ptr), static_cast<float*>(m.ptr),
+                 static_cast<float*>(v.ptr), n, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+                 float(lr / bc1), float(std::sqrt(bc2)), grad_scale, stream_);
+  }
+
+  // ---- extras (cuda_backend.h) ----------------------------------------------------------------------------------
+  void fill_normal(const Tensor& t, float stdev, uint64_t seed, size_t n) {
+    check_range(t, n, 0, "fill_normal");
+    if (t.dtype == DType::BF16) launch_fill_normal(static_cast<bf16*>(t.ptr), stdev, seed, n, stream_);
+    else if (t.dtype == DType::F32) launch_fill_normal(static_cast<float*>(t.ptr), stdev, seed, n, stream_);
+    else throw EngineError("cuda fill_normal: unsupported dtype");
+  }
+  void set_profile(bool on) { profile_ = on; }
+  std::string profile_report() {
+    synchronize();
+    collect_events();
+    std::vector<std::pair<std::string, OpStats>> rows(stats_.begin(), stats_.end());
+    double total = 0;
+    for (auto& r : rows) total += r.second.ms;
+    std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.ms > b.second.ms; });
+    std::string s = "| op | calls | ms | share | TFLOP/s |\n|---|---|---|---|---|\n";
+    char buf[256];
+    for (auto& r : rows) {
+      double tf = r.second.flops > 0 ? r.second.flops / (r.second.ms * 1e-3) / 1e12 : 0;
+      snprintf(buf, sizeof buf, "| %s | %ld | %.2f | %.1f%% | %s |\n", r.first.c_str(), r.second.calls, r.second.ms,
+               100.0 * r.second.ms / total, tf > 0 ? std::to_string(int(tf + 0.5)).c_str() : "");
+      s += buf;
+    }
+    snprintf(buf, sizeof buf, "| total (sum of op times) | | %.2f | 100%% | |\n", total);
+    s += buf;
+    stats_.clear();
+    return s;
+  }
+  size_t reserved() const { return mem_.reserved(); }
+  std::string attention_path() const { return attention_path_; }
+
+ private:
+  // Event-timed region for the profile; a no-op unless profiling.
+  struct Timer {
+    CudaBackend* b;
+    std::string name;
+    double flops;
+    cudaEvent_t start = nullptr;
+    Timer(CudaBackend* b_, const char* n, double f = 0, int M = 0, int N = 0, int K = 0) : b(b_), name(n), flops(f) {
+      if (!b->profile_) return;
+      if (M > 0) name = gemm_class(M, N, K);
+      start = b->event();
+      cudaEventRecord(start, b->stream_);
+    }
+    void rename(const char* n) { name = n; }
+    ~Timer() {
+      if (!start) return;
+      cudaEvent_t stop = b->event();
+      cudaEventRecord(stop, b->stream_);
+      b->pending_.push_back({name, flops, start, stop});
+      if (b->pending_.size() > 4096) b->collect_events();
+    }
+    static std::string gemm_class(int M, int N, int K) {
+      int small = std::min(M, std::min(N, K));
+      if (small <= 256) return "matmul (LoRA, min dim " + std::string(small <= 64 ? "≤64" : "≤256") + ")";
+      return "matmul (base, " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + ")";
+    }
+  };
+  struct Pending {
+    std::string name;
+    double flops;
+    cudaEvent_t start, stop;
+  };
+  cudaEvent_t event() {
+    if (!free_events_.empty()) {
+      cudaEvent_t e = free_events_.back();
+      free_events_.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreate(&e));
+    event_pool_.push_back(e);
+    return e;
+  }
+  void collect_events() {
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (auto& p : pending_) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, p.start, p.stop);
+      OpStats& s = stats_[p.name];
+      s.ms += ms;
+      s.flops += p.flops;
+      s.calls++;
+      free_events_.push_back(p.start);
+      free_events_.push_back(p.stop);
+    }
+    pending_.clear();
+  }
+  static double attention_flops(int B, int T, int NH, int HD, double factor) {
+    return factor * 4.0 * B * NH * (double)T * T * HD / 2.0;  // causal: half the score matrix
+  }
+
+  void* scratch(int slot, size_t bytes) {
+    if (scratch_bytes_[slot] < bytes) {
+      if (scratch_[slot]) {
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+        cudaFree(scratch_[slot]);
+        mem_.add_external(0);
+      }
+      CUDA_CHECK(cudaMalloc(&scratch_[slot], bytes));
+      mem_.add_external(bytes - scratch_bytes_[slot]);
+      scratch_bytes_[slot] = bytes;
+    }
+    return scratch_[slot];
+  }
+  static void need(const Tensor& t, DType d, const char* what) {
+    if (t.dtype != d)
+      throw EngineError(std::string("cuda backend: ") + what + " must be " + dtype_name(d) + ", got " +
+                        dtype_name(t.dtype));
+  }
+  static void check_range(const Tensor& t, size_t n, size_t offset, const char* what) {
+    if (offset + n > t.n)
+      throw EngineError(std::string("cuda ") + what + ": " + std::to_string(offset + n) + " elements past a tensor of " +
+                        std::to_string(t.n));
+  }
+  bool index_all_zero(const Tensor& t, size_t n) const {
+    auto it = zero_index_.find(static_cast<int32_t*>(t.ptr));
+    return it != zero_index_.end() && it->second >= n;
+  }
+  void forget_index(void* p) { zero_index_.erase(static_cast<int32_t*>(p)); }
+  void forget_index_range(int32_t* p, size_t n) {
+    for (auto it = zero_index_.begin(); it != zero_index_.end();) {
+      int32_t* s = it->first;
+      size_t len = std::max<size_t>(it->second, 1);
+      if (s < p + n && p < s + len) it = zero_index_.erase(it);
+      else ++it;
+    }
+  }
+
+  std::string device_, attention_path_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Gemm> gemm_;
+#if defined(NXFT_HAVE_CUDNN)
+  std::unique_ptr<CudnnAttention> cudnn_;
+#endif
+  DeviceMemory mem_;
+  std::vector<char> staging_;
+  void* scratch_[8] = {};
+  size_t scratch_bytes_[8] = {};
+  double* d_sum_ = nullptr;
+  std::map<int32_t*, size_t> zero_index_;  // start of an uploaded Index range → its length if all zero, else 0
+  bool profile_ = false;
+  std::vector<cudaEvent_t> event_pool_, free_events_;
+  std::vector<Pending> pending_;
+  std::map<std::string, OpStats> stats_;
+};
+
+CudaBackend& as_cuda(Backend& b) {
+  CudaBackend* c = dynamic_cast<CudaBackend*>(&b);
+  if (!c) throw EngineError("not the CUDA backend");
+  return *c;
+}
+
+}  // namespace
+}  // namespace cuda
+
+std::unique_ptr<Backend> make_cuda_backend() {
+  if (!cuda_backend_available()) return nullptr;
+  return std::make_unique<cuda::CudaBackend>();
+}
+
+void cuda_fill_normal(Backend& backend, const Tensor& t, float stdev, uint64_t seed, size_t n) {
+  cuda::as_cuda(backend).fill_normal(t, stdev, seed, n);
+}
+void cuda_profile_enable(Backend& backend, bool on) { cuda::as_cuda(backend).set_profile(on); }
+std::string cuda_profile_report(Backend& backend) { return cuda::as_cuda(backend).profile_report(); }
+size_t cuda_reserved_bytes(Backend& backend) { return cuda::as_cuda(backend).reserved(); }
+std::string cuda_attention_path(Backend& backend) { return cuda::as_cuda(backend).attention_path(); }
+
+}  // namespace nxft

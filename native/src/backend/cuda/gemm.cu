@@ -1,0 +1,86 @@
+// gemm.cu — cuBLASLt plans cached per shape/type/alignment; see gemm.cuh for the row-major convention.
+#include "backend/cuda/gemm.cuh"
+#include "backend/cuda/cuda_common.cuh"
+
+namespace nxft {
+namespace cuda {
+
+static void check_lt(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw EngineError(std::string("cuBLASLt error ") + std::to_string(int(s)) + " in " + what);
+}
+
+Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+  check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
+  CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+}
+
+Gemm::~Gemm() {
+  for (auto& kv : plans_) {
+    cublasLtMatmulDescDestroy(kv.second.desc);
+    cublasLtMatrixLayoutDestroy(kv.second.la);
+    cublasLtMatrixLayoutDestroy(kv.second.lb);
+    cublasLtMatrixLayoutDestroy(kv.second.ld);
+  }
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+static int alignment_of(const void* p, int ld, int elem) {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  int al = 16;
+  while (al > elem && ((a % al) != 0 || ((size_t)ld * elem) % al != 0)) al >>= 1;
+  return al;
+}
+
+void Gemm::run(void* d, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
+               cudaDataType_t ab_type, int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta) {
+  if (M == 0 || N == 0) return;
+  int ab_size = ab_type == CUDA_R_16BF ? 2 : 4, d_size = d_type == CUDA_R_16BF ? 2 : 4;
+  int align_a = alignment_of(a, lda, ab_size), align_b = alignment_of(b, ldb, ab_size);
+  int align_d = alignment_of(d, ldd, d_size);
+  bool accumulate = beta != 0.0f;
+  Key key{M, N, K, int(trans_a), int(trans_b), int(ab_type), int(d_type), lda, ldb, ldd,
+          align_a * 1000 + align_b * 10 + (accumulate ? 1 : 0), align_d};
+  auto it = plans_.find(key);
+  if (it == plans_.end()) {
+    Plan p;
+    // cuBLAS-A is our B (op: trans_b ? T : N); cuBLAS-B is our A (op: trans_a ? T : N); cuBLAS-D is Dᵀ (N×M).
+    cublasComputeType_t compute = ab_type == CUDA_R_32F ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F;
+    check_lt(cublasLtMatmulDescCreate(&p.desc, compute, CUDA_R_32F), "MatmulDescCreate");
+    cublasOperation_t op_a = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)), "TRANSA");
+    check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)), "TRANSB");
+    // column-major shapes of the stored operands
+    uint64_t a_rows = trans_b ? K : N, a_cols = trans_b ? N : K;
+    uint64_t b_rows = trans_a ? M : K, b_cols = trans_a ? K : M;
+    check_lt(cublasLtMatrixLayoutCreate(&p.la, ab_type, a_rows, a_cols, ldb), "layout A");
+    check_lt(cublasLtMatrixLayoutCreate(&p.lb, ab_type, b_rows, b_cols, lda), "layout B");
+    check_lt(cublasLtMatrixLayoutCreate(&p.ld, d_type, N, M, ldd), "layout D");
+    cublasLtMatmulPreference_t pref;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
+    check_lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
+                                                  sizeof(workspace_bytes_)), "pref workspace");
+    uint32_t al_a = align_b, al_b = align_a, al_d = align_d;  // cuBLAS-A is our B
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d));
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.la, p.lb, p.ld, p.ld, pref, 1, &heur, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (s != CUBLAS_STATUS_SUCCESS || found == 0)
+      throw EngineError("cuBLASLt found no algorithm for matmul M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                        " K=" + std::to_string(K));
+    p.algo = heur.algo;
+    it = plans_.emplace(key, p).first;
+  }
+  Plan& p = it->second;
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, d, p.ld, d, p.ld, &p.algo, workspace_,
+                          workspace_bytes_, stream_),
+           "cublasLtMatmul");
+}
+
+}  // namespace cuda
+}  // namespace nxft

@@ -1,0 +1,41 @@
+// gemm.cuh — one cuBLASLt wrapper for every matrix product of the CUDA backend (llm.c's matmul_cublaslt idea).
+// Row-major: D (M,N) = alpha · op(A) · op(B) + beta · D, fp32 accumulation.
+//   op(A) is (M,K): A stored (M,K) with row stride lda, or (K,M) when trans_a.
+//   op(B) is (K,N): B stored (K,N) with row stride ldb, or (N,K) when trans_b.
+// A and B share one dtype (bf16 or fp32); D is bf16 or fp32. beta = 0 never reads D (NaN-safe).
+// cuBLASLt is column-major, so we compute Dᵀ = op(B)ᵀ · op(A)ᵀ: row-major storage read as column-major is the
+// transpose, which needs no copy.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <map>
+#include <tuple>
+
+namespace nxft {
+namespace cuda {
+
+class Gemm {
+ public:
+  explicit Gemm(cudaStream_t stream);
+  ~Gemm();
+  // dtype codes: CUDA_R_16BF or CUDA_R_32F.
+  void run(void* d, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
+           cudaDataType_t ab_type, int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta);
+  void set_stream(cudaStream_t s) { stream_ = s; }
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
+    cublasLtMatmulAlgo_t algo;
+  };
+  using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
+  cublasLtHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 32u << 20;  // Hopper wants 32 MiB (llm.c)
+  std::map<Key, Plan> plans_;
+};
+
+}  // namespace cuda
+}  // namespace nxft

@@ -1,0 +1,70 @@
+// kernels.cuh — launchers for the CUDA backend's own kernels (one .cu file per concern). All take the
+// backend's stream; shapes as in backend.h. Activations and weights are bf16, Stat/Param fp32, Index int32.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+
+namespace nxft {
+namespace cuda {
+
+using bf16 = __nv_bfloat16;
+
+// elementwise.cu
+void launch_embedding(bf16* out, const int32_t* ids, const bf16* table, int N, int C, float scale, cudaStream_t s);
+template <typename T> void launch_add(T* y, const T* x, size_t n, float alpha, cudaStream_t s);
+void launch_add_bias(bf16* y, const bf16* bias, int N, int D, cudaStream_t s);
+void launch_scale(float* y, float a, size_t n, cudaStream_t s);
+template <typename T> void launch_fill(T* y, float v, size_t n, cudaStream_t s);
+void launch_fill_i32(int32_t* y, int32_t v, size_t n, cudaStream_t s);
+void launch_f32_to_bf16(bf16* y, const float* x, size_t n, cudaStream_t s);
+void launch_bf16_to_f32(float* y, const bf16* x, size_t n, cudaStream_t s);
+// N(0, std) from a counter-based hash of (seed, index): device-side random init of big bf16 weights.
+template <typename T> void launch_fill_normal(T* y, float std, uint64_t seed, size_t n, cudaStream_t s);
+void launch_lora_dropout(bf16* out, const bf16* x, size_t n, float p, uint64_t seed, cudaStream_t s);
+
+// rmsnorm.cu
+void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int N, int C, float eps,
+                            bool plus_one, cudaStream_t s);
+void launch_rmsnorm_backward(bf16* dx, const bf16* dout, const bf16* x, const bf16* w, const float* rstd, int N,
+                             int C, bool plus_one, cudaStream_t s);
+
+// rope.cu
+void launch_rope(bf16* x, const int32_t* pos, const float* inv_freq, int N, int H, int HD, bool backward,
+                 cudaStream_t s);
+
+// glu.cu (act: 0 = silu, 1 = gelu_tanh)
+void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, size_t n, int act, cudaStream_t s);
+void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, size_t n,
+                         int act, cudaStream_t s);
+
+// cross_entropy.cu (logits bf16 (n, Vc))
+void launch_ce_stats(const bf16* logits, const int32_t* targets, float* run_max, float* run_sum, float* tlogit,
+                     int n, int Vc, int v0, cudaStream_t s);
+void launch_ce_finish(float* loss, float* lse, const float* run_max, const float* run_sum, const float* tlogit,
+                      const int32_t* targets, int n, cudaStream_t s);
+void launch_ce_grad(bf16* logits, const int32_t* targets, const float* lse, int n, int Vc, int v0, float grad_scale,
+                    cudaStream_t s);
+
+// adamw.cu
+void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+                  float eps, float wd, float step_size, float bc2_sqrt, float grad_scale, cudaStream_t s);
+// Σx² in double, deterministic (per-block partials then one block); result left in *out (device).
+template <typename T> void launch_sum_sq(double* out, double* partials, const T* x, size_t n, cudaStream_t s);
+constexpr int kSumSqBlocks = 264;
+
+// attention.cu — the portable flash-style kernels (O(T) memory; CUDA cores; any doc_start).
+void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                              const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
+                              int NKV, int HD, cudaStream_t s);
+// delta (B,NH,T) fp32 scratch.
+void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
+                               const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
+                               float* delta, int B, int T, int NH, int NKV, int HD, cudaStream_t s);
+
+// nf4.cu: codes (rows·cols/2 bytes, element 2k high nibble), scales fp32 per 64 elements → bf16 (rows, cols).
+void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, size_t n, cudaStream_t s);
+
+}  // namespace cuda
+}  // namespace nxft

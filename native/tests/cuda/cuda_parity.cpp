@@ -1,0 +1,324 @@
+// cuda_parity.cpp — op-by-op parity of the CUDA backend against the CPU backend (the oracle, llm.c style:
+// train_gpt2.c backs train_gpt2.cu). Every op of backend.h runs on both with the same fresh random inputs
+// (rounded to bf16 first wherever the CUDA backend stores bf16, so both see identical values); we report the
+// max abs error and ‖cuda − cpu‖/‖cpu‖ per op and fail above a per-op threshold (bf16 outputs: 1e-2 relative;
+// fp32 optimizer math: 1e-5). Needs a GPU: run by bench/cuda-train.sh, not by ctest.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "util/dtype.h"
+
+using namespace nxft;
+
+namespace {
+
+std::mt19937_64 rng(20261127);
+int failures = 0;
+
+std::vector<float> randn(size_t n, float std = 1.0f, bool round_bf16 = true) {
+  std::normal_distribution<float> d(0.0f, std);
+  std::vector<float> v(n);
+  for (auto& x : v) x = round_bf16 ? bf16_to_f32(f32_to_bf16(d(rng))) : d(rng);
+  return v;
+}
+
+struct Pair {  // the same logical tensor on both backends
+  Tensor cpu, gpu;
+  size_t n;
+};
+
+struct Harness {
+  Backend& cpu;
+  Backend& gpu;
+  Pair make(const std::vector<float>& host, Role role) {
+    Pair p{cpu.alloc(host.size(), role), gpu.alloc(host.size(), role), host.size()};
+    cpu.upload(p.cpu, host.data(), host.size());
+    gpu.upload(p.gpu, host.data(), host.size());
+    return p;
+  }
+  Pair make_i(const std::vector<int32_t>& host) {
+    Pair p{cpu.alloc(host.size(), Role::Index), gpu.alloc(host.size(), Role::Index), host.size()};
+    cpu.upload(p.cpu, host.data(), host.size());
+    gpu.upload(p.gpu, host.data(), host.size());
+    return p;
+  }
+  // Poisoned output (NaN) so an unwritten element fails the comparison.
+  Pair make_out(size_t n, Role role) {
+    std::vector<float> nan(n, std::nanf(""));
+    return make(nan, role);
+  }
+  void compare(const char* op, const Pair& p, double tol, size_t n = 0) {
+    if (n == 0) n = p.n;
+    std::vector<double> a(n), b(n);
+    cpu.download(p.cpu, a.data(), n);
+    gpu.download(p.gpu, b.data(), n);
+    double max_abs = 0, num = 0, den = 0;
+    bool finite = true;
+    for (size_t i = 0; i < n; i++) {
+      if (!std::isfinite(b[i]) || !std::isfinite(a[i])) finite = false;
+      double d = std::fabs(a[i] - b[i]);
+      max_abs = std::max(max_abs, d);
+      num += d * d;
+      den += a[i] * a[i];
+    }
+    double rel = std::sqrt(num / std::max(den, 1e-300));
+    bool ok = finite && rel <= tol;
+    if (!ok) failures++;
+    std::printf("| %-44s | %10.3e | %10.3e | %8.0e | %s |\n", op, max_abs, rel, tol, ok ? "ok" : "FAIL");
+  }
+  void free(Pair& p) {
+    cpu.free(p.cpu);
+    gpu.free(p.gpu);
+  }
+};
+
+constexpr double kBf16 = 1e-2, kF32 = 1e-5;
+
+void test_matmul(Harness& h) {
+  const int M = 257, N = 384, K = 520;
+  // y = x·Wᵀ (activation × weight → activation)
+  Pair x = h.make(randn((size_t)M * K), Role::Activation), w = h.make(randn((size_t)N * K, 0.05f), Role::Weight);
+  Pair y = h.make_out((size_t)M * N, Role::Activation);
+  h.cpu.matmul(y.cpu, x.cpu, w.cpu, M, N, K, false, true, 1.0f, 0.0f);
+  h.gpu.matmul(y.gpu, x.gpu, w.gpu, M, N, K, false, true, 1.0f, 0.0f);
+  h.compare("matmul y=x·Wᵀ bf16 (257x384x520)", y, kBf16);
+  // dx = dy·W, accumulate (beta = 1) into y's result
+  Pair dy = h.make(randn((size_t)M * N), Role::Activation), dx = h.make(randn((size_t)M * K), Role::Activation);
+  h.cpu.matmul(dx.cpu, dy.cpu, w.cpu, M, K, N, false, false, 0.5f, 1.0f);
+  h.gpu.matmul(dx.gpu, dy.gpu, w.gpu, M, K, N, false, false, 0.5f, 1.0f);
+  h.compare("matmul dx+=0.5·dy·W (beta=1)", dx, kBf16);
+  // LoRA gradients: dA (r,in) fp32 += dyᵀ·x with a bf16 × bf16 → fp32 product
+  const int r = 16;
+  Pair dxa = h.make(randn((size_t)M * r), Role::Activation), dA = h.make(randn((size_t)r * K), Role::Param);
+  h.cpu.matmul(dA.cpu, dxa.cpu, x.cpu, r, K, M, true, false, 1.0f, 1.0f);
+  h.gpu.matmul(dA.gpu, dxa.gpu, x.gpu, r, K, M, true, false, 1.0f, 1.0f);
+  h.compare("matmul dA+=dxaᵀ·x → fp32 (trans_a)", dA, kBf16);
+  // LoRA forward with an fp32 Param operand: xa = x·Aᵀ (activation × param)
+  Pair A = h.make(randn((size_t)r * K, 0.05f, false), Role::Param), xa = h.make_out((size_t)M * r, Role::Activation);
+  h.cpu.matmul(xa.cpu, x.cpu, A.cpu, M, r, K, false, true, 1.0f, 0.0f);
+  h.gpu.matmul(xa.gpu, x.gpu, A.gpu, M, r, K, false, true, 1.0f, 0.0f);
+  h.compare("matmul xa=x·Aᵀ (bf16 × fp32 param)", xa, kBf16);
+  // fp32 × fp32 → fp32
+  Pair p1 = h.make(randn(64 * 48, 1.0f, false), Role::Param), p2 = h.make(randn(48 * 40, 1.0f, false), Role::Param);
+  Pair p3 = h.make_out(64 * 40, Role::Param);
+  h.cpu.matmul(p3.cpu, p1.cpu, p2.cpu, 64, 40, 48, false, false, 1.0f, 0.0f);
+  h.gpu.matmul(p3.gpu, p1.gpu, p2.gpu, 64, 40, 48, false, false, 1.0f, 0.0f);
+  h.compare("matmul fp32 × fp32 → fp32", p3, kF32);
+  // NF4 base weight (QLoRA): both backends quantize the same fp32 weight the same way
+  std::vector<float> wf = randn((size_t)N * K, 0.05f, false);
+  Tensor wq_cpu = h.cpu.upload_nf4(wf.data(), N, K), wq_gpu = h.gpu.upload_nf4(wf.data(), N, K);
+  Pair y2 = h.make_out((size_t)M * N, Role::Activation);
+  h.cpu.matmul(y2.cpu, x.cpu, wq_cpu, M, N, K, false, true, 1.0f, 0.0f);
+  h.gpu.matmul(y2.gpu, x.gpu, wq_gpu, M, N, K, false, true, 1.0f, 0.0f);
+  h.compare("matmul y=x·NF4(W)ᵀ", y2, kBf16);
+  h.cpu.free(wq_cpu);
+  h.gpu.free(wq_gpu);
+  for (Pair* p : {&x, &w, &y, &dy, &dx, &dxa, &dA, &A, &xa, &p1, &p2, &p3, &y2}) h.free(*p);
+}
+
+void test_norm_embed_elementwise(Harness& h) {
+  const int N = 77, C = 520, V = 300;
+  Pair table = h.make(randn((size_t)V * C), Role::Weight);
+  std::vector<int32_t> ids(N);
+  for (auto& i : ids) i = int32_t(rng() % V);
+  Pair id = h.make_i(ids), e = h.make_out((size_t)N * C, Role::Activation);
+  h.cpu.embedding_forward(e.cpu, id.cpu, table.cpu, N, C, 1.0);
+  h.gpu.embedding_forward(e.gpu, id.gpu, table.gpu, N, C, 1.0);
+  h.compare("embedding_forward", e, 0.0);
+  h.cpu.embedding_forward(e.cpu, id.cpu, table.cpu, N, C, std::sqrt(double(C)));
+  h.gpu.embedding_forward(e.gpu, id.gpu, table.gpu, N, C, std::sqrt(double(C)));
+  h.compare("embedding_forward ×√C (gemma)", e, kBf16);
+  for (int p1 = 0; p1 < 2; p1++) {
+    Pair x = h.make(randn((size_t)N * C, 3.0f), Role::Activation), w = h.make(randn(C, 1.0f), Role::Weight);
+    Pair out = h.make_out((size_t)N * C, Role::Activation), rstd = h.make_out(N, Role::Stat);
+    h.cpu.rmsnorm_forward(out.cpu, rstd.cpu, x.cpu, w.cpu, N, C, 1e-5, p1);
+    h.gpu.rmsnorm_forward(out.gpu, rstd.gpu, x.gpu, w.gpu, N, C, 1e-5, p1);
+    h.compare(p1 ? "rmsnorm_forward (1+w)" : "rmsnorm_forward", out, kBf16);
+    h.compare(p1 ? "rmsnorm_forward rstd (1+w)" : "rmsnorm_forward rstd", rstd, 1e-5);
+    Pair dout = h.make(randn((size_t)N * C), Role::Activation), dx = h.make(randn((size_t)N * C), Role::Activation);
+    h.cpu.rmsnorm_backward(dx.cpu, dout.cpu, x.cpu, w.cpu, rstd.cpu, N, C, p1);
+    h.gpu.rmsnorm_backward(dx.gpu, dout.gpu, x.gpu, w.gpu, rstd.gpu, N, C, p1);
+    h.compare(p1 ? "rmsnorm_backward (accumulate, 1+w)" : "rmsnorm_backward (accumulate)", dx, kBf16);
+    for (Pair* p : {&x, &w, &out, &rstd, &dout, &dx}) h.free(*p);
+  }
+  Pair a = h.make(randn((size_t)N * C), Role::Activation), b = h.make(randn((size_t)N * C), Role::Activation);
+  h.cpu.add(a.cpu, b.cpu, a.n, 0.75f);
+  h.gpu.add(a.gpu, b.gpu, a.n, 0.75f);
+  h.compare("add (bf16)", a, kBf16);
+  Pair bias = h.make(randn(C), Role::Weight);
+  h.cpu.add_bias(a.cpu, bias.cpu, N, C);
+  h.gpu.add_bias(a.gpu, bias.gpu, N, C);
+  h.compare("add_bias", a, kBf16);
+  Pair pp = h.make(randn(1000, 1.0f, false), Role::Param), pq = h.make(randn(1000, 1.0f, false), Role::Param);
+  h.cpu.add(pp.cpu, pq.cpu, pp.n, -2.0f);
+  h.gpu.add(pp.gpu, pq.gpu, pp.n, -2.0f);
+  h.cpu.scale(pp.cpu, 0.3f, pp.n);
+  h.gpu.scale(pp.gpu, 0.3f, pp.n);
+  h.compare("add + scale (fp32 params)", pp, kF32);
+  // dropout: identical masks from the counter RNG
+  Pair dr = h.make_out((size_t)N * C, Role::Activation);
+  h.cpu.lora_dropout(dr.cpu, b.cpu, N, C, 0.1f, 1234);
+  h.gpu.lora_dropout(dr.gpu, b.gpu, N, C, 0.1f, 1234);
+  h.compare("lora_dropout p=0.1", dr, kBf16);
+  for (Pair* p : {&table, &id, &e, &a, &b, &bias, &pp, &pq, &dr}) h.free(*p);
+}
+
+void test_rope_glu(Harness& h) {
+  const int B = 2, T = 300, NH = 4, HD = 128, N = B * T;
+  std::vector<int32_t> pos(N);
+  for (int i = 0; i < N; i++) pos[i] = (i % T) < 100 ? i % T : (i % T) - 100 + 7;  // restarts mid-row
+  Pair ps = h.make_i(pos);
+  std::vector<float> inv(HD / 2);
+  for (int i = 0; i < HD / 2; i++) inv[i] = float(1.0 / std::pow(500000.0, 2.0 * i / HD));
+  Pair invf = h.make(inv, Role::Stat);
+  Pair x = h.make(randn((size_t)N * NH * HD), Role::Activation);
+  h.cpu.rope_forward(x.cpu, ps.cpu, invf.cpu, N, NH, HD);
+  h.gpu.rope_forward(x.gpu, ps.gpu, invf.gpu, N, NH, HD);
+  h.compare("rope_forward", x, kBf16);
+  h.cpu.rope_backward(x.cpu, ps.cpu, invf.cpu, N, NH, HD);
+  h.gpu.rope_backward(x.gpu, ps.gpu, invf.gpu, N, NH, HD);
+  h.compare("rope_backward", x, kBf16);
+  const int F = 1000;
+  for (int act = 0; act < 2; act++) {
+    Glu g = act == 0 ? Glu::SwiGLU : Glu::GeGLUTanh;
+    Pair gate = h.make(randn((size_t)N * F, 2.0f), Role::Activation), up = h.make(randn((size_t)N * F), Role::Activation);
+    Pair out = h.make_out((size_t)N * F, Role::Activation);
+    h.cpu.glu_forward(out.cpu, gate.cpu, up.cpu, N, F, g);
+    h.gpu.glu_forward(out.gpu, gate.gpu, up.gpu, N, F, g);
+    h.compare(act == 0 ? "glu_forward silu" : "glu_forward gelu_tanh", out, kBf16);
+    Pair dout = h.make(randn((size_t)N * F), Role::Activation);
+    Pair dg = h.make_out((size_t)N * F, Role::Activation), du = h.make_out((size_t)N * F, Role::Activation);
+    h.cpu.glu_backward(dg.cpu, du.cpu, dout.cpu, gate.cpu, up.cpu, N, F, g);
+    h.gpu.glu_backward(dg.gpu, du.gpu, dout.gpu, gate.gpu, up.gpu, N, F, g);
+    h.compare(act == 0 ? "glu_backward silu dgate" : "glu_backward gelu_tanh dgate", dg, kBf16);
+    h.compare(act == 0 ? "glu_backward silu dup" : "glu_backward gelu_tanh dup", du, kBf16);
+    for (Pair* p : {&gate, &up, &out, &dout, &dg, &du}) h.free(*p);
+  }
+  for (Pair* p : {&ps, &invf, &x}) h.free(*p);
+}
+
+void test_attention(Harness& h, bool packed, int T, int HD) {
+  const int B = 2, NH = 8, NKV = 2, N = B * T;
+  std::vector<int32_t> ds(N, 0);
+  if (packed)  // row 0: documents of 37, 100, rest; row 1: one document
+    for (int t = 0; t < T; t++) ds[t] = t < 37 ? 0 : (t < 137 ? 37 : 137);
+  Pair doc = h.make_i(ds);
+  Pair q = h.make(randn((size_t)N * NH * HD), Role::Activation), k = h.make(randn((size_t)N * NKV * HD), Role::Activation);
+  Pair v = h.make(randn((size_t)N * NKV * HD), Role::Activation);
+  Pair o = h.make_out((size_t)N * NH * HD, Role::Activation), lse = h.make_out((size_t)B * NH * T, Role::Stat);
+  h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, B, T, T, T, 0, NH, NKV, HD);
+  h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, B, T, T, T, 0, NH, NKV, HD);
+  std::string tag = std::string(packed ? "packed docs" : "causal") + " T=" + std::to_string(T) + " HD=" +
+                    std::to_string(HD);
+  h.compare(("attention_forward out, " + tag).c_str(), o, kBf16);
+  h.compare(("attention_forward lse, " + tag).c_str(), lse, 1e-3);
+  Pair dout = h.make(randn((size_t)N * NH * HD), Role::Activation);
+  Pair dq = h.make_out((size_t)N * NH * HD, Role::Activation), dk = h.make_out((size_t)N * NKV * HD, Role::Activation);
+  Pair dv = h.make_out((size_t)N * NKV * HD, Role::Activation);
+  h.cpu.attention_backward(dq.cpu, dk.cpu, dv.cpu, dout.cpu, q.cpu, k.cpu, v.cpu, o.cpu, lse.cpu, doc.cpu, B, T, NH,
+                           NKV, HD);
+  h.gpu.attention_backward(dq.gpu, dk.gpu, dv.gpu, dout.gpu, q.gpu, k.gpu, v.gpu, o.gpu, lse.gpu, doc.gpu, B, T, NH,
+                           NKV, HD);
+  h.compare(("attention_backward dq, " + tag).c_str(), dq, 2e-2);
+  h.compare(("attention_backward dk, " + tag).c_str(), dk, 2e-2);
+  h.compare(("attention_backward dv, " + tag).c_str(), dv, 2e-2);
+  for (Pair* p : {&doc, &q, &k, &v, &o, &lse, &dout, &dq, &dk, &dv}) h.free(*p);
+}
+
+void test_attention_decode(Harness& h) {  // KV-cache shape: B=1, Tq=3 new queries after 50 cached keys
+  const int NH = 4, NKV = 2, HD = 64, cap = 80, past = 50, Tq = 3, Tk = past + Tq;
+  Pair doc = h.make_i(std::vector<int32_t>(Tq, 0));
+  Pair q = h.make(randn((size_t)Tq * NH * HD), Role::Activation);
+  Pair k = h.make(randn((size_t)cap * NKV * HD), Role::Activation), v = h.make(randn((size_t)cap * NKV * HD), Role::Activation);
+  Pair o = h.make_out((size_t)Tq * NH * HD, Role::Activation), lse = h.make_out((size_t)NH * Tq, Role::Stat);
+  h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, 1, Tq, Tk, cap, past, NH, NKV, HD);
+  h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, 1, Tq, Tk, cap, past, NH, NKV, HD);
+  h.compare("attention_forward KV cache (q_offset=50)", o, kBf16);
+  for (Pair* p : {&doc, &q, &k, &v, &o, &lse}) h.free(*p);
+}
+
+void test_cross_entropy(Harness& h, int Vc_chunks) {
+  const int n = 67, V = 5003, C = 64;
+  std::vector<int32_t> tg(n);
+  for (int i = 0; i < n; i++) tg[i] = i % 9 == 4 ? -100 : int32_t(rng() % V);
+  Pair t = h.make_i(tg);
+  Pair x = h.make(randn((size_t)n * C), Role::Activation), w = h.make(randn((size_t)V * C, 0.3f), Role::Weight);
+  Pair mx = h.make(std::vector<float>(n, -INFINITY), Role::Stat), sm = h.make(std::vector<float>(n, 0), Role::Stat);
+  Pair tl = h.make(std::vector<float>(n, 0), Role::Stat);
+  const int vc = (V + Vc_chunks - 1) / Vc_chunks;
+  Pair lg = h.make_out((size_t)n * vc, Role::Activation);
+  for (int v0 = 0; v0 < V; v0 += vc) {
+    int c = std::min(vc, V - v0);
+    Tensor lc = lg.cpu.slice(0, (size_t)n * c), lgg = lg.gpu.slice(0, (size_t)n * c);
+    h.cpu.matmul(lc, x.cpu, w.cpu.slice((size_t)v0 * C, (size_t)c * C), n, c, C, false, true, 1.0f, 0.0f);
+    h.gpu.matmul(lgg, x.gpu, w.gpu.slice((size_t)v0 * C, (size_t)c * C), n, c, C, false, true, 1.0f, 0.0f);
+    h.cpu.ce_stats(lc, t.cpu, mx.cpu, sm.cpu, tl.cpu, n, c, v0);
+    h.gpu.ce_stats(lgg, t.gpu, mx.gpu, sm.gpu, tl.gpu, n, c, v0);
+  }
+  Pair loss = h.make_out(n, Role::Stat), lse = h.make_out(n, Role::Stat);
+  h.cpu.ce_finish(loss.cpu, lse.cpu, mx.cpu, sm.cpu, tl.cpu, t.cpu, n);
+  h.gpu.ce_finish(loss.gpu, lse.gpu, mx.gpu, sm.gpu, tl.gpu, t.gpu, n);
+  std::string tag = " (" + std::to_string(Vc_chunks) + " vocab chunk" + (Vc_chunks > 1 ? "s)" : ")");
+  h.compare(("ce_stats+ce_finish loss" + tag).c_str(), loss, 1e-3);
+  // gradient of the last chunk computed, compared
+  int v0 = (Vc_chunks - 1) * vc, c = V - v0;
+  Tensor lc = lg.cpu.slice(0, (size_t)n * c), lgg = lg.gpu.slice(0, (size_t)n * c);
+  h.cpu.matmul(lc, x.cpu, w.cpu.slice((size_t)v0 * C, (size_t)c * C), n, c, C, false, true, 1.0f, 0.0f);
+  h.gpu.matmul(lgg, x.gpu, w.gpu.slice((size_t)v0 * C, (size_t)c * C), n, c, C, false, true, 1.0f, 0.0f);
+  h.cpu.ce_grad(lc, t.cpu, lse.cpu, n, c, v0, 1.0f / 60);
+  h.gpu.ce_grad(lgg, t.gpu, lse.gpu, n, c, v0, 1.0f / 60);
+  h.compare(("ce_grad dlogits" + tag).c_str(), lg, kBf16, (size_t)n * c);
+  for (Pair* p : {&t, &x, &w, &mx, &sm, &tl, &lg, &loss, &lse}) h.free(*p);
+}
+
+void test_optimizer(Harness& h) {
+  const size_t n = 100003;
+  Pair g = h.make(randn(n, 0.01f, false), Role::Param);
+  double a = h.cpu.sum_sq(g.cpu, n), b = h.gpu.sum_sq(g.gpu, n);
+  double rel = std::fabs(a - b) / a;
+  bool ok = rel < 1e-9;
+  if (!ok) failures++;
+  std::printf("| %-44s | %10.3e | %10.3e | %8.0e | %s |\n", "sum_sq (double accumulation)", std::fabs(a - b), rel, 1e-9,
+              ok ? "ok" : "FAIL");
+  Pair p = h.make(randn(n, 0.1f, false), Role::Param), m = h.make(std::vector<float>(n, 0), Role::Param);
+  Pair v = h.make(std::vector<float>(n, 0), Role::Param);
+  for (int t = 1; t <= 5; t++) {
+    h.cpu.adamw_step(p.cpu, g.cpu, m.cpu, v.cpu, n, 2e-4, 0.9, 0.999, 1e-8, 0.01, t, 0.7f);
+    h.gpu.adamw_step(p.gpu, g.gpu, m.gpu, v.gpu, n, 2e-4, 0.9, 0.999, 1e-8, 0.01, t, 0.7f);
+  }
+  h.compare("adamw_step ×5 params", p, kF32);
+  h.compare("adamw_step ×5 exp_avg_sq", v, kF32);
+  for (Pair* q : {&g, &p, &m, &v}) h.free(*q);
+}
+
+}  // namespace
+
+int main() {
+  std::unique_ptr<Backend> gpu = make_cuda_backend();
+  if (!gpu) {
+    std::printf("SKIP: no CUDA device\n");
+    return 0;
+  }
+  std::unique_ptr<Backend> cpu = make_cpu_backend(0);
+  std::printf("CUDA backend parity vs CPU backend — %s; attention path for causal rows: %s\n\n", gpu->device().c_str(),
+              cuda_attention_path(*gpu).c_str());
+  std::printf("| %-44s | %10s | %10s | %8s | %s |\n|---|---|---|---|---|\n", "op", "max abs", "rel L2", "tol", "");
+  Harness h{*cpu, *gpu};
+  test_matmul(h);
+  test_norm_embed_elementwise(h);
+  test_rope_glu(h);
+  test_attention(h, false, 300, 128);
+  test_attention(h, true, 300, 128);
+  test_attention(h, false, 1024, 128);
+  test_attention(h, true, 257, 64);
+  test_attention_decode(h);
+  test_cross_entropy(h, 1);
+  test_cross_entropy(h, 3);
+  test_optimizer(h);
+  std::printf("\n%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
+  return failures ? 1 : 0;
+}

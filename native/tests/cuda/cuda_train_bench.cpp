@@ -1,0 +1,277 @@
+// cuda_train_bench.cpp — whole-model LoRA training through the shared model code (model/transformer.cpp) on
+// the CUDA backend. Two modes:
+//   compare [steps]   tiny Llama (2 layers) trained for `steps` AdamW steps on the CPU backend and on the CUDA
+//                     backend from the same weights and data; prints both loss curves and grad norms and fails
+//                     if they drift apart (bf16 vs fp32: we allow 2% relative on the loss).
+//   bench PLAN...     8B-shaped random model (Llama-3-8B dims, or --layers L), LoRA r16 α16 on all 7 targets,
+//                     AdamW; each PLAN item is BxT[xCKPT] (e.g. 2x2048x0, 1x2048x1). Prints one JSON line per
+//                     plan: tokens/s, peak memory, loss, grad norm; then a per-op profile of one step.
+// The training step mirrors what `train` does: zero grads, forward_backward with grad_scale = 1/N_targets,
+// global grad norm, clip to 1.0, AdamW (lr 1e-4 here). Random weights: speed and memory do not depend on
+// values (the peer, ../shared/bench/hf_peft_baseline.py, uses random weights too).
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+#include <cuda_runtime.h>
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "model/config.h"
+#include "model/lora.h"
+#include "model/transformer.h"
+#include "model/weights.h"
+#include "util/backends.h"
+#include "util/json.h"
+
+using namespace nxft;
+
+namespace {
+
+ModelConfig make_config(int vocab, int hidden, int inter, int layers, int heads, int kv, double theta) {
+  std::string j = "{\"model_type\":\"llama\",\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":" +
+                  std::to_string(vocab) + ",\"hidden_size\":" + std::to_string(hidden) +
+                  ",\"intermediate_size\":" + std::to_string(inter) + ",\"num_hidden_layers\":" +
+                  std::to_string(layers) + ",\"num_attention_heads\":" + std::to_string(heads) +
+                  ",\"num_key_value_heads\":" + std::to_string(kv) +
+                  ",\"max_position_embeddings\":8192,\"rms_norm_eps\":1e-5,\"rope_theta\":" + std::to_string(theta) +
+                  ",\"hidden_act\":\"silu\",\"tie_word_embeddings\":false,\"torch_dtype\":\"bfloat16\"}";
+  return ModelConfig::from_json(Json::parse(j, "bench config"), "bench config");
+}
+
+LoraSpec lora_spec(int r, double alpha) {
+  LoraSpec s;
+  s.r = r;
+  s.alpha = alpha;
+  for (int i = 0; i < 7; i++) s.targets.push_back(kLoraTargets[i]);
+  return s;
+}
+
+struct Data {
+  std::vector<int32_t> tokens, targets, positions;
+  int B = 0, T = 0;
+  Batch batch() const {
+    Batch b;
+    b.tokens = tokens.data();
+    b.targets = targets.data();
+    b.positions = positions.data();
+    b.B = B;
+    b.T = T;
+    return b;
+  }
+};
+
+// Random token rows; with `packed`, each row holds documents of random lengths (positions restart at 0, the
+// last token of each document predicts nothing), like the shards stage writes packed examples.
+Data make_data(int B, int T, int V, uint64_t seed, bool packed) {
+  std::mt19937_64 g(seed);
+  Data d;
+  d.B = B;
+  d.T = T;
+  d.tokens.resize(size_t(B) * T);
+  d.targets.resize(size_t(B) * T);
+  d.positions.resize(size_t(B) * T);
+  for (auto& t : d.tokens) t = int32_t(g() % V);
+  for (int b = 0; b < B; b++) {
+    int start = 0, len = packed ? 5 + int(g() % (T / 2)) : T;
+    for (int t = 0; t < T; t++) {
+      size_t i = size_t(b) * T + t;
+      if (t - start >= len) {
+        start = t;
+        len = 5 + int(g() % (T / 2));
+      }
+      d.positions[i] = t - start;
+      bool last_of_doc = t == T - 1 || (t + 1 - start >= len);
+      d.targets[i] = last_of_doc ? -100 : d.tokens[i + 1];
+    }
+  }
+  return d;
+}
+
+struct Trainer {
+  Backend& be;
+  Transformer model;
+  Tensor m, v;
+  int64_t step = 0;
+  Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt)
+      : be(b), model(b, w, &spec, options(ckpt)) {
+    model.set_lora(init);
+    size_t n = model.num_lora_params();
+    m = be.alloc(n, Role::Param);
+    v = be.alloc(n, Role::Param);
+    be.fill(m, 0.0f, n);
+    be.fill(v, 0.0f, n);
+  }
+  ~Trainer() {
+    be.free(m);
+    be.free(v);
+  }
+  static TransformerOptions options(bool ckpt) {
+    TransformerOptions o;
+    o.gradient_checkpointing = ckpt;
+    // One vocabulary chunk (fused forward+backward CE, no logits recompute) over up to 2048 token rows: the
+    // logits buffer is 2048 × 128256 bf16 = 0.5 GB for Llama 3.
+    o.ce_vocab_chunk = 1 << 20;
+    o.ce_max_logits = int64_t(2048) * 131072;
+    return o;
+  }
+  // One optimizer step on one micro-batch; returns mean loss; *gnorm gets the pre-clip grad norm.
+  double train_step(const Data& d, double lr, double* gnorm) {
+    size_t n_targets = 0;
+    for (int32_t t : d.targets) n_targets += t != -100;
+    model.zero_grads();
+    double loss_sum = model.forward_backward(d.batch(), float(1.0 / double(n_targets)), 0);
+    size_t n = model.num_lora_params();
+    double norm = std::sqrt(be.sum_sq(model.lora_grads(), n));
+    float clip = norm > 1.0 ? float(1.0 / (norm + 1e-6)) : 1.0f;
+    step++;
+    be.adamw_step(model.lora_params(), model.lora_grads(), m, v, n, lr, 0.9, 0.999, 1e-8, 0.0, step, clip);
+    *gnorm = norm;
+    return loss_sum / double(n_targets);
+  }
+};
+
+int run_compare(int steps) {
+  std::unique_ptr<Backend> gpu = make_cuda_backend();
+  if (!gpu) {
+    std::printf("SKIP: no CUDA device\n");
+    return 0;
+  }
+  std::unique_ptr<Backend> cpu = make_cpu_backend(0);
+  ModelConfig cfg = make_config(512, 256, 688, 2, 4, 2, 10000.0);  // head_dim 64
+  ModelWeights w = ModelWeights::random_init(cfg, 7);
+  // Round the base to bf16 once so both backends train the same model (the CUDA backend stores bf16).
+  for (auto* t : {&w.embed, &w.final_norm, &w.lm_head})
+    for (float& x : *t) x = bf16_to_f32(f32_to_bf16(x));
+  for (auto& L : w.layers)
+    for (auto* t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.mlp_norm, &L.w_gate, &L.w_up, &L.w_down})
+      for (float& x : *t) x = bf16_to_f32(f32_to_bf16(x));
+  LoraSpec spec = lora_spec(8, 16);
+  LoraAdapter init = LoraAdapter::init(cfg, spec, 3);
+  int fails = 0;
+  for (int packed = 0; packed < 2; packed++) {
+    std::printf("\n### tiny llama (L=2, C=256, V=512), r=8, lr 5e-3, %s rows (attention path: %s)\n\n",
+                packed ? "packed multi-document" : "single-document",
+                packed ? "portable kernels" : cuda_attention_path(*gpu).c_str());
+    std::printf("| step | cpu loss | cuda loss | rel diff | cpu grad norm | cuda grad norm |\n|---|---|---|---|---|---|\n");
+    Trainer tc(*cpu, w, spec, init, false), tg(*gpu, w, spec, init, packed == 1);
+    double max_rel = 0, max_rel_gn = 0;
+    bool finite = true;
+    for (int s = 0; s < steps; s++) {
+      Data d = make_data(4, 64, cfg.vocab_size, 100 + s % 4, packed == 1);  // 4 distinct batches, revisited
+      double gc = 0, gg = 0;
+      double lc = tc.train_step(d, 5e-3, &gc), lg = tg.train_step(d, 5e-3, &gg);
+      double rel = std::fabs(lc - lg) / std::fabs(lc);
+      max_rel = std::max(max_rel, rel);
+      max_rel_gn = std::max(max_rel_gn, std::fabs(gc - gg) / std::max(gc, 1e-12));
+      finite = finite && std::isfinite(lg) && std::isfinite(gg);
+      if (s < 3 || (s + 1) % 5 == 0)
+        std::printf("| %d | %.5f | %.5f | %.2e | %.4f | %.4f |\n", s + 1, lc, lg, rel, gc, gg);
+    }
+    bool ok = finite && max_rel < 0.02;
+    fails += !ok;
+    std::printf("\nmax relative loss difference over %d steps: %.2e; max relative grad-norm difference: %.2e → %s\n",
+                steps, max_rel, max_rel_gn, ok ? "ok" : "FAIL");
+  }
+  return fails ? 1 : 0;
+}
+
+int run_bench(int argc, char** argv) {
+  int layers = 32, steps = 8, warm = 3;
+  std::vector<std::string> plans;
+  bool profile = true;
+  for (int i = 2; i < argc; i++) {
+    std::string a = argv[i];
+    if (a == "--layers") layers = std::atoi(argv[++i]);
+    else if (a == "--steps") steps = std::atoi(argv[++i]);
+    else if (a == "--warm") warm = std::atoi(argv[++i]);
+    else if (a == "--no-profile") profile = false;
+    else plans.push_back(a);
+  }
+  if (!cuda_backend_available()) {
+    std::printf("SKIP: no CUDA device\n");
+    return 0;
+  }
+  ModelConfig cfg = make_config(128256, 4096, 14336, layers, 32, 8, 500000.0);
+  auto t0 = std::chrono::steady_clock::now();
+  ModelWeights w = ModelWeights::random_init(cfg, 0);
+  double init_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  LoraSpec spec = lora_spec(16, 16);
+  LoraAdapter init = LoraAdapter::init(cfg, spec, 0);
+  std::fprintf(stderr, "[bench] host random init of %d layers: %.1f s\n", layers, init_s);
+  int fails = 0;
+  for (size_t pi = 0; pi < plans.size(); pi++) {
+    int B = 0, T = 0, ck = 0;
+    if (std::sscanf(plans[pi].c_str(), "%dx%dx%d", &B, &T, &ck) < 2) {
+      std::fprintf(stderr, "bad plan %s (want BxT[xCKPT])\n", plans[pi].c_str());
+      return 2;
+    }
+    size_t free0 = 0, total = 0;
+    cudaMemGetInfo(&free0, &total);
+    std::unique_ptr<Backend> be = make_cuda_backend();
+    double loss = 0, gn = 0, dt = 0;
+    size_t peak = 0, live_end = 0, used_end = 0;
+    {
+      auto t1 = std::chrono::steady_clock::now();
+      Trainer tr(*be, w, spec, init, ck != 0);
+      double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      std::fprintf(stderr, "[bench] %s: upload %.1f s, attention %s\n", plans[pi].c_str(), up_s,
+                   cuda_attention_path(*be).c_str());
+      Data d = make_data(B, T, cfg.vocab_size, 1, false);
+      for (int s = 0; s < warm; s++) loss = tr.train_step(d, 1e-4, &gn);
+      be->synchronize();
+      auto t2 = std::chrono::steady_clock::now();
+      for (int s = 0; s < steps; s++) loss = tr.train_step(d, 1e-4, &gn);
+      be->synchronize();
+      dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count() / steps;
+      peak = be->peak_bytes();
+      live_end = be->bytes_in_use();
+      size_t free1 = 0;
+      cudaMemGetInfo(&free1, &total);
+      used_end = free0 - free1;
+      if (profile && pi == 0) {
+        cuda_profile_enable(*be, true);
+        tr.train_step(d, 1e-4, &gn);
+        std::string rep = cuda_profile_report(*be);
+        cuda_profile_enable(*be, false);
+        std::printf("\n#### per-op profile, one step of %s (CUDA events around each backend op)\n\n%s\n",
+                    plans[pi].c_str(), rep.c_str());
+      }
+    }
+    double tok = double(B) * T / dt;
+    // frozen-base LoRA: 4N FLOPs/token (6N with recompute), N = all matmul params incl. lm_head
+    double nparams = 0;
+    for (auto* t : {&w.lm_head}) nparams += double(t->size());
+    for (auto& L : w.layers)
+      nparams += double(L.wq.size() + L.wk.size() + L.wv.size() + L.wo.size() + L.w_gate.size() + L.w_up.size() +
+                        L.w_down.size());
+    double tflops = tok * (ck ? 6.0 : 4.0) * nparams / 1e12;
+    bool finite = std::isfinite(loss) && std::isfinite(gn);
+    fails += !finite;
+    std::printf("{\"plan\":\"%s\",\"B\":%d,\"T\":%d,\"ckpt\":%d,\"layers\":%d,\"step_s\":%.4f,\"tokens_per_s\":%.0f,"
+                "\"peak_reserved_gib\":%.2f,\"device_used_gib\":%.2f,\"live_end_gib\":%.2f,\"loss\":%.4f,"
+                "\"grad_norm\":%.4f,\"finite\":%s,\"model_tflops\":%.0f}\n",
+                plans[pi].c_str(), B, T, ck, layers, dt, tok, peak / 1073741824.0, used_end / 1073741824.0,
+                live_end / 1073741824.0, loss, gn, finite ? "true" : "false", tflops);
+    std::fflush(stdout);
+  }
+  return fails ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "compare") return run_compare(argc > 2 ? std::atoi(argv[2]) : 50);
+    if (mode == "bench") return run_bench(argc, argv);
+    std::fprintf(stderr, "usage: cuda_train_bench compare [steps] | bench [--layers L] [--steps S] PLAN...\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
