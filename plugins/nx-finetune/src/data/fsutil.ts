@@ -1,6 +1,6 @@
-// fsutil.ts — small file helpers shared by the data pipeline: atomic writes, sha256, canonical JSON.
+// fsutil.ts — small file helpers shared by the data pipeline: atomic writes, sha256, manifest JSON.
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, createReadStream } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
 
 // Writes `data` to `path` atomically: a temp file in the same folder, then rename, so a killed run never leaves a
@@ -23,30 +23,6 @@ export function sha256Hex(data: string | Uint8Array): string {
 
 export function sha256File(path: string): string {
   return sha256Hex(readFileSync(path));
-}
-
-export async function sha256FileStream(path: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest("hex");
-}
-
-// JSON with object keys sorted recursively (arrays keep their order): the same value always gives the same bytes.
-export function canonicalJson(value: unknown): string {
-  return JSON.stringify(sortKeys(value));
-}
-
-function sortKeys(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(sortKeys);
-  if (value !== null && typeof value === "object") {
-    const out: Record<string, unknown> = {};
-    for (const k of Object.keys(value as object).sort()) {
-      const v = (value as Record<string, unknown>)[k];
-      if (v !== undefined) out[k] = sortKeys(v);
-    }
-    return out;
-  }
-  return value;
 }
 
 // Pretty JSON for manifests (stable because every manifest object is built with a fixed key order).

@@ -3,7 +3,7 @@
 // train.jsonl, data/train-00000-of-00001.parquet); when there are none, the datasets-server's parquet conversion
 // (refs/convert/parquet) is used. HF_TOKEN is sent when set (gated/private datasets). HF_HUB_OFFLINE=1 never touches
 // the network. Later runs read the cache only. HF_ENDPOINT (as in huggingface_hub) replaces https://huggingface.co.
-import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "./fsutil";
 
