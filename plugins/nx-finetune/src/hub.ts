@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync, promises as fsp, createWriteStream
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import type { Log } from "./peers";
+import type { Log } from "./stage-context";
 
 // Files a model folder needs; other repo files (README, onnx, original/ …) are skipped.
 const WANTED = /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|tokenizer\.model|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json)$/;

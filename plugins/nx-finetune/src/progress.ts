@@ -23,8 +23,11 @@ export function bar(done: number, total: number, width = 24): string {
   return `[${"#".repeat(filled)}${".".repeat(width - filled)}]`;
 }
 
+const MAX_WARNINGS = 3;
+
 export class ProgressRenderer {
   private lastPrintedStep = 0;
+  private warnings = 0;
   private barShown = false;
   private readonly tty: boolean;
   private readonly out: NodeJS.WritableStream;
@@ -68,8 +71,14 @@ export class ProgressRenderer {
       }
       case "eval": this.line(`eval @ step ${e.step}: loss ${Number(e.loss).toFixed(4)} (${e.tokens} tokens)`); break;
       case "checkpoint": this.line(`checkpoint @ step ${e.step}: ${e.path}`); break;
-      case "warning": this.line(`warning: ${e.message}`); break;
-      case "done": if (this.barShown) { this.out.write("\n"); this.barShown = false; } break;
+      // A quantizer may warn once per tensor: show the first few, count the rest.
+      case "warning":
+        if (++this.warnings <= MAX_WARNINGS) this.line(`warning: ${e.message}`);
+        break;
+      case "done":
+        if (this.barShown) { this.out.write("\n"); this.barShown = false; }
+        if (this.warnings > MAX_WARNINGS) this.line(`(${this.warnings - MAX_WARNINGS} more warnings)`);
+        break;
       default: break;
     }
   };

@@ -2,11 +2,12 @@
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { ensureEngine, runEngine, type EngineEvent } from "./engine";
-import type { Log } from "./peers";
 import { ProgressRenderer } from "./progress";
 import type { Recipe } from "./recipe";
 import { readManifest, stageDir, type StageName } from "./stage-dir";
 import { hubModelDir } from "./hub";
+
+export type Log = (line: string) => void;
 
 export interface StageContext {
   workspaceRoot: string;

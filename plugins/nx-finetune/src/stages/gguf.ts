@@ -3,7 +3,8 @@
 // come from src/gguf (the engine never parses tokenizer files).
 import { join } from "node:path";
 import { writeFileAtomic } from "../atomic";
-import { ggufModule } from "../peers";
+import { readFileSync } from "node:fs";
+import { ggufTokenizerMetadata, ollamaModelfile } from "../gguf";
 import { baseModelDir, engine, stagePath, threads, type StageContext, type StageResult } from "../stage-context";
 
 // The Modelfile points at the smallest good-quality file exported.
@@ -11,9 +12,10 @@ const OLLAMA_PREFERENCE = ["q4_k_m", "q5_k_m", "q6_k", "q8_0", "q4_0", "f16", "b
 
 export async function runGguf(ctx: StageContext): Promise<StageResult> {
   const r = ctx.recipe;
-  const gguf = ggufModule();
   const merged = stagePath(ctx, "merged");
-  const tokenizer = gguf.ggufTokenizerMetadata(merged, { template: r.template.name });
+  // The tokenizer as GGUF metadata, padded to the model's embedding rows, with the recipe's chat template.
+  const vocabSize = JSON.parse(readFileSync(join(merged, "config.json"), "utf8")).vocab_size;
+  const tokenizer = ggufTokenizerMetadata(merged, { template: r.template.name, system: r.template.system, vocabSize });
   const files: string[] = [];
   for (const type of r.export.gguf) {
     const file = `${ctx.projectName}.${type}.gguf`;
@@ -31,7 +33,7 @@ export async function runGguf(ctx: StageContext): Promise<StageResult> {
   }
   if (r.export.ollama) {
     const model = OLLAMA_PREFERENCE.map((t) => `${ctx.projectName}.${t}.gguf`).find((f) => files.includes(f))!;
-    writeFileAtomic(join(ctx.tmp, "Modelfile"), gguf.ollamaModelfile({ ggufFile: `./${model}`, tokenizerDir: merged, template: r.template.name }));
+    writeFileAtomic(join(ctx.tmp, "Modelfile"), ollamaModelfile({ ggufFile: `./${model}`, tokenizerDir: merged, template: r.template.name, system: r.template.system }));
     ctx.log(`gguf: Modelfile (FROM ./${model})`);
   }
   return { info: { types: r.export.gguf } };
