@@ -117,6 +117,8 @@ test("packing: several examples per row, positions restart, targets never cross 
   assert.equal(short.untrained, 40); // the prompt alone fills 24 tokens: no answer token is left
   const mid = await runShardsStage({ datasetDir: ds, tokenizerDir: DEMO, template: { name: "chatml", max_seq_len: 256 }, outDir: join(dir, "m") });
   assert.equal(mid.untrained, 0);
+  await assert.rejects(runShardsStage({ datasetDir: ds, tokenizerDir: DEMO, template: { name: "text", max_seq_len: 64 }, outDir: join(dir, "x") }),
+    /template "text" cannot render conversation rows \(dataset format "alpaca"\)/);
   const long = await runShardsStage({ datasetDir: ds, tokenizerDir: DEMO, template: { name: "chatml", max_seq_len: 256 }, outDir: join(dir, "l") });
   assert.equal(long.truncated, 0);
 });

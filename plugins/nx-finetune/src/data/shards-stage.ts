@@ -122,6 +122,10 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
   const tok = tokenizerFor(opts.tokenizerDir);
   checkTemplate(spec, tok);
   const { manifest: ds, rows } = readDataset(opts.datasetDir);
+  if ((ds.kind === "text") !== (spec.name === "text")) {
+    throw new Error(`template: field "name": template "${spec.name}" cannot render ${ds.kind === "text" ? "plain text" : "conversation"} rows ` +
+      `(dataset format "${ds.format}"); use ${ds.kind === "text" ? 'template "text"' : "alpaca, chatml, llama3 or base"}`);
+  }
   const N = opts.rowsPerShard ?? 2048;
   if (!Number.isInteger(N) || N < 1) throw new Error(`rowsPerShard: expected a positive integer`);
   const T = spec.max_seq_len;
