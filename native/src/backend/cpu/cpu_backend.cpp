@@ -31,49 +31,61 @@ inline float nf4_value(const uint8_t* codes, const float* scales, size_t idx) {
   return kNF4[code] * scales[idx >> 6];
 }
 
-// Matmul micro-kernel: acc (rows, nc) += A_block (rows, kc) · B_block (kc, nc), rows ≤ 4.
-// Each acc element sums over k in increasing order. Written so the compiler vectorizes over j; compiled twice
+// Matmul micro-kernel (register tiled): C_tile (4 × W) += A_panel (4 × kc) · B_panel (kc × W), W = two
+// 32-byte vectors (16 floats / 8 doubles). A_panel is packed k-major (a[4k + r]), B_panel row-major (b[W·k + j]).
+// Every C element sums over k in increasing order, whatever the tiling or thread split. Compiled twice
 // (generic and AVX2) and picked at run time.
 template <typename T>
-inline __attribute__((always_inline)) void mm_kernel_body(T* __restrict acc, int ldacc, const T* __restrict ap,
-                                                          int lda, const T* __restrict bp, int ldb, int rows,
-                                                          int kc, int nc) {
-  if (rows == 4) {
-    T* __restrict c0 = acc;
-    T* __restrict c1 = acc + ldacc;
-    T* __restrict c2 = acc + 2 * ldacc;
-    T* __restrict c3 = acc + 3 * ldacc;
-    for (int k = 0; k < kc; k++) {
-      const T a0 = ap[k], a1 = ap[lda + k], a2 = ap[2 * lda + k], a3 = ap[3 * lda + k];
-      const T* __restrict b = bp + size_t(k) * ldb;
-      for (int j = 0; j < nc; j++) {
-        const T bj = b[j];
-        c0[j] += a0 * bj;
-        c1[j] += a1 * bj;
-        c2[j] += a2 * bj;
-        c3[j] += a3 * bj;
-      }
-    }
-  } else {
-    for (int r = 0; r < rows; r++) {
-      T* __restrict c = acc + size_t(r) * ldacc;
-      for (int k = 0; k < kc; k++) {
-        const T a = ap[size_t(r) * lda + k];
-        const T* __restrict b = bp + size_t(k) * ldb;
-        for (int j = 0; j < nc; j++) c[j] += a * b[j];
-      }
-    }
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int lanes = 32 / int(sizeof(T));
+};
+
+template <typename T>
+inline __attribute__((always_inline)) void mm_micro_body(const T* __restrict a, const T* __restrict b, int kc,
+                                                         T* __restrict c, int ldc) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::lanes;
+  V c00, c01, c10, c11, c20, c21, c30, c31;
+  __builtin_memcpy(&c00, c, sizeof(V));
+  __builtin_memcpy(&c01, c + L, sizeof(V));
+  __builtin_memcpy(&c10, c + ldc, sizeof(V));
+  __builtin_memcpy(&c11, c + ldc + L, sizeof(V));
+  __builtin_memcpy(&c20, c + 2 * ldc, sizeof(V));
+  __builtin_memcpy(&c21, c + 2 * ldc + L, sizeof(V));
+  __builtin_memcpy(&c30, c + 3 * ldc, sizeof(V));
+  __builtin_memcpy(&c31, c + 3 * ldc + L, sizeof(V));
+  for (int k = 0; k < kc; k++) {
+    V b0, b1;
+    __builtin_memcpy(&b0, b + size_t(k) * 2 * L, sizeof(V));
+    __builtin_memcpy(&b1, b + size_t(k) * 2 * L + L, sizeof(V));
+    const T a0 = a[4 * k], a1 = a[4 * k + 1], a2 = a[4 * k + 2], a3 = a[4 * k + 3];
+    c00 += a0 * b0;
+    c01 += a0 * b1;
+    c10 += a1 * b0;
+    c11 += a1 * b1;
+    c20 += a2 * b0;
+    c21 += a2 * b1;
+    c30 += a3 * b0;
+    c31 += a3 * b1;
   }
+  __builtin_memcpy(c, &c00, sizeof(V));
+  __builtin_memcpy(c + L, &c01, sizeof(V));
+  __builtin_memcpy(c + ldc, &c10, sizeof(V));
+  __builtin_memcpy(c + ldc + L, &c11, sizeof(V));
+  __builtin_memcpy(c + 2 * ldc, &c20, sizeof(V));
+  __builtin_memcpy(c + 2 * ldc + L, &c21, sizeof(V));
+  __builtin_memcpy(c + 3 * ldc, &c30, sizeof(V));
+  __builtin_memcpy(c + 3 * ldc + L, &c31, sizeof(V));
 }
 
 template <typename T>
-void mm_kernel_generic(T* acc, int ldacc, const T* ap, int lda, const T* bp, int ldb, int rows, int kc, int nc) {
-  mm_kernel_body<T>(acc, ldacc, ap, lda, bp, ldb, rows, kc, nc);
+void mm_micro_generic(const T* a, const T* b, int kc, T* c, int ldc) {
+  mm_micro_body<T>(a, b, kc, c, ldc);
 }
 template <typename T>
-__attribute__((target("avx2"))) void mm_kernel_avx2(T* acc, int ldacc, const T* ap, int lda, const T* bp, int ldb,
-                                                     int rows, int kc, int nc) {
-  mm_kernel_body<T>(acc, ldacc, ap, lda, bp, ldb, rows, kc, nc);
+__attribute__((target("avx2"))) void mm_micro_avx2(const T* a, const T* b, int kc, T* c, int ldc) {
+  mm_micro_body<T>(a, b, kc, c, ldc);
 }
 
 bool cpu_has_avx2() {
@@ -186,14 +198,16 @@ class CpuBackend final : public Backend {
 
   // ---- matmul ----
   // Work split: tasks are (row block of MB) × (column block of NB) tiles of C; each task sweeps all of K in
-  // blocks of KB, packing op(A) and op(B) blocks into contiguous buffers, accumulating into a tile buffer,
-  // then writes C = alpha·acc + beta·C once.
+  // blocks of KB, packing op(A) into 4-row k-major panels and op(B) into W-column panels (zero padded to full
+  // panels), accumulating in a tile buffer with the register-tiled micro-kernel, then writes
+  // C = alpha·acc + beta·C once.
   void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, bool trans_a, bool trans_b,
               float alpha, float beta) override {
     check_range(c, size_t(M) * N, 0, "matmul C");
     check_range(a, size_t(M) * K, 0, "matmul A");
     check_range(b, size_t(K) * N, 0, "matmul B");
-    constexpr int MB = 64, NB = 128, KB = 256;
+    constexpr int W = 2 * Vec<T>::lanes;   // micro-tile width
+    constexpr int MB = 128, NB = 8 * W, KB = 256;
     T* C = p(c);
     const T* A = p(a);
     const bool b_nf4 = b.quant == Quant::NF4;
@@ -205,48 +219,75 @@ class CpuBackend final : public Backend {
     pool_.parallel_for(int64_t(mblocks) * nblocks, [&](int64_t task) {
       const int i0 = int(task / nblocks) * MB, j0 = int(task % nblocks) * NB;
       const int mc = std::min(MB, M - i0), nc = std::min(NB, N - j0);
+      const int mcp = (mc + 3) / 4 * 4, ncp = (nc + W - 1) / W * W;   // padded to whole micro-tiles
       thread_local std::vector<T> acc, apack, bpack;
-      acc.assign(size_t(mc) * nc, T(0));
+      acc.assign(size_t(mcp) * ncp, T(0));
       apack.resize(size_t(MB) * KB);
       bpack.resize(size_t(KB) * NB);
       for (int k0 = 0; k0 < K; k0 += KB) {
         const int kc = std::min(KB, K - k0);
-        // op(A)[i0:i0+mc, k0:k0+kc] → apack (mc, kc)
-        for (int i = 0; i < mc; i++)
-          for (int k = 0; k < kc; k++)
-            apack[size_t(i) * kc + k] = trans_a ? A[size_t(k0 + k) * M + (i0 + i)] : A[size_t(i0 + i) * K + (k0 + k)];
-        // op(B)[k0:k0+kc, j0:j0+nc] → bpack (kc, nc); plain non-transposed B is used in place.
-        const T* bp;
-        int ldb;
-        if (!trans_b && !b_nf4) {
-          bp = Bm + size_t(k0) * N + j0;
-          ldb = N;
-        } else {
-          for (int k = 0; k < kc; k++)
-            for (int j = 0; j < nc; j++) {
-              size_t idx = trans_b ? size_t(j0 + j) * K + (k0 + k) : size_t(k0 + k) * N + (j0 + j);
-              bpack[size_t(k) * nc + j] = b_nf4 ? T(nf4_value(Bcodes, Bscales, idx)) : Bm[idx];
+        // op(A)[i0:i0+mc, k0:k0+kc] → panels of 4 rows, k-major: apack[(i/4)·4kc + 4k + i%4]
+        for (int i = 0; i < mcp; i++) {
+          T* dst = apack.data() + size_t(i / 4) * 4 * kc + (i % 4);
+          if (i >= mc) {
+            for (int k = 0; k < kc; k++) dst[4 * k] = T(0);
+          } else if (trans_a) {
+            for (int k = 0; k < kc; k++) dst[4 * k] = A[size_t(k0 + k) * M + (i0 + i)];
+          } else {
+            const T* src = A + size_t(i0 + i) * K + k0;
+            for (int k = 0; k < kc; k++) dst[4 * k] = src[k];
+          }
+        }
+        // op(B)[k0:k0+kc, j0:j0+nc] → panels of W columns: bpack[(j/W)·W·kc + W·k + j%W]
+        for (int jp = 0; jp < ncp; jp += W) {
+          T* panel = bpack.data() + size_t(jp) * kc;
+          const int w = std::min(W, nc - jp);   // real columns in this panel; the rest are zero padding
+          if (w < W)
+            for (int k = 0; k < kc; k++)
+              for (int jj = w; jj < W; jj++) panel[size_t(k) * W + jj] = T(0);
+          if (b_nf4) {
+            for (int k = 0; k < kc; k++)
+              for (int jj = 0; jj < w; jj++) {
+                const int j = j0 + jp + jj;
+                const size_t idx = trans_b ? size_t(j) * K + (k0 + k) : size_t(k0 + k) * N + j;
+                panel[size_t(k) * W + jj] = T(nf4_value(Bcodes, Bscales, idx));
+              }
+          } else if (trans_b) {   // B stored (N, K): column j of op(B) is row j of B, contiguous in k
+            for (int jj = 0; jj < w; jj++) {
+              const T* src = Bm + size_t(j0 + jp + jj) * K + k0;
+              for (int k = 0; k < kc; k++) panel[size_t(k) * W + jj] = src[k];
             }
-          bp = bpack.data();
-          ldb = nc;
+          } else {                // B stored (K, N): rows are contiguous in j
+            for (int k = 0; k < kc; k++) {
+              const T* src = Bm + size_t(k0 + k) * N + j0 + jp;
+              T* dst = panel + size_t(k) * W;
+              for (int jj = 0; jj < w; jj++) dst[jj] = src[jj];
+            }
+          }
         }
-        for (int i = 0; i < mc; i += 4) {
-          const int rows = std::min(4, mc - i);
-          if (avx2)
-            mm_kernel_avx2<T>(acc.data() + size_t(i) * nc, nc, apack.data() + size_t(i) * kc, kc, bp, ldb, rows, kc, nc);
-          else
-            mm_kernel_generic<T>(acc.data() + size_t(i) * nc, nc, apack.data() + size_t(i) * kc, kc, bp, ldb, rows,
-                                 kc, nc);
-        }
+        for (int i = 0; i < mcp; i += 4)
+          for (int jp = 0; jp < ncp; jp += W) {
+            const T* ap = apack.data() + size_t(i) * kc;
+            const T* bp = bpack.data() + size_t(jp) * kc;
+            T* cp = acc.data() + size_t(i) * ncp + jp;
+            if (avx2)
+              mm_micro_avx2<T>(ap, bp, kc, cp, ncp);
+            else
+              mm_micro_generic<T>(ap, bp, kc, cp, ncp);
+          }
       }
       const T ta = T(alpha), tb = T(beta);
+      const int mode = (alpha == 1.0f ? 0 : 1) + (beta == 0.0f ? 0 : beta == 1.0f ? 2 : 4);
       for (int i = 0; i < mc; i++) {
-        T* crow = C + size_t(i0 + i) * N + j0;
-        const T* arow = acc.data() + size_t(i) * nc;
-        if (beta == 0.0f) {
-          for (int j = 0; j < nc; j++) crow[j] = alpha == 1.0f ? arow[j] : ta * arow[j];
-        } else {
-          for (int j = 0; j < nc; j++) crow[j] = (alpha == 1.0f ? arow[j] : ta * arow[j]) + (beta == 1.0f ? crow[j] : tb * crow[j]);
+        T* __restrict crow = C + size_t(i0 + i) * N + j0;
+        const T* __restrict arow = acc.data() + size_t(i) * ncp;
+        switch (mode) {
+          case 0: for (int j = 0; j < nc; j++) crow[j] = arow[j]; break;
+          case 1: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j]; break;
+          case 2: for (int j = 0; j < nc; j++) crow[j] = arow[j] + crow[j]; break;
+          case 3: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j] + crow[j]; break;
+          case 4: for (int j = 0; j < nc; j++) crow[j] = arow[j] + tb * crow[j]; break;
+          default: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j] + tb * crow[j]; break;
         }
       }
     });
