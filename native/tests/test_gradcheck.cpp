@@ -83,13 +83,14 @@ Rows sample_rows(int V) {
   return r;
 }
 
-void gradcheck_family(const std::string& family, double dropout, bool ckpt) {
+void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool nf4 = false) {
   auto be = make_cpu_backend_f64(2);
   ModelConfig cfg = tiny_config(family);
   ModelWeights w = random_weights(cfg, 7);
   LoraSpec spec = all_targets(dropout);
   TransformerOptions opt;
   opt.gradient_checkpointing = ckpt;
+  opt.quantize_nf4 = nf4;       // QLoRA: frozen linear weights stored as NF4, dequantized inside matmul
   opt.ce_vocab_chunk = 5;      // 13 = 5 + 5 + 3: exercises the multi-chunk path
   opt.ce_max_logits = 5 * 6;   // 6 rows per chunk: exercises row chunking (N = 14)
   Transformer m(*be, w, &spec, opt);
@@ -118,11 +119,11 @@ void gradcheck_family(const std::string& family, double dropout, bool ckpt) {
     if (err > worst) worst = err, worst_i = i;
     if (getenv("GC_DEBUG") && err > 1e-6) std::fprintf(stderr, "    param %zu num %.9g analytic %.9g\n", i, num, grads[i]);
   }
-  MT_CHECK(worst < 1e-6, "%s (dropout %.1f, ckpt %d): LoRA gradient vs finite differences: err %.3g at param %zu",
-           family.c_str(), dropout, int(ckpt), worst, worst_i);
+  MT_CHECK(worst < 1e-6, "%s (dropout %.1f, ckpt %d, nf4 %d): LoRA gradient vs finite differences: err %.3g at param %zu",
+           family.c_str(), dropout, int(ckpt), int(nf4), worst, worst_i);
   MT_CHECK(nonzero > n / 2, "%s: only %zu of %zu gradients are non-zero", family.c_str(), nonzero, n);
-  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d: %zu params, max FD err %.2g\n", family.c_str(), dropout, int(ckpt), n,
-               worst);
+  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d nf4=%d: %zu params, max FD err %.2g\n", family.c_str(), dropout, int(ckpt),
+               int(nf4), n, worst);
 }
 
 std::vector<double> grads_of(Backend& be, Transformer& m, const Rows& r, double* loss) {
@@ -200,5 +201,6 @@ int main() {
   }
   gradcheck_family("llama", 0.3, false);
   gradcheck_family("gemma", 0.3, true);
+  gradcheck_family("qwen2", 0.0, false, true);
   return mt::finish("test_gradcheck");
 }

@@ -171,6 +171,19 @@ void test_grad_accum(const std::string& model) {
     MT_CHECK(std::fabs(la[i] - lb[i]) <= 1e-5 * std::fabs(la[i]), "step %zu: B4×GA1 loss %.9g vs B2×GA2 %.9g", i + 1, la[i], lb[i]);
 }
 
+// QLoRA: the same job with NF4 base weights trains, starts near the fp32 loss and learns.
+void test_qlora(const std::string& model) {
+  Json a = train_job(model, g_tmp + "/fp32"), b = train_job(model, g_tmp + "/nf4");
+  for (Json* j : {&a, &b}) train_of(*j).set("save_every", Json::number(0)).set("eval_every", Json::number(0));
+  b.set("quantize_base", Json::string("nf4"));
+  auto la = run_train(a), lb = run_train(b);
+  MT_CHECK(la.size() == 6 && lb.size() == 6, "qlora runs did not finish");
+  if (la.size() == 6 && lb.size() == 6) {
+    MT_CHECK(std::fabs(la[0] - lb[0]) < 0.05 * la[0] && la[0] != lb[0], "nf4 first loss %.6g vs fp32 %.6g", lb[0], la[0]);
+    MT_CHECK(lb[5] < lb[0], "qlora loss did not go down (%.6g → %.6g)", lb[0], lb[5]);
+  }
+}
+
 void test_divergence(const std::string& model) {
   // an initial adapter with absurd weights overflows fp32 in the first forward pass
   Json j = train_job(model, g_tmp + "/diverge");
@@ -236,6 +249,7 @@ int main() {
   const std::string model = make_model();
   test_resume_and_determinism(model);
   test_grad_accum(model);
+  test_qlora(model);
   test_divergence(model);
   std::error_code ec;
   if (!mt::failures()) fsys::remove_all(g_tmp, ec);
