@@ -24,8 +24,11 @@ namespace nxft {
 struct TransformerOptions {
   bool gradient_checkpointing = false;  // keep only each layer's input; recompute the layer in backward
   bool quantize_nf4 = false;            // QLoRA: store the seven linear weights of every layer as NF4
-  int64_t ce_max_logits = 1 << 24;      // elements of the logits buffer (rows × vocab chunk)
-  int ce_vocab_chunk = 65536;           // vocabulary columns per chunk (V ≤ this → single-pass fused CE)
+  // Cross-entropy head: logits are computed for (rows × vocab chunk) at a time, never (N × V).
+  // V ≤ ce_vocab_chunk (every vocabulary up to Gemma's 256K by default) → one fused pass per row block (loss and
+  // dlogits from the same buffer); bigger V → online logsumexp over chunks plus a recompute pass.
+  int64_t ce_max_logits = int64_t(1) << 25;   // elements of the logits buffer (rows × vocab chunk)
+  int ce_vocab_chunk = 1 << 18;               // vocabulary columns per chunk
 };
 
 // One micro-batch in host memory: (B, T) int32 arrays, as in a token shard row.
