@@ -20,8 +20,9 @@ def load_json(p):
         return []
 
 ours = load_jsonl(os.path.join(out, "ours.jsonl"))
-eager = {(r["bs"], r["seq"], int(r["ckpt"])): r for r in load_json(os.path.join(out, "peer_eager.json"))}
-comp = {(r["bs"], r["seq"], int(r["ckpt"])): r for r in load_json(os.path.join(out, "peer_compile.json"))}
+# the peer prints one JSON line per run (kept even when a later run times out)
+eager = {(r["bs"], r["seq"], int(r["ckpt"])): r for r in load_jsonl(os.path.join(out, "peer_eager.txt"))}
+comp = {(r["bs"], r["seq"], int(r["ckpt"])): r for r in load_jsonl(os.path.join(out, "peer_compile.txt"))}
 
 def peer(tab, b, t):  # the peer's row for this shape: same checkpointing first, else the other one
     for ck in (0, 1):

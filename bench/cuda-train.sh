@@ -62,18 +62,19 @@ fi
 
 if [ "$PHASE" = all ] || [ "$PHASE" = peer ]; then
   PEER=$ROOT/.carry/hf_peft_baseline.py
-  if [ -f "$PEER" ]; then
+  if [ -f "$PEER" ] && [ -n "$PEER_PLAN" ]; then
     log "peer eager: $PEER_PLAN"
     (cd "$OUT" && OUT="$OUT" PLAN="$PEER_PLAN" PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-400} python3 "$PEER" > "$OUT/peer_eager.txt" 2>&1)
     cp "$OUT/hf_peft_baseline.json" "$OUT/peer_eager.json" 2>/dev/null
     grep -E '^\{|^torch|^matmul' "$OUT/peer_eager.txt"
-    if [ -n "$PEER_COMPILE_PLAN" ]; then
+  fi
+  if [ -f "$PEER" ] && [ -n "$PEER_COMPILE_PLAN" ]; then
       log "peer torch.compile: $PEER_COMPILE_PLAN"
       (cd "$OUT" && OUT="$OUT" PLAN="$PEER_COMPILE_PLAN" COMPILE=1 PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-400} python3 "$PEER" > "$OUT/peer_compile.txt" 2>&1)
       cp "$OUT/hf_peft_baseline.json" "$OUT/peer_compile.json" 2>/dev/null
       grep -E '^\{' "$OUT/peer_compile.txt"
-    fi
-  else
+  fi
+  if [ ! -f "$PEER" ]; then
     log "peer script missing: cp ../shared/bench/hf_peft_baseline.py .carry/ and carry .carry"
   fi
 fi

@@ -232,7 +232,7 @@ int run_bench(int argc, char** argv) {
       size_t free1 = 0;
       cudaMemGetInfo(&free1, &total);
       used_end = free0 - free1;
-      if (profile && pi == 0) {
+      if (profile && pi < 2) {
         cuda_profile_enable(*be, true);
         tr.train_step(d, 1e-4, &gn);
         std::string rep = cuda_profile_report(*be);

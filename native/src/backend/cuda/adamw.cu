@@ -5,24 +5,25 @@
 namespace nxft {
 namespace cuda {
 
-__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1,
-                             float beta2, float eps, float wd, float step_size, float bc2_sqrt, float grad_scale) {
+// Scalars arrive as torch computes them (Python doubles rounded to fp32 where torch applies them), and the
+// update follows torch's foreach order: p *= decay; m = lerp(m, g, w1); v = v·β2; v += (1−β2)·g·g;
+// p += −step · m / (sqrt(v)/sqrt(bc2) + eps).
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, size_t n, AdamWScalars c) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float gi = g[i] * grad_scale;
-    float pi = p[i] * (1.0f - lr * wd);
-    float mi = m[i] + (1.0f - beta1) * (gi - m[i]);  // lerp(m, g, 1-β1)
-    float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
-    float denom = sqrtf(vi) / bc2_sqrt + eps;
-    p[i] = pi - step_size * mi / denom;
+    float gi = c.grad_scale == 1.0f ? g[i] : g[i] * c.grad_scale;
+    float pi = c.decay_on ? p[i] * c.decay : p[i];
+    float mi = c.lerp_low ? m[i] + c.w1 * (gi - m[i]) : gi - (gi - m[i]) * (1.0f - c.w1);
+    float vi = v[i] * c.b2;
+    vi = vi + c.one_minus_b2 * gi * gi;
+    float denom = sqrtf(vi) / c.bc2_sqrt + c.eps;
+    p[i] = pi + c.neg_step * mi / denom;
     m[i] = mi;
     v[i] = vi;
   }
 }
-void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2,
-                  float eps, float wd, float step_size, float bc2_sqrt, float grad_scale, cudaStream_t s) {
+void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, const AdamWScalars& c, cudaStream_t s) {
   if (n == 0) return;
-  adamw_kernel<<<std::min<size_t>(ceil_div(n, 256), 4096), 256, 0, s>>>(p, g, m, v, n, lr, beta1, beta2, eps, wd,
-                                                                        step_size, bc2_sqrt, grad_scale);
+  adamw_kernel<<<std::min<size_t>(ceil_div(n, 256), 4096), 256, 0, s>>>(p, g, m, v, n, c);
   CUDA_LAUNCH_CHECK();
 }
 

@@ -186,6 +186,7 @@ class CudaBackend : public Backend {
       // the stream may still use the memory: the allocator hands it out again only to later stream work,
       // which is ordered after the current work on the same stream.
       forget_index(t.ptr);
+      if (t.dtype == DType::F32) invalidate_bf16_cache(t.ptr, t.n * 4);
       mem_.put(t.ptr);
     }
     if (t.scales) mem_.put(t.scales);
@@ -216,6 +217,7 @@ class CudaBackend : public Backend {
     } else {
       throw EngineError("cuda upload: float data into a " + std::string(dtype_name(dst.dtype)) + " tensor");
     }
+    if (dst.dtype == DType::F32) invalidate_bf16_cache(static_cast<char*>(dst.ptr) + offset * es, n * es);
     CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.ptr) + offset * es, staging_.data(), n * es,
                                cudaMemcpyHostToDevice, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -268,7 +270,9 @@ class CudaBackend : public Backend {
     if (dst.dtype != src.dtype) throw EngineError("cuda copy: dtype mismatch");
     check_range(dst, n, 0, "copy");
     check_range(src, n, 0, "copy");
+    Timer tm(this, "copy");
     CUDA_CHECK(cudaMemcpyAsync(dst.ptr, src.ptr, n * dtype_size(dst.dtype), cudaMemcpyDeviceToDevice, stream_));
+    if (dst.dtype == DType::F32) invalidate_bf16_cache(dst.ptr, n * 4);
     if (dst.dtype == DType::I32) {
       auto it = zero_index_.find(static_cast<int32_t*>(src.ptr));
       bool z = it != zero_index_.end() && it->second >= n;
@@ -278,6 +282,8 @@ class CudaBackend : public Backend {
   }
   void fill(const Tensor& dst, float value, size_t n) override {
     check_range(dst, n, 0, "fill");
+    Timer tm(this, "fill");
+    if (dst.dtype == DType::F32) invalidate_bf16_cache(dst.ptr, n * 4);
     if (dst.dtype == DType::F32) launch_fill(static_cast<float*>(dst.ptr), value, n, stream_);
     else if (dst.dtype == DType::BF16) launch_fill(static_cast<bf16*>(dst.ptr), value, n, stream_);
     else if (dst.dtype == DType::I32) {
@@ -321,7 +327,7 @@ class CudaBackend : public Backend {
   // ---- matmul ----------------------------------------------------------------------------------------------
   void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, bool trans_a, bool trans_b,
               float alpha, float beta) override {
-    Timer tm(this, "matmul", 2.0 * M * N * K, M, N, K);
+    Timer tm(this, "matmul", 2.0 * M * N * K, M, N, K, trans_a, trans_b);
     const void* ap = a.ptr;
     const void* bp = b.ptr;
     DType at = a.dtype, bt = b.dtype;
@@ -337,15 +343,11 @@ class CudaBackend : public Backend {
     bool want_bf16 = at == DType::BF16 || bt == DType::BF16 || c.dtype == DType::BF16;
     if (want_bf16) {
       if (at == DType::F32) {
-        bf16* s = static_cast<bf16*>(scratch(2, (size_t)M * K * 2));
-        launch_f32_to_bf16(s, static_cast<const float*>(ap), (size_t)M * K, stream_);
-        ap = s;
+        ap = bf16_of(ap, (size_t)M * K);
         at = DType::BF16;
       }
       if (bt == DType::F32) {
-        bf16* s = static_cast<bf16*>(scratch(3, (size_t)K * N * 2));
-        launch_f32_to_bf16(s, static_cast<const float*>(bp), (size_t)K * N, stream_);
-        bp = s;
+        bp = bf16_of(bp, (size_t)K * N);
         bt = DType::BF16;
       }
     }
@@ -362,6 +364,7 @@ class CudaBackend : public Backend {
       return;
     }
     gemm_->run(c.ptr, ct, N, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
+    if (ct == CUDA_R_32F) invalidate_bf16_cache(c.ptr, (size_t)M * N * 4);
   }
 
   // ---- embedding, norms, elementwise -------------------------------------------------------------------------
@@ -396,6 +399,7 @@ class CudaBackend : public Backend {
   void add(const Tensor& y, const Tensor& x, size_t n, float alpha) override {
     Timer tm(this, "add");
     if (y.dtype != x.dtype) throw EngineError("cuda add: dtype mismatch");
+    if (y.dtype == DType::F32) invalidate_bf16_cache(y.ptr, n * 4);
     if (y.dtype == DType::F32)
       launch_add(static_cast<float*>(y.ptr), static_cast<const float*>(x.ptr), n, alpha, stream_);
     else if (y.dtype == DType::BF16)
@@ -411,6 +415,7 @@ class CudaBackend : public Backend {
   void scale(const Tensor& y, float s, size_t n) override {
     Timer tm(this, "scale");
     need(y, DType::F32, "scale y");
+    invalidate_bf16_cache(y.ptr, n * 4);
     launch_scale(static_cast<float*>(y.ptr), s, n, stream_);
   }
   void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H,
@@ -530,10 +535,21 @@ class CudaBackend : public Backend {
                   double beta1, double beta2, double eps, double weight_decay, int64_t t, float grad_scale) override {
     Timer tm(this, "adamw");
     need(param, DType::F32, "adamw param");
-    double bc1 = 1.0 - std::pow(beta1, double(t)), bc2 = 1.0 - std::pow(beta2, double(t));
+    const double bc1 = 1.0 - std::pow(beta1, double(t)), bc2 = 1.0 - std::pow(beta2, double(t));
+    AdamWScalars c;
+    c.decay = float(1.0 - lr * weight_decay);
+    c.decay_on = weight_decay != 0.0;
+    c.w1 = float(1.0 - beta1);
+    c.lerp_low = std::fabs(double(c.w1)) < 0.5;
+    c.b2 = float(beta2);
+    c.one_minus_b2 = float(1.0 - beta2);
+    c.bc2_sqrt = float(std::sqrt(bc2));
+    c.neg_step = float(-(lr / bc1));
+    c.eps = float(eps);
+    c.grad_scale = grad_scale;
     launch_adamw(static_cast<float*>(param.ptr), static_cast<const float*>(grad.ptr), static_cast<float*>(m.ptr),
-                 static_cast<float*>(v.ptr), n, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
-                 float(lr / bc1), float(std::sqrt(bc2)), grad_scale, stream_);
+                 static_cast<float*>(v.ptr), n, c, stream_);
+    invalidate_bf16_cache(param.ptr, n * 4);
   }
 
   // ---- extras (cuda_backend.h) ----------------------------------------------------------------------------------
@@ -574,9 +590,11 @@ class CudaBackend : public Backend {
     std::string name;
     double flops;
     cudaEvent_t start = nullptr;
-    Timer(CudaBackend* b_, const char* n, double f = 0, int M = 0, int N = 0, int K = 0) : b(b_), name(n), flops(f) {
+    Timer(CudaBackend* b_, const char* n, double f = 0, int M = 0, int N = 0, int K = 0, bool ta = false,
+          bool tb = false)
+        : b(b_), name(n), flops(f) {
       if (!b->profile_) return;
-      if (M > 0) name = gemm_class(M, N, K);
+      if (M > 0) name = gemm_class(M, N, K, ta, tb);
       start = b->event();
       cudaEventRecord(start, b->stream_);
     }
@@ -588,10 +606,11 @@ class CudaBackend : public Backend {
       b->pending_.push_back({name, flops, start, stop});
       if (b->pending_.size() > 4096) b->collect_events();
     }
-    static std::string gemm_class(int M, int N, int K) {
-      int small = std::min(M, std::min(N, K));
-      if (small <= 256) return "matmul (LoRA, min dim " + std::string(small <= 64 ? "≤64" : "≤256") + ")";
-      return "matmul (base, " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) + ")";
+    static std::string gemm_class(int M, int N, int K, bool ta, bool tb) {
+      std::string shape = std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) +
+                          (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "");
+      if (std::min(M, std::min(N, K)) <= 64) return "matmul LoRA (" + shape + ")";
+      return "matmul base (" + shape + ")";
     }
   };
   struct Pending {
@@ -641,6 +660,41 @@ class CudaBackend : public Backend {
     }
     return scratch_[slot];
   }
+  // bf16 copies of fp32 matmul operands (the LoRA A/B Params), converted once and reused until something
+  // writes the fp32 source range (every fp32-writing op calls invalidate_bf16_cache on what it writes).
+  struct Bf16Copy {
+    size_t n;
+    void* dev;
+  };
+  const void* bf16_of(const void* src, size_t n) {
+    auto it = bf16_cache_.find(src);
+    if (it != bf16_cache_.end()) {
+      if (it->second.n == n) return it->second.dev;
+      mem_.put(it->second.dev);
+      bf16_cache_.erase(it);
+    }
+    void* dev = mem_.get(n * 2);
+    launch_f32_to_bf16(static_cast<bf16*>(dev), static_cast<const float*>(src), n, stream_);
+    bf16_cache_[src] = Bf16Copy{n, dev};
+    return dev;
+  }
+  void invalidate_bf16_cache(const void* p, size_t bytes) {
+    if (bf16_cache_.empty()) return;
+    const char* lo = static_cast<const char*>(p);
+    const char* hi = lo + bytes;
+    auto it = bf16_cache_.upper_bound(p);
+    if (it != bf16_cache_.begin()) --it;
+    while (it != bf16_cache_.end()) {
+      const char* s = static_cast<const char*>(it->first);
+      if (s >= hi) break;
+      if (s + it->second.n * 4 > lo) {
+        mem_.put(it->second.dev);
+        it = bf16_cache_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
   static void need(const Tensor& t, DType d, const char* what) {
     if (t.dtype != d)
       throw EngineError(std::string("cuda backend: ") + what + " must be " + dtype_name(d) + ", got " +
@@ -676,6 +730,7 @@ class CudaBackend : public Backend {
   void* scratch_[8] = {};
   size_t scratch_bytes_[8] = {};
   double* d_sum_ = nullptr;
+  std::map<const void*, Bf16Copy> bf16_cache_;
   std::map<int32_t*, size_t> zero_index_;  // start of an uploaded Index range → its length if all zero, else 0
   bool profile_ = false;
   std::vector<cudaEvent_t> event_pool_, free_events_;

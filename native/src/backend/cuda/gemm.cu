@@ -1,5 +1,7 @@
 // gemm.cu — cuBLASLt plans cached per shape/type/alignment; see gemm.cuh for the row-major convention.
 #include "backend/cuda/gemm.cuh"
+#include <cstdlib>
+#include <string>
 #include "backend/cuda/cuda_common.cuh"
 
 namespace nxft {
@@ -11,6 +13,8 @@ static void check_lt(cublasStatus_t s, const char* what) {
 }
 
 Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+  const char* at = std::getenv("NXFT_GEMM_AUTOTUNE");
+  autotune_ = !(at && std::string(at) == "0");
   check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
   CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
 }
@@ -66,20 +70,66 @@ void Gemm::run(void* d, cudaDataType_t d_type, int ldd, const void* a, int lda, 
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d));
-    cublasLtMatmulHeuristicResult_t heur;
+    cublasLtMatmulHeuristicResult_t heur[kMaxAlgos];
     int found = 0;
-    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.la, p.lb, p.ld, p.ld, pref, 1, &heur, &found);
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle_, p.desc, p.la, p.lb, p.ld, p.ld, pref,
+                                                      autotune_ ? kMaxAlgos : 1, heur, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (s != CUBLAS_STATUS_SUCCESS || found == 0)
       throw EngineError("cuBLASLt found no algorithm for matmul M=" + std::to_string(M) + " N=" + std::to_string(N) +
                         " K=" + std::to_string(K));
-    p.algo = heur.algo;
+    p.algo = heur[0].algo;
+    if (found > 1) p.algo = pick_fastest(p, heur, found, a, b, d_type, ldd, M, alpha);
     it = plans_.emplace(key, p).first;
   }
   Plan& p = it->second;
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, d, p.ld, d, p.ld, &p.algo, workspace_,
                           workspace_bytes_, stream_),
            "cublasLtMatmul");
+}
+
+// Autotuning (once per shape, at its first use): cuBLASLt's first heuristic pick is often not the fastest for
+// skinny LoRA shapes (K or N = r). Time each candidate on the real A/B operands writing into a scratch D (so
+// beta = 1 accumulation into the real output is not disturbed) and keep the fastest.
+cublasLtMatmulAlgo_t Gemm::pick_fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* heur, int found,
+                                        const void* a, const void* b, cudaDataType_t d_type, int ldd, int M,
+                                        float alpha) {
+  size_t d_bytes = (size_t)M * ldd * (d_type == CUDA_R_16BF ? 2 : 4);
+  void* scratch = nullptr;
+  if (cudaMalloc(&scratch, d_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return heur[0].algo;
+  }
+  cudaMemsetAsync(scratch, 0, d_bytes, stream_);
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  float beta = 1.0f, best_ms = 1e30f;
+  int best = 0;
+  for (int i = 0; i < found; i++) {
+    if (heur[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    auto launch = [&]() {
+      return cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, scratch, p.ld, scratch, p.ld,
+                            &heur[i].algo, workspace_, workspace_bytes_, stream_);
+    };
+    if (launch() != CUBLAS_STATUS_SUCCESS) continue;
+    cudaEventRecord(e0, stream_);
+    for (int r = 0; r < 3; r++) launch();
+    cudaEventRecord(e1, stream_);
+    cudaEventSynchronize(e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = i;
+    }
+  }
+  cudaStreamSynchronize(stream_);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(scratch);
+  cudaGetLastError();
+  return heur[best].algo;
 }
 
 }  // namespace cuda

@@ -29,6 +29,10 @@ class Gemm {
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
     cublasLtMatmulAlgo_t algo;
   };
+  static constexpr int kMaxAlgos = 8;
+  cublasLtMatmulAlgo_t pick_fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* heur, int found,
+                                    const void* a, const void* b, cudaDataType_t d_type, int ldd, int M, float alpha);
+  bool autotune_ = true;
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   cublasLtHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;

@@ -28,9 +28,30 @@ __global__ void glu_forward_kernel(bf16* out, const bf16* gate, const bf16* up, 
     out[i] = __float2bfloat16_rn(a * __bfloat162float(up[i]));
   }
 }
+// 8 bf16 per thread through 16-byte loads/stores (the MLP activations are the largest elementwise traffic).
+__global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n8, int act) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+    uint4 gv = reinterpret_cast<const uint4*>(gate)[i], uv = reinterpret_cast<const uint4*>(up)[i], ov;
+    const bf16* g = reinterpret_cast<const bf16*>(&gv);
+    const bf16* u = reinterpret_cast<const bf16*>(&uv);
+    bf16* o = reinterpret_cast<bf16*>(&ov);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float a = __bfloat162float(__float2bfloat16_rn(act_value(__bfloat162float(g[k]), act)));
+      o[k] = __float2bfloat16_rn(a * __bfloat162float(u[k]));
+    }
+    reinterpret_cast<uint4*>(out)[i] = ov;
+  }
+}
+static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+static unsigned grid_for(size_t n) { return std::min<size_t>(ceil_div(n, 256), 132 * 32); }
+
 void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, size_t n, int act, cudaStream_t s) {
   if (n == 0) return;
-  glu_forward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(out, gate, up, n, act);
+  if (n % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up))
+    glu_forward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(out, gate, up, n / 8, act);
+  else
+    glu_forward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(out, gate, up, n, act);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -43,10 +64,33 @@ __global__ void glu_backward_kernel(bf16* dgate, bf16* dup, const bf16* dout, co
     dup[i] = __float2bfloat16_rn(d * a);
   }
 }
+__global__ void glu_backward_vec_kernel(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
+                                        size_t n8, int act) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+    uint4 gv = reinterpret_cast<const uint4*>(gate)[i], uv = reinterpret_cast<const uint4*>(up)[i];
+    uint4 dv = reinterpret_cast<const uint4*>(dout)[i], dgv, duv;
+    const bf16* g = reinterpret_cast<const bf16*>(&gv);
+    const bf16* u = reinterpret_cast<const bf16*>(&uv);
+    const bf16* d = reinterpret_cast<const bf16*>(&dv);
+    bf16* dg = reinterpret_cast<bf16*>(&dgv);
+    bf16* du = reinterpret_cast<bf16*>(&duv);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float gk = __bfloat162float(g[k]), uk = __bfloat162float(u[k]), dk = __bfloat162float(d[k]);
+      dg[k] = __float2bfloat16_rn(dk * uk * act_grad(gk, act));
+      du[k] = __float2bfloat16_rn(dk * act_value(gk, act));
+    }
+    reinterpret_cast<uint4*>(dgate)[i] = dgv;
+    reinterpret_cast<uint4*>(dup)[i] = duv;
+  }
+}
 void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, size_t n,
                          int act, cudaStream_t s) {
   if (n == 0) return;
-  glu_backward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(dgate, dup, dout, gate, up, n, act);
+  if (n % 8 == 0 && aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up))
+    glu_backward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(dgate, dup, dout, gate, up, n / 8, act);
+  else
+    glu_backward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(dgate, dup, dout, gate, up, n, act);
   CUDA_LAUNCH_CHECK();
 }
 

@@ -48,8 +48,11 @@ void launch_ce_grad(bf16* logits, const int32_t* targets, const float* lse, int 
                     cudaStream_t s);
 
 // adamw.cu
-void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, float lr, float beta1, float beta2,
-                  float eps, float wd, float step_size, float bc2_sqrt, float grad_scale, cudaStream_t s);
+struct AdamWScalars {
+  float decay, w1, b2, one_minus_b2, bc2_sqrt, neg_step, eps, grad_scale;
+  bool decay_on, lerp_low;
+};
+void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, const AdamWScalars& c, cudaStream_t s);
 // Σx² in double, deterministic (per-block partials then one block); result left in *out (device).
 template <typename T> void launch_sum_sq(double* out, double* partials, const T* x, size_t n, cudaStream_t s);
 constexpr int kSumSqBlocks = 264;
