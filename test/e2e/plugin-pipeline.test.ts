@@ -13,7 +13,8 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
-import { makeWorkspace, repoRoot, runNx } from "./temp-workspace";
+import { spawn } from "node:child_process";
+import { makeWorkspace, nxBin, nxEnvironment, repoRoot, runNx } from "./temp-workspace";
 
 const STAGES = ["base", "dataset", "shards", "adapter", "merged", "gguf"];
 
@@ -140,4 +141,32 @@ test("chat streams a reply from the trained adapter", () => {
   assert.equal(r.code, 0, r.out);
   assert.match(r.out, /> What is the capital of Italy\?\n\S/);
   assert.deepEqual(ranSince(ws), [], "chat reads the cached stages");
+});
+
+test("watch reruns the pipeline when the recipe changes", async () => {
+  const child = spawn(process.execPath, [nxBin(), "run", "demo:watch", "--outputStyle=stream"], {
+    cwd: ws, env: nxEnvironment(ws, { shared, engine }), detached: true, stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const waitFor = async (count: number) => {
+    for (let waited = 0; (out.match(/\[watch\] demo:gguf succeeded/g) ?? []).length < count; waited += 200) {
+      if (waited > 240_000 || child.exitCode !== null) throw new Error(`watch did not report ${count} run(s):\n${out}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+  try {
+    await waitFor(1); // the initial run (all cached)
+    assert.deepEqual(ranSince(ws), []);
+    const file = join(ws, "recipes", "demo", "recipe.json");
+    const recipe = JSON.parse(readFileSync(file, "utf8"));
+    recipe.export.gguf = ["q8_0", "f16"];
+    writeFileSync(file, JSON.stringify(recipe, null, 2) + "\n");
+    await waitFor(2);
+    assert.deepEqual(ranSince(ws), ["gguf"]);
+    assert.ok(existsSync(join(ggufDir(ws), "demo.f16.gguf")));
+  } finally {
+    process.kill(-child.pid!, "SIGTERM");
+  }
 });

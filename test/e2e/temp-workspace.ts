@@ -27,20 +27,27 @@ export function makeWorkspace(dir: string): void {
 
 export interface NxEnv { shared: string; engine: string; extra?: Record<string, string> }
 
-// Runs `nx <args>` in `dir` without daemon or cloud, with the Nx cache and the content store under `shared`
-// (so several "clones" can share them), plain output.
-export function runNx(dir: string, env: NxEnv, ...args: string[]): { code: number; out: string; wall_s: number } {
+export function nxBin(): string {
   const nxPackage = join(repoRoot, "node_modules", "nx", "package.json");
-  const nxBin = join(dirname(nxPackage), JSON.parse(readFileSync(nxPackage, "utf8")).bin.nx);
+  return join(dirname(nxPackage), JSON.parse(readFileSync(nxPackage, "utf8")).bin.nx);
+}
+
+// The environment for nx in `dir`: no daemon or cloud, the Nx cache and the content store under `shared` (so
+// several "clones" can share them), plain output.
+export function nxEnvironment(dir: string, env: NxEnv): NodeJS.ProcessEnv {
+  return {
+    ...process.env, NX_DAEMON: "false", NX_NO_CLOUD: "true", NX_TUI: "false", CI: "true", NO_COLOR: "1", FORCE_COLOR: "0",
+    NX_CACHE_DIRECTORY: join(env.shared, "nx-cache"), NX_WORKSPACE_DATA_DIRECTORY: join(dir, ".nx", "workspace-data"),
+    NXFT_STORE: join(env.shared, "store"), NXFT_ENGINE: env.engine, ...env.extra,
+  };
+}
+
+export function runNx(dir: string, env: NxEnv, ...args: string[]): { code: number; out: string; wall_s: number } {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [nxBin, ...args, "--outputStyle=stream"], {
+  const r = spawnSync(process.execPath, [nxBin(), ...args, "--outputStyle=stream"], {
     cwd: dir,
     encoding: "utf8",
-    env: {
-      ...process.env, NX_DAEMON: "false", NX_NO_CLOUD: "true", NX_TUI: "false", CI: "true", NO_COLOR: "1", FORCE_COLOR: "0",
-      NX_CACHE_DIRECTORY: join(env.shared, "nx-cache"), NX_WORKSPACE_DATA_DIRECTORY: join(dir, ".nx", "workspace-data"),
-      NXFT_STORE: join(env.shared, "store"), NXFT_ENGINE: env.engine, ...env.extra,
-    },
+    env: nxEnvironment(dir, env),
     timeout: 600_000,
   });
   const wall_s = Number(process.hrtime.bigint() - t0) / 1e9;
