@@ -104,6 +104,32 @@ function withWordSplit(json: any): any {
   return { ...json, pre_tokenizer: { type: "Split", pattern: { Regex: "▁+[^▁]*|[^▁]+" }, behavior: "Isolated", invert: false } };
 }
 
+// Byte-level BPE tokenizers (GPT-2, Llama-3, Qwen) map every pre-token to its byte-level string with a TextEncoder
+// and a per-byte table on every call, which is most of the JS encode time on natural text. That step is a pure
+// function of the pre-token, so we memoize it on the tokenizer's ByteLevel pre-tokenizer object (found by duck typing
+// on @huggingface/tokenizers' public pre_tokenizer; nothing happens when the shape differs). About 2x on TinyStories
+// with Llama-3; the parity tests (llama.cpp vectors) run through it.
+const BYTE_LEVEL_MEMO_MAX = 1 << 19;
+function memoizeByteLevel(hf: Tokenizer): void {
+  const pre: any = (hf as any).pre_tokenizer;
+  const steps: any[] = pre && Array.isArray(pre.tokenizers) ? pre.tokenizers : pre ? [pre] : [];
+  for (const step of steps) {
+    if (!step || !step.byte_encoder || typeof step.pre_tokenize_text !== "function" || step.__nxftMemo) continue;
+    const original = step.pre_tokenize_text.bind(step);
+    const memo = new Map<string, string[]>();
+    step.pre_tokenize_text = (text: string, options: unknown): string[] => {
+      let out = memo.get(text);
+      if (out === undefined) {
+        out = original(text, options) as string[];
+        if (memo.size >= BYTE_LEVEL_MEMO_MAX) memo.clear();
+        memo.set(text, out);
+      }
+      return out;
+    };
+    step.__nxftMemo = true;
+  }
+}
+
 // Loads (and caches per folder + content) the tokenizer in `dir`.
 export function tokenizerFor(dir: string): LoadedTokenizer {
   dir = resolve(dir);
@@ -124,6 +150,8 @@ export function tokenizerFor(dir: string): LoadedTokenizer {
   const hf = new Tokenizer(withWordSplit(json), config);
   const noPrefix = withoutPrefixSpace(json);
   const hfCont = noPrefix.changed ? new Tokenizer(withWordSplit(noPrefix.json), config) : hf;
+  memoizeByteLevel(hf);
+  if (hfCont !== hf) memoizeByteLevel(hfCont);
 
   // Added tokens (special or not) are matched verbatim in text before normalization; we need them to find where a
   // continuation's first text fragment ends.
