@@ -252,7 +252,7 @@ void Transformer::ensure_buffers(int N, bool training) {
   ce_max_ = be_.alloc(size_t(ce_rows_), Role::Stat);
   ce_sum_ = be_.alloc(size_t(ce_rows_), Role::Stat);
   ce_tl_ = be_.alloc(size_t(ce_rows_), Role::Stat);
-  ce_loss_ = be_.alloc(size_t(ce_rows_), Role::Stat);
+  ce_loss_ = be_.alloc(size_t(cap), Role::Stat);   // per-token losses of the whole micro-batch
   ce_lse_ = be_.alloc(size_t(ce_rows_), Role::Stat);
 }
 
@@ -397,8 +397,6 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
 double Transformer::head_loss(int N, bool backward, float grad_scale) {
   const int C = cfg_.hidden_size, V = cfg_.vocab_size;
   const int nvc = (V + ce_vc_ - 1) / ce_vc_;
-  double total = 0;
-  std::vector<double> loss_host(static_cast<size_t>(ce_rows_));   // double: the f64 backend keeps all digits
   for (int r0 = 0; r0 < N; r0 += ce_rows_) {
     const int n = std::min(ce_rows_, N - r0);
     Tensor xf = xf_.slice(size_t(r0) * C, size_t(n) * C);
@@ -412,9 +410,7 @@ double Transformer::head_loss(int N, bool backward, float grad_scale) {
       be_.matmul(lg, xf, head_.slice(size_t(v0) * C, size_t(vc) * C), n, vc, C, false, true, 1.0f, 0.0f);
       be_.ce_stats(lg, tg, ce_max_, ce_sum_, ce_tl_, n, vc, v0);
     }
-    be_.ce_finish(ce_loss_, ce_lse_, ce_max_, ce_sum_, ce_tl_, tg, n);
-    be_.download(ce_loss_, loss_host.data(), size_t(n));
-    for (int i = 0; i < n; i++) total += double(loss_host[size_t(i)]);
+    be_.ce_finish(ce_loss_.slice(size_t(r0), size_t(n)), ce_lse_, ce_max_, ce_sum_, ce_tl_, tg, n);
     if (!backward) continue;
     Tensor dxf = dxn_.slice(size_t(r0) * C, size_t(n) * C);
     for (int vi = 0; vi < nvc; vi++) {
@@ -426,6 +422,11 @@ double Transformer::head_loss(int N, bool backward, float grad_scale) {
       be_.matmul(dxf, lg, w, n, C, vc, false, false, 1.0f, vi == 0 ? 0.0f : 1.0f);
     }
   }
+  // one download per micro-batch (a GPU backend keeps running until here); double keeps the f64 backend's digits
+  std::vector<double> loss_host(static_cast<size_t>(N));
+  be_.download(ce_loss_, loss_host.data(), size_t(N));
+  double total = 0;
+  for (double x : loss_host) total += x;
   return total;
 }
 
