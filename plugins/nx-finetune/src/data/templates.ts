@@ -228,12 +228,7 @@ export function tokenizeRow(r: RenderedRow, tok: LoadedTokenizer, trainOnAll: bo
   for (const s of r.segments) {
     const segIds = continues ? tok.encodeContinuation(s.text) : tok.encode(s.text);
     for (const id of segIds) { ids.push(id); train.push(trainOnAll || s.train ? 1 : 0); }
-    if (s.text.length > 0) continues = !endsWithAddedToken(s.text, tok);
+    if (s.text.length > 0) continues = !tok.endsWithAddedToken(s.text);
   }
   return { ids, train: Uint8Array.from(train) };
-}
-
-function endsWithAddedToken(text: string, tok: LoadedTokenizer): boolean {
-  for (const t of tok.json.added_tokens ?? []) if (text.endsWith(t.content)) return true;
-  return false;
 }

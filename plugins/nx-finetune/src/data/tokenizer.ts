@@ -28,6 +28,8 @@ export interface LoadedTokenizer {
   // Encodes text that directly continues earlier text of the same document (no "▁" prepended to its first piece).
   encodeContinuation(text: string): number[];
   tokenId(token: string): number | undefined;
+  // Whether `text` ends with an added token (e.g. "<|im_end|>"): the next text then starts a new section.
+  endsWithAddedToken(text: string): boolean;
   decode(ids: ArrayLike<number>, opts?: { skipSpecialTokens?: boolean }): string;
   // The underlying @huggingface/tokenizers object.
   hf: Tokenizer;
@@ -155,7 +157,13 @@ export function tokenizerFor(dir: string): LoadedTokenizer {
 
   // Added tokens (special or not) are matched verbatim in text before normalization; we need them to find where a
   // continuation's first text fragment ends.
-  const addedContents: string[] = (json.added_tokens ?? []).map((t: any) => String(t.content));
+  const addedContents: string[] = (json.added_tokens ?? []).map((t: any) => String(t.content)).filter((c: string) => c.length > 0);
+  // Added tokens grouped by their last character (Llama-3 has 256 of them; most texts end with none).
+  const addedByLastChar = new Map<string, string[]>();
+  for (const c of addedContents) {
+    const last = c[c.length - 1];
+    addedByLastChar.set(last, [...(addedByLastChar.get(last) ?? []), c]);
+  }
 
   let vocabSize = 0;
   const vocab = json.model.vocab;
@@ -219,6 +227,11 @@ export function tokenizerFor(dir: string): LoadedTokenizer {
       return [...encodeWith(hfCont, text.slice(0, cut)), ...encodeWith(hf, text.slice(cut))];
     },
     tokenId: (token) => hf.token_to_id(token),
+    endsWithAddedToken(text) {
+      if (text.length === 0) return false;
+      for (const c of addedByLastChar.get(text[text.length - 1]) ?? []) if (text.endsWith(c)) return true;
+      return false;
+    },
     decode: (ids, opts) => (ids.length === 0 ? "" : hf.decode(Array.from(ids), { skip_special_tokens: opts?.skipSpecialTokens ?? false })),
   };
   cache.set(key, loaded);
