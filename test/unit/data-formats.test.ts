@@ -247,3 +247,14 @@ test("hub dataset: listed at the revision, split files downloaded once (local HF
     }
   }
 });
+
+test("columns mapping for sharegpt: a renamed conversation field; errors name the source column", async () => {
+  const dir = workspace({ "d.jsonl": [
+    JSON.stringify({ dialog: [{ from: "human", value: "hi" }, { from: "gpt", value: "hello" }] }),
+    JSON.stringify({ dialog: [{ from: "human", value: "hi" }, { from: "gpt" }] }),
+  ].join("\n") + "\n" });
+  await assert.rejects(run(dir, { path: "d.jsonl", format: "sharegpt", columns: { dialog: "conversations" } }),
+    /d\.jsonl:2: field "conversations\[1\]\.value" \(column "dialog"\): missing/);
+  const { rows } = await run(dir, { path: "d.jsonl", format: "sharegpt", columns: { dialog: "conversations" }, skip_bad_rows: true });
+  assert.deepEqual(rows, [{ messages: [{ role: "user", content: "hi" }, { role: "assistant", content: "hello" }] }]);
+});

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { copyFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { renderRow, tokenizeRow, tokenizerFor, renderChat, stopIds, ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT } from "../../plugins/nx-finetune/src/data";
+import { renderRow, tokenizeRow, tokenizerFor, renderChat, stopIds, StreamDecoder, ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT } from "../../plugins/nx-finetune/src/data";
 import type { NormalizedRow, TemplateSpec, LoadedTokenizer } from "../../plugins/nx-finetune/src/data";
 
 const ROOT = resolve(__dirname, "../..");
@@ -134,4 +134,22 @@ test("renderChat: prompt for the next assistant turn, tokenized like training ro
   assert.ok(a.text.endsWith("### Instruction:\nWhat colour is coal?\n\n### Response:\n"));
   const t2 = render(qa, spec("alpaca"), tokenizerFor(LLAMA2));
   assert.deepEqual(t2.t.ids.slice(0, a.ids.length), a.ids);
+});
+
+test("renderChat llama3 + streaming decode of a reply with special tokens skipped", () => {
+  const c = renderChat([{ role: "user", content: "Hi" }], { name: "llama3", max_seq_len: 64, system: "Be brief." }, LLAMA3);
+  assert.equal(c.text, "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>" +
+    "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  assert.equal(c.ids[0], 128000);
+  const tok = tokenizerFor(LLAMA3);
+  const reply = tok.encode("Hello there — ünïcode 🦙!<|eot_id|>");
+  const d = new StreamDecoder(tok, c.ids, true);
+  const text = reply.map((id) => d.push(id)).join("") + d.flush();
+  assert.equal(text, "Hello there — ünïcode 🦙!");
+});
+
+test("alpaca: a system message (or template.system) replaces the preamble", () => {
+  const tok = tokenizerFor(DEMO);
+  const a = render(qa, spec("alpaca", { system: "Answer in one word." }), tok);
+  assert.equal(a.text, "Answer in one word.\n\n### Instruction:\nWhat colour is coal?\n\n### Response:\nBlack.</s>");
 });
