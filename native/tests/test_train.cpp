@@ -171,6 +171,21 @@ void test_grad_accum(const std::string& model) {
     MT_CHECK(std::fabs(la[i] - lb[i]) <= 1e-5 * std::fabs(la[i]), "step %zu: B4×GA1 loss %.9g vs B2×GA2 %.9g", i + 1, la[i], lb[i]);
 }
 
+// gradient checkpointing recomputes layers in backward: identical losses and adapter bytes; epochs → steps.
+void test_checkpointing_and_epochs(const std::string& model) {
+  Json a = train_job(model, g_tmp + "/gc0"), b = train_job(model, g_tmp + "/gc1");
+  for (Json* j : {&a, &b}) train_of(*j).set("save_every", Json::number(0)).set("eval_every", Json::number(0));
+  train_of(b).set("gradient_checkpointing", Json::boolean(true));
+  auto la = run_train(a), lb = run_train(b);
+  MT_CHECK(la.size() == 6 && la == lb, "gradient checkpointing changed the losses");
+  MT_CHECK(file_bytes(g_tmp + "/gc0/adapter_model.safetensors") == file_bytes(g_tmp + "/gc1/adapter_model.safetensors"),
+           "gradient checkpointing changed the adapter");
+  Json e = train_job(model, g_tmp + "/epochs");
+  train_of(e).set("steps", Json()).set("epochs", Json::number(1.5)).set("save_every", Json::number(0));
+  auto le = run_train(e);   // 12 rows, 2×2 rows per step: ceil(1.5·12/4) = 5 steps
+  MT_CHECK(le.size() == 5, "epochs 1.5 over 12 rows at 4 rows/step should run 5 steps, ran %zu", le.size());
+}
+
 // QLoRA: the same job with NF4 base weights trains, starts near the fp32 loss and learns.
 void test_qlora(const std::string& model) {
   Json a = train_job(model, g_tmp + "/fp32"), b = train_job(model, g_tmp + "/nf4");
@@ -250,6 +265,7 @@ int main() {
   test_resume_and_determinism(model);
   test_grad_accum(model);
   test_qlora(model);
+  test_checkpointing_and_epochs(model);
   test_divergence(model);
   std::error_code ec;
   if (!mt::failures()) fsys::remove_all(g_tmp, ec);
