@@ -32,8 +32,12 @@ export class ProgressRenderer {
   private readonly tty: boolean;
   private readonly out: NodeJS.WritableStream;
 
-  constructor(out: NodeJS.WritableStream & { isTTY?: boolean } = process.stdout, tty?: boolean) {
+  private readonly quiet: boolean;
+
+  // `quiet`: only warnings and errors (for chat, whose stdout is the reply).
+  constructor(out: NodeJS.WritableStream & { isTTY?: boolean } = process.stdout, tty?: boolean, quiet = false) {
     this.out = out;
+    this.quiet = quiet;
     this.tty = tty ?? (Boolean(out.isTTY) && !process.env.CI);
   }
 
@@ -48,6 +52,7 @@ export class ProgressRenderer {
   }
 
   onEvent = (e: EngineEvent): void => {
+    if (this.quiet && e.event !== "warning") return;
     switch (e.event) {
       case "start": {
         const extra = ["params", "trainable_params", "total_steps"].filter((k) => e[k] !== undefined).map((k) => `${k}=${e[k]}`);

@@ -39,10 +39,11 @@ export function baseModelDir(ctx: StageContext): string {
 
 // Runs an engine command with the job written under out/.jobs/ (kept for debugging, outside any manifest) and
 // its events rendered as progress.
+// `quiet` shows only warnings (chat prints the reply itself).
 export async function engine(ctx: StageContext, command: string, job: Record<string, unknown>,
-                             onEvent?: (e: EngineEvent) => void): Promise<Record<string, any>> {
+                             onEvent?: (e: EngineEvent) => void, opts: { quiet?: boolean } = {}): Promise<Record<string, any>> {
   const binary = await ensureEngine(ctx.workspaceRoot, ctx.log);
-  const renderer = new ProgressRenderer();
+  const renderer = new ProgressRenderer(opts.quiet ? process.stderr : process.stdout, undefined, opts.quiet);
   const jobFile = join(ctx.projectDir, "out", ".jobs", `${command}.json`);
   return runEngine(binary, command, job, jobFile, (e) => { renderer.onEvent(e); onEvent?.(e); });
 }

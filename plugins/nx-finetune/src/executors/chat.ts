@@ -37,14 +37,23 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
     const promptIds = chat.ids;
     const tok = tokenizerFor(baseDir);
     const decoder = new StreamDecoder(tok, promptIds, true);
+    // On a terminal, text appears token by token; in a log (Nx prefixes every chunk it captures), line by line.
+    const tty = Boolean(process.stdout.isTTY);
+    let pending = "";
+    const emit = (text: string, end = false) => {
+      if (tty) { process.stdout.write(text); return; }
+      pending += text;
+      const cut = end ? pending.length : pending.lastIndexOf("\n") + 1;
+      if (cut > 0) { process.stdout.write(pending.slice(0, cut)); pending = pending.slice(cut); }
+    };
     process.stdout.write(`> ${prompt}\n`);
     const summary = await engine(ctx, "generate", {
       model: baseDir, adapter: stagePath(ctx, "adapter"), prompt_ids: promptIds,
       max_new_tokens: options.maxNewTokens ?? recipe.chat.max_new_tokens, temperature: options.temperature ?? recipe.chat.temperature,
       top_k: 0, top_p: 1.0, seed: options.seed ?? 0, stop_ids: chat.stopIds,
       backend: recipe.engine.backend, threads: recipe.engine.threads,
-    }, (e) => { if (e.event === "token") process.stdout.write(decoder.push(e.id)); });
-    process.stdout.write(decoder.flush() + "\n");
+    }, (e) => { if (e.event === "token") emit(decoder.push(e.id)); }, { quiet: true });
+    emit(decoder.flush() + "\n", true);
     if (process.env.NXFT_DEBUG) console.error(`ids: ${JSON.stringify(summary.ids)}`);
     return { success: true };
   } catch (e) {
