@@ -141,11 +141,17 @@ void checkpointing_identical(const std::string& family) {
   double loss[2];
   for (int ck = 0; ck < 2; ck++) {
     auto be = make_cpu_backend(2);
-    TransformerOptions opt;
-    opt.gradient_checkpointing = ck;
-    Transformer m(*be, w, &spec, opt);
-    randomize_lora(*be, m, 5);
-    g[ck] = grads_of(*be, m, rows, &loss[ck]);
+    {
+      TransformerOptions opt;
+      opt.gradient_checkpointing = ck;
+      Transformer m(*be, w, &spec, opt);
+      randomize_lora(*be, m, 5);
+      g[ck] = grads_of(*be, m, rows, &loss[ck]);
+      m.reset_cache(4);   // generation buffers too
+      std::vector<float> lg(static_cast<size_t>(cfg.vocab_size));
+      m.decode(rows.tokens.data(), 3, lg.data());
+    }
+    MT_CHECK(be->bytes_in_use() == 0, "%s: Transformer leaked %zu backend bytes", family.c_str(), be->bytes_in_use());
   }
   MT_CHECK(loss[0] == loss[1] && g[0] == g[1], "%s: gradient checkpointing changed the loss or gradients", family.c_str());
 }
