@@ -32,7 +32,7 @@ test("stories260K: F32 greedy continuation equals transformers'", async () => {
   assert.ok(r.text.startsWith(TRANSFORMERS_TEXT), `llama.cpp continued ${JSON.stringify(r.text)}`);
 });
 
-test("stories260K: F32 next-token log-probabilities equal transformers' within 1e-4", async () => {
+test("stories260K: F32 next-token log-probabilities equal transformers' within 1e-4", async (t) => {
   const golden = JSON.parse(readFileSync(join(__dirname, "golden/stories260K-logprobs.json"), "utf8"));
   const lp = await logprobs(storiesFile("f32"), golden.ids);
   assert.equal(lp.length, golden.ids.length);
@@ -41,6 +41,7 @@ test("stories260K: F32 next-token log-probabilities equal transformers' within 1
     assert.equal(row.length, 512);
     row.forEach((v, t) => { max = Math.max(max, Math.abs(v - golden.logprobs[i][t])); });
   });
+  t.diagnostic(`max |Δ log p| over ${lp.length} positions × 512 tokens: ${max.toExponential(2)}`);
   assert.ok(max < 1e-4, `max |Δ log p| = ${max}`);
 });
 
@@ -89,7 +90,7 @@ test("stories260K: metadata and tensor types as the converter + llama-quantize w
 
 // ---------------------------------------------------------------------------------------------------------------
 
-test("synthetic 256-wide llama: llama-quantize's per-tensor types; every file runs within its quantization noise of F32", async () => {
+test("synthetic 256-wide llama: llama-quantize's per-tensor types; every file runs within its quantization noise of F32", async (t) => {
   const model = join(dir, "syn-llama");
   writeRandomModel(model, { hidden: 256, intermediate: 512, layers: 8, heads: 4, kvHeads: 2, vocab: 512, tied: false }, 11);
   cpSync(join(STORIES, "tokenizer.json"), join(model, "tokenizer.json"));
@@ -129,6 +130,7 @@ test("synthetic 256-wide llama: llama-quantize's per-tensor types; every file ru
     assert.ok(max < tolerance[type], `${type}: max |Δ log p| vs F32 = ${max}`);
     deltas[type] = max;
   }
+  t.diagnostic(`max |Δ log p| vs F32: ${JSON.stringify(Object.fromEntries(Object.entries(deltas).map(([k, v]) => [k, +v.toFixed(4)])))}`);
   // More bits, less noise: the error must shrink with the bit width.
   assert.ok(deltas.f16 < deltas.q8_0 && deltas.q8_0 < deltas.q6_k && deltas.q6_k < deltas.q5_k_m && deltas.q5_k_m < deltas.q4_k_m,
     JSON.stringify(deltas));
