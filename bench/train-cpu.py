@@ -25,13 +25,13 @@ import reference as R  # noqa: E402
 import torch  # noqa: E402
 
 
-def steady_tokens_per_s(steps: list[dict], warmup: int) -> float:
-    """Tokens/s over steps warmup+1..N using the cumulative elapsed_s of the step events."""
+def steady_tokens_per_s(steps: list[dict], warmup: int, tokens_per_step: int) -> float:
+    """Tokens/s over steps warmup+1..N using the cumulative elapsed_s of the step events. Tokens are counted as
+    B*T*GA per step on both sides (padding included), whatever each side's own `tokens` field counts."""
     if len(steps) <= warmup + 1:
         warmup = 0
     t0 = steps[warmup - 1]["elapsed_s"] if warmup > 0 else 0.0
-    toks = sum(s["tokens"] for s in steps[warmup:])
-    return toks / (steps[-1]["elapsed_s"] - t0)
+    return tokens_per_step * (len(steps) - warmup) / (steps[-1]["elapsed_s"] - t0)
 
 
 def demo_base(work: Path) -> Path:
@@ -68,8 +68,8 @@ def bench_one(name: str, base: Path, work: Path, *, seq_len: int, batch: int, r:
     ref_wall = time.perf_counter() - t
     return {
         "model": name, "B×T": f"{batch}×{seq_len}", "r": r,
-        "engine_tok_s": steady_tokens_per_s(eng_steps, warmup), "engine_reported_tok_s": done.get("tokens_per_s"),
-        "torch_tok_s": steady_tokens_per_s(ref_steps, warmup), "engine_wall_s": eng_wall, "torch_wall_s": ref_wall,
+        "engine_tok_s": steady_tokens_per_s(eng_steps, warmup, batch * seq_len), "engine_reported_tok_s": done.get("tokens_per_s"),
+        "torch_tok_s": steady_tokens_per_s(ref_steps, warmup, batch * seq_len), "engine_wall_s": eng_wall, "torch_wall_s": ref_wall,
         "engine_peak_mb": (done.get("peak_memory_bytes") or 0) / 2**20,
         "loss_engine": eng_steps[-1]["loss"], "loss_torch": ref_steps[-1]["loss"],
     }

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -111,9 +112,10 @@ def prepare(case: TrainCase, workdir: Path) -> Prepared:
     V = vocab_of(case.arch)
     n_rows = case.steps * case.batch_size * case.grad_accum
     if case.arch == "stories260K":
-        docs = R.text_documents_stories(n_docs=120, seed=0, max_tokens=case.seq_len)
+        # documents of at most ~half a row, so that rows hold several packed documents
+        docs = R.text_documents_stories(n_docs=120, seed=0, max_tokens=case.seq_len // 2 - 2)
         tok, tgt, pos = R.pack_documents(docs, case.seq_len)
-        assert len(tok) >= n_rows + 4, len(tok)
+        assert len(tok) >= case.distinct + 4, len(tok)
         idx = [i % case.distinct for i in range(n_rows)]
         shard = R.write_shard(work / "train-000.tokens.bin", tok[idx], tgt[idx], pos[idx])
         eval_shard = R.write_shard(work / "eval-000.tokens.bin", tok[-4:], tgt[-4:], pos[-4:])
@@ -122,6 +124,10 @@ def prepare(case: TrainCase, workdir: Path) -> Prepared:
         shard = R.write_shard(work / "train-000.tokens.bin", tok, tgt, pos)
         etok, etgt, epos = R.make_training_rows(V, case.seq_len, 4, seed=2)
         eval_shard = R.write_shard(work / "eval-000.tokens.bin", etok, etgt, epos)
+    # packing must be exercised: most rows hold >= 2 documents with loss targets (plus maybe padding)
+    tok, tgt, pos = R.read_shard(shard)
+    docs_with_targets = [len({int(d) for d, t in zip(np.cumsum(pr == 0), tr) if t != -100}) for pr, tr in zip(pos, tgt)]
+    assert sum(n >= 2 for n in docs_with_targets) >= len(tok) // 2, docs_with_targets
     init = R.make_peft_adapter(base, work / "init-adapter", case.r, case.alpha, list(case.targets), case.rslora,
                                seed=3, random_b=case.random_b)
     p = Prepared(case, base, shard, eval_shard, init, V, work)

@@ -48,7 +48,6 @@ def test_lr_and_grad_norm_match_every_step(engine, prepared):
         assert abs(e["lr"] - t["lr"]) <= LR_RTOL * max(abs(t["lr"]), 1e-12), (t["step"], e["lr"], t["lr"])
         assert abs(e["grad_norm"] - t["grad_norm"]) <= GRAD_NORM_RTOL * t["grad_norm"], \
             (t["step"], e["grad_norm"], t["grad_norm"])
-        assert e["tokens"] == t["tokens"], (t["step"], e["tokens"], t["tokens"])
 
 
 def test_final_adapter_matches(engine, prepared):
