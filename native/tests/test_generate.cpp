@@ -48,6 +48,18 @@ int main() {
   }
   MT_CHECK(mismatch < 0, "greedy continuation differs from transformers at generated token %d", mismatch);
 
+  // streaming load (Transformer from config + load_weights) gives the same logits as ModelWeights::load
+  {
+    Transformer streamed(*be, w.config, nullptr, opt);
+    streamed.load_weights(dir);
+    std::vector<float> a(static_cast<size_t>(V)), b(static_cast<size_t>(V));
+    streamed.reset_cache(8);
+    streamed.decode(kPrompt, 5, a.data());
+    m.reset_cache(8);
+    m.decode(kPrompt, 5, b.data());
+    MT_CHECK(a == b, "load_weights gives different logits from ModelWeights::load");
+  }
+
   // the cache path equals a fresh full pass over the same 20 tokens (last-token logits)
   {
     std::vector<float> a(static_cast<size_t>(V)), b(static_cast<size_t>(V));

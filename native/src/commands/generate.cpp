@@ -15,6 +15,7 @@
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "util/events.h"
+#include "util/fs.h"
 #include "util/job.h"
 #include "util/rng.h"
 
@@ -80,8 +81,7 @@ int cmd_generate(const Json& job, const std::string& job_path) {
   if (prompt.empty()) r.fail("prompt_ids", "must not be empty");
   if (top_p <= 0) r.fail("top_p", "must be in (0, 1]");
 
-  ModelWeights w = ModelWeights::load(model_dir);
-  const ModelConfig cfg = w.config;
+  const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
   for (size_t i = 0; i < prompt.size(); i++)
     if (prompt[i] < 0 || prompt[i] >= cfg.vocab_size)
       r.fail("prompt_ids", "id " + std::to_string(prompt[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
@@ -91,8 +91,8 @@ int cmd_generate(const Json& job, const std::string& job_path) {
 
   std::unique_ptr<Backend> be = make_backend(backend_name, threads);
   TransformerOptions opt;
-  Transformer model(*be, w, adapter ? &adapter->spec : nullptr, opt);
-  w = ModelWeights();   // the backend holds its own copy now
+  Transformer model(*be, cfg, adapter ? &adapter->spec : nullptr, opt);
+  model.load_weights(model_dir);   // streamed tensor by tensor into the backend
   if (adapter) model.set_lora(*adapter);
 
   emit_event("start", Json::object()

@@ -187,8 +187,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
 
   // ---- model, data, adapter ----
   emit_event("progress", Json::object().set("stage", Json::string("load")).set("done", Json::number(0)).set("total", Json::number(1)));
-  ModelWeights weights = ModelWeights::load(base);
-  const ModelConfig cfg = weights.config;
+  const ModelConfig cfg = ModelConfig::load(path_join(base, "config.json"));
   ShardSet train(train_files, cfg.vocab_size);
   if (train.rows() == 0) throw EngineError(job_path + ": train_shards: the shards hold no rows", job_path, "train_shards");
   std::unique_ptr<ShardSet> eval;
@@ -215,8 +214,8 @@ int cmd_train(const Json& job, const std::string& job_path) {
   TransformerOptions opt;
   opt.gradient_checkpointing = grad_ckpt;
   opt.quantize_nf4 = quantize == "nf4";
-  Transformer model(*be, weights, &spec, opt);
-  weights = ModelWeights();   // the backend holds the weights now
+  Transformer model(*be, cfg, &spec, opt);
+  model.load_weights(base);   // streamed tensor by tensor into the backend
   const size_t n_params = model.num_lora_params();
   Tensor adam_m = be->alloc(n_params, Role::Param), adam_v = be->alloc(n_params, Role::Param);
   be->fill(adam_m, 0.0f, n_params);

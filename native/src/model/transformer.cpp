@@ -6,7 +6,9 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include "io/safetensors.h"
 #include "util/events.h"
+#include "util/fs.h"
 
 namespace nxft {
 
@@ -28,30 +30,61 @@ int lora_target_index(const std::string& name) {
 }
 
 Transformer::Transformer(Backend& be, const ModelWeights& w, const LoraSpec* lora, const TransformerOptions& opt)
-    : be_(be), cfg_(w.config), opt_(opt) {
+    : Transformer(be, w.config, lora, opt) {
+  // host fp32 vectors of ModelWeights, in the order of weight_slots()
+  std::vector<const std::vector<float>*> src;
+  src.push_back(&w.embed);
+  if (!tied_) src.push_back(&w.lm_head);
+  src.push_back(&w.final_norm);
+  for (const LayerWeights& lw : w.layers) {
+    for (const std::vector<float>* v : {&lw.attn_norm, &lw.wq, &lw.wk, &lw.wv, &lw.wo}) src.push_back(v);
+    if (cfg_.attention_bias)
+      for (const std::vector<float>* v : {&lw.bq, &lw.bk, &lw.bv}) src.push_back(v);
+    for (const std::vector<float>* v : {&lw.mlp_norm, &lw.w_gate, &lw.w_up, &lw.w_down}) src.push_back(v);
+  }
+  if (src.size() != slots_w_.size()) throw EngineError("internal: weight list mismatch");
+  for (size_t i = 0; i < src.size(); i++) set_weight(i, *src[i]);
+}
+
+Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec* lora, const TransformerOptions& opt)
+    : be_(be), cfg_(config), opt_(opt) {
   const ModelConfig& c = cfg_;
-  const int C = c.hidden_size, F = c.intermediate_size, HD = c.head_dim;
+  const int C = c.hidden_size, F = c.intermediate_size, HD = c.head_dim, V = c.vocab_size;
   const int qd = c.num_heads * HD, kvd = c.num_kv_heads * HD;
   if (c.num_heads % c.num_kv_heads != 0)
     throw EngineError("num_attention_heads must be a multiple of num_key_value_heads", "config.json",
                       "num_key_value_heads");
-  auto up = [&](const std::vector<float>& v, size_t n) {
-    if (v.size() != n) throw EngineError("internal: weight size mismatch while uploading");
-    Tensor t = be_.alloc(n, Role::Weight);
-    be_.upload(t, v.data(), n);
-    return t;
+  tied_ = c.tie_word_embeddings;
+  layers_.resize(size_t(c.num_layers));
+  // The frozen weights, by HF name (filled by set_weight / load_weights; NF4 applies to the linear ones).
+  auto slot = [&](const std::string& name, Tensor* t, int rows, int cols, bool linear) {
+    slots_w_.push_back(WeightSlot{name, t, rows, cols, linear && opt_.quantize_nf4});
   };
-  auto up_linear = [&](const std::vector<float>& v, int rows, int cols) {
-    if (opt_.quantize_nf4) {
-      if (v.size() != size_t(rows) * cols) throw EngineError("internal: weight size mismatch while quantizing");
-      return be_.upload_nf4(v.data(), rows, cols);
+  slot("model.embed_tokens.weight", &embed_, V, C, false);
+  if (!tied_) slot("lm_head.weight", &head_, V, C, false);
+  slot("model.norm.weight", &final_norm_, 1, C, false);
+  for (int l = 0; l < c.num_layers; l++) {
+    LayerW& L = layers_[size_t(l)];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    slot(p + "input_layernorm.weight", &L.attn_norm, 1, C, false);
+    slot(p + "self_attn.q_proj.weight", &L.wq, qd, C, true);
+    slot(p + "self_attn.k_proj.weight", &L.wk, kvd, C, true);
+    slot(p + "self_attn.v_proj.weight", &L.wv, kvd, C, true);
+    slot(p + "self_attn.o_proj.weight", &L.wo, C, qd, true);
+    if (c.attention_bias) {
+      slot(p + "self_attn.q_proj.bias", &L.bq, 1, qd, false);
+      slot(p + "self_attn.k_proj.bias", &L.bk, 1, kvd, false);
+      slot(p + "self_attn.v_proj.bias", &L.bv, 1, kvd, false);
     }
-    return up(v, size_t(rows) * cols);
-  };
-  embed_ = up(w.embed, size_t(c.vocab_size) * C);
-  tied_ = w.lm_head.empty();
-  head_ = tied_ ? embed_ : up(w.lm_head, size_t(c.vocab_size) * C);
-  final_norm_ = up(w.final_norm, C);
+    slot(p + "post_attention_layernorm.weight", &L.mlp_norm, 1, C, false);
+    slot(p + "mlp.gate_proj.weight", &L.wg, F, C, true);
+    slot(p + "mlp.up_proj.weight", &L.wu, F, C, true);
+    slot(p + "mlp.down_proj.weight", &L.wd, C, F, true);
+  }
+  // Plain weights are allocated now (so a caller may also fill them on the backend); NF4 ones at set_weight.
+  for (WeightSlot& w : slots_w_)
+    if (!w.nf4) *w.t = be_.alloc(size_t(w.rows) * w.cols, Role::Weight);
+  if (tied_) head_ = embed_;
   // fp32 backends get transformers' float32 inv_freq bit for bit; the f64 gradient-check backend the exact one.
   inv_freq_ = be_.alloc(size_t(HD / 2), Role::Stat);
   if (be_.dtype_of(Role::Stat) == DType::F64) {
@@ -60,23 +93,6 @@ Transformer::Transformer(Backend& be, const ModelWeights& w, const LoraSpec* lor
   } else {
     std::vector<float> inv = c.rope_inv_freq_f32();
     be_.upload(inv_freq_, inv.data(), inv.size());
-  }
-  layers_.resize(size_t(c.num_layers));
-  for (int l = 0; l < c.num_layers; l++) {
-    const LayerWeights& lw = w.layers[size_t(l)];
-    LayerW& L = layers_[size_t(l)];
-    L.attn_norm = up(lw.attn_norm, C);
-    L.wq = up_linear(lw.wq, qd, C);
-    L.wk = up_linear(lw.wk, kvd, C);
-    L.wv = up_linear(lw.wv, kvd, C);
-    L.wo = up_linear(lw.wo, C, qd);
-    if (!lw.bq.empty()) L.bq = up(lw.bq, qd);
-    if (!lw.bk.empty()) L.bk = up(lw.bk, kvd);
-    if (!lw.bv.empty()) L.bv = up(lw.bv, kvd);
-    L.mlp_norm = up(lw.mlp_norm, C);
-    L.wg = up_linear(lw.w_gate, F, C);
-    L.wu = up_linear(lw.w_up, F, C);
-    L.wd = up_linear(lw.w_down, C, F);
   }
 
   slot_of_.assign(size_t(c.num_layers), {-1, -1, -1, -1, -1, -1, -1});
@@ -115,6 +131,45 @@ Transformer::Transformer(Backend& be, const ModelWeights& w, const LoraSpec* lor
   }
 }
 
+std::vector<std::pair<std::string, Tensor>> Transformer::weight_tensors() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const WeightSlot& w : slots_w_) out.push_back({w.name, *w.t});
+  return out;
+}
+
+void Transformer::set_weight(size_t i, const std::vector<float>& v) {
+  WeightSlot& w = slots_w_[i];
+  const size_t n = size_t(w.rows) * w.cols;
+  if (v.size() != n)
+    throw EngineError("weight " + w.name + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(n));
+  if (w.nf4) {
+    if (!w.t->empty()) be_.free(*w.t);
+    *w.t = be_.upload_nf4(v.data(), w.rows, w.cols);
+  } else {
+    be_.upload(*w.t, v.data(), n);
+  }
+}
+
+void Transformer::load_weights(const std::string& dir) {
+  std::unique_ptr<SafetensorsModel> st = SafetensorsModel::open_dir(dir);
+  std::vector<float> buf;
+  for (size_t i = 0; i < slots_w_.size(); i++) {
+    const WeightSlot& w = slots_w_[i];
+    const TensorView& tv = st->get(w.name);
+    const std::vector<int64_t> want = w.rows == 1 ? std::vector<int64_t>{w.cols} : std::vector<int64_t>{w.rows, w.cols};
+    if (tv.shape != want) {
+      std::string got;
+      for (int64_t d : tv.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
+      throw EngineError(dir + ": tensor " + w.name + " has shape [" + got + "], config.json implies [" +
+                            std::to_string(want[0]) + (want.size() > 1 ? ", " + std::to_string(want[1]) : "") + "]",
+                        path_join(dir, st->shard_of(w.name)), w.name);
+    }
+    buf.resize(size_t(tv.numel()));
+    convert_to_f32(tv.data, tv.dtype, buf.data(), buf.size());
+    set_weight(i, buf);
+  }
+}
+
 void Transformer::release(Tensor& t) {
   if (!t.empty()) be_.free(t);
   t = Tensor();
@@ -131,15 +186,11 @@ Transformer::~Transformer() {
   for (Tensor& t : res_) release(t);
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
                     &dh_, &dg_, &du_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_,
-                    &ce_loss_, &ce_lse_, &params_, &grads_, &inv_freq_, &final_norm_})
+                    &ce_loss_, &ce_lse_, &params_, &grads_, &inv_freq_})
     release(*t);
   for (Tensor& t : k_cache_) release(t);
   for (Tensor& t : v_cache_) release(t);
-  for (LayerW& L : layers_)
-    for (Tensor* t : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv, &L.mlp_norm, &L.wg, &L.wu, &L.wd})
-      release(*t);
-  if (!tied_) release(head_);
-  release(embed_);
+  for (WeightSlot& w : slots_w_) release(*w.t);   // embed_ once even when the head is tied to it
 }
 
 // ---- LoRA parameters ----------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 #include "backend/backend.h"
 #include "model/config.h"
@@ -43,6 +45,13 @@ class Transformer {
  public:
   // Uploads the base weights (the caller may free `weights` afterwards). `lora` may be null (no adapter).
   Transformer(Backend& be, const ModelWeights& weights, const LoraSpec* lora, const TransformerOptions& opt);
+  // Allocates the weights without values: fill them with load_weights(dir) (streams one tensor at a time from
+  // an HF folder, so the host never holds the whole model), set_weight, or on the backend via weight_tensors().
+  Transformer(Backend& be, const ModelConfig& config, const LoraSpec* lora, const TransformerOptions& opt);
+  void load_weights(const std::string& hf_dir);   // shapes checked against the config; errors name the tensor
+  // The frozen weights by HF name, in load order (NF4 tensors appear once set).
+  std::vector<std::pair<std::string, Tensor>> weight_tensors() const;
+  void set_weight(size_t index, const std::vector<float>& values);   // index into weight_tensors()
   ~Transformer();
   Transformer(const Transformer&) = delete;
   Transformer& operator=(const Transformer&) = delete;
@@ -78,6 +87,12 @@ class Transformer {
   struct LayerW {
     Tensor attn_norm, wq, wk, wv, wo, bq, bk, bv, mlp_norm, wg, wu, wd;
   };
+  struct WeightSlot {  // one frozen tensor: HF name, where it lives, shape (rows 1 = vector), NF4 or not
+    std::string name;
+    Tensor* t;
+    int rows, cols;
+    bool nf4;
+  };
   struct LoraSlot {   // one adapted projection
     int layer = 0, target = 0, in = 0, out = 0;
     size_t off_a = 0, off_b = 0;   // offsets into params_/grads_
@@ -101,6 +116,7 @@ class Transformer {
   Tensor embed_, head_, final_norm_, inv_freq_;
   bool tied_ = false;
   std::vector<LayerW> layers_;
+  std::vector<WeightSlot> slots_w_;
   std::vector<LoraSlot> slots_;
   std::vector<std::array<int, 7>> slot_of_;   // [layer][target] → index into slots_, -1 if not adapted
   size_t n_params_ = 0;
