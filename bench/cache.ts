@@ -12,7 +12,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } fr
 import { tmpdir, cpus } from "node:os";
 import { join } from "node:path";
 import { ensureEngine } from "../plugins/nx-finetune/src/engine";
-import { makeWorkspace, repoRoot, runNx } from "../test/e2e/temp-workspace";
+import { cloneWorkspace, makeWorkspace, repoRoot, runNx } from "../test/e2e/temp-workspace";
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -89,8 +89,7 @@ async function main() {
   }
   // A fresh clone sharing the store and the Nx cache: the big file is relinked, not copied.
   const clone = join(root, "big-clone");
-  mkdirSync(clone);
-  makeWorkspace(clone);
+  cloneWorkspace(big, clone);
   const c = run(clone, bigShared, wrapper, { NX_ISOLATE_PLUGINS: "false" });
   const linked = statSync(join(clone, "recipes", "demo", "out", "merged", "bench-padding.bin")).ino === statSync(padding).ino;
   rows.push([`demo + ${bigGiB} GiB artifact, fresh clone sharing store + cache`, `${c.wall_s.toFixed(2)} s`,

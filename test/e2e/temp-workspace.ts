@@ -9,7 +9,8 @@ export const repoRoot = resolve(__dirname, "..", "..");
 const COPY = ["package.json", "package-lock.json", "nx.json", "tsconfig.json", ".gitignore", "plugins/nx-finetune/", "recipes/demo/",
               "datasets/demo/", "native/CMakeLists.txt", "native/src/"];
 
-export function makeWorkspace(dir: string): void {
+// `edit` may change files before the first commit (e.g. fewer training steps for a test).
+export function makeWorkspace(dir: string, edit?: (dir: string) => void): void {
   const files = execFileSync("git", ["ls-files", "-co", "--exclude-standard"], { cwd: repoRoot, encoding: "utf8" }).split("\n").filter(Boolean);
   for (const f of files) {
     if (!COPY.some((p) => (p.endsWith("/") ? f.startsWith(p) : f === p))) continue;
@@ -17,6 +18,29 @@ export function makeWorkspace(dir: string): void {
     mkdirSync(dirname(join(dir, f)), { recursive: true });
     cpSync(join(repoRoot, f), join(dir, f));
   }
+  edit?.(dir);
+  // A git repository with a remote: Nx derives the workspace identity from it, and every clone of the same remote
+  // shares one Nx cache (and its index) under ~/.nx — which is how a fresh clone gets cache hits.
+  git(dir, "init", "-q");
+  git(dir, "add", "-A");
+  git(dir, "-c", "user.name=e2e", "-c", "user.email=e2e@example.invalid", "commit", "-q", "-m", "workspace");
+  git(dir, "remote", "add", "origin", `https://example.invalid/nx-finetune-e2e/${dir.split("/").at(-2)}.git`);
+  linkNodeModules(dir);
+}
+
+// A fresh clone of `src` (same remote, so the same Nx workspace identity), without any output folders.
+export function cloneWorkspace(src: string, dest: string): void {
+  execFileSync("git", ["clone", "-q", src, dest]);
+  const url = git(src, "remote", "get-url", "origin").trim();
+  git(dest, "remote", "set-url", "origin", url);
+  linkNodeModules(dest);
+}
+
+function git(dir: string, ...args: string[]): string {
+  return execFileSync("git", args, { cwd: dir, encoding: "utf8" });
+}
+
+function linkNodeModules(dir: string): void {
   // node_modules: links to the repo's packages, except our plugin, which is this workspace's own copy.
   mkdirSync(join(dir, "node_modules", "@nx-finetune"), { recursive: true });
   for (const name of readdirSync(join(repoRoot, "node_modules"))) {
@@ -32,14 +56,16 @@ export function nxBin(): string {
   return join(dirname(nxPackage), JSON.parse(readFileSync(nxPackage, "utf8")).bin.nx);
 }
 
-// The environment for nx in `dir`: no daemon or cloud, the Nx cache and the content store under `shared` (so
-// several "clones" can share them), plain output.
+// The environment for nx in `dir`: no daemon or cloud, plain output, HOME (where Nx keeps the cache that all
+// clones of a workspace share, ~/.nx/<workspace id>/) and the content store under `shared`.
 export function nxEnvironment(dir: string, env: NxEnv): NodeJS.ProcessEnv {
-  return {
+  const vars: NodeJS.ProcessEnv = {
     ...process.env, NX_DAEMON: "false", NX_NO_CLOUD: "true", NX_TUI: "false", CI: "true", NO_COLOR: "1", FORCE_COLOR: "0",
-    NX_CACHE_DIRECTORY: join(env.shared, "nx-cache"), NX_WORKSPACE_DATA_DIRECTORY: join(dir, ".nx", "workspace-data"),
-    NXFT_STORE: join(env.shared, "store"), NXFT_ENGINE: env.engine, ...env.extra,
+    HOME: join(env.shared, "home"), NXFT_STORE: join(env.shared, "store"), NXFT_ENGINE: env.engine, ...env.extra,
   };
+  for (const v of ["NX_CACHE_DIRECTORY", "NX_WORKSPACE_DATA_DIRECTORY", "NX_PROJECT_GRAPH_CACHE_DIRECTORY"]) delete vars[v];
+  mkdirSync(vars.HOME!, { recursive: true });
+  return vars;
 }
 
 export function runNx(dir: string, env: NxEnv, ...args: string[]): { code: number; out: string; wall_s: number } {

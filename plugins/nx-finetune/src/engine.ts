@@ -3,6 +3,7 @@
 // own error message.
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { availableParallelism } from "node:os";
 import { writeJsonAtomic } from "./atomic";
 
 export interface EngineEvent { event: string; [key: string]: any }
@@ -35,7 +36,7 @@ export async function ensureEngine(workspaceRoot: string, log: (line: string) =>
       log("building the engine (first run): cmake -S native -B native/build -DCMAKE_BUILD_TYPE=Release");
       await run(["-S", "native", "-B", "native/build", "-DCMAKE_BUILD_TYPE=Release"]);
     }
-    await run(["--build", "native/build", "-j", "--target", "finetune-engine"]);
+    await run(["--build", "native/build", "-j", String(Math.max(1, availableParallelism())), "--target", "finetune-engine"]);
   } finally {
     release();
   }

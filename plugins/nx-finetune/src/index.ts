@@ -62,7 +62,7 @@ const stageDependsOn: Record<StageName, StageName[]> = {
 export const stageOutputs: Record<StageName, string[]> = {
   base: ["stage-manifest.json", "run.json"],
   dataset: ["stage-manifest.json", "run.json"],
-  shards: ["stage-manifest.json", "run.json"],
+  shards: ["stage-manifest.json", "run.json", "manifest.json"],
   adapter: ["stage-manifest.json", "run.json", "metrics.jsonl", "loss.svg"],
   merged: ["stage-manifest.json", "run.json"],
   gguf: ["stage-manifest.json", "run.json"],
@@ -137,7 +137,8 @@ function stageTarget(stage: StageName, recipe: Recipe, recipeFile: string, optio
   const fingerprinted = externalPaths(stage, recipe).map((p) => relativeOrAbsolute(workspaceRoot, resolve(workspaceRoot, dirname(recipeFile), p)));
   if (fingerprinted.length > 0) inputs.push({ runtime: fingerprintCommand(fingerprinted, options, workspaceRoot) });
   inputs.push(...codeInputs(stage, workspaceRoot));
-  if (process.env.NXFT_ENGINE && usesEngine(stage, recipe)) inputs.push({ env: "NXFT_ENGINE" });
+  // A prebuilt engine ($NXFT_ENGINE) is identified by its path; the in-repo one by its sources (codeInputs).
+  if (usesEngine(stage, recipe)) inputs.push({ env: "NXFT_ENGINE" });
   return {
     executor: EXECUTOR,
     options: { recipe: "{projectRoot}/recipe.json", stage },

@@ -20,9 +20,13 @@ export interface StageManifest {
   info: Record<string, unknown>; // stage-specific, deterministic facts (e.g. shard list, base kind/path)
 }
 
-// Files a stage may write next to its manifest that are reports (times, curves): cached by Nx as outputs but not
-// part of the manifest, so they never break early cutoff.
-export const REPORT_FILES = new Set(["stage-manifest.json", "run.json", "metrics.jsonl", "loss.svg", "summary.json"]);
+// Files a stage may write next to its manifest that are reports (times, curves, counters): cached by Nx as outputs
+// (index.ts stageOutputs) but not part of the manifest, so they never break early cutoff. The shards stage's own
+// manifest.json counts how many shards this run tokenized vs reused, which depends on what was cached before.
+const REPORT_FILES = ["stage-manifest.json", "run.json", "metrics.jsonl", "loss.svg", "summary.json"];
+export function reportFiles(stage: StageName): Set<string> {
+  return new Set(stage === "shards" ? [...REPORT_FILES, "manifest.json"] : REPORT_FILES);
+}
 
 export function stageDir(projectDir: string, stage: StageName): string {
   return join(projectDir, "out", stage);
@@ -67,7 +71,8 @@ export async function beginStage(projectDir: string, stage: StageName): Promise<
 // Stores every non-report file of `tmp`, writes the manifest, swaps `tmp` in as out/<stage>/.
 export async function commitStage(store: string, projectDir: string, stage: StageName, tmp: string,
                                   info: Record<string, unknown>, run: Record<string, unknown>): Promise<StageManifest> {
-  const files = listFiles(tmp).filter((f) => !REPORT_FILES.has(f));
+  const reports = reportFiles(stage);
+  const files = listFiles(tmp).filter((f) => !reports.has(f));
   const manifest: StageManifest = { stage, files: await putDir(store, tmp, files), info };
   writeJsonAtomic(join(tmp, "run.json"), run);
   writeJsonAtomic(join(tmp, "stage-manifest.json"), manifest);
