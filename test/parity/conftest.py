@@ -38,6 +38,7 @@ class TrainCase:
     seq_len: int = 32
     steps: int = 20
     distinct: int = 8
+    split_shards: bool = False     # write the rows as two shard files (the engine must read them in list order)
 
 
 ALL = tuple(R.LORA_TARGETS_ALL)
@@ -47,7 +48,8 @@ TRAIN_CASES = [
               weight_decay=0.01),
     TrainCase("llama-mha-llama3-rslora", "llama-mha-llama3", r=4, alpha=8, targets=("q_proj", "k_proj", "v_proj", "o_proj"),
               rslora=True, schedule="cosine", warmup_steps=2, max_grad_norm=0.5, beta2=0.99),
-    TrainCase("qwen2-bias-randomB", "qwen2-bias", r=8, alpha=16, targets=ALL, random_b=True, batch_size=4),
+    TrainCase("qwen2-bias-randomB", "qwen2-bias", r=8, alpha=16, targets=ALL, random_b=True, batch_size=4,
+              split_shards=True),
     TrainCase("gemma", "gemma", r=4, alpha=4, targets=ALL, random_b=True, schedule="cosine", grad_accum=3,
               eps=1e-6),
     TrainCase("mistral-rslora", "mistral", r=16, alpha=32, targets=("q_proj", "v_proj", "gate_proj", "down_proj"),
@@ -62,7 +64,7 @@ CASES_BY_NAME = {c.name: c for c in TRAIN_CASES}
 class Prepared:
     case: TrainCase
     base: Path
-    shard: Path
+    shards: list[Path]
     eval_shard: Path
     init_adapter: Path
     vocab_size: int
@@ -121,16 +123,23 @@ def prepare(case: TrainCase, workdir: Path) -> Prepared:
         eval_shard = R.write_shard(work / "eval-000.tokens.bin", tok[-4:], tgt[-4:], pos[-4:])
     else:
         tok, tgt, pos = R.make_training_rows(V, case.seq_len, n_rows, seed=1, n_distinct=case.distinct)
-        shard = R.write_shard(work / "train-000.tokens.bin", tok, tgt, pos)
+        if case.split_shards:   # 28 + 52 rows: a batch straddles the file boundary
+            cut = 28
+            shard = R.write_shard(work / "train-000.tokens.bin", tok[:cut], tgt[:cut], pos[:cut])
+            R.write_shard(work / "train-001.tokens.bin", tok[cut:], tgt[cut:], pos[cut:])
+        else:
+            shard = R.write_shard(work / "train-000.tokens.bin", tok, tgt, pos)
         etok, etgt, epos = R.make_training_rows(V, case.seq_len, 4, seed=2)
         eval_shard = R.write_shard(work / "eval-000.tokens.bin", etok, etgt, epos)
     # packing must be exercised: most rows hold >= 2 documents with loss targets (plus maybe padding)
-    tok, tgt, pos = R.read_shard(shard)
+    shards = sorted(work.glob("train-*.tokens.bin"))
+    tok, tgt, pos = R.load_rows(shards)
+    assert len(tok) == n_rows or case.arch == "stories260K"
     docs_with_targets = [len({int(d) for d, t in zip(np.cumsum(pr == 0), tr) if t != -100}) for pr, tr in zip(pos, tgt)]
     assert sum(n >= 2 for n in docs_with_targets) >= len(tok) // 2, docs_with_targets
     init = R.make_peft_adapter(base, work / "init-adapter", case.r, case.alpha, list(case.targets), case.rslora,
                                seed=3, random_b=case.random_b)
-    p = Prepared(case, base, shard, eval_shard, init, V, work)
+    p = Prepared(case, base, shards, eval_shard, init, V, work)
     _prepared[case.name] = p
     return p
 
@@ -142,7 +151,7 @@ def job_for(p: Prepared, out: Path, **overrides) -> dict:
               grad_accum=c.grad_accum, beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay,
               max_grad_norm=c.max_grad_norm)
     kw.update(overrides)
-    return R.train_job(p.base, [p.shard], out, **kw)
+    return R.train_job(p.base, p.shards, out, **kw)
 
 
 def engine_trained(p: Prepared) -> tuple[Path, list[dict]]:

@@ -87,3 +87,17 @@ def test_adapter_config_is_peft(engine, prepared):
     steps = [m for m in metrics if m.get("event", "step") == "step" and "loss" in m and "step" in m]
     _, eng = engine_trained(prepared)
     assert [m["loss"] for m in steps] == [e["loss"] for e in eng]
+
+
+def test_gradient_checkpointing_gives_the_same_training(engine, workdir):
+    """train.gradient_checkpointing recomputes layers in backward: the result must still equal torch's."""
+    from conftest import CASES_BY_NAME, prepare, job_for
+    p = prepare(CASES_BY_NAME["llama-gqa-tied"], workdir)
+    _, ref = torch_trained(p)
+    job = job_for(p, p.work / "engine-ckpt")
+    job["train"]["gradient_checkpointing"] = True
+    eng = [e for e in R.run_engine("train", job, p.work / "ckpt.json") if e.get("event") == "step"]
+    worst = max(abs(e["loss"] - t["loss"]) / t["loss"] for e, t in zip(eng, ref))
+    assert len(eng) == len(ref) and worst <= LOSS_RTOL, worst
+    eng_a, ref_a = R.load_adapter_tensors(p.work / "engine-ckpt"), R.load_adapter_tensors(torch_trained(p)[0])
+    assert max(float(np.abs(eng_a[k] - ref_a[k]).max()) for k in ref_a) <= ADAPTER_ATOL
