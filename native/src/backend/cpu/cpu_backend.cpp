@@ -90,6 +90,18 @@ __attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) void mm_micro_
   mm_micro_body<T>(a, b, kc, c, ldc);
 }
 
+// Dot product over n elements with 8 independent partial sums (lane k sums elements ≡ k mod 8, then the lanes
+// are added in a fixed order), so the compiler can vectorize it without -ffast-math. Deterministic.
+template <typename T>
+inline T dot8(const T* __restrict a, const T* __restrict b, int n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+  for (; i < n; i++) acc[i & 7] += a[i] * b[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
@@ -413,9 +425,7 @@ class CpuBackend final : public Backend {
         T mx = -std::numeric_limits<T>::infinity();
         for (int j = j0; j <= j1; j++) {
           const T* kj = kk + ((size_t(b) * Tk_stride + j) * NKV + kh) * HD;
-          T dot = 0;
-          for (int d = 0; d < HD; d++) dot += qi[d] * kj[d];
-          s[j] = dot * sc;
+          s[j] = dot8(qi, kj, HD) * sc;
           mx = std::max(mx, s[j]);
         }
         T sum = 0;
@@ -476,11 +486,7 @@ class CpuBackend final : public Backend {
             const size_t koff = ((size_t(b) * T_ + j) * NKV + kh) * HD;
             const T* kj = kk + koff;
             const T* vj = vv + koff;
-            T dot = 0, dp = 0;
-            for (int d = 0; d < HD; d++) {
-              dot += qi[d] * kj[d];
-              dp += doi[d] * vj[d];
-            }
+            const T dot = dot8(qi, kj, HD), dp = dot8(doi, vj, HD);
             const T pj = std::exp(dot * sc - l);
             const T dsj = pj * (dp - Di) * sc;
             T* dkj = gk + koff;
