@@ -40,9 +40,12 @@ double dot(const std::vector<double>& a, const std::vector<double>& b) {
 
 void test_matmul(Backend& be, Backend& bf) {
   Rng rng(1);
-  const int M = 70, N = 130, K = 300;
+  // (70,130,300) exercises the packed tiled path with edges; M = 3 the few-row (decode) path
+  static const int shapes[2][3] = {{70, 130, 300}, {3, 37, 50}};
+  for (const auto& dims : shapes)
   for (int ta = 0; ta < 2; ta++)
     for (int tb = 0; tb < 2; tb++) {
+      const int M = dims[0], N = dims[1], K = dims[2];
       auto A = rng.normals(size_t(M) * K), B = rng.normals(size_t(K) * N), C0 = rng.normals(size_t(M) * N);
       const double alpha = 0.75, beta = 0.5;
       std::vector<double> ref(size_t(M) * N);

@@ -220,6 +220,10 @@ class CpuBackend final : public Backend {
     check_range(c, size_t(M) * N, 0, "matmul C");
     check_range(a, size_t(M) * K, 0, "matmul A");
     check_range(b, size_t(K) * N, 0, "matmul B");
+    if (M <= 4 && !trans_a && trans_b && !b_nf4_of(b)) {
+      gemv_rows(c, a, b, M, N, K, alpha, beta);   // decode: y = x·Wᵀ for a few tokens, no packing
+      return;
+    }
     constexpr int W = 2 * Vec<T>::lanes;   // micro-tile width
     constexpr int MB = 128, NB = 8 * W, KB = 256;
     T* C = p(c);
@@ -302,6 +306,27 @@ class CpuBackend final : public Backend {
           case 3: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j] + crow[j]; break;
           case 4: for (int j = 0; j < nc; j++) crow[j] = arow[j] + tb * crow[j]; break;
           default: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j] + tb * crow[j]; break;
+        }
+      }
+    });
+  }
+
+  static bool b_nf4_of(const Tensor& b) { return b.quant == Quant::NF4; }
+  // C (M,N) = alpha·A·Bᵀ + beta·C for M ≤ 4 with B stored (N,K): one dot product per output, rows of B read once
+  // (memory-bound generation steps; the tiled path would repack all of B for a single token).
+  void gemv_rows(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, float alpha, float beta) {
+    T* C = p(c);
+    const T* A = p(a);
+    const T* Bm = p(b);
+    constexpr int NB = 64;
+    const T ta = T(alpha), tb = T(beta);
+    pool_.parallel_for((N + NB - 1) / NB, [&](int64_t task) {
+      for (int j = int(task) * NB, je = std::min(N, int(task + 1) * NB); j < je; j++) {
+        const T* brow = Bm + size_t(j) * K;
+        for (int i = 0; i < M; i++) {
+          const T d = dot8(A + size_t(i) * K, brow, K);
+          T& out = C[size_t(i) * N + j];
+          out = (alpha == 1.0f ? d : ta * d) + (beta == 0.0f ? T(0) : tb * out);
         }
       }
     });
