@@ -1,6 +1,9 @@
 // export.cpp — HF checkpoint / PEFT adapter → GGUF (see export.h).
 #include "gguf/export.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <memory>
 #include <set>
@@ -143,6 +146,16 @@ struct SafetensorRows : RowSource {
       if (add != 0.0f)
         for (int64_t i = 0; i < row_len; i++) o[i] += add;
     }
+    // Rows read in order are not needed again: drop their pages so a multi-GB tensor never becomes resident.
+    if (row_map.empty()) drop(tv->data + size_t(first * row_len) * es, size_t(n * row_len) * es);
+  }
+  void release() const override { drop(tv->data, tv->nbytes); }
+  // Drops the whole pages inside [p, p+n) from our address space (they stay in the page cache; the mapping is
+  // private and read-only, so a later access simply faults them in again).
+  static void drop(const uint8_t* p, size_t n) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    uintptr_t a = (uintptr_t(p) + page - 1) / page * page, b = (uintptr_t(p) + n) / page * page;
+    if (b > a) madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
   }
 };
 

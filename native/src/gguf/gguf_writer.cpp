@@ -172,6 +172,7 @@ uint64_t GgufWriter::write(const std::string& path, int threads,
       out.write(encoded.data(), encoded.size());
     }
     out.pad_to(kAlignment);
+    t.src->release();
     if (on_tensor) on_tensor(i + 1, tensors_.size(), t.name, t.type);
   }
   uint64_t size = out.offset();

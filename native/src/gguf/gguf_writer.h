@@ -25,6 +25,9 @@ namespace nxft {
 struct RowSource {
   virtual ~RowSource() = default;
   virtual void fill_rows(int64_t first_row, int64_t n_rows, float* out) const = 0;
+  // Called once the tensor is in the file: a source backed by an mmap drops its pages here, so the process
+  // never holds more than about one tensor of the input resident.
+  virtual void release() const {}
 };
 
 // A RowSource over fp32 values owned by the source itself (small generated tensors, tests).

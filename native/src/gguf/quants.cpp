@@ -14,6 +14,9 @@
 #include <string>
 #include "util/dtype.h"
 #include "util/events.h"
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace nxft {
 
@@ -525,11 +528,31 @@ static void dequantize_q6_K(const uint8_t* in, float* y, int64_t n) {
 // ---------------------------------------------------------------------------------------------------------
 // dispatch
 
+// fp32 → fp16 with round-to-nearest-even. On x86-64 CPUs with F16C (every x86 CPU since 2012) the hardware
+// conversion is used (same rounding, ~20× faster than the portable one); otherwise dtype.h's.
+#if defined(__x86_64__)
+__attribute__((target("avx,f16c"))) static void f32_to_f16_row_f16c(const float* x, uint8_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 2 * i), h);
+  }
+  for (; i < n; i++) put_f16(out + 2 * i, x[i]);
+}
+#endif
+static void f32_to_f16_row(const float* x, uint8_t* out, int64_t n) {
+#if defined(__x86_64__)
+  static const bool has_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  if (has_f16c) return f32_to_f16_row_f16c(x, out, n);
+#endif
+  convert_from_f32(x, out, DType::F16, size_t(n));
+}
+
 void encode_row(GgmlType t, const float* x, uint8_t* out, int64_t n) {
   ggml_row_bytes(t, n);  // validates n
   switch (t) {
     case GgmlType::F32: std::memcpy(out, x, size_t(n) * 4); return;
-    case GgmlType::F16: convert_from_f32(x, out, DType::F16, size_t(n)); return;
+    case GgmlType::F16: f32_to_f16_row(x, out, n); return;
     case GgmlType::BF16: convert_from_f32(x, out, DType::BF16, size_t(n)); return;
     case GgmlType::Q8_0: quantize_row_q8_0(x, out, n); return;
     case GgmlType::Q4_0: quantize_row_q4_0(x, out, n); return;

