@@ -4,6 +4,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
+import { createHash } from "node:crypto";
 
 export const repoRoot = resolve(__dirname, "..", "..");
 const COPY = ["package.json", "package-lock.json", "nx.json", "tsconfig.json", ".gitignore", "plugins/nx-finetune/", "recipes/demo/",
@@ -11,7 +12,9 @@ const COPY = ["package.json", "package-lock.json", "nx.json", "tsconfig.json", "
 
 // `edit` may change files before the first commit (e.g. fewer training steps for a test).
 export function makeWorkspace(dir: string, edit?: (dir: string) => void): void {
-  const files = execFileSync("git", ["ls-files", "-co", "--exclude-standard"], { cwd: repoRoot, encoding: "utf8" }).split("\n").filter(Boolean);
+  const pathspecs = COPY.map((p) => p.replace(/\/$/, ""));
+  const files = execFileSync("git", ["ls-files", "-co", "--exclude-standard", "--", ...pathspecs], { cwd: repoRoot, encoding: "utf8", maxBuffer: 64 << 20 })
+    .split("\n").filter(Boolean);
   for (const f of files) {
     if (!COPY.some((p) => (p.endsWith("/") ? f.startsWith(p) : f === p))) continue;
     if (!existsSync(join(repoRoot, f))) continue; // deleted in the working tree
@@ -56,12 +59,17 @@ export function nxBin(): string {
   return join(dirname(nxPackage), JSON.parse(readFileSync(nxPackage, "utf8")).bin.nx);
 }
 
+// Nx refuses a ~/.nx under /tmp (world-writable), so the test HOME lives in the repo's ignored tmp/ folder.
+function homeFor(shared: string): string {
+  return join(repoRoot, "tmp", "e2e-homes", createHash("sha256").update(shared).digest("hex").slice(0, 12));
+}
+
 // The environment for nx in `dir`: no daemon or cloud, plain output, HOME (where Nx keeps the cache that all
 // clones of a workspace share, ~/.nx/<workspace id>/) and the content store under `shared`.
 export function nxEnvironment(dir: string, env: NxEnv): NodeJS.ProcessEnv {
   const vars: NodeJS.ProcessEnv = {
     ...process.env, NX_DAEMON: "false", NX_NO_CLOUD: "true", NX_TUI: "false", CI: "true", NO_COLOR: "1", FORCE_COLOR: "0",
-    HOME: join(env.shared, "home"), NXFT_STORE: join(env.shared, "store"), NXFT_ENGINE: env.engine, ...env.extra,
+    HOME: homeFor(env.shared), NXFT_STORE: join(env.shared, "store"), NXFT_ENGINE: env.engine, ...env.extra,
   };
   for (const v of ["NX_CACHE_DIRECTORY", "NX_WORKSPACE_DATA_DIRECTORY", "NX_PROJECT_GRAPH_CACHE_DIRECTORY"]) delete vars[v];
   mkdirSync(vars.HOME!, { recursive: true });
