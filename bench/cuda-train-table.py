@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """cuda-train-table.py OUT GPU — the final table of bench/cuda-train.sh: our CUDA LoRA step vs the
 Hugging Face + PEFT peer (eager and torch.compile) on the same 8B-shaped model and shapes.
-Reads OUT/ours.jsonl (native/tests/cuda/cuda_train_bench) and OUT/peer_eager.json, OUT/peer_compile.json
+Reads the JSON lines of OUT/ours.txt (native/tests/cuda/cuda_train_bench), OUT/peer_eager.txt, OUT/peer_compile.txt
 (../shared/bench/hf_peft_baseline.py). Standard library only."""
 import json, os, sys
 
@@ -19,7 +19,7 @@ def load_json(p):
     except (OSError, ValueError):
         return []
 
-ours = load_jsonl(os.path.join(out, "ours.jsonl"))
+ours = load_jsonl(os.path.join(out, "ours.txt"))
 # the peer prints one JSON line per run (kept even when a later run times out)
 eager = {(r["bs"], r["seq"], int(r["ckpt"])): r for r in load_jsonl(os.path.join(out, "peer_eager.txt"))}
 comp = {(r["bs"], r["seq"], int(r["ckpt"])): r for r in load_jsonl(os.path.join(out, "peer_compile.txt"))}
@@ -35,6 +35,8 @@ print("| shape | ours ckpt | ours tok/s | ours peak GiB (reserved / device) | HF
 print("|---|---|---|---|---|---|---|---|---|")
 for r in ours:
     b, t, ck = r["B"], r["T"], r["ckpt"]
+    if r["plan"].endswith(":ru"):
+        continue  # the A/B row of the LoRA expand kernel is printed below
     def cell(tab):
         rows = list(peer(tab, b, t))
         if not rows:
@@ -51,3 +53,9 @@ for r in ours:
 print("\nRatios compare against the peer's fastest run of the same B×T (its checkpointing noted). Our peak: "
       "high-water mark of device memory our allocator holds (tensors + caches + cuBLAS/scratch workspaces) / "
       "cudaMemGetInfo used at the end (adds the CUDA context and cuDNN). Peer: torch.cuda.max_memory_allocated.")
+ab = [r for r in ours if r["plan"].endswith(":ru")]
+for r in ab:
+    base = [o for o in ours if o["plan"] == r["plan"][:-3]]
+    if base:
+        print(f"\nA/B: {r['plan'][:-3]} with the LoRA rank-update kernel (NXFT_RANK_UPDATE=1): "
+              f"{r['tokens_per_s']:,.0f} tok/s vs {base[0]['tokens_per_s']:,.0f} with cuBLASLt (default).")

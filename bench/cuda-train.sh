@@ -15,10 +15,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-/tmp/cuda-bench}
 mkdir -p "$OUT"
+WORK=${WORK:-/tmp/cuda-bench-work}   # build log, peer json and other files that need not come back
+mkdir -p "$WORK"
 PHASE=${PHASE:-all}
-PLANS=${PLANS:-"1x2048x1 2x2048x0 2x2048x1 4x2048x0 4x2048x1 1x8192x0 1x8192x1"}
-PEER_PLAN=${PEER_PLAN:-"1x2048x1,2x2048x0,4x2048x1,1x8192x1"}
-PEER_COMPILE_PLAN=${PEER_COMPILE_PLAN:-"1x2048x1,2x2048x0"}
+PLANS=${PLANS:-"1x2048x1 2x2048x0 2x2048x1 4x2048x0 4x2048x1 1x8192x0 1x8192x1 2x2048x0:ru"}
+PEER_PLAN=${PEER_PLAN-"1x2048x1,2x2048x0,4x2048x1,1x8192x1"}   # set to "" to skip
+PEER_COMPILE_PLAN=${PEER_COMPILE_PLAN-"1x2048x1,2x2048x0"}
 CUDNN_FE=${CUDNN_FE:-$ROOT/.carry/cudnn-frontend}
 BUILD=${BUILD:-$ROOT/native/build-cuda-bench}
 log() { echo "[cuda-train $(date +%H:%M:%S)] $*" >&2; }
@@ -40,23 +42,26 @@ if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then
   log "configure (nvcc: $NVCC)"
   cmake -S native -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DNXFT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
     -DNXFT_CUDA_ARCHS=90a-real -DNXFT_CUDNN_DIR="${CUDNN_DIR:-}" -DNXFT_CUDNN_FRONTEND_DIR="$CUDNN_FE" \
-    > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-  grep -E "finetune-engine:" "$OUT/build.log" >&2
+    > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
+  grep -E "finetune-engine:" "$WORK/build.log" >&2
   log "build"
-  cmake --build "$BUILD" -j"$(nproc)" --target cuda_parity cuda_train_bench finetune-engine >> "$OUT/build.log" 2>&1 \
-    || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
+  cmake --build "$BUILD" -j"$(nproc)" --target cuda_parity cuda_train_bench finetune-engine >> "$WORK/build.log" 2>&1 \
+    || { grep -E "error|Error" "$WORK/build.log" | head -40; exit 1; }
 
   log "op parity vs CPU backend"
   "$BUILD/cuda_parity" > "$OUT/parity.md" 2>&1; PARITY_RC=$?
   cat "$OUT/parity.md"
+  # the same checks with the LoRA rank-update kernel switched on (it is off by default)
+  NXFT_RANK_UPDATE=1 "$BUILD/cuda_parity" > "$WORK/parity_ru.md" 2>&1; PARITY_RU_RC=$?
+  { echo; echo "With NXFT_RANK_UPDATE=1 (LoRA expand kernel):"; grep -E "rank update|PASS|FAIL" "$WORK/parity_ru.md"; } | tee -a "$OUT/parity.md"
+  PARITY_RC=$((PARITY_RC + PARITY_RU_RC))
   log "tiny-model CPU vs CUDA, 50 steps"
   "$BUILD/cuda_train_bench" compare 50 > "$OUT/compare.md" 2>&1; COMPARE_RC=$?
   cat "$OUT/compare.md"
   log "8B-shaped LoRA training: $PLANS"
-  "$BUILD/cuda_train_bench" bench ${BENCH_ARGS:-} $PLANS > "$OUT/ours.txt" 2> "$OUT/ours.err"; BENCH_RC=$?
-  cat "$OUT/ours.err" >&2
+  "$BUILD/cuda_train_bench" bench ${BENCH_ARGS:-} $PLANS > "$OUT/ours.txt" 2> "$WORK/ours.err"; BENCH_RC=$?
+  cat "$WORK/ours.err" >&2
   grep -v '^{' "$OUT/ours.txt"
-  grep '^{' "$OUT/ours.txt" > "$OUT/ours.jsonl"
   log "parity rc=$PARITY_RC compare rc=$COMPARE_RC bench rc=$BENCH_RC"
 fi
 
@@ -64,14 +69,12 @@ if [ "$PHASE" = all ] || [ "$PHASE" = peer ]; then
   PEER=$ROOT/.carry/hf_peft_baseline.py
   if [ -f "$PEER" ] && [ -n "$PEER_PLAN" ]; then
     log "peer eager: $PEER_PLAN"
-    (cd "$OUT" && OUT="$OUT" PLAN="$PEER_PLAN" PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-400} python3 "$PEER" > "$OUT/peer_eager.txt" 2>&1)
-    cp "$OUT/hf_peft_baseline.json" "$OUT/peer_eager.json" 2>/dev/null
+    (cd "$WORK" && OUT="$WORK" PLAN="$PEER_PLAN" PYTHONUNBUFFERED=1 timeout ${PEER_EAGER_TIMEOUT:-400} python3 "$PEER" > "$OUT/peer_eager.txt" 2>&1)
     grep -E '^\{|^torch|^matmul' "$OUT/peer_eager.txt"
   fi
   if [ -f "$PEER" ] && [ -n "$PEER_COMPILE_PLAN" ]; then
       log "peer torch.compile: $PEER_COMPILE_PLAN"
-      (cd "$OUT" && OUT="$OUT" PLAN="$PEER_COMPILE_PLAN" COMPILE=1 PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-400} python3 "$PEER" > "$OUT/peer_compile.txt" 2>&1)
-      cp "$OUT/hf_peft_baseline.json" "$OUT/peer_compile.json" 2>/dev/null
+      (cd "$WORK" && OUT="$WORK" PLAN="$PEER_COMPILE_PLAN" COMPILE=1 PYTHONUNBUFFERED=1 timeout ${PEER_COMPILE_TIMEOUT:-600} python3 "$PEER" > "$OUT/peer_compile.txt" 2>&1)
       grep -E '^\{' "$OUT/peer_compile.txt"
   fi
   if [ ! -f "$PEER" ]; then

@@ -102,6 +102,37 @@ void test_matmul(Harness& h) {
   h.cpu.matmul(xa.cpu, x.cpu, A.cpu, M, r, K, false, true, 1.0f, 0.0f);
   h.gpu.matmul(xa.gpu, x.gpu, A.gpu, M, r, K, false, true, 1.0f, 0.0f);
   h.compare("matmul xa=x·Aᵀ (bf16 × fp32 param)", xa, kBf16);
+  // LoRA expand products (the rank-update kernel on CUDA): y += s·xa·Bᵀ and dx += dxa·A with fp32 params
+  for (int rr : {16, 8}) {
+    Pair xa2 = h.make(randn((size_t)M * rr), Role::Activation), Bp = h.make(randn((size_t)N * rr, 0.1f, false), Role::Param);
+    h.cpu.matmul(y.cpu, xa2.cpu, Bp.cpu, M, N, rr, false, true, 2.0f, 1.0f);
+    h.gpu.matmul(y.gpu, xa2.gpu, Bp.gpu, M, N, rr, false, true, 2.0f, 1.0f);
+    h.compare(rr == 16 ? "matmul y+=2·xa·Bᵀ (r=16, rank update)" : "matmul y+=2·xa·Bᵀ (r=8, rank update)", y, kBf16);
+    Pair Ap = h.make(randn((size_t)rr * K, 0.1f, false), Role::Param);
+    h.cpu.matmul(dx.cpu, xa2.cpu, Ap.cpu, M, K, rr, false, false, 1.0f, 1.0f);
+    h.gpu.matmul(dx.gpu, xa2.gpu, Ap.gpu, M, K, rr, false, false, 1.0f, 1.0f);
+    h.compare(rr == 16 ? "matmul dx+=dxa·A (r=16, rank update)" : "matmul dx+=dxa·A (r=8, rank update)", dx, kBf16);
+    Pair y0 = h.make_out((size_t)M * N, Role::Activation);
+    h.cpu.matmul(y0.cpu, xa2.cpu, Bp.cpu, M, N, rr, false, true, 1.0f, 0.0f);
+    h.gpu.matmul(y0.gpu, xa2.gpu, Bp.gpu, M, N, rr, false, true, 1.0f, 0.0f);
+    h.compare("matmul y=xa·Bᵀ (beta=0, NaN-poisoned out)", y0, kBf16);
+    for (Pair* p : {&xa2, &Bp, &Ap, &y0}) h.free(*p);
+  }
+  // the bf16 copy of an fp32 param must follow updates of the param (cache invalidation)
+  {
+    Pair xa3 = h.make(randn((size_t)M * r), Role::Activation), Bq = h.make(randn((size_t)N * r, 0.1f, false), Role::Param);
+    Pair y3 = h.make_out((size_t)M * N, Role::Activation);
+    h.gpu.matmul(y3.gpu, xa3.gpu, Bq.gpu, M, N, r, false, true, 1.0f, 0.0f);  // caches bf16(Bq)
+    std::vector<float> nb = randn((size_t)N * r, 0.1f, false);
+    h.cpu.upload(Bq.cpu, nb.data(), nb.size());
+    h.gpu.upload(Bq.gpu, nb.data(), nb.size());
+    h.cpu.scale(Bq.cpu, 0.5f, Bq.n);
+    h.gpu.scale(Bq.gpu, 0.5f, Bq.n);
+    h.cpu.matmul(y3.cpu, xa3.cpu, Bq.cpu, M, N, r, false, true, 1.0f, 0.0f);
+    h.gpu.matmul(y3.gpu, xa3.gpu, Bq.gpu, M, N, r, false, true, 1.0f, 0.0f);
+    h.compare("matmul after param update (bf16 cache refresh)", y3, kBf16);
+    for (Pair* p : {&xa3, &Bq, &y3}) h.free(*p);
+  }
   // fp32 × fp32 → fp32
   Pair p1 = h.make(randn(64 * 48, 1.0f, false), Role::Param), p2 = h.make(randn(48 * 40, 1.0f, false), Role::Param);
   Pair p3 = h.make_out(64 * 40, Role::Param);

@@ -150,6 +150,8 @@ class CudaBackend : public Backend {
     (void)no_cudnn;
     attention_path_ = "portable (built without cuDNN)";
 #endif
+    const char* ru = std::getenv("NXFT_RANK_UPDATE");
+    rank_update_enabled_ = ru && std::string(ru) == "1";
     const char* prof = std::getenv("NXFT_CUDA_PROFILE");
     profile_ = prof && std::string(prof) == "1";
   }
@@ -361,6 +363,11 @@ class CudaBackend : public Backend {
     if (K == 0) {  // empty contraction: C = beta·C
       if (beta == 0.0f) fill(c, 0.0f, (size_t)M * N);
       else if (beta != 1.0f && ct == CUDA_R_32F) launch_scale(static_cast<float*>(c.ptr), beta, (size_t)M * N, stream_);
+      return;
+    }
+    if (ab == CUDA_R_16BF && ct == CUDA_R_16BF && rank_update_enabled_ && rank_update_applies(M, N, K, trans_a, c.ptr)) {
+      launch_rank_update(static_cast<bf16*>(c.ptr), static_cast<const bf16*>(ap), static_cast<const bf16*>(bp), M, N, K,
+                         trans_b, alpha, beta, stream_);
       return;
     }
     gemm_->run(c.ptr, ct, N, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
@@ -733,6 +740,7 @@ class CudaBackend : public Backend {
   std::map<const void*, Bf16Copy> bf16_cache_;
   std::map<int32_t*, size_t> zero_index_;  // start of an uploaded Index range → its length if all zero, else 0
   bool profile_ = false;
+  bool rank_update_enabled_ = false;  // NXFT_RANK_UPDATE=1: LoRA expand products through lora_update.cu
   std::vector<cudaEvent_t> event_pool_, free_events_;
   std::vector<Pending> pending_;
   std::map<std::string, OpStats> stats_;

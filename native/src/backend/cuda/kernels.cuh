@@ -66,6 +66,12 @@ void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, c
                                const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
                                float* delta, int B, int T, int NH, int NKV, int HD, cudaStream_t s);
 
+// lora_update.cu: D (M,N) = alpha·A (M,K)·op(B) + beta·D for the LoRA rank K ≤ 16, bf16, row-major, D rows of
+// N % 8 == 0 elements, 16-byte aligned (rank_update_applies says when).
+bool rank_update_applies(int M, int N, int K, bool trans_a, const void* D);
+void launch_rank_update(bf16* D, const bf16* A, const bf16* B, int M, int N, int K, bool trans_b, float alpha,
+                        float beta, cudaStream_t s);
+
 // nf4.cu: codes (rows·cols/2 bytes, element 2k high nibble), scales fp32 per 64 elements → bf16 (rows, cols).
 void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, size_t n, cudaStream_t s);
 
