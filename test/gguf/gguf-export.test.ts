@@ -1,19 +1,20 @@
 // GGUF export of real and synthetic models, checked by running the files in llama.cpp (node-llama-cpp 3.21.1,
 // prebuilt CPU binary):
 //   - stories260K-hf in every preset loads and generates; F32 greedy text equals transformers'; F32 next-token
-//     log-probabilities equal transformers' (committed golden, test/gguf/golden) within 1e-4; Q8_0's greedy
-//     tokens equal F32's.
+//     log-probabilities equal transformers' (committed golden, test/gguf/golden) and our engine's forward pass
+//     (native/tests/test_gguf_engine_logits) within 1e-4; Q8_0's greedy tokens equal F32's.
 //   - a synthetic 256-wide llama (untied output) gets llama-quantize's per-tensor types for q4_k_m / q5_k_m /
 //     q6_k / q4_0 / q8_0 and every file runs; a Q8_0 export stays close to F32 in log-probabilities.
 //   - qwen2 (q/k/v biases) and gemma (norm +1, tied) synthetic models export and run.
 //   - Llama-3.1 rope scaling becomes rope_freqs.weight with the converter's values.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, cpSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { ggufTokenizerMetadata } from "../../plugins/nx-finetune/src/gguf";
-import { STORIES, exportGguf, readGgufHeader, tensorTypes, greedy, logprobs, writeRandomModel, GGML_TYPE_NAMES } from "./gguf-helpers";
+import { ENGINE, ROOT, STORIES, exportGguf, readGgufHeader, tensorTypes, greedy, logprobs, writeRandomModel, GGML_TYPE_NAMES } from "./gguf-helpers";
 
 const TRANSFORMERS_TEXT = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball.";
 const PRESETS = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"];
@@ -42,6 +43,22 @@ test("stories260K: F32 next-token log-probabilities equal transformers' within 1
     row.forEach((v, t) => { max = Math.max(max, Math.abs(v - golden.logprobs[i][t])); });
   });
   t.diagnostic(`max |Δ log p| over ${lp.length} positions × 512 tokens: ${max.toExponential(2)}`);
+  assert.ok(max < 1e-4, `max |Δ log p| = ${max}`);
+});
+
+test("stories260K: F32 next-token log-probabilities equal our engine's within 1e-4", async (t) => {
+  // native/tests/test_gguf_engine_logits runs our engine's forward pass (CPU backend) on the golden prompt and
+  // dumps its log-probabilities; it is built next to the engine binary.
+  const helper = join(dirname(ENGINE), "test_gguf_engine_logits");
+  assert.ok(existsSync(helper), `${helper} not built`);
+  const dump = join(dir, "engine-logprobs.json");
+  const r = spawnSync(helper, ["--dump", dump], { cwd: ROOT, encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr + r.stdout);
+  const engine = JSON.parse(readFileSync(dump, "utf8"));
+  const lp = await logprobs(storiesFile("f32"), engine.ids);
+  let max = 0;
+  lp.forEach((row, i) => row.forEach((v, k) => { max = Math.max(max, Math.abs(v - engine.logprobs[i][k])); }));
+  t.diagnostic(`llama.cpp vs engine: max |Δ log p| over ${lp.length} positions × 512 tokens: ${max.toExponential(2)}`);
   assert.ok(max < 1e-4, `max |Δ log p| = ${max}`);
 });
 
