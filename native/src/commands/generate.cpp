@@ -92,7 +92,6 @@ int cmd_generate(const Json& job, const std::string& job_path) {
   std::unique_ptr<Backend> be = make_backend(backend_name, threads);
   TransformerOptions opt;
   Transformer model(*be, cfg, adapter ? &adapter->spec : nullptr, opt);
-  model.load_weights(model_dir);   // streamed tensor by tensor into the backend
   if (adapter) model.set_lora(*adapter);
 
   emit_event("start", Json::object()
@@ -102,6 +101,14 @@ int cmd_generate(const Json& job, const std::string& job_path) {
                           .set("device", Json::string(be->device()))
                           .set("prompt_tokens", Json::number(double(prompt.size())))
                           .set("max_new_tokens", Json::number(max_new)));
+  model.load_weights(model_dir, [](size_t done, size_t total) {
+    if (done == total || done % 16 == 0)
+      emit_event("progress", Json::object()
+                                 .set("stage", Json::string("load"))
+                                 .set("done", Json::number(double(done)))
+                                 .set("total", Json::number(double(total)))
+                                 .set("unit", Json::string("tensors")));
+  });   // streamed tensor by tensor into the backend
 
   const int total = int(prompt.size()) + max_new;
   model.reset_cache(std::max(1, total));

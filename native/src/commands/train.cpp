@@ -186,13 +186,15 @@ int cmd_train(const Json& job, const std::string& job_path) {
   r.finish();
 
   // ---- model, data, adapter ----
-  emit_event("progress", Json::object().set("stage", Json::string("load")).set("done", Json::number(0)).set("total", Json::number(1)));
   const ModelConfig cfg = ModelConfig::load(path_join(base, "config.json"));
   ShardSet train(train_files, cfg.vocab_size);
   if (train.rows() == 0) throw EngineError(job_path + ": train_shards: the shards hold no rows", job_path, "train_shards");
   std::unique_ptr<ShardSet> eval;
   if (!eval_files.empty()) eval = std::make_unique<ShardSet>(eval_files, cfg.vocab_size);
   const int T = train.seq_len();
+  if (T > cfg.max_position_embeddings)
+    emit_warning("seq_len " + std::to_string(T) + " of the shards exceeds the model's max_position_embeddings (" +
+                 std::to_string(cfg.max_position_embeddings) + ")");
   const int64_t rows_per_step = int64_t(B) * GA;
   const int64_t total_steps =
       has_steps ? steps_req : std::max<int64_t>(1, int64_t(std::ceil(epochs * double(train.rows()) / double(rows_per_step) - 1e-9)));
@@ -215,7 +217,6 @@ int cmd_train(const Json& job, const std::string& job_path) {
   opt.gradient_checkpointing = grad_ckpt;
   opt.quantize_nf4 = quantize == "nf4";
   Transformer model(*be, cfg, &spec, opt);
-  model.load_weights(base);   // streamed tensor by tensor into the backend
   const size_t n_params = model.num_lora_params();
   Tensor adam_m = be->alloc(n_params, Role::Param), adam_v = be->alloc(n_params, Role::Param);
   be->fill(adam_m, 0.0f, n_params);
@@ -266,6 +267,14 @@ int cmd_train(const Json& job, const std::string& job_path) {
                    .set("start_step", Json::number(double(state.step)));
   if (!resumed_from.empty()) start.set("resumed_from", Json::string(resumed_from));
   emit_event("start", start);
+  model.load_weights(base, [](size_t done, size_t total) {
+    if (done == total || done % 16 == 0)
+      emit_event("progress", Json::object()
+                                 .set("stage", Json::string("load"))
+                                 .set("done", Json::number(double(done)))
+                                 .set("total", Json::number(double(total)))
+                                 .set("unit", Json::string("tensors")));
+  });   // streamed tensor by tensor into the backend
 
   // ---- the loop ----
   RowOrder order(train.rows(), shuffle, seed);

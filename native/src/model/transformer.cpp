@@ -150,7 +150,7 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
   }
 }
 
-void Transformer::load_weights(const std::string& dir) {
+void Transformer::load_weights(const std::string& dir, const std::function<void(size_t, size_t)>& on_progress) {
   std::unique_ptr<SafetensorsModel> st = SafetensorsModel::open_dir(dir);
   std::vector<float> buf;
   for (size_t i = 0; i < slots_w_.size(); i++) {
@@ -167,6 +167,7 @@ void Transformer::load_weights(const std::string& dir) {
     buf.resize(size_t(tv.numel()));
     convert_to_f32(tv.data, tv.dtype, buf.data(), buf.size());
     set_weight(i, buf);
+    if (on_progress) on_progress(i + 1, slots_w_.size());
   }
 }
 

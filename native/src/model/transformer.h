@@ -12,6 +12,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -48,7 +49,8 @@ class Transformer {
   // Allocates the weights without values: fill them with load_weights(dir) (streams one tensor at a time from
   // an HF folder, so the host never holds the whole model), set_weight, or on the backend via weight_tensors().
   Transformer(Backend& be, const ModelConfig& config, const LoraSpec* lora, const TransformerOptions& opt);
-  void load_weights(const std::string& hf_dir);   // shapes checked against the config; errors name the tensor
+  // Shapes checked against the config; errors name the tensor. on_progress(done, total) after each tensor.
+  void load_weights(const std::string& hf_dir, const std::function<void(size_t, size_t)>& on_progress = nullptr);
   // The frozen weights by HF name, in load order (NF4 tensors appear once set).
   std::vector<std::pair<std::string, Tensor>> weight_tensors() const;
   void set_weight(size_t index, const std::vector<float>& values);   // index into weight_tensors()
