@@ -6,7 +6,13 @@
 //   m.generate(torch.tensor([[1, 403, 407, 261, 378]]), max_new_tokens=40, do_sample=False,
 //              eos_token_id=None, pad_token_id=0)[0, 5:].tolist()
 // ("<s>Once upon a time" = [1, 403, 407, 261, 378] in the stories260K tokenizer.)
+#include <unistd.h>
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include "commands/command.h"
+#include "util/json.h"
 #include "math_test_util.h"
 #include "model/lora.h"
 #include "model/transformer.h"
@@ -19,6 +25,35 @@ static const int32_t kPrompt[] = {1, 403, 407, 261, 378};
 static const int32_t kGolden[40] = {432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396,
                                     267, 337, 410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385,
                                     328, 432, 358, 394, 261, 370, 432, 352, 266, 268, 388, 426};
+
+// Runs the generate command with stdout captured to a file; returns summary.ids of the done event.
+static std::vector<int> run_generate(const std::string& dir, double temperature, int top_k, double top_p, int seed) {
+  char tmpl[] = "/tmp/nxft-gen-XXXXXX";
+  const int fd = mkstemp(tmpl);
+  close(fd);
+  const std::string job_text = "{\"command\":\"generate\",\"model\":\"" + dir + "\",\"adapter\":null," +
+                               "\"prompt_ids\":[1,403,407,261,378],\"max_new_tokens\":12,\"temperature\":" +
+                               std::to_string(temperature) + ",\"top_k\":" + std::to_string(top_k) + ",\"top_p\":" +
+                               std::to_string(top_p) + ",\"seed\":" + std::to_string(seed) +
+                               ",\"stop_ids\":[],\"backend\":\"cpu\",\"threads\":2}";
+  Json job = Json::parse(job_text, "job");
+  std::fflush(stdout);
+  const int saved = dup(1);
+  FILE* f = std::freopen(tmpl, "w", stdout);
+  (void)f;
+  find_command("generate")(job, "job.json");
+  std::fflush(stdout);
+  dup2(saved, 1);
+  close(saved);
+  std::vector<int> ids;
+  std::string text = read_file(tmpl);
+  unlink(tmpl);
+  size_t pos = text.rfind("{\"event\":\"done\"");
+  if (pos == std::string::npos) return ids;
+  Json done = Json::parse(text.substr(pos, text.find('\n', pos) - pos));
+  for (const Json& x : done.at("summary").at("ids").as_array()) ids.push_back(int(x.as_int()));
+  return ids;
+}
 
 int main() {
   const std::string dir = "../shared/fixtures/models/stories260K-hf";
@@ -126,6 +161,18 @@ int main() {
     for (int v = 0; v < V; v++) moved = std::max(moved, double(std::fabs(a[size_t(v)] - base[size_t(v)])));
     MT_CHECK(worst < 1e-4, "adapter applied unmerged differs from merged weights by %g", worst);
     MT_CHECK(moved > 1e-2, "the adapter did not change the logits (max change %g)", moved);
+  }
+  // the command: greedy = golden; sampling is reproducible per seed, and top_k = 1 is greedy
+  {
+    const std::string abs = std::filesystem::absolute(dir).lexically_normal().string();
+    std::vector<int> greedy = run_generate(abs, 0.0, 0, 1.0, 0);
+    MT_CHECK(greedy.size() == 12 && std::equal(greedy.begin(), greedy.end(), kGolden), "generate command greedy != golden");
+    std::vector<int> s1 = run_generate(abs, 1.5, 0, 1.0, 7), s2 = run_generate(abs, 1.5, 0, 1.0, 7),
+                     s3 = run_generate(abs, 1.5, 0, 1.0, 8), k1 = run_generate(abs, 0.8, 1, 1.0, 9);
+    MT_CHECK(s1.size() == 12 && s1 == s2, "sampling with the same seed is not reproducible");
+    MT_CHECK(s1 != s3, "seeds 7 and 8 sampled the same 12 tokens");
+    MT_CHECK(k1 == greedy, "top_k = 1 sampling differs from greedy");
+    MT_CHECK(run_generate(abs, 1.0, 0, 1e-3, 3) == greedy, "top_p → 0 (nucleus of one token) differs from greedy");
   }
   return mt::finish("test_generate");
 }
