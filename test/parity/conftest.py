@@ -39,6 +39,7 @@ class TrainCase:
     steps: int = 20
     distinct: int = 8
     split_shards: bool = False     # write the rows as two shard files (the engine must read them in list order)
+    base_dtype: str = "f32"        # "bf16": the base checkpoint is stored in bf16 (both sides compute in fp32)
 
 
 ALL = tuple(R.LORA_TARGETS_ALL)
@@ -50,6 +51,8 @@ TRAIN_CASES = [
               rslora=True, schedule="cosine", warmup_steps=2, max_grad_norm=0.5, beta2=0.99),
     TrainCase("qwen2-bias-randomB", "qwen2-bias", r=8, alpha=16, targets=ALL, random_b=True, batch_size=4,
               split_shards=True),
+    TrainCase("llama-gqa-bf16base", "llama-gqa-tied", r=8, alpha=16, targets=("q_proj", "o_proj", "up_proj"),
+              base_dtype="bf16", lr=2e-3),
     TrainCase("gemma", "gemma", r=4, alpha=4, targets=ALL, random_b=True, schedule="cosine", grad_accum=3,
               eps=1e-6),
     TrainCase("mistral-rslora", "mistral", r=16, alpha=32, targets=("q_proj", "v_proj", "gate_proj", "down_proj"),
@@ -92,14 +95,17 @@ def workdir(tmp_path_factory) -> Path:
 _bases: dict[str, Path] = {}
 
 
-def base_model(arch: str, workdir: Path) -> Path:
+def base_model(arch: str, workdir: Path, dtype: str = "f32") -> Path:
     """The HF folder for an arch (tiny models built once per session; stories260K is the fixture)."""
     if arch == "stories260K":
         assert R.STORIES_HF.is_dir(), f"fixture missing: {R.STORIES_HF}"
         return R.STORIES_HF
-    if arch not in _bases:
-        _bases[arch] = R.make_model(arch, workdir / "models" / arch, seed=0)
-    return _bases[arch]
+    key = f"{arch}-{dtype}"
+    if key not in _bases:
+        import torch
+        _bases[key] = R.make_model(arch, workdir / "models" / key, seed=0,
+                                   save_dtype={"f32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    return _bases[key]
 
 
 _prepared: dict[str, Prepared] = {}
@@ -110,7 +116,7 @@ def prepare(case: TrainCase, workdir: Path) -> Prepared:
         return _prepared[case.name]
     work = workdir / case.name
     work.mkdir(parents=True, exist_ok=True)
-    base = base_model(case.arch, workdir)
+    base = base_model(case.arch, workdir, case.base_dtype)
     V = vocab_of(case.arch)
     n_rows = case.steps * case.batch_size * case.grad_accum
     if case.arch == "stories260K":
@@ -151,7 +157,10 @@ def job_for(p: Prepared, out: Path, **overrides) -> dict:
               grad_accum=c.grad_accum, beta1=c.beta1, beta2=c.beta2, eps=c.eps, weight_decay=c.weight_decay,
               max_grad_norm=c.max_grad_norm)
     kw.update(overrides)
-    return R.train_job(p.base, p.shards, out, **kw)
+    job = R.train_job(p.base, p.shards, out, **kw)
+    job["eval_shards"] = [str(p.eval_shard)]   # evaluated every 10 steps and at the end, on both sides
+    job["train"]["eval_every"] = 10
+    return job
 
 
 def engine_trained(p: Prepared) -> tuple[Path, list[dict]]:
@@ -160,6 +169,7 @@ def engine_trained(p: Prepared) -> tuple[Path, list[dict]]:
         out = p.work / "engine-adapter"
         events = R.run_engine("train", job_for(p, out), p.work / "engine-train.json")
         p.cache["engine"] = (out, [e for e in events if e.get("event") == "step"], events)
+        p.cache["engine_evals"] = [e for e in events if e.get("event") == "eval"]
     out, steps, _ = p.cache["engine"]
     return out, steps
 
@@ -168,7 +178,8 @@ def torch_trained(p: Prepared) -> tuple[Path, list[dict]]:
     if "torch" not in p.cache:
         out = p.work / "torch-adapter"
         recs = R.reference_train(job_for(p, out))
-        p.cache["torch"] = (out, recs)
+        p.cache["torch"] = (out, [r for r in recs if r["event"] == "step"])
+        p.cache["torch_evals"] = [r for r in recs if r["event"] == "eval"]
     return p.cache["torch"]
 
 

@@ -101,7 +101,7 @@ def tiny_config(arch: str):
     return AutoConfig.for_model(model_type, architectures=[ARCH_CLASS[model_type]], **kwargs)
 
 
-def make_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+def make_model(arch: str, out_dir: str | Path, seed: int = 0, save_dtype=torch.float32) -> Path:
     """Builds a tiny model from its config with a fixed seed and saves it as an HF folder (F32 safetensors).
 
     Norm weights get N(0, 0.1) noise and biases N(0, 0.1) values, because transformers initialises them to
@@ -115,6 +115,8 @@ def make_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith(".bias"):
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    if save_dtype != torch.float32:   # e.g. a bf16 checkpoint, as most HF models are stored
+        model = model.to(save_dtype)
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -345,7 +347,8 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
                     on_step=None, attn: str = "eager") -> list[dict]:
     """Runs an engine `train` job (same JSON) with torch + PEFT in fp32. Rows are taken in file order
     (train.shuffle must be false): step s, micro-batch m uses rows [(s*GA + m)*B, +B), wrapping around.
-    Returns one dict per step: step, loss, lr, grad_norm, tokens, elapsed_s."""
+    Returns one dict per step (event "step": step, loss, lr, grad_norm, tokens, elapsed_s) and per evaluation
+    (event "eval": step, loss — every train.eval_every steps and after the last step, when eval_shards are given)."""
     tr = job["train"]
     lora = job["lora"]
     if tr.get("shuffle", True):
@@ -375,6 +378,21 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
     n_rows = len(tokens)
     max_norm = tr.get("max_grad_norm") or 0.0
 
+    eval_rows = load_rows(job["eval_shards"]) if job.get("eval_shards") else None
+    eval_every = int(tr.get("eval_every") or 0)
+
+    def run_eval(step: int):
+        """Mean CE over all target tokens of the eval shards (rows in file order), as the engine's `eval`."""
+        etok, etgt, epos = eval_rows
+        with torch.no_grad():
+            total = sum(float(ce_sum(forward_logits(model, etok[i:i + B], epos[i:i + B]), etgt[i:i + B]))
+                        for i in range(0, len(etok), B))
+        rec = {"event": "eval", "step": step, "loss": total / int((etgt != -100).sum()),
+               "tokens": int((etgt != -100).sum())}
+        records.append(rec)
+        if on_step:
+            on_step(rec)
+
     records = []
     t0 = time.perf_counter()
     for step in range(steps):
@@ -401,6 +419,10 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
         records.append(rec)
         if on_step:
             on_step(rec)
+        if eval_rows is not None and eval_every > 0 and (step + 1) % eval_every == 0:
+            run_eval(step + 1)
+    if eval_rows is not None and (not records or records[-1]["event"] != "eval"):
+        run_eval(steps)   # the engine also evaluates at the end
     if write_out:
         out = Path(job["out"])
         model.save_pretrained(str(out))

@@ -17,8 +17,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file
-
 import reference as R
 from conftest import engine_trained, job_for
 
@@ -27,10 +25,14 @@ LOGITS_ATOL = 1e-4
 MERGED_W_ATOL = 1e-6
 
 
-def merged_state(folder):
+def merged_state(folder, as_f32=True):
+    """All tensors of an HF folder (torch tensors; as_f32: upcast to float32 numpy, exact for bf16/f16)."""
+    from safetensors.torch import load_file as load_torch
     out = {}
     for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(f)))
+        out.update(load_torch(str(f)))
+    if as_f32:
+        return {k: (v.float().numpy(), v.dtype) for k, v in out.items()}
     return out
 
 
@@ -95,13 +97,13 @@ def test_merge_f32_loads_in_transformers_and_matches_peft(engine, prepared):
     base_sd = merged_state(prepared.base)
     assert set(ours_sd) == set(base_sd), sorted(set(ours_sd) ^ set(base_sd))
     lora_targets = set(prepared.case.targets)
-    for name, w in ours_sd.items():
-        assert w.dtype == np.float32, (name, w.dtype)
+    for name, (w, dtype) in ours_sd.items():
+        assert dtype == torch.float32, (name, dtype)
         if any(f".{t}.weight" in name for t in lora_targets):
             d = float(np.abs(w - merged_sd[name]).max())
             assert d <= MERGED_W_ATOL, (name, d)
         else:
-            assert np.array_equal(w, base_sd[name]), f"{name} changed by merge"
+            assert np.array_equal(w, base_sd[name][0]), f"{name} changed by merge"
     cfg_base = json.loads((prepared.base / "config.json").read_text())
     cfg_ours = json.loads((out / "config.json").read_text())
     for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -109,24 +111,24 @@ def test_merge_f32_loads_in_transformers_and_matches_peft(engine, prepared):
         assert cfg_ours.get(k) == cfg_base.get(k), k
 
 
-def bf16_bits(x: np.ndarray) -> np.ndarray:
-    """fp32 -> bf16 bits with round-to-nearest-even (what torch's .to(bfloat16) does), as int32 for diffs."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16)
+def half_bits(x: np.ndarray, dtype) -> np.ndarray:
+    """fp32 -> bf16/f16 bits with round-to-nearest-even (torch's .to(dtype)), as int32 for ulp differences."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dtype)
     return t.view(torch.int16).numpy().astype(np.int32)
 
 
-def test_merge_bf16_rounds_like_torch(engine, prepared):
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_merge_half_rounds_like_torch(engine, prepared, dtype):
     adapter, _ = engine_trained(prepared)
-    out = prepared.work / "merged-bf16"
+    tdtype, hf_name = {"bf16": (torch.bfloat16, "bfloat16"), "f16": (torch.float16, "float16")}[dtype]
+    out = prepared.work / f"merged-{dtype}"
     R.run_engine("merge", {"command": "merge", "base": str(prepared.base), "adapter": str(adapter),
-                           "dtype": "bf16", "out": str(out)}, prepared.work / "merge-bf16.json")
+                           "dtype": dtype, "out": str(out)}, prepared.work / f"merge-{dtype}.json")
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg.get("torch_dtype", cfg.get("dtype")) == "bfloat16" and cfg.get("dtype", "bfloat16") == "bfloat16"
-    # read the raw bf16 bits (numpy has no bf16): load with torch
-    from safetensors.torch import load_file as load_torch
-    ours = {}
-    for f in sorted(out.glob("*.safetensors")):
-        ours.update(load_torch(str(f)))
+    for key in ("torch_dtype", "dtype"):
+        assert cfg.get(key, hf_name) == hf_name, (key, cfg.get(key))
+    assert "torch_dtype" in cfg or "dtype" in cfg
+    ours = merged_state(out, as_f32=False)
     _, merged_sd = peft_merged_state(prepared, adapter)
     n_total, n_off = 0, 0
     for name, want32 in merged_sd.items():
@@ -134,12 +136,12 @@ def test_merge_bf16_rounds_like_torch(engine, prepared):
             assert name == "lm_head.weight" and cfg.get("tie_word_embeddings"), name
             continue
         got = ours[name]
-        assert got.dtype == torch.bfloat16, (name, got.dtype)
-        ulps = np.abs(got.view(torch.int16).numpy().astype(np.int32) - bf16_bits(want32))
+        assert got.dtype == tdtype, (name, got.dtype)
+        ulps = np.abs(got.view(torch.int16).numpy().astype(np.int32) - half_bits(want32, tdtype))
         assert ulps.max() <= 1, (name, int(ulps.max()))
         n_total += ulps.size
         n_off += int((ulps > 0).sum())
     assert n_off <= 1e-3 * n_total, (n_off, n_total)
     from transformers import AutoModelForCausalLM
-    m = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.bfloat16)
-    assert next(m.parameters()).dtype == torch.bfloat16
+    m = AutoModelForCausalLM.from_pretrained(str(out), dtype=tdtype)
+    assert next(m.parameters()).dtype == tdtype

@@ -50,6 +50,16 @@ def test_lr_and_grad_norm_match_every_step(engine, prepared):
             (t["step"], e["grad_norm"], t["grad_norm"])
 
 
+def test_eval_losses_match(engine, prepared):
+    """`eval` events (every 10 steps and at the end, on the held-out shard) equal the torch eval loss."""
+    engine_trained(prepared)
+    torch_trained(prepared)
+    eng, ref = prepared.cache["engine_evals"], prepared.cache["torch_evals"]
+    assert [e["step"] for e in eng] == [t["step"] for t in ref] == [10, 20]
+    for e, t in zip(eng, ref):
+        assert abs(e["loss"] - t["loss"]) <= LOSS_RTOL * t["loss"], (e, t)
+
+
 def test_final_adapter_matches(engine, prepared):
     eng_dir, _ = engine_trained(prepared)
     ref_dir, _ = torch_trained(prepared)
@@ -84,7 +94,7 @@ def test_adapter_config_is_peft(engine, prepared):
     assert cfg.get("bias", "none") == "none"
     # metrics.jsonl: one line per step event, same losses as the stdout events
     metrics = [json.loads(l) for l in (eng_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
-    steps = [m for m in metrics if m.get("event", "step") == "step" and "loss" in m and "step" in m]
+    steps = [m for m in metrics if m.get("event", "step") == "step" and "grad_norm" in m]
     _, eng = engine_trained(prepared)
     assert [m["loss"] for m in steps] == [e["loss"] for e in eng]
 
