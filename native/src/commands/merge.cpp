@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <dirent.h>
 #include <sys/stat.h>
 #include <map>
@@ -43,6 +44,7 @@ class WriteQueue {
     const uint8_t* ptr = nullptr;   // bytes to write: ptr (borrowed, e.g. from the base's mmap) …
     size_t n = 0;
     std::vector<uint8_t> owned;     // … or owned bytes
+    std::function<void()> after;    // run on the writer thread once written (e.g. drop the mmap'd pages)
   };
   explicit WriteQueue(SafetensorsWriter* w) : w_(w), th_([this] { run(); }) {}
   ~WriteQueue() {
@@ -89,6 +91,7 @@ class WriteQueue {
       try {
         if (!it.owned.empty()) w_->write(it.owned.data(), it.owned.size());
         else if (it.n) w_->write(it.ptr, it.n);
+        if (it.after) it.after();
       } catch (...) {
         std::lock_guard<std::mutex> lk(mu_);
         err_ = std::current_exception();
@@ -253,6 +256,8 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
         if (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end())) {
           item.ptr = tv->data;  // unchanged: straight from the mmap, zero-copy
           item.n = tv->nbytes;
+          const std::string name = tv->name;
+          item.after = [&st, name] { st->release(name); };
         } else if (it != lora_of.end()) {
           f32.resize(n);
           parallel_ranges(n, 1 << 16, [&](size_t a, size_t b) {
@@ -271,6 +276,7 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
             convert_from_f32(tmp.data(), item.owned.data() + a * dtype_size(D), D, b - a);
           }, threads);
         }
+        if (!item.after) st->release(tv->name);  // converted already: the source pages are no longer needed
         q.push(std::move(item));
         weight_map.set(tv->name, Json::string(pl.file));
         done++;

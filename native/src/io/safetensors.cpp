@@ -193,6 +193,17 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_) ::munmap(map_, map_size_);
 }
 
+void SafetensorsFile::release(const TensorView& t) const {
+  if (!map_ || t.nbytes == 0) return;
+  const uint8_t* base = (const uint8_t*)map_;
+  if (t.data < base || t.data + t.nbytes > base + map_size_) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  uintptr_t lo = uintptr_t(t.data) & ~(page - 1);
+  uintptr_t hi = (uintptr_t(t.data) + t.nbytes + page - 1) & ~(page - 1);
+  hi = std::min<uintptr_t>(hi, (uintptr_t(base) + map_size_ + page - 1) & ~(page - 1));
+  ::madvise((void*)lo, size_t(hi - lo), MADV_DONTNEED);  // read-only file mapping: pages refault from the cache
+}
+
 const TensorView* SafetensorsFile::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];
@@ -269,6 +280,11 @@ const TensorView& SafetensorsModel::get(const std::string& name) const {
   const TensorView* tv = find(name);
   if (!tv) throw EngineError("missing tensor " + name + " in " + dir_, dir_, name);
   return *tv;
+}
+
+void SafetensorsModel::release(const std::string& name) const {
+  auto it = by_name_.find(name);
+  if (it != by_name_.end()) files_[it->second.first]->release(*it->second.second);
 }
 
 std::vector<std::string> SafetensorsModel::names() const {

@@ -31,6 +31,9 @@ class SafetensorsFile {
   const std::vector<TensorView>& tensors() const { return tensors_; }       // in file order
   const TensorView* find(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Drop this process's mapping of the tensor's pages (madvise MADV_DONTNEED; the data stays in the page cache
+  // and is re-read on the next access). For streaming over models bigger than RAM; no-op for from_buffer files.
+  void release(const TensorView& t) const;
   // Parse and validate an in-memory buffer (the fuzz target uses this; `source` names it in errors).
   static std::unique_ptr<SafetensorsFile> from_buffer(const uint8_t* data, size_t size, const std::string& source);
  private:
@@ -52,6 +55,7 @@ class SafetensorsModel {
   // Shard file names and which tensors each held (to shard a merged model like its base).
   const std::vector<std::string>& shard_files() const { return shard_files_; }
   const std::string& shard_of(const std::string& name) const;
+  void release(const std::string& name) const;                // see SafetensorsFile::release
   const std::string& dir() const { return dir_; }
  private:
   std::string dir_;
