@@ -1,7 +1,7 @@
 // createNodes: one project per recipe, the pipeline targets with per-stage inputs, outputs, dependsOn, metadata.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync, writeFileSync } from "node:fs";
+import { mkdtempSync, mkdirSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { CreateNodesContext, CreateNodesResult, TargetConfiguration } from "@nx/devkit";
@@ -87,11 +87,15 @@ test("stage targets: stable options, cache, small outputs, per-stage inputs", as
     assert.ok((targets[stage].inputs as any[]).some((i) => i.dependentTasksOutputFiles === "**/stage-manifest.json"), stage);
   }
   assert.ok(!(targets.dataset.inputs as any[]).some((i) => i.dependentTasksOutputFiles));
-  // Data and base files are fingerprinted by a runtime command, with workspace-relative paths.
-  const runtime = (stage: string) => (targets[stage].inputs as any[]).find((i) => i.runtime)?.runtime as string | undefined;
-  assert.match(runtime("dataset")!, /^node \S*fingerprint\.cjs datasets\/tiny\.jsonl$/);
-  assert.match(runtime("base")!, /fingerprint\.cjs recipes\/r\/base\/config\.json recipes\/r\/base$/);
-  assert.equal(runtime("adapter"), undefined);
+  // Small data and base files inside the workspace are hashed by Nx (also when git-ignored), with
+  // workspace-relative paths; a missing path still takes part in the hash.
+  const filesets = (stage: string) => (targets[stage].inputs as any[]).filter((i) => i.includeIgnored);
+  assert.deepEqual(filesets("dataset"), [{ fileset: "{workspaceRoot}/datasets/tiny.jsonl", includeIgnored: true }]);
+  assert.deepEqual(filesets("base"), [
+    { fileset: "{workspaceRoot}/recipes/r/base/config.json", includeIgnored: true },
+    { fileset: "{workspaceRoot}/recipes/r/base", includeIgnored: true },
+  ]);
+  assert.ok(!(targets.adapter.inputs as any[]).some((i) => i.runtime || i.includeIgnored));
   // Engine sources matter to the engine stages only.
   assert.ok((targets.adapter.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
   assert.ok(!(targets.dataset.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
@@ -99,13 +103,22 @@ test("stage targets: stable options, cache, small outputs, per-stage inputs", as
   assert.equal(targets.dataset.parallelism, true);
 });
 
-test("plugin option storeDir reaches the fingerprint command; hub bases have no fingerprint input", async () => {
-  const root = workspace({ "recipes/h/recipe.json": { ...recipe, name: "hubby", base: { hub: "org/model", revision: "abc123" } } });
+test("data outside the workspace or too big for Nx to read is fingerprinted by a runtime command", async () => {
+  const outside = mkdtempSync(join(tmpdir(), "nxft-outside-"));
+  writeFileSync(join(outside, "big.jsonl"), "");
+  truncateSync(join(outside, "big.jsonl"), 65 << 20); // sparse: 65 MiB without writing them
+  const root = workspace({
+    "recipes/h/recipe.json": { ...recipe, name: "hubby", base: { hub: "org/model", revision: "abc123" }, data: { path: [join(outside, "big.jsonl"), "big.jsonl"], format: "alpaca" } },
+  });
+  writeFileSync(join(root, "recipes", "h", "big.jsonl"), "");
+  truncateSync(join(root, "recipes", "h", "big.jsonl"), 65 << 20);
   const [[, result]] = await run(root, ["recipes/h/recipe.json"], { storeDir: "/data/cas" });
   const project = result.projects!["recipes/h"];
   assert.equal(project.name, "hubby");
-  assert.ok(!(project.targets!.base.inputs as any[]).some((i) => i.runtime));
-  assert.match((project.targets!.dataset.inputs as any[]).find((i) => i.runtime).runtime, / --store \/data\/cas /);
+  assert.ok(!(project.targets!.base.inputs as any[]).some((i) => i.runtime || i.includeIgnored), "a hub base is pinned by its revision");
+  const runtime = (project.targets!.dataset.inputs as any[]).find((i) => i.runtime).runtime as string;
+  assert.match(runtime, new RegExp(`^node \\S*fingerprint\\.cjs --store /data/cas ${join(outside, "big.jsonl")} recipes/h/big.jsonl$`));
+  assert.ok(!(project.targets!.dataset.inputs as any[]).some((i) => i.includeIgnored));
 });
 
 test("recipe.json files of other tools are ignored; a bad recipe fails with file:line", async () => {

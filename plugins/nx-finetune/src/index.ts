@@ -11,8 +11,9 @@
 //   - the engine's sources, the plugin code that runs the stage, and `externalDependencies` (never "all of npm").
 // Target options are the same for every stage shape ({recipe, stage}), so the project-config part of the hash,
 // which covers every target of the project, never changes when a recipe does.
-import { existsSync, readFileSync } from "node:fs";
-import { basename, dirname, join, relative, resolve, sep } from "node:path";
+import { existsSync, readFileSync, statSync } from "node:fs";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { listFiles } from "./fingerprint.cjs";
 import {
   createNodesFromFiles,
   type CreateNodes, type CreateNodesContext, type CreateNodesResult, type PostTasksExecution, type TargetConfiguration,
@@ -133,8 +134,15 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
 function stageTarget(stage: StageName, recipe: Recipe, recipeFile: string, options: NxFinetunePluginOptions, workspaceRoot: string): TargetConfiguration {
   const inputs: TargetConfiguration["inputs"] = [{ json: "{projectRoot}/recipe.json", fields: stageFields[stage] }];
   if (stageDependsOn[stage].length > 0) inputs.push({ dependentTasksOutputFiles: "**/stage-manifest.json" });
-  // Recipe paths are relative to the recipe's folder; the runtime command runs in the workspace root.
-  const fingerprinted = externalPaths(stage, recipe).map((p) => relativeOrAbsolute(workspaceRoot, resolve(workspaceRoot, dirname(recipeFile), p)));
+  // Recipe paths are relative to the recipe's folder. Small files inside the workspace are hashed by Nx itself
+  // (includeIgnored: also when git-ignored); big or outside ones by a fingerprint command (runtime input).
+  const paths = externalPaths(stage, recipe).map((p) => relativeOrAbsolute(workspaceRoot, resolve(workspaceRoot, dirname(recipeFile), p)));
+  const fingerprinted: string[] = [];
+  for (const p of paths) {
+    const fileset = smallWorkspaceFileset(workspaceRoot, p);
+    if (fileset) inputs.push({ fileset, includeIgnored: true });
+    else fingerprinted.push(p);
+  }
   if (fingerprinted.length > 0) inputs.push({ runtime: fingerprintCommand(fingerprinted, options, workspaceRoot) });
   inputs.push(...codeInputs(stage, workspaceRoot));
   // A prebuilt engine ($NXFT_ENGINE) is identified by its path; the in-repo one by its sources (codeInputs).
@@ -169,6 +177,21 @@ function externalPaths(stage: StageName, recipe: Recipe): string[] {
   if (base.kind === "local") return [base.path];
   if (base.kind === "init") return [base.init, base.tokenizer];
   return [];
+}
+
+// Nx reads a fileset input in full whenever its mtime changes (and on every run without the daemon), so only
+// small inputs go that way.
+const NX_HASHED_MAX_BYTES = 64 << 20;
+
+function smallWorkspaceFileset(workspaceRoot: string, p: string): string | undefined {
+  if (isAbsolute(p) || p.startsWith("..")) return undefined;
+  const abs = join(workspaceRoot, p);
+  if (!existsSync(abs)) return `{workspaceRoot}/${p}`; // a missing exact path still takes part in the hash
+  const stat = statSync(abs);
+  if (!stat.isDirectory()) return stat.size <= NX_HASHED_MAX_BYTES ? `{workspaceRoot}/${p}` : undefined;
+  let total = 0;
+  for (const f of listFiles(abs)) if ((total += statSync(join(abs, f)).size) > NX_HASHED_MAX_BYTES) return undefined;
+  return `{workspaceRoot}/${p}/**/*`;
 }
 
 function fingerprintCommand(paths: string[], options: NxFinetunePluginOptions, workspaceRoot: string): string {
