@@ -209,6 +209,10 @@ int main() {
     }
     std::remove(f32.c_str());
   }
+  std::remove(path_join(synthetic, "model.safetensors").c_str());
+  std::remove(path_join(synthetic, "config.json").c_str());
+  rmdir(synthetic.c_str());
+  rmdir(dir.c_str());
   std::printf("compared %d tensors with llama_model_quantize's output\n", compared);
   if (failures) {
     std::fprintf(stderr, "%d failure(s)\n", failures);

@@ -2,9 +2,9 @@
 // next-token log-probabilities as the merged model (W + scale·B·A computed here) exported as F32. That checks
 // the tensor names and shapes (lora_a {in, r}, lora_b {r, out}), the Q/K permutation of lora_B rows, and alpha
 // (alpha/r; rsLoRA's alpha/√r carried as alpha·√r).
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ggufTokenizerMetadata } from "../../plugins/nx-finetune/src/gguf";
@@ -30,6 +30,7 @@ function readSafetensors(path: string): Record<string, { shape: number[]; data: 
 
 let dir: string;
 before(() => { dir = mkdtempSync(join(tmpdir(), "nxft-gguf-lora-")); });
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 // Writes a PEFT adapter for stories260K and the merged model; returns [adapterDir, mergedDir].
 function makeAdapter(name: string, r: number, alpha: number, rslora: boolean, seed: number): [string, string] {

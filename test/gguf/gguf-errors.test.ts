@@ -1,8 +1,8 @@
 // Bad export-gguf input fails with an `error` event that names the problem (and the file/field), exit code 1,
 // and no output file (nor temp file) left behind.
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ggufTokenizerMetadata } from "../../plugins/nx-finetune/src/gguf";
@@ -14,6 +14,7 @@ before(() => {
   dir = mkdtempSync(join(tmpdir(), "nxft-gguf-err-"));
   tokenizer = ggufTokenizerMetadata(STORIES);
 });
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 function expectFailure(job: Record<string, unknown>, pattern: RegExp, field?: string) {
   const outDir = mkdtempSync(join(dir, "out-"));

@@ -7,10 +7,10 @@
 //     q6_k / q4_0 / q8_0 and every file runs; a Q8_0 export stays close to F32 in log-probabilities.
 //   - qwen2 (q/k/v biases) and gemma (norm +1, tied) synthetic models export and run.
 //   - Llama-3.1 rope scaling becomes rope_freqs.weight with the converter's values.
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { ggufTokenizerMetadata } from "../../plugins/nx-finetune/src/gguf";
@@ -27,6 +27,7 @@ before(() => {
   const tokenizer = ggufTokenizerMetadata(STORIES);
   for (const type of PRESETS) exportGguf({ model: STORIES, out: storiesFile(type), type, tokenizer, name: "stories260K" }, dir);
 });
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 test("stories260K: F32 greedy continuation equals transformers'", async () => {
   const r = await greedy(storiesFile("f32"), "Once upon a time", 40);

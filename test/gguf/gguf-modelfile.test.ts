@@ -5,10 +5,10 @@
 //     the data Ollama passes: .Messages of role/content) gives the same text minus the BOS that Ollama adds.
 //   - Modelfile structure: FROM, ADAPTER, SYSTEM, stop PARAMETERs; template "base" maps known Jinja families and
 //     refuses unknown ones.
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { cpSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Template } from "@huggingface/jinja";
@@ -65,6 +65,8 @@ func main() {
 `);
   }
 });
+
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 function goRender(template: string, messages: Msg[]): string {
   const r = spawnSync("go", ["run", "."], { cwd: dir, input: JSON.stringify({ Template: template, Messages: messages.map((m) => ({ Role: m.role, Content: m.content })) }), encoding: "utf8" });

