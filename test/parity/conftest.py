@@ -57,6 +57,10 @@ TRAIN_CASES = [
               eps=1e-6),
     TrainCase("mistral-rslora", "mistral", r=16, alpha=32, targets=("q_proj", "v_proj", "gate_proj", "down_proj"),
               rslora=True, warmup_steps=5, batch_size=1, grad_accum=4, weight_decay=0.1, lr=2e-3),
+    # long packed rows (T = 160, documents up to 80 tokens): multi-tile attention / matmul paths, RoPE at larger
+    # positions, odd rank
+    TrainCase("llama-odd-long", "llama-odd", r=6, alpha=12, targets=ALL, batch_size=3, seq_len=160, distinct=6,
+              lr=2e-3, max_grad_norm=2.0),
     TrainCase("stories260K", "stories260K", r=8, alpha=16, targets=ALL, lr=2e-3, grad_accum=2, seq_len=64,
               max_grad_norm=1.0, weight_decay=0.01),
 ]

@@ -83,6 +83,13 @@ TINY_ARCHS: dict[str, tuple[str, dict]] = {
         vocab_size=150, hidden_size=32, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, head_dim=16, tie_word_embeddings=True, rms_norm_eps=1e-6, max_position_embeddings=256,
         rope_theta=10000.0, initializer_range=0.08, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    # awkward sizes for blocked/SIMD kernels: hidden 72, head_dim 12, intermediate 200, vocab 301, GQA 6/3.
+    "llama-odd": ("llama", dict(
+        vocab_size=301, hidden_size=72, intermediate_size=200, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=3, tie_word_embeddings=False, rms_norm_eps=1e-5, max_position_embeddings=512,
+        rope_theta=10000.0, initializer_range=0.08, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 128})),
     # mistral: GQA, untied, sliding window far above the sequence lengths used here.
     "mistral": ("mistral", dict(
         vocab_size=140, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
