@@ -230,7 +230,7 @@ uint64_t Transformer::lora_seed(uint64_t seed, int layer, int target) const {
 
 // ---- buffers ------------------------------------------------------------------------------------------------
 
-void Transformer::alloc_layer_acts(LayerActs& a, int N, int B, int T) {
+void Transformer::alloc_layer_acts(LayerActs& a, int N) {
   const ModelConfig& c = cfg_;
   const int C = c.hidden_size, F = c.intermediate_size, qd = c.num_heads * c.head_dim,
             kvd = c.num_kv_heads * c.head_dim;
@@ -249,8 +249,6 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N, int B, int T) {
   a.h = be_.alloc(size_t(N) * F, Role::Activation);
   if (has_lora_)
     for (int t = 0; t < 7; t++) a.xa[t] = be_.alloc(size_t(N) * spec_.r, Role::Activation);
-  (void)B;
-  (void)T;
 }
 
 void Transformer::ensure_buffers(int N, bool training) {
@@ -274,7 +272,7 @@ void Transformer::ensure_buffers(int N, bool training) {
   const bool train_bufs = training || have_train;
   const size_t n_acts = std::max(want_acts, (train_bufs && !opt_.gradient_checkpointing) ? size_t(L) : size_t(1));
   acts_.resize(n_acts);
-  for (LayerActs& a : acts_) alloc_layer_acts(a, cap, 0, 0);
+  for (LayerActs& a : acts_) alloc_layer_acts(a, cap);
   res_.resize(size_t(L) + 1);
   for (Tensor& t : res_) t = be_.alloc(size_t(cap) * C, Role::Activation);
   ids_ = be_.alloc(size_t(cap), Role::Index);

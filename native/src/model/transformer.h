@@ -137,11 +137,9 @@ class Transformer {
   // generation cache
   int cache_cap_ = 0, cache_len_ = 0;
   std::vector<Tensor> k_cache_, v_cache_;
-  std::vector<LayerActs> gen_acts_;
-  int gen_cap_n_ = 0;
 
   void ensure_buffers(int N, bool training);
-  void alloc_layer_acts(LayerActs& a, int N, int B, int T);
+  void alloc_layer_acts(LayerActs& a, int N);
   void free_layer_acts(LayerActs& a);
   void upload_batch(const Batch& batch);
   void release(Tensor& t);
