@@ -8,7 +8,7 @@
 // NXFT_ENGINE selects the engine binary (default native/build/finetune-engine).
 import { spawnSync } from "node:child_process";
 import { closeSync, cpSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
-import { tmpdir, cpus } from "node:os";
+import { tmpdir, cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { ggufTokenizerMetadata } from "../plugins/nx-finetune/src/gguf";
 
@@ -100,27 +100,31 @@ function main() {
   const inputBytes = writeModel(model);
   console.error(`synthetic model: ${(inputBytes / 1e9).toFixed(2)} GB BF16, ${layers} layers, written in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   const tokenizer = ggufTokenizerMetadata(model);
+  const loadBefore = loadavg().map((x) => x.toFixed(1)).join(" ");
   const rows: string[][] = [];
   for (const type of types) {
     const out = join(work, `m.${type}.gguf`);
     const jobPath = join(work, `job-${type}.json`);
     writeFileSync(jobPath, JSON.stringify({ command: "export-gguf", model, out, type, tokenizer, name: "bench-1b", threads }));
     const start = process.hrtime.bigint();
-    const r = spawnSync("/usr/bin/time", ["-f", "%M", ENGINE, "export-gguf", "--job", jobPath], { encoding: "utf8", maxBuffer: 1 << 26 });
+    const r = spawnSync("/usr/bin/time", ["-f", "%M %U %S", ENGINE, "export-gguf", "--job", jobPath], { encoding: "utf8", maxBuffer: 1 << 26 });
     const secs = Number(process.hrtime.bigint() - start) / 1e9;
     if (r.status !== 0) throw new Error(`${type}: export failed: ${r.stdout.split("\n").find((l) => l.includes('"error"'))} ${r.stderr}`);
-    const rssKb = Number(r.stderr.trim().split("\n").pop());
+    const [rssKb, user, sys] = r.stderr.trim().split("\n").pop()!.split(" ").map(Number);
+    const cpu = user + sys;
     const done = JSON.parse(r.stdout.trim().split("\n").pop()!);
     const size = statSync(out).size;
-    rows.push([type, secs.toFixed(1), (inputBytes / 1e9 / secs).toFixed(3), (size / 1e9).toFixed(2), (rssKb / 1024).toFixed(0),
+    rows.push([type, secs.toFixed(1), (inputBytes / 1e9 / secs).toFixed(3), cpu.toFixed(1), (inputBytes / 1e9 / cpu).toFixed(3),
+      (size / 1e9).toFixed(2), (rssKb / 1024).toFixed(0),
       Object.entries(done.summary.tensor_types).map(([k, v]) => `${k}:${v}`).join(" ")]);
     if (!keep) rmSync(out);
   }
-  const head = ["type", "seconds", "GB/s (input)", "output GB", "peak RSS MiB", "tensor types"];
+  // CPU seconds (user + sys of the engine) make the per-type cost comparable when other work shares the cores.
+  const head = ["type", "wall s", "GB/s (input, wall)", "CPU s", "GB per CPU-s", "output GB", "peak RSS MiB", "tensor types"];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => "| " + cells.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
   console.log(`export-gguf, synthetic Llama-3.2-1B shape (${layers} layers, ${(inputBytes / 1e9).toFixed(2)} GB BF16 safetensors), ` +
-    `${threads} threads, ${cpus()[0]?.model ?? "cpu"}`);
+    `${threads} threads, ${cpus()[0]?.model ?? "cpu"}, load average before the runs ${loadBefore}`);
   console.log(line(head));
   console.log("|" + widths.map((w) => "-".repeat(w + 2)).join("|") + "|");
   for (const r of rows) console.log(line(r));

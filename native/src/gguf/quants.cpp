@@ -7,7 +7,7 @@
 #include "gguf/quants.h"
 
 // Parity needs unfused multiply-adds even if someone builds the engine with -march=native (FMA).
-#pragma GCC optimize("fp-contract=off")
+#pragma GCC optimize("O3", "fp-contract=off")
 
 #include <cmath>
 #include <cstring>
@@ -97,6 +97,16 @@ static inline int round_nearest_even(float v) {
 
 static inline int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// roundf (ties away from zero) for |v| < 2^31, inline: truncate, then step away from zero when the dropped
+// fraction (exact: v and its truncation share sign and exponent range) is at least one half.
+static inline int round_half_away(float v) {
+  int i = int(v);
+  float frac = v - float(i);
+  if (frac >= 0.5f) i++;
+  else if (frac <= -0.5f) i--;
+  return i;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // 32-element blocks
 
@@ -108,7 +118,7 @@ void quantize_row_q8_0(const float* x, uint8_t* out, int64_t n) {
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     put_f16(out, d);
     int8_t* qs = reinterpret_cast<int8_t*>(out + 2);
-    for (int j = 0; j < 32; j++) qs[j] = int8_t(std::round(x[j] * id));  // roundf: ties away from zero
+    for (int j = 0; j < 32; j++) qs[j] = int8_t(round_half_away(x[j] * id));
   }
 }
 
