@@ -10,6 +10,10 @@
 # Environment: PHASE=all|ours|peer (default all), PLANS (ours), PEER_PLAN / PEER_COMPILE_PLAN (peer),
 # OUT (logs; default /tmp/cuda-bench), CUDNN_FE (cudnn-frontend root; default .carry/cudnn-frontend).
 # Never part of CI: CI has no GPU.
+# Preparing the carried folder (git-ignored .carry/, passed with the device tool's `carry`):
+#   cp ../shared/bench/hf_peft_baseline.py .carry/
+#   pip download --no-deps nvidia-cudnn-frontend && unzip -o nvidia_cudnn_frontend-*.whl 'include/*' -d .carry/cudnn-frontend
+# Results of a run: bench/results/cuda-h100-<date>.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
