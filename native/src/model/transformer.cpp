@@ -177,15 +177,15 @@ void Transformer::release(Tensor& t) {
 }
 
 void Transformer::free_layer_acts(LayerActs& a) {
-  for (Tensor* t : {&a.xn1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.res_mid, &a.xn2, &a.rstd2, &a.g, &a.u, &a.h})
-    release(*t);
+  for (Tensor* t : {&a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.res_mid, &a.rstd2, &a.g, &a.u}) release(*t);
+  a.xn1 = a.xn2 = a.h = Tensor();   // shared buffers (xn_, h_), released by ensure_buffers / the destructor
   for (Tensor& t : a.xa) release(t);
 }
 
 Transformer::~Transformer() {
   for (LayerActs& a : acts_) free_layer_acts(a);
   for (Tensor& t : res_) release(t);
-  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
+  for (Tensor* t : {&xn_, &h_, &ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
                     &dh_, &dg_, &du_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_,
                     &ce_loss_, &ce_lse_, &params_, &grads_, &inv_freq_})
     release(*t);
@@ -234,7 +234,7 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N) {
   const ModelConfig& c = cfg_;
   const int C = c.hidden_size, F = c.intermediate_size, qd = c.num_heads * c.head_dim,
             kvd = c.num_kv_heads * c.head_dim;
-  a.xn1 = be_.alloc(size_t(N) * C, Role::Activation);
+  a.xn1 = a.xn2 = xn_;   // not kept per layer: recomputed in backward (see layer_backward)
   a.rstd1 = be_.alloc(size_t(N), Role::Stat);
   a.q = be_.alloc(size_t(N) * qd, Role::Activation);
   a.k = be_.alloc(size_t(N) * kvd, Role::Activation);
@@ -242,11 +242,10 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N) {
   a.att = be_.alloc(size_t(N) * qd, Role::Activation);
   a.lse = be_.alloc(size_t(N) * c.num_heads, Role::Stat);
   a.res_mid = be_.alloc(size_t(N) * C, Role::Activation);
-  a.xn2 = be_.alloc(size_t(N) * C, Role::Activation);
   a.rstd2 = be_.alloc(size_t(N), Role::Stat);
   a.g = be_.alloc(size_t(N) * F, Role::Activation);
   a.u = be_.alloc(size_t(N) * F, Role::Activation);
-  a.h = be_.alloc(size_t(N) * F, Role::Activation);
+  a.h = h_;
   if (has_lora_)
     for (int t = 0; t < 7; t++) a.xa[t] = be_.alloc(size_t(N) * spec_.r, Role::Activation);
 }
@@ -264,13 +263,15 @@ void Transformer::ensure_buffers(int N, bool training) {
   acts_.clear();
   for (Tensor& t : res_) release(t);
   res_.clear();
-  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
+  for (Tensor* t : {&xn_, &h_, &ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
                     &dh_, &dg_, &du_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_,
                     &ce_loss_, &ce_lse_})
     release(*t);
   cap_n_ = cap;
   const bool train_bufs = training || have_train;
   const size_t n_acts = std::max(want_acts, (train_bufs && !opt_.gradient_checkpointing) ? size_t(L) : size_t(1));
+  xn_ = be_.alloc(size_t(cap) * C, Role::Activation);
+  h_ = be_.alloc(size_t(cap) * F, Role::Activation);
   acts_.resize(n_acts);
   for (LayerActs& a : acts_) alloc_layer_acts(a, cap);
   res_.resize(size_t(L) + 1);
@@ -418,10 +419,16 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
             HD = c.head_dim, qd = NH * HD, kvd = NKV * HD;
   const bool p1 = c.norm_plus_one;
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  // xn1, xn2 and h are not kept per layer (they would cost 2·C + F values per token per layer): the LoRA
+  // backward of the projections they feed recomputes them here from what is kept (x, res_mid, g, u), bit for bit.
+  const std::array<int, 7>& adapted = slot_of_[size_t(l)];
   // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd
+  if (adapted[kDown] >= 0) be_.glu_forward(a.h, a.g, a.u, N, F, act);
   be_.matmul(dh_, dres_, W.wd, N, F, C, false, false, 1.0f, 0.0f);
   lora_backward(dh_, dres_, a.h, a.xa[kDown], N, l, kDown, seed);
   be_.glu_backward(dg_, du_, dh_, a.g, a.u, N, F, act);
+  if (adapted[kGate] >= 0 || adapted[kUp] >= 0)
+    be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, c.rms_norm_eps, p1);
   be_.matmul(dxn_, dg_, W.wg, N, C, F, false, false, 1.0f, 0.0f);
   lora_backward(dxn_, dg_, a.xn2, a.xa[kGate], N, l, kGate, seed);
   be_.matmul(dxn_, du_, W.wu, N, C, F, false, false, 1.0f, 1.0f);
@@ -433,6 +440,8 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   be_.attention_backward(dq_, dk_, dv_, datt_, a.q, a.k, a.v, a.att, a.lse, doc_start_, B, T, NH, NKV, HD);
   be_.rope_backward(dq_, positions_, inv_freq_, N, NH, HD);
   be_.rope_backward(dk_, positions_, inv_freq_, N, NKV, HD);
+  if (adapted[kQ] >= 0 || adapted[kK] >= 0 || adapted[kV] >= 0)
+    be_.rmsnorm_forward(a.xn1, a.rstd1, x, W.attn_norm, N, C, c.rms_norm_eps, p1);
   be_.matmul(dxn_, dq_, W.wq, N, C, qd, false, false, 1.0f, 0.0f);
   lora_backward(dxn_, dq_, a.xn1, a.xa[kQ], N, l, kQ, seed);
   be_.matmul(dxn_, dk_, W.wk, N, C, kvd, false, false, 1.0f, 1.0f);

@@ -99,7 +99,7 @@ class Transformer {
     int layer = 0, target = 0, in = 0, out = 0;
     size_t off_a = 0, off_b = 0;   // offsets into params_/grads_
   };
-  struct LayerActs {  // what backward needs from a layer's forward
+  struct LayerActs {  // what backward needs from a layer's forward (xn1/xn2/h alias the shared xn_/h_)
     Tensor xn1, rstd1, q, k, v, att, lse, res_mid, xn2, rstd2, g, u, h;
     Tensor xa[7];     // (N, r) LoRA intermediates per target
   };
@@ -128,6 +128,7 @@ class Transformer {
   int cap_n_ = 0;
   std::vector<Tensor> res_;        // L+1 residual streams (N, C)
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
+  Tensor xn_, h_;                  // (N, C), (N, F): normalized input and GLU output, shared by all layers
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
   Tensor dres_, dxn_, dq_, dk_, dv_, datt_, dh_, dg_, du_, dxa_, scratch_in_, scratch_dx_;
