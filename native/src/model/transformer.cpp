@@ -247,7 +247,8 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N) {
   a.u = be_.alloc(size_t(N) * F, Role::Activation);
   a.h = h_;
   if (has_lora_)
-    for (int t = 0; t < 7; t++) a.xa[t] = be_.alloc(size_t(N) * spec_.r, Role::Activation);
+    for (int t = 0; t < 7; t++)   // every layer adapts the same projections
+      if (slot_of_[0][size_t(t)] >= 0) a.xa[t] = be_.alloc(size_t(N) * spec_.r, Role::Activation);
 }
 
 void Transformer::ensure_buffers(int N, bool training) {
