@@ -368,6 +368,14 @@ int cmd_train(const Json& job, const std::string& job_path) {
       emit_event("checkpoint", Json::object().set("step", Json::number(double(state.step))).set("path", Json::string(dir)));
     }
   }
+  // a resumed run that had already evaluated at this step (it finished before) does not evaluate again
+  for (const std::string& line : state.metrics) {
+    Json m = Json::parse(line, "metrics");
+    if (m.at("event").as_string() == "eval" && m.at("step").as_int() == state.step) {
+      last_eval_step = state.step;
+      last_eval = m.at("loss").is_number() ? m.at("loss").as_number() : std::nan("");
+    }
+  }
   if (eval && last_eval_step != state.step) run_eval(state.step);
   if (std::isnan(last_loss) && !state.metrics.empty()) {   // resumed at the very end: report the recorded loss
     for (auto it = state.metrics.rbegin(); it != state.metrics.rend(); ++it) {
