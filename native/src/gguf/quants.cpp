@@ -9,6 +9,7 @@
 // Parity needs unfused multiply-adds even if someone builds the engine with -march=native (FMA).
 #pragma GCC optimize("O3", "fp-contract=off")
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -75,6 +76,9 @@ size_t ggml_row_bytes(GgmlType t, int64_t n) {
 
 // ---------------------------------------------------------------------------------------------------------
 // helpers
+
+static std::atomic<bool> g_force_scalar{false};
+void quants_force_scalar(bool on) { g_force_scalar.store(on); }
 
 static inline void put_f16(uint8_t* p, float v) {
   uint16_t h = f32_to_f16(v);
@@ -332,11 +336,11 @@ static inline void unpack_scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uin
 // Shared by Q4_K (nmax 15) and Q5_K (nmax 31): per 256-element super-block, fit each 32-element sub-block,
 // quantize the sub-block scales and mins to 6 bits against the super-block maxima, then requantize the values
 // against the rounded scales. Leaves the levels in L[256] and fills d, dmin, scales[12].
-static void quantize_superblock_k(const float* x, int nmax, float rmin, float rdelta, int nstep, uint8_t* d_out,
-                                  uint8_t* dmin_out, uint8_t* scales_out, uint8_t L[256]) {
-  float sub_scale[8], sub_min[8], w[32];
+// Weights of a 32-element sub-block: rms of the block + |x| (favours the large values), then fit_scale_min.
+static void fit_subblocks_scalar(const float* x, int nmax, float rmin, float rdelta, int nstep, uint8_t L[256],
+                                 float sub_scale[8], float sub_min[8]) {
+  float w[32];
   uint8_t L_try[32];
-  float max_scale = 0, max_min = 0;
   for (int j = 0; j < 8; j++) {
     const float* xs = x + 32 * j;
     float sum_x2 = 0;
@@ -344,6 +348,113 @@ static void quantize_superblock_k(const float* x, int nmax, float rmin, float rd
     float av_x = std::sqrt(sum_x2 / 32);
     for (int l = 0; l < 32; l++) w[l] = av_x + std::fabs(xs[l]);
     sub_scale[j] = fit_scale_min(32, nmax, xs, w, L + 32 * j, &sub_min[j], L_try, rmin, rdelta, nstep);
+  }
+}
+
+#if defined(__x86_64__)
+// The same computation for the 8 sub-blocks of a super-block at once, one sub-block per AVX lane. Every lane
+// performs exactly the scalar operations in the scalar order (sums stay sequential within a lane; no FMA;
+// branches become per-lane selects), so the results are bit-identical to fit_subblocks_scalar — about 6×
+// faster. xt[i] holds element i of every sub-block.
+__attribute__((target("avx2"))) static void fit_subblocks_avx2(const float* x, int nmax, float rmin, float rdelta,
+                                                                int nstep, uint8_t L[256], float sub_scale[8],
+                                                                float sub_min[8]) {
+  __m256 xt[32], wt[32];
+  __m256i Lb[32], Lt[32];
+  alignas(32) float lane[8];
+  for (int i = 0; i < 32; i++) {
+    for (int j = 0; j < 8; j++) lane[j] = x[32 * j + i];
+    xt[i] = _mm256_load_ps(lane);
+  }
+  const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+  const __m256 magic = _mm256_set1_ps(12582912.f);
+  const __m256i mant = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000);
+  const __m256i izero = _mm256_setzero_si256(), inmax = _mm256_set1_epi32(nmax);
+  auto rne = [&](__m256 v) {   // round_nearest_even, clamped to [0, nmax]
+    __m256i i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(v, magic)), mant), bias);
+    return _mm256_min_epi32(_mm256_max_epi32(i, izero), inmax);
+  };
+  // weights
+  __m256 sum_x2 = zero;
+  for (int i = 0; i < 32; i++) sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xt[i], xt[i]));
+  const __m256 av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, _mm256_set1_ps(32.f)));
+  for (int i = 0; i < 32; i++) wt[i] = _mm256_add_ps(av_x, _mm256_andnot_ps(sign, xt[i]));
+  // min, max, Σw, Σw·x
+  __m256 lo = xt[0], hi = xt[0], sum_w = wt[0], sum_x = _mm256_mul_ps(wt[0], xt[0]);
+  for (int i = 1; i < 32; i++) {
+    lo = _mm256_blendv_ps(lo, xt[i], _mm256_cmp_ps(xt[i], lo, _CMP_LT_OQ));
+    hi = _mm256_blendv_ps(hi, xt[i], _mm256_cmp_ps(xt[i], hi, _CMP_GT_OQ));
+    sum_w = _mm256_add_ps(sum_w, wt[i]);
+    sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(wt[i], xt[i]));
+  }
+  lo = _mm256_blendv_ps(lo, zero, _mm256_cmp_ps(lo, zero, _CMP_GT_OQ));
+  const __m256 flat = _mm256_cmp_ps(hi, lo, _CMP_EQ_OQ);
+  const __m256 lo_flat = lo;
+  const __m256 fnmax = _mm256_set1_ps(float(nmax));
+  __m256 inv = _mm256_div_ps(fnmax, _mm256_sub_ps(hi, lo));
+  __m256 scale = _mm256_div_ps(_mm256_set1_ps(1.0f), inv);
+  __m256 best = zero;
+  for (int i = 0; i < 32; i++) {
+    Lb[i] = rne(_mm256_mul_ps(inv, _mm256_sub_ps(xt[i], lo)));
+    __m256 e = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, _mm256_cvtepi32_ps(Lb[i])), lo), xt[i]);
+    best = _mm256_add_ps(best, _mm256_mul_ps(wt[i], _mm256_mul_ps(e, e)));
+  }
+  for (int k = 0; k <= nstep; k++) {
+    inv = _mm256_div_ps(_mm256_set1_ps(rmin + rdelta * k + nmax), _mm256_sub_ps(hi, lo));
+    __m256 s_l = zero, s_l2 = zero, s_xl = zero;
+    for (int i = 0; i < 32; i++) {
+      Lt[i] = rne(_mm256_mul_ps(inv, _mm256_sub_ps(xt[i], lo)));
+      __m256 l = _mm256_cvtepi32_ps(Lt[i]);
+      __m256 wl = _mm256_mul_ps(wt[i], l);
+      s_l = _mm256_add_ps(s_l, wl);
+      s_l2 = _mm256_add_ps(s_l2, _mm256_mul_ps(wl, l));
+      s_xl = _mm256_add_ps(s_xl, _mm256_mul_ps(wl, xt[i]));
+    }
+    __m256 det = _mm256_sub_ps(_mm256_mul_ps(sum_w, s_l2), _mm256_mul_ps(s_l, s_l));
+    __m256 ok = _mm256_cmp_ps(det, zero, _CMP_GT_OQ);
+    __m256 try_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, s_xl), _mm256_mul_ps(sum_x, s_l)), det);
+    __m256 try_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(s_l2, sum_x), _mm256_mul_ps(s_l, s_xl)), det);
+    __m256 pos = _mm256_cmp_ps(try_min, zero, _CMP_GT_OQ);
+    try_min = _mm256_blendv_ps(try_min, zero, pos);
+    try_scale = _mm256_blendv_ps(try_scale, _mm256_div_ps(s_xl, s_l2), pos);
+    __m256 err = zero;
+    for (int i = 0; i < 32; i++) {
+      __m256 e = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(try_scale, _mm256_cvtepi32_ps(Lt[i])), try_min), xt[i]);
+      err = _mm256_add_ps(err, _mm256_mul_ps(wt[i], _mm256_mul_ps(e, e)));
+    }
+    __m256 better = _mm256_andnot_ps(flat, _mm256_and_ps(ok, _mm256_cmp_ps(err, best, _CMP_LT_OQ)));
+    __m256i bi = _mm256_castps_si256(better);
+    for (int i = 0; i < 32; i++) Lb[i] = _mm256_blendv_epi8(Lb[i], Lt[i], bi);
+    best = _mm256_blendv_ps(best, err, better);
+    scale = _mm256_blendv_ps(scale, try_scale, better);
+    lo = _mm256_blendv_ps(lo, try_min, better);
+  }
+  // flat sub-blocks: L = 0, scale 0, min = −lo
+  scale = _mm256_blendv_ps(scale, zero, flat);
+  lo = _mm256_blendv_ps(lo, lo_flat, flat);
+  __m256i fi = _mm256_castps_si256(flat);
+  alignas(32) int32_t li[8];
+  for (int i = 0; i < 32; i++) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(li), _mm256_blendv_epi8(Lb[i], izero, fi));
+    for (int j = 0; j < 8; j++) L[32 * j + i] = uint8_t(li[j]);
+  }
+  _mm256_storeu_ps(sub_scale, scale);
+  _mm256_storeu_ps(sub_min, _mm256_xor_ps(lo, sign));   // −lo
+}
+#endif
+
+static void quantize_superblock_k(const float* x, int nmax, float rmin, float rdelta, int nstep, uint8_t* d_out,
+                                  uint8_t* dmin_out, uint8_t* scales_out, uint8_t L[256]) {
+  float sub_scale[8], sub_min[8];
+#if defined(__x86_64__)
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+  if (has_avx2 && !g_force_scalar.load(std::memory_order_relaxed)) fit_subblocks_avx2(x, nmax, rmin, rdelta, nstep, L, sub_scale, sub_min);
+  else fit_subblocks_scalar(x, nmax, rmin, rdelta, nstep, L, sub_scale, sub_min);
+#else
+  fit_subblocks_scalar(x, nmax, rmin, rdelta, nstep, L, sub_scale, sub_min);
+#endif
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; j++) {
     if (sub_scale[j] > max_scale) max_scale = sub_scale[j];
     if (sub_min[j] > max_min) max_min = sub_min[j];
   }
@@ -553,7 +664,7 @@ __attribute__((target("avx,f16c"))) static void f32_to_f16_row_f16c(const float*
 static void f32_to_f16_row(const float* x, uint8_t* out, int64_t n) {
 #if defined(__x86_64__)
   static const bool has_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
-  if (has_f16c) return f32_to_f16_row_f16c(x, out, n);
+  if (has_f16c && !g_force_scalar.load(std::memory_order_relaxed)) return f32_to_f16_row_f16c(x, out, n);
 #endif
   convert_from_f32(x, out, DType::F16, size_t(n));
 }

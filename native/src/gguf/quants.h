@@ -32,4 +32,7 @@ void encode_row(GgmlType t, const float* x, uint8_t* out, int64_t n);
 // Decode `n` values of type `t` back to fp32.
 void decode_row(GgmlType t, const uint8_t* in, float* y, int64_t n);
 
+// Tests: use the portable scalar code even where AVX2/F16C fast paths exist (both must give the same bytes).
+void quants_force_scalar(bool on);
+
 }  // namespace nxft
