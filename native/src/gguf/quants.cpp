@@ -513,18 +513,101 @@ void quantize_row_q5_K(const float* x, uint8_t* out, int64_t n) {
   }
 }
 
+#if defined(__x86_64__)
+// fit_scale_symmetric(16, 32, …) for 8 consecutive 16-element sub-blocks at once, one per AVX lane, with the
+// scalar operations in the scalar order (bit-identical, see fit_subblocks_avx2).
+__attribute__((target("avx2"))) static void fit_symmetric16_x8_avx2(const float* x, int8_t* L, float* sub_scale) {
+  const int nmax = 32;
+  __m256 xt[16];
+  __m256i Lb[16], Lt[16];
+  alignas(32) float lane[8];
+  for (int i = 0; i < 16; i++) {
+    for (int j = 0; j < 8; j++) lane[j] = x[16 * j + i];
+    xt[i] = _mm256_load_ps(lane);
+  }
+  const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+  const __m256 magic = _mm256_set1_ps(12582912.f);
+  const __m256i mant = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000);
+  const __m256i lo_i = _mm256_set1_epi32(-nmax), hi_i = _mm256_set1_epi32(nmax - 1);
+  auto rne = [&](__m256 v) {
+    __m256i i = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(_mm256_add_ps(v, magic)), mant), bias);
+    return _mm256_min_epi32(_mm256_max_epi32(i, lo_i), hi_i);
+  };
+  __m256 max = zero, amax = zero;
+  for (int i = 0; i < 16; i++) {
+    __m256 ax = _mm256_andnot_ps(sign, xt[i]);
+    __m256 gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+    amax = _mm256_blendv_ps(amax, ax, gt);
+    max = _mm256_blendv_ps(max, xt[i], gt);
+  }
+  const __m256 valid = _mm256_cmp_ps(amax, _mm256_set1_ps(1e-15f), _CMP_GE_OQ);   // !(amax < eps)
+  __m256 inv = _mm256_div_ps(_mm256_set1_ps(float(-nmax)), max);
+  __m256 s_lx = zero, s_l2 = zero;
+  for (int i = 0; i < 16; i++) {
+    Lb[i] = rne(_mm256_mul_ps(inv, xt[i]));
+    __m256 l = _mm256_cvtepi32_ps(Lb[i]);
+    __m256 w = _mm256_mul_ps(xt[i], xt[i]);
+    s_lx = _mm256_add_ps(s_lx, _mm256_mul_ps(_mm256_mul_ps(w, xt[i]), l));
+    s_l2 = _mm256_add_ps(s_l2, _mm256_mul_ps(_mm256_mul_ps(w, l), l));
+  }
+  __m256 scale = _mm256_blendv_ps(zero, _mm256_div_ps(s_lx, s_l2), _mm256_cmp_ps(s_l2, zero, _CMP_NEQ_OQ));
+  __m256 best = _mm256_mul_ps(scale, s_lx);
+  for (int k = -9; k <= 9; k++) {
+    if (k == 0) continue;
+    inv = _mm256_div_ps(_mm256_set1_ps(-(nmax + 0.1f * k)), max);
+    s_lx = s_l2 = zero;
+    for (int i = 0; i < 16; i++) {
+      Lt[i] = rne(_mm256_mul_ps(inv, xt[i]));
+      __m256 l = _mm256_cvtepi32_ps(Lt[i]);
+      __m256 w = _mm256_mul_ps(xt[i], xt[i]);
+      s_lx = _mm256_add_ps(s_lx, _mm256_mul_ps(_mm256_mul_ps(w, xt[i]), l));
+      s_l2 = _mm256_add_ps(s_l2, _mm256_mul_ps(_mm256_mul_ps(w, l), l));
+    }
+    __m256 better = _mm256_and_ps(_mm256_cmp_ps(s_l2, zero, _CMP_GT_OQ),
+                                  _mm256_cmp_ps(_mm256_mul_ps(s_lx, s_lx), _mm256_mul_ps(best, s_l2), _CMP_GT_OQ));
+    better = _mm256_and_ps(better, valid);
+    __m256i bi = _mm256_castps_si256(better);
+    for (int i = 0; i < 16; i++) Lb[i] = _mm256_blendv_epi8(Lb[i], Lt[i], bi);
+    __m256 new_scale = _mm256_div_ps(s_lx, s_l2);
+    scale = _mm256_blendv_ps(scale, new_scale, better);
+    best = _mm256_blendv_ps(best, _mm256_mul_ps(new_scale, s_lx), better);
+  }
+  // all-zero sub-blocks: L = 0 (stored as 0, not nmax), scale 0
+  scale = _mm256_and_ps(scale, valid);
+  __m256i vi = _mm256_castps_si256(valid);
+  const __m256i off = _mm256_set1_epi32(nmax);
+  alignas(32) int32_t li[8];
+  for (int i = 0; i < 16; i++) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(li), _mm256_and_si256(_mm256_add_epi32(Lb[i], off), vi));
+    for (int j = 0; j < 8; j++) L[16 * j + i] = int8_t(li[j]);
+  }
+  _mm256_storeu_ps(sub_scale, scale);
+}
+#endif
+
 void quantize_row_q6_K(const float* x, uint8_t* out, int64_t n) {
   int8_t L[256];
   float sub_scale[16];
+#if defined(__x86_64__)
+  static const bool has_avx2 = __builtin_cpu_supports("avx2");
+#endif
   for (int64_t b = 0; b < n / kQK_K; b++, x += kQK_K, out += 210) {
     std::memset(out, 0, 210);
     uint8_t* ql = out;
     uint8_t* qh = out + 128;
     int8_t* scales = reinterpret_cast<int8_t*>(out + 192);
     uint8_t* d_out = out + 208;
+#if defined(__x86_64__)
+    if (has_avx2 && !g_force_scalar.load(std::memory_order_relaxed)) {
+      fit_symmetric16_x8_avx2(x, L, sub_scale);
+      fit_symmetric16_x8_avx2(x + 128, L + 128, sub_scale + 8);
+    } else
+#endif
+    {
+      for (int j = 0; j < 16; j++) sub_scale[j] = fit_scale_symmetric(16, 32, x + 16 * j, L + 16 * j);
+    }
     float max_scale = 0, max_abs_scale = 0;
     for (int j = 0; j < 16; j++) {
-      sub_scale[j] = fit_scale_symmetric(16, 32, x + 16 * j, L + 16 * j);
       float a = std::fabs(sub_scale[j]);
       if (a > max_abs_scale) {
         max_abs_scale = a;
