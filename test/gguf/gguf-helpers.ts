@@ -196,7 +196,7 @@ export function writeRandomModel(dir: string, s: LlamaShape, seed: number): Reco
 
 let llamaPromise: Promise<any> | undefined;
 export function llama(): Promise<any> {
-  llamaPromise ??= import("node-llama-cpp").then((m) => m.getLlama({ gpu: false, build: "never", logLevel: "error" }));
+  llamaPromise ??= import("node-llama-cpp").then((m) => m.getLlama({ gpu: false, build: "never", logLevel: m.LlamaLogLevel.error }));
   return llamaPromise;
 }
 
