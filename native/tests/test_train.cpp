@@ -155,6 +155,28 @@ void test_resume_and_determinism(const std::string& model) {
   MT_CHECK(one == full && file_bytes(outC + "/adapter_model.safetensors") == adapterA, "1 thread differs from 2 threads");
 }
 
+// `eval` of the trained adapter over the eval shards reproduces train's final eval loss exactly (same batches).
+void test_eval_command(const std::string& model) {
+  const std::string out = g_tmp + "/outA";
+  Json summary = Json::parse_file(out + "/summary.json");
+  const std::string captured = g_tmp + "/eval-events.jsonl";
+  Json job = Json::parse(R"({"command":"eval","model":")" + model + R"(","adapter":")" + out + R"(","shards":[")" + g_tmp +
+                         R"(/eval.tokens.bin"],"batch_size":2,"backend":"cpu","threads":2})");
+  std::fflush(stdout);
+  FILE* f = std::freopen(captured.c_str(), "w", stdout);
+  (void)f;
+  find_command("eval")(job, g_tmp + "/eval-job.json");
+  std::fflush(stdout);
+  f = std::freopen("/dev/null", "w", stdout);
+  std::string text = read_file(captured);
+  size_t pos = text.rfind("{\"event\":\"done\"");
+  MT_CHECK(pos != std::string::npos, "eval emitted no done event");
+  if (pos == std::string::npos) return;
+  Json done = Json::parse(text.substr(pos, text.find('\n', pos) - pos));
+  const double got = done.at("summary").at("loss").as_number(), want = summary.at("final_eval_loss").as_number();
+  MT_CHECK(got == want, "eval command loss %.17g != train's final eval loss %.17g", got, want);
+}
+
 void test_grad_accum(const std::string& model) {
   Json a = train_job(model, g_tmp + "/ga1"), b = train_job(model, g_tmp + "/ga2");
   for (Json* j : {&a, &b}) {
@@ -263,6 +285,7 @@ int main() {
   write_shard(g_tmp + "/eval.tokens.bin", 3, 40, 8);
   const std::string model = make_model();
   test_resume_and_determinism(model);
+  test_eval_command(model);
   test_grad_accum(model);
   test_qlora(model);
   test_checkpointing_and_epochs(model);

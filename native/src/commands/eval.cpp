@@ -1,0 +1,90 @@
+// eval.cpp — `finetune-engine eval`: mean cross-entropy of a model (optionally with an unmerged adapter) over
+// token shards, the same number `train` reports in its `eval` events.
+//   { "command": "eval", "model": dir, "adapter": dir|null, "shards": [...], "batch_size": 8,
+//     "backend": "auto", "threads": 0 }
+// Emits start, one `eval` event {step: 0, loss, tokens} and done {summary: {loss, tokens, rows, wall_s, files: []}}.
+#include <chrono>
+#include <cmath>
+#include "backend/backend.h"
+#include "commands/command.h"
+#include "model/lora.h"
+#include "model/transformer.h"
+#include "train/shards.h"
+#include "util/events.h"
+#include "util/fs.h"
+#include "util/job.h"
+
+namespace nxft {
+
+namespace {
+
+int cmd_eval(const Json& job, const std::string& job_path) {
+  const auto t0 = std::chrono::steady_clock::now();
+  JobReader r(job, job_path);
+  const std::string model_dir = r.path("model");
+  const std::string adapter_dir = r.opt_path("adapter");
+  const std::vector<std::string> shard_files = r.path_list("shards");
+  const int B = int(r.integer_in("batch_size", 1, 1 << 20, 8));
+  const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
+  const int threads = int(r.integer_in("threads", 0, 4096, 0));
+  r.finish();
+  if (shard_files.empty()) r.fail("shards", "must list at least one shard");
+
+  const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
+  ShardSet shards(shard_files, cfg.vocab_size);
+  std::unique_ptr<LoraAdapter> adapter;
+  if (!adapter_dir.empty()) adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+  std::unique_ptr<Backend> be = make_backend(backend_name, threads);
+  TransformerOptions opt;
+  Transformer model(*be, cfg, adapter ? &adapter->spec : nullptr, opt);
+  if (adapter) model.set_lora(*adapter);
+  emit_event("start", Json::object()
+                          .set("command", Json::string("eval"))
+                          .set("backend", Json::string(be->name()))
+                          .set("threads", Json::number(be->threads()))
+                          .set("device", Json::string(be->device()))
+                          .set("rows", Json::number(double(shards.rows()))));
+  model.load_weights(model_dir);
+
+  const int T = shards.seq_len();
+  double sum = 0;
+  int64_t count = 0;
+  std::vector<int32_t> tokens, targets, positions;
+  for (int64_t r0 = 0; r0 < shards.rows(); r0 += B) {
+    const int b = int(std::min<int64_t>(B, shards.rows() - r0));
+    tokens.resize(size_t(b) * T);
+    targets.resize(size_t(b) * T);
+    positions.resize(size_t(b) * T);
+    int64_t n = 0;
+    for (int i = 0; i < b; i++) {
+      shards.read_row(r0 + i, &tokens[size_t(i) * T], &targets[size_t(i) * T], &positions[size_t(i) * T]);
+      for (int t = 0; t < T; t++) n += targets[size_t(i) * T + t] != -100;
+    }
+    if (n == 0) continue;
+    sum += model.forward_loss(Batch{tokens.data(), targets.data(), positions.data(), b, T});
+    count += n;
+    emit_event("progress", Json::object()
+                               .set("stage", Json::string("eval"))
+                               .set("done", Json::number(double(r0 + b)))
+                               .set("total", Json::number(double(shards.rows())))
+                               .set("unit", Json::string("rows")));
+  }
+  const double loss = count > 0 ? sum / double(count) : std::nan("");
+  Json lj = std::isfinite(loss) ? Json::number(loss) : Json();
+  emit_event("eval", Json::object().set("step", Json::number(0)).set("loss", lj).set("tokens", Json::number(double(count))));
+  emit_event("done", Json::object().set("summary", Json::object()
+                                                       .set("loss", lj)
+                                                       .set("tokens", Json::number(double(count)))
+                                                       .set("rows", Json::number(double(shards.rows())))
+                                                       .set("wall_s", Json::number(std::chrono::duration<double>(
+                                                                                       std::chrono::steady_clock::now() - t0)
+                                                                                       .count()))
+                                                       .set("files", Json::array())));
+  return 0;
+}
+
+RegisterCommand reg_eval("eval", &cmd_eval);
+
+}  // namespace
+
+}  // namespace nxft
