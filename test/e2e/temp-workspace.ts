@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 
 export const repoRoot = resolve(__dirname, "..", "..");
 const COPY = ["package.json", "package-lock.json", "nx.json", "tsconfig.json", ".gitignore", "plugins/nx-finetune/", "recipes/demo/",
-              "datasets/demo/", "native/CMakeLists.txt", "native/src/"];
+              "datasets/demo/", "native/"];
 
 // `edit` may change files before the first commit (e.g. fewer training steps for a test).
 export function makeWorkspace(dir: string, edit?: (dir: string) => void): void {

@@ -213,7 +213,7 @@ function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguratio
     if (stage === "gguf") inputs.push(`{workspaceRoot}/${p}/src/gguf/**/*`);
   }
   if (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf") {
-    inputs.push("{workspaceRoot}/native/src/**/*", "{workspaceRoot}/native/CMakeLists.txt");
+    inputs.push("{workspaceRoot}/native/src/**/*", "{workspaceRoot}/native/cmake/**/*", "{workspaceRoot}/native/CMakeLists.txt");
   }
   const npm: Record<StageName, string[]> = {
     base: ["execa", "dotenv"],
