@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # merge.sh — times `finetune-engine merge` (LoRA fold-in + dtype conversion, streaming) on a random model of a
 # chosen shape and prints a table: wall time, throughput, peak RSS. Not part of CI.
-#   bench/merge.sh [tiny|1b|8b]   (default 1b: TinyLlama-1.1B shapes; 8b: Llama-3-8B shapes, ~16 GB bf16 on disk)
+#   bench/merge.sh [tiny|1b|8b4|8b]   (default 1b: TinyLlama-1.1B shapes; 8b: Llama-3-8B shapes, ~16 GB bf16 on
+#   disk, init needs ~32 GB RAM; 8b4: Llama-3-8B tensor shapes with 4 layers, to see peak memory on 8B-sized tensors)
 # Needs: a built engine (ENGINE, default native/build-infra/finetune-engine), python3 (stdlib only, for the
 # adapter), /usr/bin/time. Work files go to WORK (default /tmp/nxft-merge-bench) and are removed at the end
 # unless KEEP=1.
@@ -15,6 +16,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 case "$SHAPE" in
   tiny) DIMS='"hidden_size":256,"intermediate_size":688,"num_hidden_layers":4,"num_attention_heads":8,"num_key_value_heads":4,"vocab_size":4096' ;;
   1b)   DIMS='"hidden_size":2048,"intermediate_size":5632,"num_hidden_layers":22,"num_attention_heads":32,"num_key_value_heads":4,"vocab_size":32000' ;;
+  8b4)  DIMS='"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":4,"num_attention_heads":32,"num_key_value_heads":8,"vocab_size":128256' ;;
   8b)   DIMS='"hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":8,"vocab_size":128256' ;;
   *) echo "unknown shape $SHAPE" >&2; exit 2 ;;
 esac

@@ -83,17 +83,20 @@ int main() {
   }
   CHECK(lora_of.size() == 14);
 
-  for (const char* dt : {"f32", "bf16", "f16"}) {
+  // bf16 twice: whole tensors, then tiny row chunks (3 rows of 32 values per chunk: many chunks per tensor).
+  for (const char* dt : {"f32", "bf16", "f16", "bf16-chunked"}) {
+    std::string dts = dt;
+    if (dts == "bf16-chunked") { ::setenv("NXFT_MERGE_CHUNK_ELEMS", "100", 1); dts = "bf16"; }
     const std::string out = dir + "/merged-" + dt;
     std::string job = std::string(R"({"command":"merge","base":")") + base + R"(","adapter":")" + adapter_dir +
-                      R"(","dtype":")" + dt + R"(","out":")" + out + R"(","threads":2})";
+                      R"(","dtype":")" + dts + R"(","out":")" + out + R"(","threads":2})";
     CHECK(run_command("merge", job, dir + "/merge.json") == 0);
     auto m = SafetensorsModel::open_dir(out);
     CHECK(m->shard_files() == base_st->shard_files());
     Json idx = Json::parse(read_file(out + "/model.safetensors.index.json"));
     CHECK(idx.at("weight_map").size() == weight_map.size());
     for (auto& kv : weight_map) CHECK(idx.at("weight_map").at(kv.first).as_string() == kv.second && m->shard_of(kv.first) == kv.second);
-    DType D = float_dtype_from_string(dt);
+    DType D = float_dtype_from_string(dts);
     uint64_t total = 0;
     for (const auto& n : m->names()) total += m->get(n).nbytes;
     CHECK(uint64_t(idx.at("metadata").at("total_size").as_number()) == total);
@@ -145,7 +148,8 @@ int main() {
     CHECK_MSG(untouched_bad == 0, "%s: %d untouched values changed", dt, untouched_bad);
     CHECK_MSG(worst_f32 <= 1.0, "%s: f32 merge error exceeds the fp32 bound (ratio %g)", dt, worst_f32);
     CHECK_MSG(worst_ulp <= 1, "%s: 16-bit merge off by %d ulp", dt, worst_ulp);
-    if (std::string(dt) == "bf16") {
+    ::unsetenv("NXFT_MERGE_CHUNK_ELEMS");
+    if (dts == "bf16") {
       // The merged model loads as ModelWeights (shapes check against config.json).
       ModelWeights mw = ModelWeights::load(out);
       CHECK(mw.layers.size() == 2 && mw.lm_head.size() == 64 * 32);

@@ -8,12 +8,14 @@
 //
 // Streaming: the base is mmap'd and processed one tensor at a time; only the tensor being merged exists in fp32,
 // and a writer thread writes tensor i while tensor i+1 is computed (at most two finished tensors wait in the
-// queue), so an 8B model never sits in memory twice. Compute (dequantise, B·A, convert) is spread over all
-// cores. Every file is written atomically; config.json is written last, so a folder with a config.json that
+// queue), so an 8B model never sits in memory twice. Converted tensors are processed in chunks of whole rows
+// (kChunkElems values), so even the embedding never exists in fp32 or in the output dtype all at once.
+// Compute (dequantise, B·A, convert) is spread over all cores. Every file is written atomically; config.json is written last, so a folder with a config.json that
 // matches this run is complete.
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -103,6 +105,15 @@ class WriteQueue {
   }
 };
 
+constexpr size_t kChunkElems = size_t(1) << 23;  // 8M values per chunk: 32 MB fp32, 16 MB bf16
+
+// Chunk size; tests shrink it with NXFT_MERGE_CHUNK_ELEMS to exercise multi-chunk tensors on tiny models.
+size_t chunk_elems() {
+  const char* e = std::getenv("NXFT_MERGE_CHUNK_ELEMS");
+  long long v = e ? std::atoll(e) : 0;
+  return v > 0 ? size_t(v) : kChunkElems;
+}
+
 bool is_float(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16 || t == DType::F64; }
 
 std::string shape_str(const std::vector<int64_t>& s) {
@@ -118,18 +129,19 @@ std::string shape_str(const std::vector<int64_t>& s) {
 // The fma is formed as float(double(acc) + double(b)·double(a)): the product of two floats is exact in double,
 // so only the sum is rounded twice (to double, then float), which differs from a true fma only when the double
 // sum lands exactly on a float rounding midpoint — and this form vectorises without FMA hardware.
-void add_lora_delta(float* W, const LoraPair& p, int r, float scale, int threads) {
+// W holds rows [row0, row1) of the weight.
+void add_lora_delta(float* W, const LoraPair& p, size_t row0, size_t row1, int r, float scale, int threads) {
   const size_t in = size_t(p.in);
-  parallel_ranges(size_t(p.out), 8, [&](size_t r0, size_t r1) {
+  parallel_ranges(row1 - row0, 8, [&](size_t c0, size_t c1) {
     std::vector<float> acc(in);
-    for (size_t i = r0; i < r1; i++) {
+    for (size_t i = row0 + c0; i < row0 + c1; i++) {
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int k = 0; k < r; k++) {
         const double b = p.B[i * size_t(r) + size_t(k)];
         const float* a = p.A.data() + size_t(k) * in;
         for (size_t j = 0; j < in; j++) acc[j] = float(double(acc[j]) + b * double(a[j]));
       }
-      float* w = W + i * in;
+      float* w = W + (i - row0) * in;
       for (size_t j = 0; j < in; j++) w[j] += acc[j] * scale;
     }
   }, threads);
@@ -255,34 +267,48 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
     {
       WriteQueue q(&writer);
       for (const TensorView* tv : pl.tensors) {
-        WriteQueue::Item item;
         const size_t n = size_t(tv->numel());
         auto it = lora_of.find(tv->name);
         if (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end())) {
+          WriteQueue::Item item;
           item.ptr = tv->data;  // unchanged: straight from the mmap, zero-copy
           item.n = tv->nbytes;
           const std::string name = tv->name;
           item.after = [&st, name] { st->release(name); };
-        } else if (it != lora_of.end()) {
-          f32.resize(n);
-          parallel_ranges(n, 1 << 16, [&](size_t a, size_t b) {
-            convert_to_f32(tv->data + a * dtype_size(tv->dtype), tv->dtype, f32.data() + a, b - a);
-          }, threads);
-          add_lora_delta(f32.data(), *it->second, ad.spec.r, scale, threads);
-          item.owned.resize(n * dtype_size(D));
-          parallel_ranges(n, 1 << 16, [&](size_t a, size_t b) {
-            convert_from_f32(f32.data() + a, item.owned.data() + a * dtype_size(D), D, b - a);
-          }, threads);
-        } else {  // dtype change only: convert in chunks through a small fp32 buffer per worker
-          item.owned.resize(n * dtype_size(D));
-          parallel_ranges(n, 1 << 16, [&](size_t a, size_t b) {
-            std::vector<float> tmp(b - a);
-            convert_to_f32(tv->data + a * dtype_size(tv->dtype), tv->dtype, tmp.data(), b - a);
-            convert_from_f32(tmp.data(), item.owned.data() + a * dtype_size(D), D, b - a);
-          }, threads);
+          q.push(std::move(item));
+        } else if (n > 0) {
+          // Converted and/or merged in chunks of whole rows, so memory stays bounded whatever the tensor size
+          // (a 128256 x 4096 embedding is 2 GB in fp32): convert the rows to fp32, add their LoRA delta,
+          // convert to D, hand the chunk to the writer.
+          const size_t rows = tv->shape.empty() ? 1 : size_t(tv->shape[0]);
+          const size_t row_elems = n / rows;
+          const size_t chunk_rows = std::max<size_t>(1, chunk_elems() / row_elems);
+          for (size_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+            const size_t r1 = std::min(rows, r0 + chunk_rows);
+            const size_t e0 = r0 * row_elems, ne = (r1 - r0) * row_elems;
+            const uint8_t* src = tv->data + e0 * dtype_size(tv->dtype);
+            WriteQueue::Item item;
+            item.owned.resize(ne * dtype_size(D));
+            if (it != lora_of.end()) {
+              f32.resize(ne);
+              parallel_ranges(ne, 1 << 16, [&](size_t a, size_t b) {
+                convert_to_f32(src + a * dtype_size(tv->dtype), tv->dtype, f32.data() + a, b - a);
+              }, threads);
+              add_lora_delta(f32.data(), *it->second, r0, r1, ad.spec.r, scale, threads);
+              parallel_ranges(ne, 1 << 16, [&](size_t a, size_t b) {
+                convert_from_f32(f32.data() + a, item.owned.data() + a * dtype_size(D), D, b - a);
+              }, threads);
+            } else {  // dtype change only: through a small fp32 buffer per worker
+              parallel_ranges(ne, 1 << 16, [&](size_t a, size_t b) {
+                std::vector<float> tmp(b - a);
+                convert_to_f32(src + a * dtype_size(tv->dtype), tv->dtype, tmp.data(), b - a);
+                convert_from_f32(tmp.data(), item.owned.data() + a * dtype_size(D), D, b - a);
+              }, threads);
+            }
+            q.push(std::move(item));
+          }
+          st->release(tv->name);  // every chunk is converted: the source pages are no longer needed
         }
-        if (!item.after) st->release(tv->name);  // converted already: the source pages are no longer needed
-        q.push(std::move(item));
         weight_map.set(tv->name, Json::string(pl.file));
         done++;
         progress(false);
