@@ -13,7 +13,14 @@
 #include "backend/cpu/thread_pool.h"
 #include "util/events.h"
 
+// The kernels below rely on loop vectorization: ask GCC for -O3 here whatever the build type says.
+// (Clang vectorizes at -O2 and contracts a*b+c into FMA by default.)
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("O3")
+#define NXFT_FP_CONTRACT optimize("fp-contract=fast")
+#else
+#define NXFT_FP_CONTRACT
+#endif
 
 namespace nxft {
 
@@ -83,12 +90,20 @@ template <typename T>
 void mm_micro_generic(const T* a, const T* b, int kc, T* c, int ldc) {
   mm_micro_body<T>(a, b, kc, c, ldc);
 }
+#if defined(__x86_64__) || defined(__i386__)
 // AVX2 + FMA: fused multiply-adds (one rounding per step, as MKL/OpenBLAS kernels do).
 template <typename T>
-__attribute__((target("avx2,fma"), optimize("fp-contract=fast"))) void mm_micro_avx2(const T* a, const T* b, int kc,
+__attribute__((target("avx2,fma"), NXFT_FP_CONTRACT)) void mm_micro_avx2(const T* a, const T* b, int kc,
                                                                                     T* c, int ldc) {
   mm_micro_body<T>(a, b, kc, c, ldc);
 }
+#else
+// Other architectures (arm64, …): the generic kernel; the compiler vectorizes it for the native SIMD width.
+template <typename T>
+void mm_micro_avx2(const T* a, const T* b, int kc, T* c, int ldc) {
+  mm_micro_body<T>(a, b, kc, c, ldc);
+}
+#endif
 
 // Dot product over n elements with 8 independent partial sums (lane k sums elements ≡ k mod 8, then the lanes
 // are added in a fixed order), so the compiler can vectorize it without -ffast-math. Deterministic.
@@ -103,8 +118,12 @@ inline T dot8(const T* __restrict a, const T* __restrict b, int n) {
 }
 
 bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
+#else
+  return false;
+#endif
 }
 
 template <typename T>
