@@ -17,6 +17,15 @@ from pathlib import Path
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
+import os
+
+# torch's OpenMP threads spin-wait by default; on a shared box with more runnable threads than cores this collapses
+# torch's 2-thread throughput by 5-10x (measured here: 235-480 tok/s active vs 2700-3400 passive on stories260K at
+# load average 8 on 2 cores). Use passive waiting when the machine is oversubscribed, so torch is not undersold.
+LOAD_AT_START = os.getloadavg()[0]
+if "OMP_WAIT_POLICY" not in os.environ and LOAD_AT_START > (os.cpu_count() or 1):
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 import argparse
 import json
 import tempfile
@@ -98,6 +107,11 @@ def main() -> int:
     print(f"\ntraining throughput, CPU, {a.threads} threads, fp32, LoRA on all 7 projections, "
           f"{a.steps} steps (first {a.warmup} not timed), best of {a.repeat}; "
           f"torch {torch.__version__} sdpa attention")
+    print(f"load average at start {LOAD_AT_START:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"torch OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default (active)')}")
+    print("(all runs per side: " + "; ".join(
+        f"{r['model']}: engine {', '.join(f'{x:.0f}' for x in r['engine_runs'])} / torch "
+        f"{', '.join(f'{x:.0f}' for x in r['torch_runs'])}" for r in rows) + ")")
     hdr = f"{'model':<16} {'B×T':>7} {'r':>3} {'engine tok/s':>13} {'torch tok/s':>12} {'speedup':>8} " \
           f"{'engine peak MiB':>16} {'final loss eng/torch':>22}"
     print(hdr)
