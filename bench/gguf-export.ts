@@ -100,7 +100,7 @@ function writeModel(dir: string): number {
 
 function main() {
   if (!existsSync(ENGINE)) throw new Error(`engine not built: ${ENGINE}`);
-  const work = mkdtempSync(join(tmpdir(), "nxft-bench-gguf-"));
+  const work = mkdtempSync(join(tmpdir(), "gguf-export-bench-"));
   const model = join(work, "model");
   const t0 = Date.now();
   const inputBytes = writeModel(model);
