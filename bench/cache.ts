@@ -12,7 +12,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } fr
 import { tmpdir, cpus } from "node:os";
 import { join } from "node:path";
 import { ensureEngine } from "../plugins/nx-finetune/src/engine";
-import { cloneWorkspace, makeWorkspace, repoRoot, runNx } from "../test/e2e/temp-workspace";
+import { cloneWorkspace, makeWorkspace, removeTestDirs, repoRoot, runNx } from "../test/e2e/temp-workspace";
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`);
@@ -100,6 +100,8 @@ async function main() {
   console.log(`${"case".padEnd(w[0])} | ${"wall".padStart(w[1])} | note`);
   console.log(`${"-".repeat(w[0])}-|-${"-".repeat(w[1])}-|-----`);
   for (const r of rows) console.log(`${r[0].padEnd(w[0])} | ${r[1].padStart(w[1])} | ${r[2]}`);
+  removeTestDirs(shared);
+  removeTestDirs(bigShared);
   rmSync(root, { recursive: true, force: true });
 }
 

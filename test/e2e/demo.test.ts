@@ -1,12 +1,12 @@
 // The demo as a user runs it, in a fresh temp copy of the workspace: `nx run demo:gguf` (the committed recipe,
 // full training), then `nx run demo:chat` answers questions from the training set the way it was taught.
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
-import { makeWorkspace, repoRoot, runNx } from "./temp-workspace";
+import { makeWorkspace, repoRoot, runNx, removeTestDirs } from "./temp-workspace";
 
 let ws = "", shared = "", engine = "";
 
@@ -18,6 +18,8 @@ before(async () => {
   mkdirSync(ws, { recursive: true });
   makeWorkspace(ws);
 });
+
+after(() => removeTestDirs(shared));
 
 test("nx run demo:gguf trains the demo and exports it", () => {
   const r = runNx(ws, { shared, engine }, "run", "demo:gguf");

@@ -7,14 +7,14 @@
 //   - editing one dataset row reruns dataset, shards (retokenizing only the affected shards) and downstream, not base.
 // What ran is read from out/runs.log, which the stage executor appends to (a cache hit never runs the executor),
 // and cross-checked with Nx's own summary line.
-import { test, before } from "node:test";
+import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync, openSync, readSync, closeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
 import { spawn } from "node:child_process";
-import { cloneWorkspace, makeWorkspace, nxBin, nxEnvironment, repoRoot, runNx } from "./temp-workspace";
+import { cloneWorkspace, makeWorkspace, nxBin, nxEnvironment, repoRoot, runNx, removeTestDirs } from "./temp-workspace";
 
 const STAGES = ["base", "dataset", "shards", "adapter", "merged", "gguf"];
 
@@ -64,6 +64,8 @@ before(async () => {
   mkdirSync(ws, { recursive: true });
   makeTestWorkspace(ws);
 });
+
+after(() => removeTestDirs(shared));
 
 test("cold: nx run demo:gguf runs every stage and writes the GGUF files, adapter GGUF and Modelfile", () => {
   const r = nx(ws, "run", "demo:gguf");

@@ -2,7 +2,7 @@
 // untracked-but-not-ignored files of the paths the pipeline needs) and a way to run the real nx in it.
 // Used by the e2e tests and bench/cache.ts.
 import { execFileSync, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 
@@ -86,4 +86,10 @@ export function runNx(dir: string, env: NxEnv, ...args: string[]): { code: numbe
   });
   const wall_s = Number(process.hrtime.bigint() - t0) / 1e9;
   return { code: r.status ?? -1, out: `${r.stdout}\n${r.stderr}`, wall_s };
+}
+
+// Removes a test's temp root (the parent of `shared`) and its HOME.
+export function removeTestDirs(shared: string): void {
+  rmSync(dirname(shared), { recursive: true, force: true });
+  rmSync(homeFor(shared), { recursive: true, force: true });
 }
