@@ -40,6 +40,7 @@ class TrainCase:
     distinct: int = 8
     split_shards: bool = False     # write the rows as two shard files (the engine must read them in list order)
     base_dtype: str = "f32"        # "bf16": the base checkpoint is stored in bf16 (both sides compute in fp32)
+    sharded_base: bool = False     # base saved as several safetensors shards + index.json
 
 
 ALL = tuple(R.LORA_TARGETS_ALL)
@@ -56,7 +57,7 @@ TRAIN_CASES = [
     TrainCase("gemma", "gemma", r=4, alpha=4, targets=ALL, random_b=True, schedule="cosine", grad_accum=3,
               eps=1e-6),
     TrainCase("mistral-rslora", "mistral", r=16, alpha=32, targets=("q_proj", "v_proj", "gate_proj", "down_proj"),
-              rslora=True, warmup_steps=5, batch_size=1, grad_accum=4, weight_decay=0.1, lr=2e-3),
+              rslora=True, warmup_steps=5, batch_size=1, grad_accum=4, weight_decay=0.1, lr=2e-3, sharded_base=True),
     # long packed rows (T = 160, documents up to 80 tokens): multi-tile attention / matmul paths, RoPE at larger
     # positions, odd rank
     TrainCase("llama-odd-long", "llama-odd", r=6, alpha=12, targets=ALL, batch_size=3, seq_len=160, distinct=6,
@@ -99,16 +100,19 @@ def workdir(tmp_path_factory) -> Path:
 _bases: dict[str, Path] = {}
 
 
-def base_model(arch: str, workdir: Path, dtype: str = "f32") -> Path:
+def base_model(arch: str, workdir: Path, dtype: str = "f32", sharded: bool = False) -> Path:
     """The HF folder for an arch (tiny models built once per session; stories260K is the fixture)."""
     if arch == "stories260K":
         assert R.STORIES_HF.is_dir(), f"fixture missing: {R.STORIES_HF}"
         return R.STORIES_HF
-    key = f"{arch}-{dtype}"
+    key = f"{arch}-{dtype}" + ("-sharded" if sharded else "")
     if key not in _bases:
         import torch
         _bases[key] = R.make_model(arch, workdir / "models" / key, seed=0,
-                                   save_dtype={"f32": torch.float32, "bf16": torch.bfloat16}[dtype])
+                                   save_dtype={"f32": torch.float32, "bf16": torch.bfloat16}[dtype],
+                                   max_shard_size="60KB" if sharded else None)
+        if sharded:
+            assert len(list(_bases[key].glob("model-*.safetensors"))) >= 3, "base should be sharded"
     return _bases[key]
 
 
@@ -120,7 +124,7 @@ def prepare(case: TrainCase, workdir: Path) -> Prepared:
         return _prepared[case.name]
     work = workdir / case.name
     work.mkdir(parents=True, exist_ok=True)
-    base = base_model(case.arch, workdir, case.base_dtype)
+    base = base_model(case.arch, workdir, case.base_dtype, case.sharded_base)
     V = vocab_of(case.arch)
     n_rows = case.steps * case.batch_size * case.grad_accum
     if case.arch == "stories260K":

@@ -108,7 +108,8 @@ def tiny_config(arch: str):
     return AutoConfig.for_model(model_type, architectures=[ARCH_CLASS[model_type]], **kwargs)
 
 
-def make_model(arch: str, out_dir: str | Path, seed: int = 0, save_dtype=torch.float32) -> Path:
+def make_model(arch: str, out_dir: str | Path, seed: int = 0, save_dtype=torch.float32,
+               max_shard_size: str | None = None) -> Path:
     """Builds a tiny model from its config with a fixed seed and saves it as an HF folder (F32 safetensors).
 
     Norm weights get N(0, 0.1) noise and biases N(0, 0.1) values, because transformers initialises them to
@@ -124,7 +125,10 @@ def make_model(arch: str, out_dir: str | Path, seed: int = 0, save_dtype=torch.f
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))
     if save_dtype != torch.float32:   # e.g. a bf16 checkpoint, as most HF models are stored
         model = model.to(save_dtype)
-    model.save_pretrained(out_dir)
+    if max_shard_size:   # several model-0000x-of-0000n.safetensors + model.safetensors.index.json
+        model.save_pretrained(out_dir, max_shard_size=max_shard_size)
+    else:
+        model.save_pretrained(out_dir)
     return out_dir
 
 

@@ -104,6 +104,13 @@ def test_merge_f32_loads_in_transformers_and_matches_peft(engine, prepared):
             assert d <= MERGED_W_ATOL, (name, d)
         else:
             assert np.array_equal(w, base_sd[name][0]), f"{name} changed by merge"
+    # "sharded like the base" (protocol): same shard files, same index
+    base_files = sorted(f.name for f in prepared.base.glob("*.safetensors"))
+    assert sorted(f.name for f in out.glob("*.safetensors")) == base_files
+    if (prepared.base / "model.safetensors.index.json").exists():
+        want_map = json.loads((prepared.base / "model.safetensors.index.json").read_text())["weight_map"]
+        got_map = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+        assert got_map == want_map
     cfg_base = json.loads((prepared.base / "config.json").read_text())
     cfg_ours = json.loads((out / "config.json").read_text())
     for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
