@@ -270,12 +270,17 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
         const size_t n = size_t(tv->numel());
         auto it = lora_of.find(tv->name);
         if (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end())) {
-          WriteQueue::Item item;
-          item.ptr = tv->data;  // unchanged: straight from the mmap, zero-copy
-          item.n = tv->nbytes;
-          const std::string name = tv->name;
-          item.after = [&st, name] { st->release(name); };
-          q.push(std::move(item));
+          // Unchanged: straight from the mmap, zero-copy, in 64 MB pieces whose pages are dropped once written.
+          const size_t piece = size_t(64) << 20;
+          for (size_t off = 0; off < tv->nbytes; off += piece) {
+            WriteQueue::Item item;
+            item.ptr = tv->data + off;
+            item.n = std::min(piece, tv->nbytes - off);
+            const std::string name = tv->name;
+            const size_t len = item.n;
+            item.after = [&st, name, off, len] { st->release(name, off, len); };
+            q.push(std::move(item));
+          }
         } else if (n > 0) {
           // Converted and/or merged in chunks of whole rows, so memory stays bounded whatever the tensor size
           // (a 128256 x 4096 embedding is 2 GB in fp32): convert the rows to fp32, add their LoRA delta,
@@ -305,9 +310,9 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
                 convert_from_f32(tmp.data(), item.owned.data() + a * dtype_size(D), D, b - a);
               }, threads);
             }
+            st->release(tv->name, e0 * dtype_size(tv->dtype), ne * dtype_size(tv->dtype));  // source rows done
             q.push(std::move(item));
           }
-          st->release(tv->name);  // every chunk is converted: the source pages are no longer needed
         }
         weight_map.set(tv->name, Json::string(pl.file));
         done++;

@@ -287,6 +287,17 @@ void SafetensorsModel::release(const std::string& name) const {
   if (it != by_name_.end()) files_[it->second.first]->release(*it->second.second);
 }
 
+void SafetensorsModel::release(const std::string& name, size_t byte_offset, size_t nbytes) const {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end()) return;
+  const TensorView& t = *it->second.second;
+  if (byte_offset >= t.nbytes) return;
+  TensorView part;
+  part.data = t.data + byte_offset;
+  part.nbytes = std::min(nbytes, t.nbytes - byte_offset);
+  files_[it->second.first]->release(part);
+}
+
 std::vector<std::string> SafetensorsModel::names() const {
   std::vector<std::string> out;
   for (const auto& kv : by_name_) out.push_back(kv.first);

@@ -56,6 +56,7 @@ class SafetensorsModel {
   const std::vector<std::string>& shard_files() const { return shard_files_; }
   const std::string& shard_of(const std::string& name) const;
   void release(const std::string& name) const;                // see SafetensorsFile::release
+  void release(const std::string& name, size_t byte_offset, size_t nbytes) const;   // part of a tensor
   const std::string& dir() const { return dir_; }
  private:
   std::string dir_;
