@@ -30,9 +30,13 @@ class AtomicFileWriter {
   std::string path_, tmp_;
   int fd_ = -1;
   uint64_t offset_ = 0;
+  uint64_t flushed_ = 0;       // bytes handed to the kernel (write()) so far
+  uint64_t writeback_ = 0;     // bytes whose writeback has been started
   bool committed_ = false;
   std::vector<uint8_t> buf_;
   void flush_buf();
+  void raw_write(const uint8_t* p, size_t n);
+  void stream_writeback();
 };
 
 }  // namespace nxft
