@@ -295,6 +295,45 @@ def forward_loss(model, tokens, targets, positions) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# QLoRA base: bitsandbytes NF4
+# ---------------------------------------------------------------------------------------------------------
+
+QLORA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def nf4_roundtrip(w: torch.Tensor) -> torch.Tensor:
+    """bitsandbytes NF4 quantize (quantize_4bit: blocksize 64 over the flattened row-major weight, fp32 absmax, no
+    double quantization) then dequantize with bitsandbytes' generic torch implementation (code[q] · absmax of the
+    element's block, element 2k in the high nibble).
+
+    Not bnb's CPU `dequantize_4bit` kernel: in bitsandbytes 0.50.2 it returns wrong values when a 64-block spans two
+    rows (e.g. a [48, 48] weight: 2052 of 2304 values differ from code[q]·absmax, max error 0.18 vs 0.033), while
+    its own generic path and the quantizer's codes are right (see FINDINGS.md)."""
+    import bitsandbytes.functional as bnbf
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+    w = w.float().contiguous()
+    q, state = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=False)
+    assert state.absmax.dtype == torch.float32 and state.blocksize == 64
+    code = _get_4bit_code("nf4", w.device)
+    return _dequantize_4bit_compute(q.view(torch.uint8).reshape(-1), state.absmax, code, 64, tuple(w.shape),
+                                    torch.float32)
+
+
+def nf4_roundtrip_linear_weights(model) -> int:
+    """Replaces the seven projection weights of every layer by their NF4 round trip (nf4_roundtrip) — the frozen
+    base a QLoRA run computes with. Embeddings, norms, biases and lm_head stay as they are (transformers'
+    BitsAndBytesConfig also skips lm_head). Returns the number of weights replaced."""
+    n = 0
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in QLORA_LINEARS:
+                mod.weight.data.copy_(nf4_roundtrip(mod.weight.data).to(mod.weight.dtype))
+                n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------------
 # PEFT adapters
 # ---------------------------------------------------------------------------------------------------------
 
@@ -364,11 +403,13 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
     lora = job["lora"]
     if tr.get("shuffle", True):
         raise ValueError("reference_train: train.shuffle must be false (row order must be reproducible)")
-    if job.get("quantize_base"):
-        raise ValueError("reference_train: quantize_base is not supported by the fp32 reference")
+    if job.get("quantize_base") not in (None, "nf4"):
+        raise ValueError(f"reference_train: quantize_base {job['quantize_base']!r}")
     if threads:
         torch.set_num_threads(threads)
     base = load_model(job["base"], attn=attn)
+    if job.get("quantize_base") == "nf4":
+        nf4_roundtrip_linear_weights(base)
     if lora.get("init_adapter"):
         from peft import PeftModel
         model = PeftModel.from_pretrained(base, lora["init_adapter"], is_trainable=True)

@@ -75,3 +75,26 @@ def test_rope_scaling_is_effective(workdir):
     tok, tgt, pos = R.make_training_rows(200, 48, 2, seed=5)
     diff = float((R.forward_logits(model, tok, pos) - R.forward_logits(plain, tok, pos)).abs().max())
     assert diff > 1e-2, diff
+
+
+def test_nf4_roundtrip_is_nearest_code_per_64_block():
+    """The QLoRA reference base: every value is the NF4 code nearest to w/absmax of its 64-block, times absmax
+    (blocks spanning rows included: [48, 48] has 36 blocks, most crossing a row boundary)."""
+    code = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                         -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                         0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                         0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
+    torch.manual_seed(0)
+    for shape in [(48, 48), (64, 40), (16, 128)]:
+        w = torch.randn(shape) * 0.1
+        got = R.nf4_roundtrip(w)
+        blocks = w.reshape(-1, 64)
+        absmax = blocks.abs().max(1, keepdim=True)[0]
+        scaled = blocks / absmax
+        dist = (scaled[..., None] - code).abs()
+        best = dist.min(-1)[0]
+        chosen = (got.reshape(-1, 64) / absmax)
+        # the chosen code is a nearest one (ties/rounding at a midpoint may pick either neighbour)
+        chosen_dist = (scaled - chosen).abs()
+        assert float((chosen_dist - best).max()) < 1e-6, shape
+        assert bool(torch.isin(chosen.reshape(-1).round(decimals=5), code.round(decimals=5)).all()), shape

@@ -111,3 +111,30 @@ def test_gradient_checkpointing_gives_the_same_training(engine, workdir):
     assert len(eng) == len(ref) and worst <= LOSS_RTOL, worst
     eng_a, ref_a = R.load_adapter_tensors(p.work / "engine-ckpt"), R.load_adapter_tensors(torch_trained(p)[0])
     assert max(float(np.abs(eng_a[k] - ref_a[k]).max()) for k in ref_a) <= ADAPTER_ATOL
+
+
+@pytest.mark.parametrize("case_name", ["llama-gqa-tied", "qwen2-bias-randomB"])
+def test_qlora_nf4_training_matches_bitsandbytes_base(engine, workdir, case_name):
+    """quantize_base "nf4" (QLoRA): the engine trains on the NF4 base exactly as torch + PEFT train on the base
+    whose projections went through bitsandbytes' quantize_4bit/dequantize_4bit (nf4, blocksize 64)."""
+    from conftest import CASES_BY_NAME, prepare, job_for
+    p = prepare(CASES_BY_NAME[case_name], workdir)
+    job = job_for(p, p.work / "engine-qlora")
+    job["quantize_base"] = "nf4"
+    events = R.run_engine("train", job, p.work / "qlora.json")
+    eng = [e for e in events if e.get("event") == "step"]
+    ref_job = job_for(p, p.work / "torch-qlora")
+    ref_job["quantize_base"] = "nf4"
+    recs = R.reference_train(ref_job)
+    ref = [r for r in recs if r["event"] == "step"]
+    _, plain = torch_trained(p)
+    # NF4 must matter by far more than the tolerance, or this would only repeat the fp32 test
+    nf4_effect = max(abs(t["loss"] - q["loss"]) / q["loss"] for t, q in zip(ref, plain))
+    assert nf4_effect > 10 * LOSS_RTOL, nf4_effect
+    worst = max(abs(e["loss"] - t["loss"]) / t["loss"] for e, t in zip(eng, ref))
+    print(f"\n[{case_name} qlora] worst loss rel diff {worst:.3e} (NF4 vs fp32 base: {nf4_effect:.2e})")
+    assert len(eng) == len(ref) and worst <= LOSS_RTOL, worst
+    ea, ta = R.load_adapter_tensors(p.work / "engine-qlora"), R.load_adapter_tensors(p.work / "torch-qlora")
+    d = max(float(np.abs(ea[k] - ta[k]).max()) for k in ta)
+    print(f"[{case_name} qlora] final adapter max abs diff {d:.3e}")
+    assert d <= ADAPTER_ATOL, d
