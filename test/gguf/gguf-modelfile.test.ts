@@ -1,6 +1,7 @@
 // Chat templates shipped with the GGUF render conversations exactly like training did:
 //   - tokenizer.chat_template (Jinja, rendered with @huggingface/jinja) equals the data pipeline's renderRow text
-//     for chatml, llama3 and alpaca (with and without a system message, multi-turn, generation prompt).
+//     (BOS included when training added it) for chatml, llama3 and alpaca (with and without a system message,
+//     multi-turn, generation prompt).
 //   - the Ollama Modelfile's TEMPLATE (Go text/template, executed with Go when a Go toolchain is installed, with
 //     the data Ollama passes: .Messages of role/content) gives the same text minus the BOS that Ollama adds.
 //   - Modelfile structure: FROM, ADAPTER, SYSTEM, stop PARAMETERs; template "base" maps known Jinja families and
@@ -85,7 +86,7 @@ for (const [name, tokDir] of [["chatml", LLAMA3], ["llama3", LLAMA3], ["alpaca",
   test(`${name}: GGUF chat_template and Ollama TEMPLATE render like training`, () => {
     const tok = tokenizerFor(tokDir);
     const spec: TemplateSpec = { name, max_seq_len: 4096 };
-    const jinja = new Template(trainingChatTemplate(name)!);
+    const jinja = new Template(trainingChatTemplate(name, undefined, tok.addBos)!);
     const modelfile = ollamaModelfile({ ggufFile: "./m.gguf", tokenizerDir: tokDir, template: name });
     const goTemplate = templateOf(modelfile);
     for (const messages of CONVERSATIONS) {
@@ -93,7 +94,8 @@ for (const [name, tokDir] of [["chatml", LLAMA3], ["llama3", LLAMA3], ["alpaca",
       const r = renderRow(row, spec, tok, true);
       const trained = r.segments.map((s) => s.text).join("");
       const viaJinja = jinja.render({ messages, add_generation_prompt: true, bos_token: tok.bosToken ?? "", eos_token: tok.eosToken ?? "" });
-      assert.equal(viaJinja, trained, `jinja ${name} ${JSON.stringify(messages)}`);
+      // The chat template carries BOS itself when training added one (r.addBos; llama3 writes it in the text).
+      assert.equal(viaJinja, (r.addBos ? tok.bosToken : "") + trained, `jinja ${name} ${JSON.stringify(messages)}`);
       if (haveGo) {
         const withoutBos = name === "llama3" ? trained.replace(/^<\|begin_of_text\|>/, "") : trained;
         assert.equal(goRender(goTemplate, messages), withoutBos, `go ${name} ${JSON.stringify(messages)}`);

@@ -68,19 +68,24 @@ export const ALPACA_PREAMBLE_TEXT =
 function jinjaString(s: string): string {
   return "'" + s.replace(/\\/g, "\\\\").replace(/'/g, "\\'").replace(/\n/g, "\\n") + "'";
 }
-export function trainingChatTemplate(template: TrainingTemplate, system?: string): string | undefined {
+// `addBos`: the tokenizer adds BOS, so training saw BOS first (renderRow's addBos). The template then starts with
+// {{ bos_token }} like Hugging Face templates do: node-llama-cpp and transformers' apply_chat_template take BOS from
+// the template, and llama.cpp strips a leading BOS from the rendered text before adding its own.
+// (llama3 writes <|begin_of_text|> = bos_token itself, as training does.)
+export function trainingChatTemplate(template: TrainingTemplate, system?: string, addBos = false): string | undefined {
+  const bos = addBos ? "{{- bos_token }}" : "";
   const sys = system !== undefined
     ? `{%- if messages[0]['role'] != 'system' %}{%- set messages = [{'role': 'system', 'content': ${jinjaString(system)}}] + messages %}{%- endif %}`
     : "";
   switch (template) {
     case "chatml":
-      return sys + "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}" +
+      return sys + bos + "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}" +
         "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}";
     case "llama3":
       return sys + "{{- bos_token }}{%- for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + " +
         "message['content'] + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}";
     case "alpaca":
-      return sys + `{%- set preamble = ${jinjaString(ALPACA_PREAMBLE_TEXT)} %}{%- if messages[0]['role'] == 'system' %}{%- set preamble = messages[0]['content'] %}{%- endif %}` +
+      return sys + bos + `{%- set preamble = ${jinjaString(ALPACA_PREAMBLE_TEXT)} %}{%- if messages[0]['role'] == 'system' %}{%- set preamble = messages[0]['content'] %}{%- endif %}` +
         "{{ preamble }}{%- for message in messages %}{%- if message['role'] == 'user' %}{{ '\\n\\n### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}" +
         "{%- elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{%- endif %}{%- endfor %}";
     default:
@@ -223,7 +228,7 @@ export function tokenizerMetadataFrom(tokenizerJson: any, tokenizerConfig: any, 
   else if (out.model === "llama" && model.unk_token) out.unk_id = idOf(model.unk_token);
   if (pad !== undefined) out.pad_id = pad;
 
-  // add_bos/add_eos: tokenizer_config flags, else what the post-processor's template adds.
+  // add_bos/add_eos: tokenizer_config flags, else what the post-processor's template adds, else false.
   if (typeof tokenizerConfig?.add_bos_token === "boolean") out.add_bos = tokenizerConfig.add_bos_token;
   if (typeof tokenizerConfig?.add_eos_token === "boolean") out.add_eos = tokenizerConfig.add_eos_token;
   const tp = findAll(tokenizerJson.post_processor, "TemplateProcessing")[0];
@@ -231,14 +236,17 @@ export function tokenizerMetadataFrom(tokenizerJson: any, tokenizerConfig: any, 
     if (out.add_bos === undefined) out.add_bos = !!tp.single[0]?.SpecialToken;
     if (out.add_eos === undefined) out.add_eos = !!tp.single[tp.single.length - 1]?.SpecialToken;
   }
-  if (out.add_bos === undefined && out.pre === "llama-bpe") out.add_bos = true;   // llama.cpp's default for llama-bpe
+  // Neither says: no BOS/EOS, written explicitly — that is what training did (src/data/tokenizer.ts addBos), and
+  // llama.cpp would otherwise apply its per-pre-tokenizer default (true for llama-bpe).
+  out.add_bos ??= false;
+  out.add_eos ??= false;
 
   // Chat template: the training template's equivalent, else the tokenizer's own.
   const own = tokenizerConfig?.chat_template;
   let ownText: string | undefined;
   if (typeof own === "string") ownText = own;
   else if (Array.isArray(own)) ownText = (own.find((t: any) => t?.name === "default") ?? own[0])?.template;
-  const trained = opts.template ? trainingChatTemplate(opts.template, opts.system) : undefined;
+  const trained = opts.template ? trainingChatTemplate(opts.template, opts.system, out.add_bos === true) : undefined;
   const chat = trained ?? ownText;
   if (chat !== undefined) out.chat_template = chat;
 
