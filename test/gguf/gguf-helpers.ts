@@ -119,13 +119,22 @@ export function randn(n: number, seed: number, std: number): Float32Array {
   return out;
 }
 
-export function writeSafetensors(path: string, tensors: Record<string, { shape: number[]; data: Float32Array }>): void {
+// fp32 → bf16 bits, round to nearest even (as torch's .to(torch.bfloat16)).
+export function toBf16(x: Float32Array): Uint16Array {
+  const u = new Uint32Array(x.buffer, x.byteOffset, x.length);
+  const out = new Uint16Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = (u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16;
+  return out;
+}
+
+// Tensors are F32 (Float32Array) or BF16 (Uint16Array of bf16 bits).
+export function writeSafetensors(path: string, tensors: Record<string, { shape: number[]; data: Float32Array | Uint16Array }>): void {
   const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
   let off = 0;
   const names = Object.keys(tensors);
   for (const n of names) {
-    const bytes = tensors[n].data.length * 4;
-    header[n] = { dtype: "F32", shape: tensors[n].shape, data_offsets: [off, off + bytes] };
+    const bytes = tensors[n].data.byteLength;
+    header[n] = { dtype: tensors[n].data instanceof Uint16Array ? "BF16" : "F32", shape: tensors[n].shape, data_offsets: [off, off + bytes] };
     off += bytes;
   }
   let h = JSON.stringify(header);
