@@ -175,7 +175,7 @@ static std::vector<float> llama3_rope_factors(const ModelConfig& c) {
   std::vector<float> f;
   for (int i = 0; i < d; i += 2) {
     float freq = 1.0f / std::pow(float(c.rope_theta), float(i) / float(d));
-    double wavelen = 2 * M_PI / double(freq);
+    double wavelen = 2 * 3.14159265358979323846 / double(freq);
     if (wavelen < high_wl) f.push_back(1.0f);
     else if (wavelen > low_wl) f.push_back(float(rs.factor));
     else {
