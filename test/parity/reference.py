@@ -542,13 +542,21 @@ def train_job(base: str | Path, shards: list[str | Path], out: str | Path, *, r:
 
 
 def greedy_generate(model, prompt_ids: list[int], max_new_tokens: int, stop_ids: list[int]) -> list[int]:
-    """transformers greedy decoding; returns only the new ids (stop id included when hit, like the engine's
-    `summary.ids` is expected to)."""
+    """Greedy decoding with transformers; returns only the new ids (the stop id included when hit, as the engine's
+    `summary.ids`). With stop_ids: model.generate (KV cache). Without: transformers' generate always stops at the
+    config's eos, so a plain loop of full forwards takes the argmax of the last position max_new_tokens times."""
+    if stop_ids:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                                 eos_token_id=list(stop_ids), pad_token_id=0,
+                                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
+        return out[0, len(prompt_ids):].tolist()
+    ids = list(prompt_ids)
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=list(stop_ids) if stop_ids else None, pad_token_id=0,
-                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long))
-    return out[0, len(prompt_ids):].tolist()
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]
+            ids.append(int(torch.argmax(logits)))
+    return ids[len(prompt_ids):]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -54,15 +54,18 @@ def test_peft_loss_with_engine_adapter_equals_engine_forward(engine, prepared):
     assert abs(got - want) <= LOSS_RTOL * want, (got, want)
 
 
-def test_generate_with_engine_adapter_matches_peft(engine, prepared):
+@pytest.mark.parametrize("stop_ids", [[2], []], ids=["stop-eos", "no-stop"])
+def test_generate_with_engine_adapter_matches_peft(engine, prepared, stop_ids):
     adapter, _ = engine_trained(prepared)
     tok, _, pos = R.read_shard(prepared.eval_shard)
     end = int(np.argmax(pos[0][1:] == 0)) + 1 if (pos[0][1:] == 0).any() else len(pos[0])
     prompt = tok[0][: max(2, end // 2)].tolist()
-    want = R.greedy_generate(R.load_peft(prepared.base, adapter), prompt, 24, [2])
+    want = R.greedy_generate(R.load_peft(prepared.base, adapter), prompt, 24, stop_ids)
+    if not stop_ids:
+        assert len(want) == 24
     events = R.run_engine("generate", {
         "command": "generate", "model": str(prepared.base), "adapter": str(adapter), "prompt_ids": prompt,
-        "max_new_tokens": 24, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "stop_ids": [2],
+        "max_new_tokens": 24, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "stop_ids": stop_ids,
         "backend": "cpu", "threads": 2}, prepared.work / "gen.json")
     got = [e for e in events if e.get("event") == "done"][-1]["summary"]["ids"]
     assert got == want, (prompt, got, want)
