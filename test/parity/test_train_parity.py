@@ -138,3 +138,30 @@ def test_qlora_nf4_training_matches_bitsandbytes_base(engine, workdir, case_name
     d = max(float(np.abs(ea[k] - ta[k]).max()) for k in ta)
     print(f"[{case_name} qlora] final adapter max abs diff {d:.3e}")
     assert d <= ADAPTER_ATOL, d
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_torch(engine, workdir):
+    """save_every 10, then a run that "died" after step 10 (newer checkpoint and outputs removed) is resumed:
+    steps 11..20 and the final adapter equal torch's uninterrupted 20-step run."""
+    import shutil
+    from conftest import CASES_BY_NAME, prepare, job_for
+    p = prepare(CASES_BY_NAME["llama-mha-llama3-rslora"], workdir)
+    _, ref = torch_trained(p)
+    out = p.work / "engine-resume"
+    job = job_for(p, out)
+    job["train"]["save_every"] = 10
+    R.run_engine("train", job, p.work / "resume-1.json")
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert [c.name for c in ckpts][:1] == ["step-10"], [c.name for c in ckpts]
+    for c in ckpts[1:]:
+        shutil.rmtree(c)
+    for f in ("adapter_model.safetensors", "adapter_config.json", "summary.json"):
+        (out / f).unlink(missing_ok=True)
+    job["train"]["resume"] = True
+    events = R.run_engine("train", job, p.work / "resume-2.json")
+    eng = [e for e in events if e.get("event") == "step"]
+    assert [e["step"] for e in eng] == list(range(11, 21))
+    worst = max(abs(e["loss"] - t["loss"]) / t["loss"] for e, t in zip(eng, ref[10:]))
+    assert worst <= LOSS_RTOL, worst
+    ea, ta = R.load_adapter_tensors(out), R.load_adapter_tensors(torch_trained(p)[0])
+    assert max(float(np.abs(ea[k] - ta[k]).max()) for k in ta) <= ADAPTER_ATOL
