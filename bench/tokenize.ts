@@ -38,7 +38,7 @@ async function main() {
   const python = process.env.PYTHON ?? "/work/pyenv/bin/python";
   let py: Record<string, any> = {};
   if (existsSync(python)) {
-    const out = execFileSync(python, [join(__dirname, "tokenize.py"), corpus, ...tokenizers.map(([, d]) => d)], { encoding: "utf8" });
+    const out = execFileSync(python, [join(__dirname, "tokenize_hf_python.py"), corpus, ...tokenizers.map(([, d]) => d)], { encoding: "utf8" });
     for (const line of out.trim().split("\n")) { const r = JSON.parse(line); py[r.tokenizer] = r; }
   }
   const rows: string[][] = [];

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds other scripts (e.g. bench/tokenize.py) that would shadow stdlib modules for everything imported below
+# bench/ holds other scripts (none today; bench/tokenize.py once did) that would shadow stdlib modules for everything imported below
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 

@@ -1,6 +1,6 @@
 """Python twin of bench/tokenize.ts: Hugging Face `tokenizers` (Rust) speed on the same corpus.
 
-  python bench/tokenize.py <corpus.txt> <tokenizer-dir> [<tokenizer-dir> ...]
+  python bench/tokenize_hf_python.py <corpus.txt> <tokenizer-dir> [<tokenizer-dir> ...]
 Prints one JSON line per tokenizer: {"tokenizer", "mb", "tokens", "single_s", "batch_s", "threads"}.
 single: encode() line by line on one thread; batch: encode_batch() over all lines (Rust thread pool).
 """
