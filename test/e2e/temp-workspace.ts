@@ -2,7 +2,8 @@
 // untracked-but-not-ignored files of the paths the pipeline needs) and a way to run the real nx in it.
 // Used by the e2e tests and bench/cache.ts.
 import { execFileSync, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync } from "node:fs";
+import { homedir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 
@@ -59,9 +60,14 @@ export function nxBin(): string {
   return join(dirname(nxPackage), JSON.parse(readFileSync(nxPackage, "utf8")).bin.nx);
 }
 
-// Nx refuses a ~/.nx under /tmp (world-writable), so the test HOME lives in the repo's ignored tmp/ folder.
+// Nx keeps the cache that all clones of a workspace share in ~/.nx/<workspace id>/, but only when HOME is not under
+// /tmp (it falls back to a per-checkout .nx/cache there). So the test HOME lives in the repo's ignored tmp/ folder, or,
+// when the repo itself is checked out under /tmp (as a CI clone may be), under the real home's ~/.cache.
 function homeFor(shared: string): string {
-  return join(repoRoot, "tmp", "e2e-homes", createHash("sha256").update(shared).digest("hex").slice(0, 12));
+  const id = createHash("sha256").update(shared).digest("hex").slice(0, 12);
+  const underTmp = (p: string) => p === "/tmp" || p.startsWith("/tmp/");
+  const base = underTmp(realpathSync(repoRoot)) ? join(homedir(), ".cache", "nx-finetune-e2e-homes") : join(repoRoot, "tmp", "e2e-homes");
+  return join(base, id);
 }
 
 // The environment for nx in `dir`: no daemon or cloud, plain output, HOME (where Nx keeps the cache that all
