@@ -24,19 +24,10 @@
 #include "io/safetensors.h"
 #include "util/events.h"
 #include "util/fs.h"
+#include "test_support.h"
 
 using namespace nxft;
 
-static int failures = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-      failures++;                                               \
-    }                                                           \
-  } while (0)
 
 // llama.h (llama.cpp v0.4.0, the release node-llama-cpp 3.21.1 bundles): we only set the first two fields,
 // nthread and ftype; the rest comes from llama_model_quantize_default_params(). The tail pad absorbs growth.
@@ -153,19 +144,11 @@ static void write_synthetic(const std::string& dir) {
 }
 
 int main() {
-  const char* env = std::getenv("NXFT_LIBLLAMA");
-  std::string lib = env ? env : "node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libllama.v0.4.0.so";
-  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    std::fprintf(stderr, "FAIL: cannot dlopen %s: %s\n", lib.c_str(), dlerror());
-    return 1;
-  }
-  auto defaults = (default_params_fn)dlsym(h, "llama_model_quantize_default_params");
-  auto quantize = (quantize_fn)dlsym(h, "llama_model_quantize");
-  if (!defaults || !quantize) {
-    std::fprintf(stderr, "FAIL: %s lacks llama_model_quantize\n", lib.c_str());
-    return 1;
-  }
+  void* h = open_llama_cpp_library("NXFT_LIBLLAMA", "libllama.v0.4.0.so");
+  default_params_fn defaults;
+  quantize_fn quantize;
+  load_symbol(h, defaults, "llama_model_quantize_default_params");
+  load_symbol(h, quantize, "llama_model_quantize");
   char tmpl[] = "/tmp/nxft-llama-quantize-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   const std::string synthetic = path_join(dir, "synthetic");

@@ -8,19 +8,10 @@
 #include "gguf/export.h"
 #include "gguf/gguf_types_policy.h"
 #include "util/events.h"
+#include "test_support.h"
 
 using namespace nxft;
 
-static int failures = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-      failures++;                                               \
-    }                                                           \
-  } while (0)
 
 static std::string type_of(const std::string& preset, const std::string& name, std::vector<int64_t> ne, int layer,
                            int n_layers, bool tied) {

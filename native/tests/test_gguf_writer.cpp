@@ -17,19 +17,10 @@
 #include "gguf/gguf_writer.h"
 #include "gguf/quants.h"
 #include "util/events.h"
+#include "test_support.h"
 
 using namespace nxft;
 
-static int failures = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-      failures++;                                               \
-    }                                                           \
-  } while (0)
 
 struct gguf_init_params_abi { bool no_alloc; void** ctx; };
 struct Ggml {
@@ -59,36 +50,21 @@ struct Ggml {
   void (*ctx_free)(void*);
 };
 
-template <typename F>
-static void load(void* h, F& f, const char* name) {
-  f = reinterpret_cast<F>(dlsym(h, name));
-  if (!f) {
-    std::fprintf(stderr, "FAIL: missing symbol %s\n", name);
-    std::exit(1);
-  }
-}
-
 int main() {
-  const char* env = std::getenv("NXFT_GGML_BASE");
-  std::string lib = env ? env : "node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so";
-  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    std::fprintf(stderr, "FAIL: cannot dlopen %s: %s\n", lib.c_str(), dlerror());
-    return 1;
-  }
+  void* h = open_llama_cpp_library("NXFT_GGML_BASE", "libggml-base.so");
   Ggml g;
-  load(h, g.init_from_file, "gguf_init_from_file"); load(h, g.free_, "gguf_free");
-  load(h, g.n_kv, "gguf_get_n_kv"); load(h, g.n_tensors, "gguf_get_n_tensors");
-  load(h, g.find_key, "gguf_find_key"); load(h, g.kv_type, "gguf_get_kv_type");
-  load(h, g.get_u32, "gguf_get_val_u32"); load(h, g.get_i32, "gguf_get_val_i32");
-  load(h, g.get_f32, "gguf_get_val_f32"); load(h, g.get_bool, "gguf_get_val_bool");
-  load(h, g.get_str, "gguf_get_val_str"); load(h, g.arr_type, "gguf_get_arr_type");
-  load(h, g.arr_n, "gguf_get_arr_n"); load(h, g.arr_data, "gguf_get_arr_data");
-  load(h, g.arr_str, "gguf_get_arr_str"); load(h, g.find_tensor, "gguf_find_tensor");
-  load(h, g.tensor_type, "gguf_get_tensor_type"); load(h, g.tensor_offset, "gguf_get_tensor_offset");
-  load(h, g.tensor_size, "gguf_get_tensor_size"); load(h, g.data_offset, "gguf_get_data_offset");
-  load(h, g.alignment, "gguf_get_alignment"); load(h, g.version, "gguf_get_version");
-  load(h, g.get_tensor, "ggml_get_tensor"); load(h, g.ctx_free, "ggml_free");
+  load_symbol(h, g.init_from_file, "gguf_init_from_file"); load_symbol(h, g.free_, "gguf_free");
+  load_symbol(h, g.n_kv, "gguf_get_n_kv"); load_symbol(h, g.n_tensors, "gguf_get_n_tensors");
+  load_symbol(h, g.find_key, "gguf_find_key"); load_symbol(h, g.kv_type, "gguf_get_kv_type");
+  load_symbol(h, g.get_u32, "gguf_get_val_u32"); load_symbol(h, g.get_i32, "gguf_get_val_i32");
+  load_symbol(h, g.get_f32, "gguf_get_val_f32"); load_symbol(h, g.get_bool, "gguf_get_val_bool");
+  load_symbol(h, g.get_str, "gguf_get_val_str"); load_symbol(h, g.arr_type, "gguf_get_arr_type");
+  load_symbol(h, g.arr_n, "gguf_get_arr_n"); load_symbol(h, g.arr_data, "gguf_get_arr_data");
+  load_symbol(h, g.arr_str, "gguf_get_arr_str"); load_symbol(h, g.find_tensor, "gguf_find_tensor");
+  load_symbol(h, g.tensor_type, "gguf_get_tensor_type"); load_symbol(h, g.tensor_offset, "gguf_get_tensor_offset");
+  load_symbol(h, g.tensor_size, "gguf_get_tensor_size"); load_symbol(h, g.data_offset, "gguf_get_data_offset");
+  load_symbol(h, g.alignment, "gguf_get_alignment"); load_symbol(h, g.version, "gguf_get_version");
+  load_symbol(h, g.get_tensor, "ggml_get_tensor"); load_symbol(h, g.ctx_free, "ggml_free");
 
   char tmpl[] = "/tmp/nxft-gguf-writer-XXXXXX";
   std::string dir = mkdtemp(tmpl);

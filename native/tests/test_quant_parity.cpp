@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "gguf/quants.h"
+#include "test_support.h"
 
 using namespace nxft;
 
@@ -26,16 +27,6 @@ typedef size_t (*quantize_chunk_fn)(int type, const float* src, void* dst, int64
 typedef void (*quantize_init_fn)(int type);
 typedef const void* (*get_type_traits_fn)(int type);
 
-static int failures = 0;
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    if (!(cond)) {                                \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);          \
-      std::fprintf(stderr, "\n");                 \
-      failures++;                                 \
-    }                                             \
-  } while (0)
 
 // Rows that exercise the quantizers' corner cases: gaussian, uniform, heavy outliers, all-positive,
 // all-negative, constant, zero blocks, tiny magnitudes (fp16 subnormal scales), mixed scales per block.
@@ -61,19 +52,11 @@ static std::vector<float> make_rows(int kind, int64_t n, std::mt19937& rng) {
 }
 
 int main() {
-  const char* env = std::getenv("NXFT_GGML_BASE");
-  std::string lib = env ? env : "node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libggml-base.so";
-  void* h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!h) {
-    std::fprintf(stderr, "FAIL: cannot dlopen %s: %s (run from the repo root after npm ci)\n", lib.c_str(), dlerror());
-    return 1;
-  }
-  auto quantize_chunk = (quantize_chunk_fn)dlsym(h, "ggml_quantize_chunk");
-  auto quantize_init = (quantize_init_fn)dlsym(h, "ggml_quantize_init");
-  if (!quantize_chunk || !quantize_init) {
-    std::fprintf(stderr, "FAIL: %s lacks ggml_quantize_chunk/ggml_quantize_init\n", lib.c_str());
-    return 1;
-  }
+  void* h = open_llama_cpp_library("NXFT_GGML_BASE", "libggml-base.so");
+  quantize_chunk_fn quantize_chunk;
+  quantize_init_fn quantize_init;
+  load_symbol(h, quantize_chunk, "ggml_quantize_chunk");
+  load_symbol(h, quantize_init, "ggml_quantize_init");
   struct Deq { GgmlType t; const char* sym; };
   const Deq deqs[] = {{GgmlType::Q8_0, "dequantize_row_q8_0"}, {GgmlType::Q4_0, "dequantize_row_q4_0"},
                       {GgmlType::Q5_0, "dequantize_row_q5_0"}, {GgmlType::Q5_1, "dequantize_row_q5_1"},
@@ -164,7 +147,7 @@ int main() {
     }
   }
   }  // pass
-  std::printf("compared %d blocks against %s\n", compared_blocks, lib.c_str());
+  std::printf("compared %d blocks against llama.cpp's libggml-base\n", compared_blocks);
   if (failures) {
     std::fprintf(stderr, "%d failure(s)\n", failures);
     return 1;
