@@ -63,11 +63,7 @@ int cmd_eval(const Json& job, const std::string& job_path) {
     if (n == 0) continue;
     sum += model.forward_loss(Batch{tokens.data(), targets.data(), positions.data(), b, T});
     count += n;
-    emit_event("progress", Json::object()
-                               .set("stage", Json::string("eval"))
-                               .set("done", Json::number(double(r0 + b)))
-                               .set("total", Json::number(double(shards.rows())))
-                               .set("unit", Json::string("rows")));
+    emit_progress("eval", double(r0 + b), double(shards.rows()), "rows");
   }
   const double loss = count > 0 ? sum / double(count) : std::nan("");
   Json lj = std::isfinite(loss) ? Json::number(loss) : Json();

@@ -102,12 +102,7 @@ int cmd_generate(const Json& job, const std::string& job_path) {
                           .set("prompt_tokens", Json::number(double(prompt.size())))
                           .set("max_new_tokens", Json::number(max_new)));
   model.load_weights(model_dir, [](size_t done, size_t total) {
-    if (done == total || done % 16 == 0)
-      emit_event("progress", Json::object()
-                                 .set("stage", Json::string("load"))
-                                 .set("done", Json::number(double(done)))
-                                 .set("total", Json::number(double(total)))
-                                 .set("unit", Json::string("tensors")));
+    if (done == total || done % 16 == 0) emit_progress("load", double(done), double(total), "tensors");
   });   // streamed tensor by tensor into the backend
 
   const int total = int(prompt.size()) + max_new;

@@ -43,7 +43,7 @@ static int cmd_init(const Json& job, const std::string& job_path) {
                           .set("model_type", Json::string(cfg.model_type))
                           .set("params", Json::number(double(cfg.num_params()))));
   ModelWeights w = ModelWeights::random_init(cfg, uint64_t(seed));
-  emit_event("progress", Json::object().set("stage", Json::string("init")).set("done", Json::number(1)).set("total", Json::number(2)));
+  emit_progress("init", 1, 2);
   make_dirs(out);
   Json files = Json::array();
   const std::string st = path_join(out, "model.safetensors");
@@ -57,7 +57,7 @@ static int cmd_init(const Json& job, const std::string& job_path) {
   const std::string cfg_out = path_join(out, "config.json");
   copy_file_atomic(config_path, cfg_out);
   files.push(Json::string(cfg_out));
-  emit_event("progress", Json::object().set("stage", Json::string("init")).set("done", Json::number(2)).set("total", Json::number(2)));
+  emit_progress("init", 2, 2);
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   emit_event("done", Json::object().set("summary", Json::object()
                                                        .set("files", files)

@@ -252,11 +252,7 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
     auto now = std::chrono::steady_clock::now();
     if (!force && std::chrono::duration<double>(now - last_emit).count() < 0.25) return;
     last_emit = now;
-    emit_event("progress", Json::object()
-                               .set("stage", Json::string("merge"))
-                               .set("done", Json::number(double(done)))
-                               .set("total", Json::number(double(total_tensors)))
-                               .set("unit", Json::string("tensors")));
+    emit_progress("merge", double(done), double(total_tensors), "tensors");
   };
   std::vector<float> f32;  // the tensor being merged, fp32
   for (const Plan& pl : plans) {

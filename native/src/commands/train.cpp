@@ -271,12 +271,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   if (!resumed_from.empty()) start.set("resumed_from", Json::string(resumed_from));
   emit_event("start", start);
   model.load_weights(base, [](size_t done, size_t total) {
-    if (done == total || done % 16 == 0)
-      emit_event("progress", Json::object()
-                                 .set("stage", Json::string("load"))
-                                 .set("done", Json::number(double(done)))
-                                 .set("total", Json::number(double(total)))
-                                 .set("unit", Json::string("tensors")));
+    if (done == total || done % 16 == 0) emit_progress("load", double(done), double(total), "tensors");
   });   // streamed tensor by tensor into the backend
 
   // ---- the loop ----

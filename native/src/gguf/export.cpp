@@ -364,12 +364,7 @@ ExportSummary export_model_gguf(const std::string& model_dir, const std::string&
   sum.out = out;
   sum.tensors = w.tensor_count();
   sum.bytes = w.write(out, threads, [&](size_t i, size_t n, const std::string& tn, GgmlType tt) {
-    emit_event("progress", Json::object()
-                               .set("stage", Json::string("quantize"))
-                               .set("done", Json::number(double(i)))
-                               .set("total", Json::number(double(n)))
-                               .set("unit", Json::string("tensors"))
-                               .set("message", Json::string(tn + " " + ggml_type_name(tt))));
+    emit_progress("quantize", double(i), double(n), "tensors", tn + " " + ggml_type_name(tt));
   });
   return sum;
 }

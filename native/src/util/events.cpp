@@ -29,6 +29,15 @@ void emit_warning(const std::string& message) {
   emit_event("warning", Json::object().set("message", Json::string(message)));
 }
 
+void emit_progress(const std::string& stage, double done, double total, const std::string& unit,
+                   const std::string& message) {
+  Json f = Json::object();
+  f.set("stage", Json::string(stage)).set("done", Json::number(done)).set("total", Json::number(total));
+  if (!unit.empty()) f.set("unit", Json::string(unit));
+  if (!message.empty()) f.set("message", Json::string(message));
+  emit_event("progress", f);
+}
+
 void emit_error(const std::string& message, const std::string& file, const std::string& field) {
   Json f = Json::object();
   f.set("message", Json::string(message));

@@ -10,6 +10,9 @@ namespace nxft {
 // Emit {"event": name, ...fields}. `fields` must be an object (or null for none).
 void emit_event(const std::string& name, const Json& fields = Json());
 void emit_warning(const std::string& message);
+// {"event":"progress","stage":…,"done":…,"total":…[,"unit":…][,"message":…]} — what executors render as a bar.
+void emit_progress(const std::string& stage, double done, double total, const std::string& unit = "",
+                   const std::string& message = "");
 // An error carries the message and, where known, the file and field at fault.
 void emit_error(const std::string& message, const std::string& file = "", const std::string& field = "");
 
