@@ -1,11 +1,14 @@
 // The demo as a user runs it, in a fresh temp copy of the workspace: `nx run demo:gguf` (the committed recipe,
-// full training), then `nx run demo:chat` answers questions from the training set the way it was taught.
+// full training), then `nx run demo:chat` answers questions from the training set the way it was taught, and so does
+// llama.cpp (node-llama-cpp) from each GGUF file the gguf stage wrote.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
+import { renderChat } from "../../plugins/nx-finetune/src/data";
+import { greedy } from "../gguf/gguf-helpers";
 import { makeWorkspace, repoRoot, runNx, removeTestDirs } from "./temp-workspace";
 
 let ws = "", shared = "", engine = "";
@@ -40,5 +43,17 @@ for (const [prompt, answer] of [["What is the capital of France?", "Paris."], ["
     const reply = new RegExp(`> ${prompt.replace(/[?.]/g, "\\$&")}\\n(?:demo: )?(.*)\\n`).exec(r.out);
     assert.ok(reply, r.out);
     assert.equal(reply[1].trim(), answer);
+  });
+}
+
+// The same questions through llama.cpp: the alpaca prompt the recipe trains with, greedy, from every exported type.
+for (const type of ["f16", "q8_0", "q4_k_m"]) {
+  test(`llama.cpp answers from demo.${type}.gguf like the engine does`, async () => {
+    const gguf = join(ws, "recipes", "demo", "out", "gguf", `demo.${type}.gguf`);
+    for (const [prompt, answer] of [["What is the capital of France?", "Paris."], ["What colour is snow?", "White."]]) {
+      const { text } = renderChat([{ role: "user", content: prompt }], "alpaca", join(repoRoot, "recipes", "demo", "base"));
+      const reply = await greedy(gguf, text, 8);
+      assert.ok(reply.text.trim().startsWith(answer), `${type}: ${JSON.stringify(prompt)} → ${JSON.stringify(reply.text)}`);
+    }
   });
 }
