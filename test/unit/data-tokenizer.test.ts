@@ -9,22 +9,12 @@ import { join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import { tokenizerFor, StreamDecoder, decode } from "../../plugins/nx-finetune/src/data";
 import { trainSpmBpe, corpusFromJsonl } from "../../plugins/nx-finetune/src/data/build-demo-tokenizer";
+import { vocabVectors } from "../support/vocab-vectors";
 
 const ROOT = resolve(__dirname, "../..");
 const FIXTURES = resolve(ROOT, "../shared/fixtures");
 const DEMO = join(ROOT, "recipes/demo/base");
 const goldens = JSON.parse(readFileSync(join(__dirname, "data-golden/tokenizer-goldens.json"), "utf8"));
-
-// llama.cpp's vocab test files: inputs separated by "\n__ggml_vocab_test__\n" (the file also ends with one), one
-// line of expected ids (no BOS) per input.
-function vocabVectors(inp: string, out: string): Array<[string, number[]]> {
-  const inputs = readFileSync(inp, "utf8").split("\n__ggml_vocab_test__\n");
-  const outputs = readFileSync(out, "utf8").split("\n");
-  assert.equal(inputs.pop(), "");
-  assert.equal(outputs.pop(), "");
-  assert.equal(inputs.length, outputs.length);
-  return inputs.map((text, i) => [text, outputs[i].trim() === "" ? [] : outputs[i].trim().split(/\s+/).map(Number)]);
-}
 
 test("Llama-2 SPM: ids equal llama.cpp's test vectors", () => {
   const tok = tokenizerFor(join(FIXTURES, "tokenizers/llama2-hf"));

@@ -5,17 +5,7 @@
 
 namespace nxft {
 
-static const char* kind_of(const Json& j) {
-  switch (j.type()) {
-    case Json::Type::Null: return "null";
-    case Json::Type::Bool: return "a boolean";
-    case Json::Type::Number: return "a number";
-    case Json::Type::String: return "a string";
-    case Json::Type::Array: return "an array";
-    case Json::Type::Object: return "an object";
-  }
-  return "?";
-}
+static const char* kind_of(const Json& j) { return json_type_name(j.type()); }
 
 JobReader::JobReader(const Json& obj, std::string job_path, std::string prefix)
     : obj_(&obj), job_path_(std::move(job_path)), prefix_(std::move(prefix)) {

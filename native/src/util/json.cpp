@@ -26,17 +26,6 @@
 namespace nxft {
 
 namespace {
-const char* type_name(Json::Type t) {
-  switch (t) {
-    case Json::Type::Null: return "null";
-    case Json::Type::Bool: return "a boolean";
-    case Json::Type::Number: return "a number";
-    case Json::Type::String: return "a string";
-    case Json::Type::Array: return "an array";
-    case Json::Type::Object: return "an object";
-  }
-  return "?";
-}
 constexpr int kMaxDepth = 512;
 }  // namespace
 
@@ -50,7 +39,7 @@ Json Json::object() { Json j; j.type_ = Type::Object; return j; }
 
 static void expect_type(const Json& j, Json::Type want) {
   if (j.type() != want)
-    throw JsonError(std::string("expected ") + type_name(want) + ", got " + type_name(j.type()));
+    throw JsonError(std::string("expected ") + json_type_name(want) + ", got " + json_type_name(j.type()));
 }
 
 bool Json::as_bool() const { expect_type(*this, Type::Bool); return bool_; }
@@ -97,7 +86,7 @@ Json& Json::push(Json value) {
 size_t Json::size() const {
   if (type_ == Type::Array) return arr_.size();
   if (type_ == Type::Object) return obj_.size();
-  throw JsonError(std::string("expected an array or an object, got ") + type_name(type_));
+  throw JsonError(std::string("expected an array or an object, got ") + json_type_name(type_));
 }
 
 // ---- parser ---------------------------------------------------------------------------------------------
@@ -470,6 +459,18 @@ std::string Json::dump(int indent) const {
   std::string out;
   write_value(out, *this, indent, 0);
   return out;
+}
+
+const char* json_type_name(Json::Type t) {
+  switch (t) {
+    case Json::Type::Null: return "null";
+    case Json::Type::Bool: return "a boolean";
+    case Json::Type::Number: return "a number";
+    case Json::Type::String: return "a string";
+    case Json::Type::Array: return "an array";
+    case Json::Type::Object: return "an object";
+  }
+  return "?";
 }
 
 }  // namespace nxft

@@ -67,4 +67,7 @@ class Json {
   friend class JsonParser;
 };
 
+// "null", "a boolean", "a number", "a string", "an array", "an object" — for error messages.
+const char* json_type_name(Json::Type t);
+
 }  // namespace nxft
