@@ -197,10 +197,5 @@ int main() {
   rmdir(synthetic.c_str());
   rmdir(dir.c_str());
   std::printf("compared %d tensors with llama_model_quantize's output\n", compared);
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("OK\n");
-  return 0;
+  return finish_test();
 }

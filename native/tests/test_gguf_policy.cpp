@@ -72,10 +72,5 @@ int main() {
   std::vector<int64_t> expect = {0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15};
   CHECK(p == expect, "permutation for 2 heads of 8");
 
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("OK\n");
-  return 0;
+  return finish_test();
 }

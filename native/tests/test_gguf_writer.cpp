@@ -190,10 +190,5 @@ int main() {
 
   std::remove(path.c_str());
   rmdir(dir.c_str());
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("OK\n");
-  return 0;
+  return finish_test();
 }

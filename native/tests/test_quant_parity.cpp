@@ -148,10 +148,5 @@ int main() {
   }
   }  // pass
   std::printf("compared %d blocks against llama.cpp's libggml-base\n", compared_blocks);
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("OK\n");
-  return 0;
+  return finish_test();
 }

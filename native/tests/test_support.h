@@ -19,6 +19,16 @@ static int failures = 0;
     }                                                           \
   } while (0)
 
+// The last lines of every test's main(): non-zero exit when any CHECK failed.
+inline int finish_test() {
+  if (failures) {
+    std::fprintf(stderr, "%d failure(s)\n", failures);
+    return 1;
+  }
+  std::printf("OK\n");
+  return 0;
+}
+
 // dlopen()s `file` from node-llama-cpp's linux-x64 binaries (tests run from the repo root after `npm ci`), or the path
 // in the environment variable `env_var`; exits with a FAIL line when it cannot.
 inline void* open_llama_cpp_library(const char* env_var, const char* file) {

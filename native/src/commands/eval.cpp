@@ -7,6 +7,7 @@
 #include <cmath>
 #include "backend/backend.h"
 #include "commands/command.h"
+#include "commands/inference_model.h"
 #include "model/lora.h"
 #include "model/transformer.h"
 #include "train/shards.h"
@@ -32,18 +33,9 @@ int cmd_eval(const Json& job, const std::string& job_path) {
 
   const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
   ShardSet shards(shard_files, cfg.vocab_size);
-  std::unique_ptr<LoraAdapter> adapter;
-  if (!adapter_dir.empty()) adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
-  std::unique_ptr<Backend> be = make_backend(backend_name, threads);
-  TransformerOptions opt;
-  Transformer model(*be, cfg, adapter ? &adapter->spec : nullptr, opt);
-  if (adapter) model.set_lora(*adapter);
-  emit_event("start", Json::object()
-                          .set("command", Json::string("eval"))
-                          .set("backend", Json::string(be->name()))
-                          .set("threads", Json::number(be->threads()))
-                          .set("device", Json::string(be->device()))
-                          .set("rows", Json::number(double(shards.rows()))));
+  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
+  Transformer& model = *im.model;
+  emit_event("start", start_event_fields("eval", *im.backend).set("rows", Json::number(double(shards.rows()))));
   model.load_weights(model_dir);
 
   const int T = shards.seq_len();

@@ -11,6 +11,7 @@
 #include <numeric>
 #include "backend/backend.h"
 #include "commands/command.h"
+#include "commands/inference_model.h"
 #include "model/lora.h"
 #include "model/transformer.h"
 #include "model/weights.h"
@@ -86,19 +87,10 @@ int cmd_generate(const Json& job, const std::string& job_path) {
     if (prompt[i] < 0 || prompt[i] >= cfg.vocab_size)
       r.fail("prompt_ids", "id " + std::to_string(prompt[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
                                std::to_string(cfg.vocab_size) + ")");
-  std::unique_ptr<LoraAdapter> adapter;
-  if (!adapter_dir.empty()) adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
+  Transformer& model = *im.model;
 
-  std::unique_ptr<Backend> be = make_backend(backend_name, threads);
-  TransformerOptions opt;
-  Transformer model(*be, cfg, adapter ? &adapter->spec : nullptr, opt);
-  if (adapter) model.set_lora(*adapter);
-
-  emit_event("start", Json::object()
-                          .set("command", Json::string("generate"))
-                          .set("backend", Json::string(be->name()))
-                          .set("threads", Json::number(be->threads()))
-                          .set("device", Json::string(be->device()))
+  emit_event("start", start_event_fields("generate", *im.backend)
                           .set("prompt_tokens", Json::number(double(prompt.size())))
                           .set("max_new_tokens", Json::number(max_new)));
   model.load_weights(model_dir, [](size_t done, size_t total) {

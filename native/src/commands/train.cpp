@@ -17,6 +17,7 @@
 #include <sstream>
 #include "backend/backend.h"
 #include "commands/command.h"
+#include "commands/inference_model.h"
 #include "model/lora.h"
 #include "model/transformer.h"
 #include "model/weights.h"
@@ -256,18 +257,14 @@ int cmd_train(const Json& job, const std::string& job_path) {
   }
   model.set_lora(adapter);
 
-  Json start = Json::object()
-                   .set("command", Json::string("train"))
-                   .set("backend", Json::string(be->name()))
-                   .set("threads", Json::number(be->threads()))
-                   .set("device", Json::string(be->device()))
-                   .set("model_type", Json::string(cfg.model_type))
-                   .set("params", Json::number(double(cfg.num_params())))
-                   .set("trainable_params", Json::number(double(n_params)))
-                   .set("total_steps", Json::number(double(total_steps)))
-                   .set("train_rows", Json::number(double(train.rows())))
-                   .set("seq_len", Json::number(T))
-                   .set("start_step", Json::number(double(state.step)));
+  Json start = start_event_fields("train", *be);
+  start.set("model_type", Json::string(cfg.model_type))
+      .set("params", Json::number(double(cfg.num_params())))
+      .set("trainable_params", Json::number(double(n_params)))
+      .set("total_steps", Json::number(double(total_steps)))
+      .set("train_rows", Json::number(double(train.rows())))
+      .set("seq_len", Json::number(T))
+      .set("start_step", Json::number(double(state.step)));
   if (!resumed_from.empty()) start.set("resumed_from", Json::string(resumed_from));
   emit_event("start", start);
   model.load_weights(base, [](size_t done, size_t total) {
@@ -399,7 +396,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
                      .set("final_eval_loss", num(last_eval))
                      .set("steps", Json::number(double(state.step)))
                      .set("tokens", Json::number(double(state.step * rows_per_step * T)))
-                     .set("trainable_params", Json::number(double(n_params)))
+        .set("trainable_params", Json::number(double(n_params)))
                      .set("backend", Json::string(be->name()))
                      .set("device", Json::string(be->device()));
   write_file_atomic(path_join(out, "summary.json"), summary.dump(2) + "\n");

@@ -1,0 +1,40 @@
+// inference_model.h — what `eval` and `generate` both set up: a backend, the transformer for a config and,
+// optionally, a PEFT adapter applied unmerged; plus the fields every command's `start` event carries.
+#pragma once
+#include <memory>
+#include <string>
+#include "backend/backend.h"
+#include "model/lora.h"
+#include "model/transformer.h"
+#include "util/json.h"
+
+namespace nxft {
+
+struct InferenceModel {
+  std::unique_ptr<LoraAdapter> adapter;   // null without an adapter
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Transformer> model;     // declared last: destroyed before the backend it runs on
+};
+
+// Weights are not loaded yet: the caller streams them in with model->load_weights(dir, …) after its `start` event.
+inline InferenceModel make_inference_model(const ModelConfig& cfg, const std::string& adapter_dir,
+                                           const std::string& backend_name, int threads) {
+  InferenceModel m;
+  if (!adapter_dir.empty()) m.adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+  m.backend = make_backend(backend_name, threads);
+  m.model = std::make_unique<Transformer>(*m.backend, cfg, m.adapter ? &m.adapter->spec : nullptr, TransformerOptions());
+  if (m.adapter) m.model->set_lora(*m.adapter);
+  return m;
+}
+
+// {"command", "backend", "threads", "device"} — extend with command-specific fields before emitting.
+inline Json start_event_fields(const std::string& command, const Backend& be) {
+  Json f = Json::object();
+  f.set("command", Json::string(command))
+      .set("backend", Json::string(be.name()))
+      .set("threads", Json::number(be.threads()))
+      .set("device", Json::string(be.device()));
+  return f;
+}
+
+}  // namespace nxft
