@@ -83,14 +83,20 @@ Rows sample_rows(int V) {
   return r;
 }
 
-void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool nf4 = false) {
+// targets: empty = all seven. A subset leaves holes in the input groups (q|k|v, gate|up) whose LoRA products
+// the model computes as one GEMM per group.
+// fold: TransformerOptions::fold_lora (applies only without dropout and NF4).
+void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool nf4 = false,
+                      const std::vector<std::string>& targets = {}, bool fold = true) {
   auto be = make_cpu_backend_f64(2);
   ModelConfig cfg = tiny_config(family);
   ModelWeights w = random_weights(cfg, 7);
   LoraSpec spec = all_targets(dropout);
+  if (!targets.empty()) spec.targets = targets;
   TransformerOptions opt;
   opt.gradient_checkpointing = ckpt;
   opt.quantize_nf4 = nf4;       // QLoRA: frozen linear weights stored as NF4, dequantized inside matmul
+  opt.fold_lora = fold;
   opt.ce_vocab_chunk = 5;      // 13 = 5 + 5 + 3: exercises the multi-chunk path
   opt.ce_max_logits = 5 * 6;   // 6 rows per chunk: exercises row chunking (N = 14)
   Transformer m(*be, w, &spec, opt);
@@ -122,8 +128,8 @@ void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool
   MT_CHECK(worst < 1e-6, "%s (dropout %.1f, ckpt %d, nf4 %d): LoRA gradient vs finite differences: err %.3g at param %zu",
            family.c_str(), dropout, int(ckpt), int(nf4), worst, worst_i);
   MT_CHECK(nonzero > n / 2, "%s: only %zu of %zu gradients are non-zero", family.c_str(), nonzero, n);
-  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d nf4=%d: %zu params, max FD err %.2g\n", family.c_str(), dropout, int(ckpt),
-               int(nf4), n, worst);
+  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d nf4=%d targets=%zu fold=%d: %zu params, max FD err %.2g\n",
+               family.c_str(), dropout, int(ckpt), int(nf4), spec.targets.size(), int(fold), n, worst);
 }
 
 std::vector<double> grads_of(Backend& be, Transformer& m, const Rows& r, double* loss) {
@@ -208,5 +214,9 @@ int main() {
   gradcheck_family("llama", 0.3, false);
   gradcheck_family("gemma", 0.3, true);
   gradcheck_family("qwen2", 0.0, false, true);
+  gradcheck_family("llama", 0.0, false, false, {"v_proj", "o_proj", "up_proj"});
+  gradcheck_family("qwen2", 0.3, true, false, {"k_proj", "v_proj", "gate_proj", "down_proj"});
+  gradcheck_family("qwen2", 0.0, true, false, {}, false);
+  gradcheck_family("llama", 0.0, false, false, {"q_proj", "v_proj", "up_proj", "down_proj"}, false);
   return mt::finish("test_gradcheck");
 }

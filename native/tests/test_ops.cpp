@@ -74,6 +74,49 @@ void test_matmul(Backend& be, Backend& bf) {
         b->free(a), b->free(bb), b->free(c);
       }
     }
+  // matmul_ex: operands addressed inside wider matrices (lda/ldb/ldd > row length) and D = alpha·AB + beta·C
+  // with C a different tensor. Elements of D outside the addressed block must stay untouched.
+  for (const auto& dims : shapes)
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++) {
+      const int M = dims[0], N = dims[1], K = dims[2];
+      const int a_rows = ta ? K : M, a_cols = ta ? M : K, b_rows = tb ? N : K, b_cols = tb ? K : N;
+      const int lda = a_cols + 5, ldb = b_cols + 3, ldd = N + 7;
+      auto A = rng.normals(size_t(a_rows) * lda), B = rng.normals(size_t(b_rows) * ldb);
+      auto C0 = rng.normals(size_t(M) * ldd), D0 = rng.normals(size_t(M) * ldd);
+      const double alpha = 1.25, beta = 1.0;
+      std::vector<double> ref = D0;   // columns ≥ N keep D0
+      for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+          double acc = 0;
+          for (int k = 0; k < K; k++)
+            acc += (ta ? A[size_t(k) * lda + i] : A[size_t(i) * lda + k]) * (tb ? B[size_t(j) * ldb + k] : B[size_t(k) * ldb + j]);
+          ref[size_t(i) * ldd + j] = alpha * acc + beta * C0[size_t(i) * ldd + j];
+        }
+      for (Backend* b : {&be, &bf}) {
+        Tensor a = mt::upload(*b, A), bb = mt::upload(*b, B), c = mt::upload(*b, C0), d = mt::upload(*b, D0);
+        b->matmul_ex(d, c, a, bb, M, N, K, ta, tb, float(alpha), float(beta), lda, ldb, ldd);
+        auto got = mt::download(*b, d, ref.size());
+        double err = 0, mag = 0;
+        bool outside_kept = true;
+        for (int i = 0; i < M; i++)
+          for (int j = 0; j < ldd; j++) {
+            const size_t at = size_t(i) * ldd + j;
+            if (j >= N) outside_kept = outside_kept && got[at] == double(b == &be ? D0[at] : float(D0[at]));
+            err = std::max(err, std::fabs(got[at] - ref[at]));
+            mag = std::max(mag, std::fabs(ref[at]));
+          }
+        err /= mag;
+        MT_CHECK(err < (b == &be ? 1e-14 : 2e-6), "matmul_ex strided ta=%d tb=%d (%s): rel err %.3g", ta, tb,
+                 b->device().c_str(), err);
+        MT_CHECK(outside_kept, "matmul_ex wrote outside the addressed block (ta=%d tb=%d)", ta, tb);
+        auto c_after = mt::download(*b, c, C0.size());
+        bool c_kept = true;
+        for (size_t i = 0; i < C0.size(); i++) c_kept = c_kept && c_after[i] == double(b == &be ? C0[i] : float(C0[i]));
+        MT_CHECK(c_kept, "matmul_ex modified its C operand");
+        b->free(a), b->free(bb), b->free(c), b->free(d);
+      }
+    }
   // NF4 B operand (QLoRA): equals matmul with the dequantized weight; quantization error is bounded.
   {
     const int Mq = 5, Nq = 33, Kq = 64;   // W (Nq, Kq) [out, in]
@@ -114,7 +157,7 @@ void test_rmsnorm(Backend& be) {
            rstd = be.alloc(N, Role::Stat), x = be.alloc(size_t(N) * C, Role::Activation);
     auto f = [&]() {
       be.upload(x, X.data(), X.size());
-      be.rmsnorm_forward(out, rstd, x, w, N, C, 1e-5, plus_one);
+      be.rmsnorm_forward(out, rstd, x, w, N, C, 1e-5, plus_one, 0);
       return dot(mt::download(be, out, X.size()), R);
     };
     // forward value against the formula
@@ -241,6 +284,65 @@ void test_attention(Backend& be) {
   for (Tensor* t : {&dst, &q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv}) be.free(*t);
 }
 
+// Row-pitched outputs (ld_out > row length) leave the columns after each row untouched, and write_column_blocks
+// places s·B into a column block of a wider weight: the layout of a folded LoRA projection.
+void test_row_pitch_and_column_blocks(Backend& be) {
+  Rng rng(11);
+  const int N = 4, C = 9, ld = C + 5;
+  auto X = rng.normals(size_t(N) * C), Wv = rng.normals(C), junk = rng.normals(size_t(N) * ld);
+  Tensor x = mt::upload(be, X), w = mt::upload(be, Wv, Role::Weight), rstd = be.alloc(N, Role::Stat);
+  Tensor packed = be.alloc(size_t(N) * C, Role::Activation), wide = mt::upload(be, junk);
+  junk = mt::download(be, wide, junk.size());   // as stored (f32 rounds)
+  be.rmsnorm_forward(packed, rstd, x, w, N, C, 1e-5, false, 0);
+  be.rmsnorm_forward(wide, rstd, x, w, N, C, 1e-5, false, ld);
+  auto pk = mt::download(be, packed, size_t(N) * C), wd = mt::download(be, wide, size_t(N) * ld);
+  bool same = true, kept = true;
+  for (int i = 0; i < N; i++)
+    for (int c = 0; c < ld; c++) {
+      if (c < C) same = same && wd[size_t(i) * ld + c] == pk[size_t(i) * C + c];
+      else kept = kept && wd[size_t(i) * ld + c] == junk[size_t(i) * ld + c];
+    }
+  MT_CHECK(same && kept, "rmsnorm_forward with ld_out: rows equal %d, padding kept %d", int(same), int(kept));
+  const int F = 6, ldf = F + 3;
+  auto G = rng.normals(size_t(N) * F), U = rng.normals(size_t(N) * F), junk2 = rng.normals(size_t(N) * ldf);
+  Tensor g = mt::upload(be, G), u = mt::upload(be, U), hp = be.alloc(size_t(N) * F, Role::Activation),
+         hw = mt::upload(be, junk2);
+  junk2 = mt::download(be, hw, junk2.size());
+  be.glu_forward(hp, g, u, N, F, Glu::SwiGLU, 0);
+  be.glu_forward(hw, g, u, N, F, Glu::SwiGLU, ldf);
+  auto hpv = mt::download(be, hp, size_t(N) * F), hwv = mt::download(be, hw, size_t(N) * ldf);
+  same = kept = true;
+  for (int i = 0; i < N; i++)
+    for (int c = 0; c < ldf; c++) {
+      if (c < F) same = same && hwv[size_t(i) * ldf + c] == hpv[size_t(i) * F + c];
+      else kept = kept && hwv[size_t(i) * ldf + c] == junk2[size_t(i) * ldf + c];
+    }
+  MT_CHECK(same && kept, "glu_forward with ld_out: rows equal %d, padding kept %d", int(same), int(kept));
+  // two jobs into one (rows, 4 + 2·2) weight: B1 at columns 4..5, B2 at 6..7, scale 0.5
+  const int rows = 3, cols = 4, r = 2, wld = cols + 2 * r;
+  auto W0 = rng.normals(size_t(rows) * wld), B1 = rng.normals(size_t(rows) * r), B2 = rng.normals(size_t(rows) * r);
+  Tensor wt = mt::upload(be, W0, Role::Weight), b1 = mt::upload(be, B1, Role::Param), b2 = mt::upload(be, B2, Role::Param);
+  W0 = mt::download(be, wt, W0.size());
+  Backend::ColumnBlockWrite jobs[2];
+  jobs[0].dst = jobs[1].dst = wt;
+  jobs[0].ld = jobs[1].ld = wld;
+  jobs[0].col0 = cols, jobs[1].col0 = cols + r;
+  jobs[0].src = b1, jobs[1].src = b2;
+  jobs[0].rows = jobs[1].rows = rows;
+  jobs[0].cols = jobs[1].cols = r;
+  be.write_column_blocks(jobs, 2, 0.5f);
+  auto wv = mt::download(be, wt, W0.size());
+  bool ok = true;
+  for (int i = 0; i < rows; i++)
+    for (int c = 0; c < wld; c++) {
+      const double want = c < cols ? W0[size_t(i) * wld + c]
+                          : c < cols + r ? 0.5 * B1[size_t(i) * r + c - cols] : 0.5 * B2[size_t(i) * r + c - cols - r];
+      ok = ok && std::fabs(wv[size_t(i) * wld + c] - want) < 1e-6;
+    }
+  MT_CHECK(ok, "write_column_blocks placed s·B wrongly");
+  for (Tensor* t : {&x, &w, &rstd, &packed, &wide, &g, &u, &hp, &hw, &wt, &b1, &b2}) be.free(*t);
+}
+
 void test_glu(Backend& be) {
   Rng rng(5);
   const int N = 3, F = 5;
@@ -251,7 +353,7 @@ void test_glu(Backend& be) {
     auto f = [&]() {
       be.upload(g, G.data(), G.size());
       be.upload(u, U.data(), U.size());
-      be.glu_forward(o, g, u, N, F, act);
+      be.glu_forward(o, g, u, N, F, act, 0);
       return dot(mt::download(be, o, G.size()), R);
     };
     f();
@@ -406,6 +508,8 @@ int main() {
   test_rope(*be);
   test_attention(*be);
   test_glu(*be);
+  test_row_pitch_and_column_blocks(*be);
+  test_row_pitch_and_column_blocks(*bf);
   test_cross_entropy(*be);
   test_dropout(*be);
   test_adamw(*bf);

@@ -20,7 +20,8 @@
 //
 // Fusion guidance for a fast backend (the interface is fine-grained so the CPU reference stays readable;
 // a fast backend may fuse *inside* an op, and the model calls ops in this order so epilogues are possible):
-//   matmul(beta=1) already fuses residual adds and LoRA adds into the GEMM epilogue;
+//   matmul(beta=1) already fuses residual adds and LoRA adds into the GEMM epilogue, and matmul_ex with C ≠ D
+//   writes "residual + projection" without a copy;
 //   rmsnorm_forward can be fused with the preceding residual add (the model does add → norm);
 //   glu_forward/backward can be fused into the up/gate GEMM epilogue;
 //   lora_dropout can be fused into the x·Aᵀ GEMM's A-operand load;
@@ -114,15 +115,25 @@ class Backend {
   virtual Tensor upload_nf4(const float* w, int rows, int cols) = 0;
 
   // ---- matmul: the workhorse ---------------------------------------------------------------------------
-  // C (M,N) = alpha · op(A) · op(B) + beta · C, row-major, accumulated in fp32 (f64 in the double variant).
+  // D (M,N) = alpha · op(A) · op(B) + beta · C, row-major, accumulated in fp32 (f64 in the double variant).
   //   op(A) is (M,K): A stored (M,K), or stored (K,M) when trans_a.
   //   op(B) is (K,N): B stored (K,N), or stored (N,K) when trans_b.
+  //   lda, ldb, ldd: elements between consecutive stored rows of A, B and D (0 = packed: the stored row
+  //   length). A leading dimension larger than the row length addresses a column block of a wider matrix,
+  //   e.g. the r columns of one projection inside the (N, 3r) LoRA activations of q|k|v.
+  //   C is read with D's layout (ldd). C may be D itself (in-place accumulate) or a different tensor that
+  //   does not overlap D: D = x + o_proj(att) without first copying x into D.
   // Uses: y = x·Wᵀ (trans_b, W [out,in]); dx = dy·W; dW = dyᵀ·x (trans_a, beta=1 to accumulate).
-  // beta=1 adds into C (residual adds, LoRA adds, gradient accumulation). Dtypes may mix (bf16 × fp32 → fp32
-  // for LoRA grads on CUDA); B may be NF4 (dequantized on the fly). beta == 0 ignores C's old contents
-  // (NaN-safe). alpha multiplies the finished dot product (alpha·Σ), like torch's addmm.
-  virtual void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K,
-                      bool trans_a, bool trans_b, float alpha, float beta) = 0;
+  // Dtypes may mix (bf16 × fp32 → fp32 for LoRA grads on CUDA); B may be NF4 (dequantized on the fly; packed
+  // only). beta == 0 ignores C's old contents (NaN-safe). alpha multiplies the finished dot product (alpha·Σ),
+  // like torch's addmm. For beta ≠ 0 the sum is formed as alpha·Σ + beta·C.
+  virtual void matmul_ex(const Tensor& d, const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K,
+                         bool trans_a, bool trans_b, float alpha, float beta, int lda, int ldb, int ldd) = 0;
+  // C (M,N) = alpha · op(A) · op(B) + beta · C with packed operands (the common case).
+  void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, bool trans_a, bool trans_b,
+              float alpha, float beta) {
+    matmul_ex(c, c, a, b, M, N, K, trans_a, trans_b, alpha, beta, 0, 0, 0);
+  }
 
   // ---- embedding ---------------------------------------------------------------------------------------
   // out (N,C) = table[ids[i]] · scale. table (V,C) Weight, ids (N) Index. scale = 1 or gemma's √C, which the
@@ -132,11 +143,12 @@ class Backend {
                                  double scale) = 0;
 
   // ---- RMSNorm (HF: x · rsqrt(mean(x²) + eps) in fp32, then × w, or × (1 + w) for gemma) ----------------
-  // out (N,C) writes; rstd (N) Stat writes 1/sqrt(mean(x²)+eps); x (N,C); w (C) Weight.
+  // out (N,C) writes, row pitch ld_out (0 = C: packed); rstd (N) Stat writes 1/sqrt(mean(x²)+eps); x (N,C);
+  // w (C) Weight. A wider ld_out leaves room after each row (the LoRA columns of a folded projection).
   // Llama downcasts the normalized x to the activation dtype before × w; gemma multiplies by (1+w) in fp32
   // first (only differs for bf16 backends).
   virtual void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w,
-                               int N, int C, double eps, bool plus_one) = 0;
+                               int N, int C, double eps, bool plus_one, int ld_out) = 0;
   // dx (N,C) ACCUMULATES the input gradient; dout (N,C); x, w, rstd as in forward. No weight gradient.
   virtual void rmsnorm_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, const Tensor& w,
                                 const Tensor& rstd, int N, int C, bool plus_one) = 0;
@@ -180,8 +192,10 @@ class Backend {
                                   int HD) = 0;
 
   // ---- gated MLP activation --------------------------------------------------------------------------------
-  // out (N,F) = act(gate) · up, act = silu | gelu_tanh (0.5·g·(1+tanh(√(2/π)·(g+0.044715·g³)))). Writes.
-  virtual void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act) = 0;
+  // out (N,F) = act(gate) · up, act = silu | gelu_tanh (0.5·g·(1+tanh(√(2/π)·(g+0.044715·g³)))). Writes out
+  // with row pitch ld_out (0 = F: packed); gate, up packed.
+  virtual void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act,
+                           int ld_out) = 0;
   // dgate, dup (N,F) WRITE; dout, gate, up (N,F). dgate may not alias gate; dup may not alias up.
   virtual void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
                             const Tensor& up, int N, int F, Glu act) = 0;
@@ -193,6 +207,19 @@ class Backend {
   // drop(x)[i] = x[i] / (1 − p) where counter_uniform(seed, i) ≥ p, else 0 (i = flat index in (N,in)).
   // out (N,D) writes; x (N,D). p = 0 is a plain copy (the model skips the call then).
   virtual void lora_dropout(const Tensor& out, const Tensor& x, int N, int D, float p, uint64_t seed) = 0;
+
+  // ---- LoRA folded into the base weight ---------------------------------------------------------------------
+  // A folded projection keeps W_ext = [W | … s·B_t …] (out, in + g·r) so y = [x | xa]·W_extᵀ is ONE GEMM (the
+  // LoRA up-projection rides along as g·r extra K columns). After the LoRA parameters change, the model writes
+  // s·B_t into its column block of W_ext. Per job: dst[i·ld + col0 + j] = scale·src[i·cols + j] for i < rows,
+  // j < cols; src is an fp32 Param, dst a Weight (rounded to the weight dtype).
+  struct ColumnBlockWrite {
+    Tensor dst;
+    int ld = 0, col0 = 0;
+    Tensor src;
+    int rows = 0, cols = 0;
+  };
+  virtual void write_column_blocks(const ColumnBlockWrite* jobs, int n_jobs, float scale) = 0;
 
   // ---- cross-entropy over vocabulary chunks (never the full (N,V) logits for a big vocabulary) -----------
   // The model computes logits for a block of n tokens and a chunk of vocabulary [v0, v0+Vc):

@@ -228,7 +228,8 @@ int cmd_train(const Json& job, const std::string& job_path) {
 
   // What must match for a checkpoint to be resumed.
   std::ostringstream fp;
-  fp << "r=" << spec.r << " alpha=" << spec.alpha << " targets=" << spec.targets.size() << " B=" << B << " GA=" << GA
+  // "lora-layout=2": per layer all A then all B (model/transformer.h); optimizer states follow that order.
+  fp << "lora-layout=2 r=" << spec.r << " alpha=" << spec.alpha << " targets=" << spec.targets.size() << " B=" << B << " GA=" << GA
      << " seed=" << seed << " shuffle=" << shuffle << " T=" << T << " rows=" << train.rows() << " total=" << total_steps;
   TrainerState state;
   state.total_steps = total_steps;

@@ -14,6 +14,8 @@ namespace nxft {
 
 namespace {
 enum Target { kQ = 0, kK = 1, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6 };
+// target → input group (Transformer::Group): q,k,v → 0, o → 1, gate,up → 2, down → 3
+constexpr int kGroupOf[7] = {0, 0, 0, 1, 2, 2, 3};
 
 uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -56,9 +58,24 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
                       "num_key_value_heads");
   tied_ = c.tie_word_embeddings;
   layers_.resize(size_t(c.num_layers));
+  // LoRA targets first: folding (TransformerOptions::fold_lora) decides the row pitch of the adapted weights.
+  bool wanted[7] = {false, false, false, false, false, false, false};
+  if (lora) {
+    for (const std::string& t : lora->targets) {
+      int i = lora_target_index(t);
+      if (i < 0) throw EngineError("unknown LoRA target \"" + t + "\"", "", "lora.targets");
+      wanted[i] = true;
+    }
+    for (int t = 0; t < 7; t++)
+      if (wanted[t]) group_width_[kGroupOf[t]] += lora->r;
+    const bool fold = opt_.fold_lora && !opt_.quantize_nf4 && lora->dropout == 0;
+    for (int g : {int(kGroupQKV), int(kGroupGateUp), int(kGroupDown)}) fold_[g] = fold && group_width_[g] > 0;
+  }
   // The frozen weights, by HF name (filled by set_weight / load_weights; NF4 applies to the linear ones).
-  auto slot = [&](const std::string& name, Tensor* t, int rows, int cols, bool linear) {
-    slots_w_.push_back(WeightSlot{name, t, rows, cols, linear && opt_.quantize_nf4});
+  auto slot = [&](const std::string& name, Tensor* t, int rows, int cols, bool linear, int target = -1) {
+    const bool folded = target >= 0 && wanted[target] && fold_[kGroupOf[target]];
+    const int ld = folded ? cols + group_width_[kGroupOf[target]] : cols;
+    slots_w_.push_back(WeightSlot{name, t, rows, cols, ld, linear && opt_.quantize_nf4});
   };
   slot("model.embed_tokens.weight", &embed_, V, C, false);
   if (!tied_) slot("lm_head.weight", &head_, V, C, false);
@@ -67,23 +84,28 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
     LayerW& L = layers_[size_t(l)];
     const std::string p = "model.layers." + std::to_string(l) + ".";
     slot(p + "input_layernorm.weight", &L.attn_norm, 1, C, false);
-    slot(p + "self_attn.q_proj.weight", &L.wq, qd, C, true);
-    slot(p + "self_attn.k_proj.weight", &L.wk, kvd, C, true);
-    slot(p + "self_attn.v_proj.weight", &L.wv, kvd, C, true);
-    slot(p + "self_attn.o_proj.weight", &L.wo, C, qd, true);
+    slot(p + "self_attn.q_proj.weight", &L.wq, qd, C, true, kQ);
+    slot(p + "self_attn.k_proj.weight", &L.wk, kvd, C, true, kK);
+    slot(p + "self_attn.v_proj.weight", &L.wv, kvd, C, true, kV);
+    slot(p + "self_attn.o_proj.weight", &L.wo, C, qd, true, kO);
     if (c.attention_bias) {
       slot(p + "self_attn.q_proj.bias", &L.bq, 1, qd, false);
       slot(p + "self_attn.k_proj.bias", &L.bk, 1, kvd, false);
       slot(p + "self_attn.v_proj.bias", &L.bv, 1, kvd, false);
     }
     slot(p + "post_attention_layernorm.weight", &L.mlp_norm, 1, C, false);
-    slot(p + "mlp.gate_proj.weight", &L.wg, F, C, true);
-    slot(p + "mlp.up_proj.weight", &L.wu, F, C, true);
-    slot(p + "mlp.down_proj.weight", &L.wd, C, F, true);
+    slot(p + "mlp.gate_proj.weight", &L.wg, F, C, true, kGate);
+    slot(p + "mlp.up_proj.weight", &L.wu, F, C, true, kUp);
+    slot(p + "mlp.down_proj.weight", &L.wd, C, F, true, kDown);
   }
   // Plain weights are allocated now (so a caller may also fill them on the backend); NF4 ones at set_weight.
-  for (WeightSlot& w : slots_w_)
-    if (!w.nf4) *w.t = be_.alloc(size_t(w.rows) * w.cols, Role::Weight);
+  // The LoRA columns of a folded weight start at zero: each projection's own block is written from its B by
+  // refresh_folded_lora(), the blocks of the group's other projections stay zero.
+  for (WeightSlot& w : slots_w_) {
+    if (w.nf4) continue;
+    *w.t = be_.alloc(size_t(w.rows) * w.ld, Role::Weight);
+    if (w.ld != w.cols) be_.fill(*w.t, 0.0f, size_t(w.rows) * w.ld);
+  }
   if (tied_) head_ = embed_;
   // fp32 backends get transformers' float32 inv_freq bit for bit; the f64 gradient-check backend the exact one.
   inv_freq_ = be_.alloc(size_t(HD / 2), Role::Stat);
@@ -100,14 +122,10 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
     has_lora_ = true;
     spec_ = *lora;
     lora_scale_ = float(spec_.scale());
-    bool wanted[7] = {false, false, false, false, false, false, false};
-    for (const std::string& t : spec_.targets) {
-      int i = lora_target_index(t);
-      if (i < 0) throw EngineError("unknown LoRA target \"" + t + "\"", "", "lora.targets");
-      wanted[i] = true;
-    }
     const int r = spec_.r;
-    for (int l = 0; l < c.num_layers; l++)
+    int col[4] = {0, 0, 0, 0};
+    for (int l = 0; l < c.num_layers; l++) {
+      // all A of the layer (target order), then all B: the A of one input group are contiguous
       for (int t = 0; t < 7; t++) {
         if (!wanted[t]) continue;
         LoraSlot s;
@@ -117,18 +135,45 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
         s.out = (t == kQ) ? qd : (t == kK || t == kV) ? kvd : (t == kGate || t == kUp) ? F : C;
         s.off_a = n_params_;
         n_params_ += size_t(r) * s.in;
-        s.off_b = n_params_;
-        n_params_ += size_t(s.out) * r;
+        s.col = col[kGroupOf[t]];
+        col[kGroupOf[t]] += r;
         slot_of_[size_t(l)][size_t(t)] = int(slots_.size());
         slots_.push_back(s);
       }
+      for (int t = 0; t < 7; t++) {
+        if (!wanted[t]) continue;
+        LoraSlot& s = slots_[size_t(slot_of_[size_t(l)][size_t(t)])];
+        s.off_b = n_params_;
+        n_params_ += size_t(s.out) * r;
+      }
+      for (int& cg : col) cg = 0;
+    }
     if (n_params_ > 0) {
       params_ = be_.alloc(n_params_, Role::Param);
       grads_ = be_.alloc(n_params_, Role::Param);
       be_.fill(params_, 0.0f, n_params_);
       be_.fill(grads_, 0.0f, n_params_);
     }
+    // B_t (out, r) → columns [in + col, in + col + r) of W_ext (out, in + g·r), scaled by s
+    for (const LoraSlot& s : slots_) {
+      const int g = kGroupOf[s.target];
+      if (!fold_[g]) continue;
+      const LayerW& W = layers_[size_t(s.layer)];
+      const Tensor* w[7] = {&W.wq, &W.wk, &W.wv, &W.wo, &W.wg, &W.wu, &W.wd};
+      Backend::ColumnBlockWrite job;
+      job.dst = *w[s.target];
+      job.ld = s.in + group_width_[g];
+      job.col0 = s.in + s.col;
+      job.src = params_.slice(s.off_b, size_t(s.out) * r);
+      job.rows = s.out;
+      job.cols = r;
+      fold_jobs_.push_back(job);
+    }
   }
+}
+
+void Transformer::refresh_folded_lora() {
+  if (!fold_jobs_.empty()) be_.write_column_blocks(fold_jobs_.data(), int(fold_jobs_.size()), lora_scale_);
 }
 
 std::vector<std::pair<std::string, Tensor>> Transformer::weight_tensors() const {
@@ -145,8 +190,13 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
   if (w.nf4) {
     if (!w.t->empty()) be_.free(*w.t);
     *w.t = be_.upload_nf4(v.data(), w.rows, w.cols);
-  } else {
+  } else if (w.ld == w.cols) {
     be_.upload(*w.t, v.data(), n);
+  } else {   // folded: rows of [W | zeros]; run() writes the LoRA columns
+    std::vector<float> padded(size_t(w.rows) * w.ld, 0.0f);
+    for (int r = 0; r < w.rows; r++)
+      std::memcpy(padded.data() + size_t(r) * w.ld, v.data() + size_t(r) * w.cols, size_t(w.cols) * sizeof(float));
+    be_.upload(*w.t, padded.data(), padded.size());
   }
 }
 
@@ -177,15 +227,15 @@ void Transformer::release(Tensor& t) {
 }
 
 void Transformer::free_layer_acts(LayerActs& a) {
-  for (Tensor* t : {&a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.res_mid, &a.rstd2, &a.g, &a.u}) release(*t);
-  a.xn1 = a.xn2 = a.h = Tensor();   // shared buffers (xn_, h_), released by ensure_buffers / the destructor
+  for (Tensor* t : {&a.xn1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.res_mid, &a.xn2, &a.rstd2, &a.g, &a.u, &a.h})
+    release(*t);
   for (Tensor& t : a.xa) release(t);
 }
 
 Transformer::~Transformer() {
   for (LayerActs& a : acts_) free_layer_acts(a);
   for (Tensor& t : res_) release(t);
-  for (Tensor* t : {&xn_, &h_, &ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
+  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
                     &dh_, &dg_, &du_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_,
                     &ce_loss_, &ce_lse_, &params_, &grads_, &inv_freq_})
     release(*t);
@@ -234,7 +284,12 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N) {
   const ModelConfig& c = cfg_;
   const int C = c.hidden_size, F = c.intermediate_size, qd = c.num_heads * c.head_dim,
             kvd = c.num_kv_heads * c.head_dim;
-  a.xn1 = a.xn2 = xn_;   // not kept per layer: recomputed in backward (see layer_backward)
+  // xn1, xn2 and h are kept (2·C + F values per token) so backward recomputes nothing: the LoRA backward of
+  // q/k/v, gate/up and down reads them.
+  // A folded group's input has its LoRA down-projections as extra columns: [xn1 | xa_q xa_k xa_v] etc.
+  a.xn1 = be_.alloc(size_t(N) * input_ld(kGroupQKV), Role::Activation);
+  a.xn2 = be_.alloc(size_t(N) * input_ld(kGroupGateUp), Role::Activation);
+  a.h = be_.alloc(size_t(N) * input_ld(kGroupDown), Role::Activation);
   a.rstd1 = be_.alloc(size_t(N), Role::Stat);
   a.q = be_.alloc(size_t(N) * qd, Role::Activation);
   a.k = be_.alloc(size_t(N) * kvd, Role::Activation);
@@ -245,10 +300,9 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N) {
   a.rstd2 = be_.alloc(size_t(N), Role::Stat);
   a.g = be_.alloc(size_t(N) * F, Role::Activation);
   a.u = be_.alloc(size_t(N) * F, Role::Activation);
-  a.h = h_;
   if (has_lora_)
-    for (int t = 0; t < 7; t++)   // every layer adapts the same projections
-      if (slot_of_[0][size_t(t)] >= 0) a.xa[t] = be_.alloc(size_t(N) * spec_.r, Role::Activation);
+    for (int g = 0; g < 4; g++)   // every layer adapts the same projections
+      if (group_width_[g] > 0 && !fold_[g]) a.xa[g] = be_.alloc(size_t(N) * group_width_[g], Role::Activation);
 }
 
 void Transformer::ensure_buffers(int N, bool training) {
@@ -264,15 +318,13 @@ void Transformer::ensure_buffers(int N, bool training) {
   acts_.clear();
   for (Tensor& t : res_) release(t);
   res_.clear();
-  for (Tensor* t : {&xn_, &h_, &ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
+  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
                     &dh_, &dg_, &du_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_,
                     &ce_loss_, &ce_lse_})
     release(*t);
   cap_n_ = cap;
   const bool train_bufs = training || have_train;
   const size_t n_acts = std::max(want_acts, (train_bufs && !opt_.gradient_checkpointing) ? size_t(L) : size_t(1));
-  xn_ = be_.alloc(size_t(cap) * C, Role::Activation);
-  h_ = be_.alloc(size_t(cap) * F, Role::Activation);
   acts_.resize(n_acts);
   for (LayerActs& a : acts_) alloc_layer_acts(a, cap);
   res_.resize(size_t(L) + 1);
@@ -295,7 +347,8 @@ void Transformer::ensure_buffers(int N, bool training) {
     dh_ = be_.alloc(size_t(cap) * F, Role::Activation);
     dg_ = be_.alloc(size_t(cap) * F, Role::Activation);
     du_ = be_.alloc(size_t(cap) * F, Role::Activation);
-    if (has_lora_) dxa_ = be_.alloc(size_t(cap) * spec_.r, Role::Activation);
+    const int widest = *std::max_element(group_width_, group_width_ + 4);
+    if (widest > 0) dxa_ = be_.alloc(size_t(cap) * widest, Role::Activation);
     scratch_dx_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   }
   ce_vc_ = std::min(V, std::max(1, opt_.ce_vocab_chunk));
@@ -332,54 +385,126 @@ void Transformer::upload_batch(const Batch& b) {
   be_.upload(doc_start_, ds.data(), size_t(N));
 }
 
-// ---- linear + LoRA ------------------------------------------------------------------------------------------
+// ---- linear + LoRA, one input group at a time ---------------------------------------------------------------
+//
+// Per adapted projection t of a group reading x (N, in):  y_t = c_in + x·W_tᵀ (+ bias) + scale·xa_t·B_tᵀ,
+// xa_t = drop_t(x)·A_tᵀ (N, r). Without dropout the x·Aᵀ of the whole group is one GEMM (A_q|A_k|A_v are
+// contiguous), and so are its dA and its dx contribution. The LoRA up-projection runs first and writes y; the
+// base GEMM then accumulates into it (beta = 1), so the memory-bound LoRA product never re-reads y. Residual
+// projections (o, down) read the residual as the GEMM's C, so no copy of it is made.
 
-// y (N,out) = beta·y + x (N,in)·Wᵀ (+ bias) (+ scale·(drop(x)·Aᵀ)·Bᵀ); xa (N,r) keeps x·Aᵀ for backward.
-void Transformer::linear_forward(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& bias, int N, int in,
-                                 int out, int layer, int target, const Tensor& xa, uint64_t seed, float beta) {
-  be_.matmul(y, x, w, N, out, in, false, true, 1.0f, beta);
-  if (!bias.empty()) be_.add_bias(y, bias, N, out);
-  const int si = slot_of_[size_t(layer)][size_t(target)];
-  if (si < 0) return;
-  const LoraSlot& s = slots_[size_t(si)];
-  const int r = spec_.r;
-  Tensor A = params_.slice(s.off_a, size_t(r) * in), Bm = params_.slice(s.off_b, size_t(out) * r);
-  Tensor xin = x;
-  const float p = dropout_p();
-  if (p > 0 && seed != 0) {
-    be_.lora_dropout(scratch_in_, x, N, in, p, lora_seed(seed, layer, target));
-    xin = scratch_in_;
-  }
-  be_.matmul(xa, xin, A, N, r, in, false, true, 1.0f, 0.0f);
-  be_.matmul(y, xa, Bm, N, out, r, false, true, lora_scale_, 1.0f);
+int Transformer::input_width(int group) const {
+  const int qd = cfg_.num_heads * cfg_.head_dim;
+  return group == kGroupO ? qd : group == kGroupDown ? cfg_.intermediate_size : cfg_.hidden_size;
 }
 
-// Given dy (N,out) of an adapted projection: dB += scale·dyᵀ·xa, dA += dxaᵀ·drop(x), dx += drop(dxa·A).
-void Transformer::lora_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& xa, int N, int layer,
-                                int target, uint64_t seed) {
-  const int si = slot_of_[size_t(layer)][size_t(target)];
-  if (si < 0) return;
-  const LoraSlot& s = slots_[size_t(si)];
-  const int r = spec_.r, in = s.in, out = s.out;
-  Tensor A = params_.slice(s.off_a, size_t(r) * in), Bm = params_.slice(s.off_b, size_t(out) * r);
-  Tensor dA = grads_.slice(s.off_a, size_t(r) * in), dB = grads_.slice(s.off_b, size_t(out) * r);
+Tensor Transformer::xa_of(const LayerActs& a, int group, int* ld) const {
+  if (!fold_[group]) {
+    *ld = group_width_[group];
+    return a.xa[group];
+  }
+  const Tensor& in = group == kGroupQKV ? a.xn1 : group == kGroupGateUp ? a.xn2 : a.h;
+  *ld = input_ld(group);
+  return in.slice(size_t(input_width(group)), in.n - size_t(input_width(group)));
+}
+
+void Transformer::group_forward(int layer, int group, const Tensor& x, int N, const Tensor& xa, int ld_xa,
+                                std::initializer_list<Proj> projs, uint64_t seed) {
+  const int r = spec_.r, rg = group_width_[group], in = input_width(group), ld_x = input_ld(group);
   const float p = dropout_p();
   const bool drop = p > 0 && seed != 0;
-  const uint64_t ls = lora_seed(seed, layer, target);
-  Tensor xin = x;
-  if (drop) {
-    be_.lora_dropout(scratch_in_, x, N, in, p, ls);
-    xin = scratch_in_;
+  if (rg > 0 && !drop) {   // xa (N, g·r) = x · [A_t1; A_t2; …]ᵀ, A of the group's first adapted projection onward
+    int first = -1;
+    for (const Proj& pj : projs)
+      if (first < 0) first = slot_of_[size_t(layer)][size_t(pj.target)];
+    const LoraSlot& s0 = slots_[size_t(first)];
+    be_.matmul_ex(xa, xa, x, params_.slice(s0.off_a, size_t(rg) * in), N, rg, in, false, true, 1.0f, 0.0f, ld_x, 0,
+                  ld_xa);
   }
-  be_.matmul(dB, dy, xa, out, r, N, true, false, lora_scale_, 1.0f);
-  be_.matmul(dxa_, dy, Bm, N, r, out, false, false, lora_scale_, 0.0f);
-  be_.matmul(dA, dxa_, xin, r, in, N, true, false, 1.0f, 1.0f);
-  if (!drop) {
-    be_.matmul(dx, dxa_, A, N, in, r, false, false, 1.0f, 1.0f);
-  } else {
-    be_.matmul(scratch_dx_, dxa_, A, N, in, r, false, false, 1.0f, 0.0f);
-    be_.lora_dropout(scratch_in_, scratch_dx_, N, in, p, ls);
-    be_.add(dx, scratch_in_, size_t(N) * in);
+  for (const Proj& pj : projs) {
+    const int si = has_lora_ ? slot_of_[size_t(layer)][size_t(pj.target)] : -1;
+    const Tensor& c_in = pj.c_in ? *pj.c_in : *pj.y;
+    const float beta_in = pj.c_in ? 1.0f : 0.0f;
+    if (si < 0) {
+      be_.matmul_ex(*pj.y, c_in, x, *pj.w, N, pj.out, in, false, true, 1.0f, beta_in, ld_x, 0, 0);
+    } else if (fold_[group]) {   // y = c_in + [x | xa]·[W | … s·B_t …]ᵀ: one GEMM over in + g·r
+      be_.matmul_ex(*pj.y, c_in, x, *pj.w, N, pj.out, in + rg, false, true, 1.0f, beta_in, ld_x, 0, 0);
+    } else {
+      const LoraSlot& s = slots_[size_t(si)];
+      const Tensor xa_t = xa.slice(size_t(s.col), xa.n - size_t(s.col));   // column block, row pitch ld_xa
+      if (drop) {
+        be_.lora_dropout(scratch_in_, x, N, in, p, lora_seed(seed, layer, pj.target));
+        be_.matmul_ex(xa_t, xa_t, scratch_in_, params_.slice(s.off_a, size_t(r) * in), N, r, in, false, true, 1.0f,
+                      0.0f, 0, 0, ld_xa);
+      }
+      be_.matmul_ex(*pj.y, c_in, xa_t, params_.slice(s.off_b, size_t(pj.out) * r), N, pj.out, r, false, true,
+                    lora_scale_, beta_in, ld_xa, 0, 0);
+      be_.matmul(*pj.y, x, *pj.w, N, pj.out, in, false, true, 1.0f, 1.0f);
+    }
+    if (pj.bias && !pj.bias->empty()) be_.add_bias(*pj.y, *pj.bias, N, pj.out);
+  }
+}
+
+// dx (N, in) WRITES Σ_t dy_t·W_t + the LoRA input gradients; accumulates dA, dB of every adapted projection:
+//   dxa_t = scale·dy_t·B_t,  dB_t += scale·dy_tᵀ·xa_t,  dA_t += dxa_tᵀ·drop_t(x),  dx += drop_t(dxa_t·A_t).
+// The LoRA part writes dx first; the compute-bound base GEMMs then accumulate into it.
+void Transformer::group_backward(int layer, int group, const Tensor& dx, const Tensor& x, int N, const Tensor& xa,
+                                 int ld_xa, std::initializer_list<ProjGrad> projs, uint64_t seed, bool need_dx) {
+  const int r = spec_.r, rg = group_width_[group], in = input_width(group), ld_x = input_ld(group);
+  const float p = dropout_p();
+  const bool drop = p > 0 && seed != 0;
+  bool dx_written = false;
+  if (rg > 0) {
+    int first = -1;
+    for (const ProjGrad& pg : projs) {
+      const int si = slot_of_[size_t(layer)][size_t(pg.target)];
+      if (si < 0) continue;
+      if (first < 0) first = si;
+      const LoraSlot& s = slots_[size_t(si)];
+      const Tensor xa_t = xa.slice(size_t(s.col), xa.n - size_t(s.col));
+      const Tensor dxa_t = dxa_.slice(size_t(s.col), size_t(N) * rg - size_t(s.col));
+      const Tensor Bm = params_.slice(s.off_b, size_t(pg.out) * r), dB = grads_.slice(s.off_b, size_t(pg.out) * r);
+      be_.matmul_ex(dxa_t, dxa_t, *pg.dy, Bm, N, r, pg.out, false, false, lora_scale_, 0.0f, 0, 0, rg);
+      be_.matmul_ex(dB, dB, *pg.dy, xa_t, pg.out, r, N, true, false, lora_scale_, 1.0f, 0, ld_xa, 0);
+    }
+    const LoraSlot& s0 = slots_[size_t(first)];
+    if (!drop) {   // the whole group at once: dA_g (g·r, in) += dxa_gᵀ·x;  dx = dxa_g·A_g
+      const Tensor dxa_g = dxa_.slice(0, size_t(N) * rg);
+      Tensor dA = grads_.slice(s0.off_a, size_t(rg) * in);
+      be_.matmul_ex(dA, dA, dxa_g, x, rg, in, N, true, false, 1.0f, 1.0f, 0, ld_x, 0);
+      if (need_dx) {
+        be_.matmul(dx, dxa_g, params_.slice(s0.off_a, size_t(rg) * in), N, in, rg, false, false, 1.0f, 0.0f);
+        dx_written = true;
+      }
+    } else {       // each projection has its own dropout mask (never folded: ld_x == in)
+      for (const ProjGrad& pg : projs) {
+        const int si = slot_of_[size_t(layer)][size_t(pg.target)];
+        if (si < 0) continue;
+        const LoraSlot& s = slots_[size_t(si)];
+        const uint64_t ls = lora_seed(seed, layer, pg.target);
+        const Tensor dxa_t = dxa_.slice(size_t(s.col), size_t(N) * rg - size_t(s.col));
+        Tensor dA = grads_.slice(s.off_a, size_t(r) * in);
+        be_.lora_dropout(scratch_in_, x, N, in, p, ls);
+        be_.matmul_ex(dA, dA, dxa_t, scratch_in_, r, in, N, true, false, 1.0f, 1.0f, rg, 0, 0);
+        if (!need_dx) continue;
+        be_.matmul_ex(scratch_dx_, scratch_dx_, dxa_t, params_.slice(s.off_a, size_t(r) * in), N, in, r, false, false,
+                      1.0f, 0.0f, rg, 0, 0);
+        if (!dx_written) {
+          be_.lora_dropout(dx, scratch_dx_, N, in, p, ls);
+          dx_written = true;
+        } else {
+          be_.lora_dropout(scratch_in_, scratch_dx_, N, in, p, ls);
+          be_.add(dx, scratch_in_, size_t(N) * in);
+        }
+      }
+    }
+  }
+  if (!need_dx) return;
+  for (const ProjGrad& pg : projs) {   // the base GEMMs accumulate into what the LoRA path wrote
+    const bool folded = fold_[group] && slot_of_[size_t(layer)][size_t(pg.target)] >= 0;
+    be_.matmul_ex(dx, dx, *pg.dy, *pg.w, N, in, pg.out, false, false, 1.0f, dx_written ? 1.0f : 0.0f, 0,
+                  folded ? in + rg : 0, 0);   // W_ext's first `in` columns are W
+    dx_written = true;
   }
 }
 
@@ -393,26 +518,32 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
             HD = c.head_dim, qd = NH * HD, kvd = NKV * HD;
   const double eps = c.rms_norm_eps;
   const bool p1 = c.norm_plus_one;
-  be_.rmsnorm_forward(a.xn1, a.rstd1, x, W.attn_norm, N, C, eps, p1);
-  linear_forward(a.q, a.xn1, W.wq, W.bq, N, C, qd, l, kQ, a.xa[kQ], seed, 0.0f);
-  linear_forward(ctx.k, a.xn1, W.wk, W.bk, N, C, kvd, l, kK, a.xa[kK], seed, 0.0f);
-  linear_forward(ctx.v, a.xn1, W.wv, W.bv, N, C, kvd, l, kV, a.xa[kV], seed, 0.0f);
+  int ld_xa = 0;
+  Tensor xa = xa_of(a, kGroupQKV, &ld_xa);
+  be_.rmsnorm_forward(a.xn1, a.rstd1, x, W.attn_norm, N, C, eps, p1, input_ld(kGroupQKV));
+  group_forward(l, kGroupQKV, a.xn1, N, xa, ld_xa,
+                {{kQ, &a.q, &W.wq, &W.bq, qd, nullptr}, {kK, &ctx.k, &W.wk, &W.bk, kvd, nullptr},
+                 {kV, &ctx.v, &W.wv, &W.bv, kvd, nullptr}},
+                seed);
   be_.rope_forward(a.q, positions, inv_freq_, N, NH, HD);
   be_.rope_forward(ctx.k, positions, inv_freq_, N, NKV, HD);
   be_.attention_forward(a.att, a.lse, a.q, ctx.k_all, ctx.v_all, doc_start, B, T, ctx.Tk, ctx.Tk_stride, ctx.q_offset,
                         NH, NKV, HD);
-  be_.copy(a.res_mid, x, size_t(N) * C);   // res_mid = x + o_proj(att): the GEMM accumulates into the copy
-  linear_forward(a.res_mid, a.att, W.wo, Tensor(), N, qd, C, l, kO, a.xa[kO], seed, 1.0f);
-  be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, eps, p1);
-  linear_forward(a.g, a.xn2, W.wg, Tensor(), N, C, F, l, kGate, a.xa[kGate], seed, 0.0f);
-  linear_forward(a.u, a.xn2, W.wu, Tensor(), N, C, F, l, kUp, a.xa[kUp], seed, 0.0f);
+  // res_mid = x + att·Woᵀ: the GEMM reads x as its C operand
+  xa = xa_of(a, kGroupO, &ld_xa);
+  group_forward(l, kGroupO, a.att, N, xa, ld_xa, {{kO, &a.res_mid, &W.wo, nullptr, C, &x}}, seed);
+  xa = xa_of(a, kGroupGateUp, &ld_xa);
+  be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, eps, p1, input_ld(kGroupGateUp));
+  group_forward(l, kGroupGateUp, a.xn2, N, xa, ld_xa,
+                {{kGate, &a.g, &W.wg, nullptr, F, nullptr}, {kUp, &a.u, &W.wu, nullptr, F, nullptr}}, seed);
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
-  be_.glu_forward(a.h, a.g, a.u, N, F, act);
-  be_.copy(x_next, a.res_mid, size_t(N) * C);
-  linear_forward(x_next, a.h, W.wd, Tensor(), N, F, C, l, kDown, a.xa[kDown], seed, 1.0f);
+  be_.glu_forward(a.h, a.g, a.u, N, F, act, input_ld(kGroupDown));
+  xa = xa_of(a, kGroupDown, &ld_xa);
+  group_forward(l, kGroupDown, a.h, N, xa, ld_xa, {{kDown, &x_next, &W.wd, nullptr, C, &a.res_mid}}, seed);
 }
 
-// dres_ holds d(x_next) on entry and d(x) on exit.
+// dres_ holds d(x_next) on entry and d(x) on exit (not for layer 0, see below). Everything the layer's forward
+// produced is still in `a` (per-layer sets, or the shared set that the checkpointing recompute has just filled).
 void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, int T, uint64_t seed) {
   const ModelConfig& c = cfg_;
   const LayerW& W = layers_[size_t(l)];
@@ -420,36 +551,27 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
             HD = c.head_dim, qd = NH * HD, kvd = NKV * HD;
   const bool p1 = c.norm_plus_one;
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
-  // xn1, xn2 and h are not kept per layer (they would cost 2·C + F values per token per layer): the LoRA
-  // backward of the projections they feed recomputes them here from what is kept (x, res_mid, g, u), bit for bit.
-  const std::array<int, 7>& adapted = slot_of_[size_t(l)];
-  // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd
-  if (adapted[kDown] >= 0) be_.glu_forward(a.h, a.g, a.u, N, F, act);
-  be_.matmul(dh_, dres_, W.wd, N, F, C, false, false, 1.0f, 0.0f);
-  lora_backward(dh_, dres_, a.h, a.xa[kDown], N, l, kDown, seed);
+  // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd (+ LoRA)
+  int ld_xa = 0;
+  Tensor xa = xa_of(a, kGroupDown, &ld_xa);
+  group_backward(l, kGroupDown, dh_, a.h, N, xa, ld_xa, {{kDown, &dres_, &W.wd, C}}, seed);
   be_.glu_backward(dg_, du_, dh_, a.g, a.u, N, F, act);
-  if (adapted[kGate] >= 0 || adapted[kUp] >= 0)
-    be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, c.rms_norm_eps, p1);
-  be_.matmul(dxn_, dg_, W.wg, N, C, F, false, false, 1.0f, 0.0f);
-  lora_backward(dxn_, dg_, a.xn2, a.xa[kGate], N, l, kGate, seed);
-  be_.matmul(dxn_, du_, W.wu, N, C, F, false, false, 1.0f, 1.0f);
-  lora_backward(dxn_, du_, a.xn2, a.xa[kUp], N, l, kUp, seed);
+  xa = xa_of(a, kGroupGateUp, &ld_xa);
+  group_backward(l, kGroupGateUp, dxn_, a.xn2, N, xa, ld_xa, {{kGate, &dg_, &W.wg, F}, {kUp, &du_, &W.wu, F}}, seed);
   be_.rmsnorm_backward(dres_, dxn_, a.res_mid, W.mlp_norm, a.rstd2, N, C, p1);
   // res_mid = x + att·Woᵀ
-  be_.matmul(datt_, dres_, W.wo, N, qd, C, false, false, 1.0f, 0.0f);
-  lora_backward(datt_, dres_, a.att, a.xa[kO], N, l, kO, seed);
+  xa = xa_of(a, kGroupO, &ld_xa);
+  group_backward(l, kGroupO, datt_, a.att, N, xa, ld_xa, {{kO, &dres_, &W.wo, C}}, seed);
   be_.attention_backward(dq_, dk_, dv_, datt_, a.q, a.k, a.v, a.att, a.lse, doc_start_, B, T, NH, NKV, HD);
   be_.rope_backward(dq_, positions_, inv_freq_, N, NH, HD);
   be_.rope_backward(dk_, positions_, inv_freq_, N, NKV, HD);
-  if (adapted[kQ] >= 0 || adapted[kK] >= 0 || adapted[kV] >= 0)
-    be_.rmsnorm_forward(a.xn1, a.rstd1, x, W.attn_norm, N, C, c.rms_norm_eps, p1);
-  be_.matmul(dxn_, dq_, W.wq, N, C, qd, false, false, 1.0f, 0.0f);
-  lora_backward(dxn_, dq_, a.xn1, a.xa[kQ], N, l, kQ, seed);
-  be_.matmul(dxn_, dk_, W.wk, N, C, kvd, false, false, 1.0f, 1.0f);
-  lora_backward(dxn_, dk_, a.xn1, a.xa[kK], N, l, kK, seed);
-  be_.matmul(dxn_, dv_, W.wv, N, C, kvd, false, false, 1.0f, 1.0f);
-  lora_backward(dxn_, dv_, a.xn1, a.xa[kV], N, l, kV, seed);
-  be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1);
+  // Layer 0's input is the frozen embedding: its gradient is never used, so q/k/v's dX GEMMs and the norm's
+  // backward are skipped there (their LoRA gradients do not depend on them).
+  const bool need_dx = l > 0;
+  xa = xa_of(a, kGroupQKV, &ld_xa);
+  group_backward(l, kGroupQKV, dxn_, a.xn1, N, xa, ld_xa,
+                 {{kQ, &dq_, &W.wq, qd}, {kK, &dk_, &W.wk, kvd}, {kV, &dv_, &W.wv, kvd}}, seed, need_dx);
+  if (need_dx) be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1);
 }
 
 // ---- head: chunked cross-entropy ------------------------------------------------------------------------------
@@ -498,6 +620,7 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
   if (!batch.targets) throw EngineError("internal: batch without targets");
   ensure_buffers(N, backward);
   upload_batch(batch);
+  refresh_folded_lora();   // the parameters may have changed since the last call (optimizer step, set_lora)
   const double emb_scale = c.scale_embeddings ? std::sqrt(double(C)) : 1.0;
   be_.embedding_forward(res_[0], ids_, embed_, N, C, emb_scale);
   const bool per_layer = backward && !opt_.gradient_checkpointing;
@@ -509,7 +632,7 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
     ctx.Tk = ctx.Tk_stride = T;
     layer_forward(l, res_[size_t(l)], res_[size_t(l) + 1], a, ctx, B, T, positions_, doc_start_, seed);
   }
-  be_.rmsnorm_forward(xf_, rstdf_, res_[size_t(L)], final_norm_, N, C, c.rms_norm_eps, c.norm_plus_one);
+  be_.rmsnorm_forward(xf_, rstdf_, res_[size_t(L)], final_norm_, N, C, c.rms_norm_eps, c.norm_plus_one, 0);
   const double loss = head_loss(N, backward, grad_scale);
   if (!backward) return loss;
   // dxn_ holds d(final norm output); dres_ becomes d(x_L).
@@ -561,6 +684,7 @@ void Transformer::decode(const int32_t* ids, int n, float* logits_last) {
   if (cache_len_ + n > cache_cap_)
     throw EngineError("KV cache full: " + std::to_string(cache_len_ + n) + " > " + std::to_string(cache_cap_));
   ensure_buffers(n, false);
+  if (cache_len_ == 0) refresh_folded_lora();   // parameters are fixed during one generation
   const int pos0 = cache_len_;
   std::vector<int32_t> pos(static_cast<size_t>(n)), ds(static_cast<size_t>(n), 0);
   for (int i = 0; i < n; i++) {
@@ -585,7 +709,7 @@ void Transformer::decode(const int32_t* ids, int n, float* logits_last) {
     layer_forward(l, res_[size_t(l)], res_[size_t(l) + 1], acts_[0], ctx, 1, n, positions_, doc_start_, 0);
   }
   Tensor last = res_[size_t(L)].slice(size_t(n - 1) * C, size_t(C));
-  be_.rmsnorm_forward(xf_, rstdf_, last, final_norm_, 1, C, c.rms_norm_eps, c.norm_plus_one);
+  be_.rmsnorm_forward(xf_, rstdf_, last, final_norm_, 1, C, c.rms_norm_eps, c.norm_plus_one, 0);
   for (int v0 = 0; v0 < V; v0 += ce_vc_) {
     const int vc = std::min(ce_vc_, V - v0);
     Tensor lg = logits_.slice(0, size_t(vc));

@@ -13,6 +13,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <utility>
@@ -27,6 +28,11 @@ namespace nxft {
 struct TransformerOptions {
   bool gradient_checkpointing = false;  // keep only each layer's input; recompute the layer in backward
   bool quantize_nf4 = false;            // QLoRA: store the seven linear weights of every layer as NF4
+  // Fold the LoRA up-projection of q/k/v, gate/up and down into the base GEMM: the weight is kept as
+  // W_ext = [W | s·B] (out, in + g·r) and the input as [x | xa], so y = [x | xa]·W_extᵀ is one GEMM and the
+  // memory-bound "y += s·xa·Bᵀ" pass (a full write of y) disappears. Needs plain (not NF4) weights and LoRA
+  // dropout 0 (the base input and the LoRA input must be the same x); otherwise the unfolded path runs.
+  bool fold_lora = true;
   // Cross-entropy head: logits are computed for (rows × vocab chunk) at a time, never (N × V).
   // V ≤ ce_vocab_chunk (every vocabulary up to Gemma's 256K by default) → one fused pass per row block (loss and
   // dlogits from the same buffer); bigger V → online logsumexp over chunks plus a recompute pass.
@@ -51,7 +57,8 @@ class Transformer {
   Transformer(Backend& be, const ModelConfig& config, const LoraSpec* lora, const TransformerOptions& opt);
   // Shapes checked against the config; errors name the tensor. on_progress(done, total) after each tensor.
   void load_weights(const std::string& hf_dir, const std::function<void(size_t, size_t)>& on_progress = nullptr);
-  // The frozen weights by HF name, in load order (NF4 tensors appear once set).
+  // The frozen weights by HF name, in load order (NF4 tensors appear once set). A folded projection's weight
+  // is stored with a wider row (see TransformerOptions::fold_lora).
   std::vector<std::pair<std::string, Tensor>> weight_tensors() const;
   void set_weight(size_t index, const std::vector<float>& values);   // index into weight_tensors()
   ~Transformer();
@@ -61,7 +68,9 @@ class Transformer {
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() { return be_; }
 
-  // ---- LoRA parameters: one flat fp32 buffer (A then B of every pair, in adapter order) ----
+  // ---- LoRA parameters: one flat fp32 buffer. Per layer: the A of every adapted target in target order
+  // (q, k, v, o, gate, up, down), then their B. So the A of projections that share an input (q|k|v, gate|up)
+  // are one contiguous (g·r, in) matrix: one GEMM computes all their x·Aᵀ and one their dA. ----
   size_t num_lora_params() const { return n_params_; }
   const Tensor& lora_params() const { return params_; }
   const Tensor& lora_grads() const { return grads_; }
@@ -93,15 +102,34 @@ class Transformer {
     std::string name;
     Tensor* t;
     int rows, cols;
+    int ld;              // stored row pitch: cols, or cols + g·r for a folded projection ([W | LoRA columns])
     bool nf4;
   };
   struct LoraSlot {   // one adapted projection
     int layer = 0, target = 0, in = 0, out = 0;
     size_t off_a = 0, off_b = 0;   // offsets into params_/grads_
+    int col = 0;                   // first column of its x·Aᵀ inside its input group's (N, g·r) buffer
   };
-  struct LayerActs {  // what backward needs from a layer's forward (xn1/xn2/h alias the shared xn_/h_)
+  // Projections that read the same input form a group: q|k|v read xn1, o reads att, gate|up read xn2, down
+  // reads h. Their LoRA down-projections x·Aᵀ live side by side in one (N, g·r) buffer per group.
+  enum Group { kGroupQKV = 0, kGroupO = 1, kGroupGateUp = 2, kGroupDown = 3 };
+  struct Proj {       // one projection of a group, forward: y = c_in + x·Wᵀ (+ bias) (+ scale·xa_t·B_tᵀ)
+    int target;
+    const Tensor* y;
+    const Tensor* w;
+    const Tensor* bias;   // may be empty
+    int out;
+    const Tensor* c_in;   // residual added into y (o_proj, down_proj), or null
+  };
+  struct ProjGrad {   // one projection of a group, backward: dy → dx, dA, dB
+    int target;
+    const Tensor* dy;
+    const Tensor* w;
+    int out;
+  };
+  struct LayerActs {  // what backward needs from a layer's forward; one set per layer, or one reused set
     Tensor xn1, rstd1, q, k, v, att, lse, res_mid, xn2, rstd2, g, u, h;
-    Tensor xa[7];     // (N, r) LoRA intermediates per target
+    Tensor xa[4];     // (N, g·r) LoRA down-projections per input group (see Group)
   };
   struct AttnCtx {    // where k/v go and what the queries see
     Tensor k, v;      // (B, Tk_stride, NKV, HD) destinations for this chunk's keys/values (already offset)
@@ -121,6 +149,9 @@ class Transformer {
   std::vector<WeightSlot> slots_w_;
   std::vector<LoraSlot> slots_;
   std::vector<std::array<int, 7>> slot_of_;   // [layer][target] → index into slots_, -1 if not adapted
+  int group_width_[4] = {0, 0, 0, 0};         // g·r columns of each input group (every layer adapts the same targets)
+  bool fold_[4] = {false, false, false, false};   // input groups whose LoRA up-projection rides in the base GEMM
+  std::vector<Backend::ColumnBlockWrite> fold_jobs_;   // where each folded s·B goes in its W_ext
   size_t n_params_ = 0;
   Tensor params_, grads_;
 
@@ -128,7 +159,6 @@ class Transformer {
   int cap_n_ = 0;
   std::vector<Tensor> res_;        // L+1 residual streams (N, C)
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
-  Tensor xn_, h_;                  // (N, C), (N, F): normalized input and GLU output, shared by all layers
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
   Tensor dres_, dxn_, dq_, dk_, dv_, datt_, dh_, dg_, du_, dxa_, scratch_in_, scratch_dx_;
@@ -145,10 +175,17 @@ class Transformer {
   void upload_batch(const Batch& batch);
   void release(Tensor& t);
 
-  void linear_forward(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& bias, int N, int in, int out,
-                      int layer, int target, const Tensor& xa, uint64_t seed, float beta);
-  void lora_backward(const Tensor& dx, const Tensor& dy, const Tensor& x, const Tensor& xa, int N, int layer,
-                     int target, uint64_t seed);
+  // The input of group g in `a` (xn1, att, xn2, h) and its row pitch; its (N, g·r) LoRA down-projections
+  // and their row pitch (the tail columns of the input when folded, else a.xa[g]).
+  int input_width(int group) const;
+  int input_ld(int group) const { return input_width(group) + (fold_[group] ? group_width_[group] : 0); }
+  Tensor xa_of(const LayerActs& a, int group, int* ld) const;
+  void refresh_folded_lora();   // write s·B of every folded projection into its W_ext (after params change)
+  void group_forward(int layer, int group, const Tensor& x, int N, const Tensor& xa, int ld_xa,
+                     std::initializer_list<Proj> projs, uint64_t seed);
+  // need_dx = false skips the input gradient (layer 0's q/k/v: the frozen embedding needs none).
+  void group_backward(int layer, int group, const Tensor& dx, const Tensor& x, int N, const Tensor& xa, int ld_xa,
+                      std::initializer_list<ProjGrad> projs, uint64_t seed, bool need_dx = true);
   void layer_forward(int l, const Tensor& x, const Tensor& x_next, LayerActs& a, const AttnCtx& ctx, int B, int T,
                      const Tensor& positions, const Tensor& doc_start, uint64_t seed);
   void layer_backward(int l, const Tensor& x, LayerActs& a, int B, int T, uint64_t seed);

@@ -118,6 +118,60 @@ void test_matmul(Harness& h) {
     h.compare("matmul y=xa·Bᵀ (beta=0, NaN-poisoned out)", y0, kBf16);
     for (Pair* p : {&xa2, &Bp, &Ap, &y0}) h.free(*p);
   }
+  // matmul_ex as the model's grouped LoRA uses it: column blocks of a (M, 3r) buffer (lda/ldd = 3r), the
+  // residual as a separate C, fp32 gradients from a strided bf16 operand. Outputs start random (not NaN): the
+  // columns outside the addressed block must come back unchanged, and compare() checks every element.
+  {
+    const int g = 3, rg = g * r;
+    Pair xag = h.make(randn((size_t)M * rg), Role::Activation);
+    Pair Bp = h.make(randn((size_t)N * r, 0.1f, false), Role::Param);
+    Pair res = h.make(randn((size_t)M * N), Role::Activation), yo = h.make_out((size_t)M * N, Role::Activation);
+    h.cpu.matmul_ex(yo.cpu, res.cpu, xag.cpu.slice(r, xag.n - r), Bp.cpu, M, N, r, false, true, 2.0f, 1.0f, rg, 0, 0);
+    h.gpu.matmul_ex(yo.gpu, res.gpu, xag.gpu.slice(r, xag.n - r), Bp.gpu, M, N, r, false, true, 2.0f, 1.0f, rg, 0, 0);
+    h.compare("matmul_ex y=res+2·xa[:,r:2r]·Bᵀ (C≠D, lda=3r)", yo, kBf16);
+    h.compare("matmul_ex left its C operand unchanged", res, 0.0);
+    Pair dxag = h.make(randn((size_t)M * rg), Role::Activation);
+    h.cpu.matmul_ex(dxag.cpu.slice(2 * r, dxag.n - 2 * r), dxag.cpu.slice(2 * r, dxag.n - 2 * r), dy.cpu, Bp.cpu, M, r, N,
+                    false, false, 0.5f, 0.0f, 0, 0, rg);
+    h.gpu.matmul_ex(dxag.gpu.slice(2 * r, dxag.n - 2 * r), dxag.gpu.slice(2 * r, dxag.n - 2 * r), dy.gpu, Bp.gpu, M, r, N,
+                    false, false, 0.5f, 0.0f, 0, 0, rg);
+    h.compare("matmul_ex dxa[:,2r:3r]=0.5·dy·B (ldd=3r)", dxag, kBf16);
+    Pair dB = h.make(randn((size_t)N * r, 0.1f, false), Role::Param);
+    h.cpu.matmul_ex(dB.cpu, dB.cpu, dy.cpu, xag.cpu.slice(r, xag.n - r), N, r, M, true, false, 2.0f, 1.0f, 0, rg, 0);
+    h.gpu.matmul_ex(dB.gpu, dB.gpu, dy.gpu, xag.gpu.slice(r, xag.n - r), N, r, M, true, false, 2.0f, 1.0f, 0, rg, 0);
+    h.compare("matmul_ex dB+=2·dyᵀ·xa[:,r:2r] → fp32 (ldb=3r)", dB, kBf16);
+    Pair Ag = h.make(randn((size_t)rg * K, 0.05f, false), Role::Param), dAg = h.make(randn((size_t)rg * K), Role::Param);
+    h.cpu.matmul(xag.cpu, x.cpu, Ag.cpu, M, rg, K, false, true, 1.0f, 0.0f);
+    h.gpu.matmul(xag.gpu, x.gpu, Ag.gpu, M, rg, K, false, true, 1.0f, 0.0f);
+    h.compare("matmul xa(M,3r)=x·[A1;A2;A3]ᵀ", xag, kBf16);
+    h.cpu.matmul(dAg.cpu, dxag.cpu, x.cpu, rg, K, M, true, false, 1.0f, 1.0f);
+    h.gpu.matmul(dAg.gpu, dxag.gpu, x.gpu, rg, K, M, true, false, 1.0f, 1.0f);
+    h.compare("matmul dA(3r,K)+=dxaᵀ·x → fp32", dAg, kBf16);
+    Pair dxw = h.make_out((size_t)M * K, Role::Activation);
+    h.cpu.matmul(dxw.cpu, dxag.cpu, Ag.cpu, M, K, rg, false, false, 1.0f, 0.0f);
+    h.gpu.matmul(dxw.gpu, dxag.gpu, Ag.gpu, M, K, rg, false, false, 1.0f, 0.0f);
+    h.compare("matmul dx=dxa(M,3r)·[A1;A2;A3] (write)", dxw, kBf16);
+    for (Pair* p : {&xag, &Bp, &res, &yo, &dxag, &dB, &Ag, &dAg, &dxw}) h.free(*p);
+  }
+  // write_column_blocks: s·B of three projections into the LoRA columns of their folded weights (one launch)
+  {
+    const int rows = 300, in = 64, g = 3, wld = in + g * r;
+    Pair W1 = h.make(randn((size_t)rows * wld, 0.05f), Role::Weight), W2 = h.make(randn((size_t)rows * wld, 0.05f), Role::Weight);
+    Pair B1 = h.make(randn((size_t)rows * r, 0.1f, false), Role::Param), B2 = h.make(randn((size_t)rows * r, 0.1f, false), Role::Param);
+    for (int side = 0; side < 2; side++) {
+      Backend& be = side == 0 ? h.cpu : h.gpu;
+      auto pick = [&](const Pair& p) { return side == 0 ? p.cpu : p.gpu; };
+      Backend::ColumnBlockWrite jobs[3];
+      jobs[0].dst = pick(W1), jobs[0].col0 = in, jobs[0].src = pick(B1);
+      jobs[1].dst = pick(W1), jobs[1].col0 = in + 2 * r, jobs[1].src = pick(B2);
+      jobs[2].dst = pick(W2), jobs[2].col0 = in + r, jobs[2].src = pick(B1);
+      for (auto& j : jobs) j.ld = wld, j.rows = rows, j.cols = r;
+      be.write_column_blocks(jobs, 3, 2.0f);
+    }
+    h.compare("write_column_blocks (2·B into W_ext columns)", W1, kBf16);
+    h.compare("write_column_blocks, second weight", W2, kBf16);
+    for (Pair* p : {&W1, &W2, &B1, &B2}) h.free(*p);
+  }
   // the bf16 copy of an fp32 param must follow updates of the param (cache invalidation)
   {
     Pair xa3 = h.make(randn((size_t)M * r), Role::Activation), Bq = h.make(randn((size_t)N * r, 0.1f, false), Role::Param);
@@ -166,9 +220,16 @@ void test_norm_embed_elementwise(Harness& h) {
   for (int p1 = 0; p1 < 2; p1++) {
     Pair x = h.make(randn((size_t)N * C, 3.0f), Role::Activation), w = h.make(randn(C, 1.0f), Role::Weight);
     Pair out = h.make_out((size_t)N * C, Role::Activation), rstd = h.make_out(N, Role::Stat);
-    h.cpu.rmsnorm_forward(out.cpu, rstd.cpu, x.cpu, w.cpu, N, C, 1e-5, p1);
-    h.gpu.rmsnorm_forward(out.gpu, rstd.gpu, x.gpu, w.gpu, N, C, 1e-5, p1);
+    h.cpu.rmsnorm_forward(out.cpu, rstd.cpu, x.cpu, w.cpu, N, C, 1e-5, p1, 0);
+    h.gpu.rmsnorm_forward(out.gpu, rstd.gpu, x.gpu, w.gpu, N, C, 1e-5, p1, 0);
     h.compare(p1 ? "rmsnorm_forward (1+w)" : "rmsnorm_forward", out, kBf16);
+    {  // row pitch C + 48 (a folded q|k|v input): the 48 columns after each row keep their values
+      Pair wide = h.make(randn((size_t)N * (C + 48)), Role::Activation);
+      h.cpu.rmsnorm_forward(wide.cpu, rstd.cpu, x.cpu, w.cpu, N, C, 1e-5, p1, C + 48);
+      h.gpu.rmsnorm_forward(wide.gpu, rstd.gpu, x.gpu, w.gpu, N, C, 1e-5, p1, C + 48);
+      h.compare("rmsnorm_forward, row pitch C+48", wide, kBf16);
+      h.free(wide);
+    }
     h.compare(p1 ? "rmsnorm_forward rstd (1+w)" : "rmsnorm_forward rstd", rstd, 1e-5);
     Pair dout = h.make(randn((size_t)N * C), Role::Activation), dx = h.make(randn((size_t)N * C), Role::Activation);
     h.cpu.rmsnorm_backward(dx.cpu, dout.cpu, x.cpu, w.cpu, rstd.cpu, N, C, p1);
@@ -218,9 +279,16 @@ void test_rope_glu(Harness& h) {
     Glu g = act == 0 ? Glu::SwiGLU : Glu::GeGLUTanh;
     Pair gate = h.make(randn((size_t)N * F, 2.0f), Role::Activation), up = h.make(randn((size_t)N * F), Role::Activation);
     Pair out = h.make_out((size_t)N * F, Role::Activation);
-    h.cpu.glu_forward(out.cpu, gate.cpu, up.cpu, N, F, g);
-    h.gpu.glu_forward(out.gpu, gate.gpu, up.gpu, N, F, g);
+    h.cpu.glu_forward(out.cpu, gate.cpu, up.cpu, N, F, g, 0);
+    h.gpu.glu_forward(out.gpu, gate.gpu, up.gpu, N, F, g, 0);
     h.compare(act == 0 ? "glu_forward silu" : "glu_forward gelu_tanh", out, kBf16);
+    {  // row pitch F + 16 (a folded down_proj input)
+      Pair wide = h.make(randn((size_t)N * (F + 16)), Role::Activation);
+      h.cpu.glu_forward(wide.cpu, gate.cpu, up.cpu, N, F, g, F + 16);
+      h.gpu.glu_forward(wide.gpu, gate.gpu, up.gpu, N, F, g, F + 16);
+      h.compare("glu_forward, row pitch F+16", wide, kBf16);
+      h.free(wide);
+    }
     Pair dout = h.make(randn((size_t)N * F), Role::Activation);
     Pair dg = h.make_out((size_t)N * F, Role::Activation), du = h.make_out((size_t)N * F, Role::Activation);
     h.cpu.glu_backward(dg.cpu, du.cpu, dout.cpu, gate.cpu, up.cpu, N, F, g);

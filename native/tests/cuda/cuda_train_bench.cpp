@@ -96,8 +96,9 @@ struct Trainer {
   Transformer model;
   Tensor m, v;
   int64_t step = 0;
-  Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt)
-      : be(b), model(b, w, &spec, options(ckpt)) {
+  Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt,
+          bool fold = true)
+      : be(b), model(b, w, &spec, options(ckpt, fold)) {
     model.set_lora(init);
     size_t n = model.num_lora_params();
     m = be.alloc(n, Role::Param);
@@ -109,9 +110,10 @@ struct Trainer {
     be.free(m);
     be.free(v);
   }
-  static TransformerOptions options(bool ckpt) {
+  static TransformerOptions options(bool ckpt, bool fold) {
     TransformerOptions o;
     o.gradient_checkpointing = ckpt;
+    o.fold_lora = fold;
     // One vocabulary chunk (fused forward+backward CE, no logits recompute) over up to 2048 token rows: the
     // logits buffer is 2048 × 128256 bf16 = 0.5 GB for Llama 3.
     o.ce_vocab_chunk = 1 << 20;
@@ -209,10 +211,16 @@ int run_bench(int argc, char** argv) {
   int fails = 0;
   for (size_t pi = 0; pi < plans.size(); pi++) {
     int B = 0, T = 0, ck = 0;
-    // A ":ru" suffix runs this plan with NXFT_RANK_UPDATE=1 (the LoRA expand kernel instead of cuBLASLt).
-    bool ru = plans[pi].size() > 3 && plans[pi].compare(plans[pi].size() - 3, 3, ":ru") == 0;
-    if (ru) setenv("NXFT_RANK_UPDATE", "1", 1);
+    // Suffixes switch variants for A/B runs: ":ru" = NXFT_RANK_UPDATE=1 (the LoRA expand kernel instead of
+    // cuBLASLt), ":noat" = NXFT_CUDNN_AUTOTUNE=0 (cuDNN's first heuristic attention plan), ":nofold" = the LoRA
+    // up-projection as its own GEMM instead of folded into the base GEMM (TransformerOptions::fold_lora).
+    auto has = [&](const char* sfx) { return plans[pi].find(sfx) != std::string::npos; };
+    if (has(":ru")) setenv("NXFT_RANK_UPDATE", "1", 1);
     else unsetenv("NXFT_RANK_UPDATE");
+    if (has(":noat")) setenv("NXFT_CUDNN_AUTOTUNE", "0", 1);
+    else unsetenv("NXFT_CUDNN_AUTOTUNE");
+    if (has(":atall")) setenv("NXFT_GEMM_AUTOTUNE", "all", 1);   // time cuBLASLt's candidates for every GEMM shape
+    else unsetenv("NXFT_GEMM_AUTOTUNE");
     if (std::sscanf(plans[pi].c_str(), "%dx%dx%d", &B, &T, &ck) < 2) {
       std::fprintf(stderr, "bad plan %s (want BxT[xCKPT])\n", plans[pi].c_str());
       return 2;
@@ -224,7 +232,7 @@ int run_bench(int argc, char** argv) {
     size_t peak = 0, live_end = 0, used_end = 0;
     {
       auto t1 = std::chrono::steady_clock::now();
-      Trainer tr(*be, w, spec, init, ck != 0);
+      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"));
       double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       std::fprintf(stderr, "[bench] %s: upload %.1f s, attention %s\n", plans[pi].c_str(), up_s,
                    cuda_attention_path(*be).c_str());

@@ -234,20 +234,31 @@ class CpuBackend final : public Backend {
   // blocks of KB, packing op(A) into 4-row k-major panels and op(B) into W-column panels (zero padded to full
   // panels), accumulating in a tile buffer with the register-tiled micro-kernel, then writes
   // C = alpha·acc + beta·C once.
-  void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, bool trans_a, bool trans_b,
-              float alpha, float beta) override {
-    check_range(c, size_t(M) * N, 0, "matmul C");
-    check_range(a, size_t(M) * K, 0, "matmul A");
-    check_range(b, size_t(K) * N, 0, "matmul B");
-    if (M <= 4 && !trans_a && trans_b && !b_nf4_of(b)) {
-      gemv_rows(c, a, b, M, N, K, alpha, beta);   // decode: y = x·Wᵀ for a few tokens, no packing
+  void matmul_ex(const Tensor& d, const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K,
+                 bool trans_a, bool trans_b, float alpha, float beta, int lda, int ldb, int ldd) override {
+    // stored shapes: A (M,K) or (K,M); B (K,N) or (N,K); D and C (M,N); ld* = stored row pitch (0 = packed)
+    const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+    const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+    if (lda == 0) lda = a_cols;
+    if (ldb == 0) ldb = b_cols;
+    if (ldd == 0) ldd = N;
+    if (lda < a_cols || ldb < b_cols || ldd < N) throw EngineError("cpu backend: matmul leading dimension too small");
+    auto span = [](int rows, int cols, int ld) { return rows == 0 || cols == 0 ? size_t(0) : size_t(rows - 1) * ld + cols; };
+    check_range(d, span(M, N, ldd), 0, "matmul D");
+    if (beta != 0.0f) check_range(c, span(M, N, ldd), 0, "matmul C");
+    check_range(a, span(a_rows, a_cols, lda), 0, "matmul A");
+    const bool b_nf4 = b.quant == Quant::NF4;
+    if (b_nf4 && ldb != b_cols) throw EngineError("cpu backend: an NF4 matmul operand must be packed");
+    check_range(b, b_nf4 ? size_t(K) * N : span(b_rows, b_cols, ldb), 0, "matmul B");
+    if (M <= 4 && !trans_a && trans_b && !b_nf4) {
+      gemv_rows(d, c, a, b, M, N, K, alpha, beta, lda, ldb, ldd);   // decode: y = x·Wᵀ for a few tokens, no packing
       return;
     }
     constexpr int W = 2 * Vec<T>::lanes;   // micro-tile width
     constexpr int MB = 128, NB = 8 * W, KB = 256;
-    T* C = p(c);
+    T* D = p(d);
+    const T* Cin = beta != 0.0f ? p(c) : nullptr;
     const T* A = p(a);
-    const bool b_nf4 = b.quant == Quant::NF4;
     const T* Bm = b_nf4 ? nullptr : p(b);
     const uint8_t* Bcodes = b_nf4 ? static_cast<const uint8_t*>(b.ptr) : nullptr;
     const float* Bscales = b_nf4 ? static_cast<const float*>(b.scales) : nullptr;
@@ -269,9 +280,9 @@ class CpuBackend final : public Backend {
           if (i >= mc) {
             for (int k = 0; k < kc; k++) dst[4 * k] = T(0);
           } else if (trans_a) {
-            for (int k = 0; k < kc; k++) dst[4 * k] = A[size_t(k0 + k) * M + (i0 + i)];
+            for (int k = 0; k < kc; k++) dst[4 * k] = A[size_t(k0 + k) * lda + (i0 + i)];
           } else {
-            const T* src = A + size_t(i0 + i) * K + k0;
+            const T* src = A + size_t(i0 + i) * lda + k0;
             for (int k = 0; k < kc; k++) dst[4 * k] = src[k];
           }
         }
@@ -291,12 +302,12 @@ class CpuBackend final : public Backend {
               }
           } else if (trans_b) {   // B stored (N, K): column j of op(B) is row j of B, contiguous in k
             for (int jj = 0; jj < w; jj++) {
-              const T* src = Bm + size_t(j0 + jp + jj) * K + k0;
+              const T* src = Bm + size_t(j0 + jp + jj) * ldb + k0;
               for (int k = 0; k < kc; k++) panel[size_t(k) * W + jj] = src[k];
             }
           } else {                // B stored (K, N): rows are contiguous in j
             for (int k = 0; k < kc; k++) {
-              const T* src = Bm + size_t(k0 + k) * N + j0 + jp;
+              const T* src = Bm + size_t(k0 + k) * ldb + j0 + jp;
               T* dst = panel + size_t(k) * W;
               for (int jj = 0; jj < w; jj++) dst[jj] = src[jj];
             }
@@ -316,15 +327,16 @@ class CpuBackend final : public Backend {
       const T ta = T(alpha), tb = T(beta);
       const int mode = (alpha == 1.0f ? 0 : 1) + (beta == 0.0f ? 0 : beta == 1.0f ? 2 : 4);
       for (int i = 0; i < mc; i++) {
-        T* __restrict crow = C + size_t(i0 + i) * N + j0;
+        T* drow = D + size_t(i0 + i) * ldd + j0;
+        const T* crow = Cin ? Cin + size_t(i0 + i) * ldd + j0 : nullptr;   // may equal drow (in place)
         const T* __restrict arow = acc.data() + size_t(i) * ncp;
         switch (mode) {
-          case 0: for (int j = 0; j < nc; j++) crow[j] = arow[j]; break;
-          case 1: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j]; break;
-          case 2: for (int j = 0; j < nc; j++) crow[j] = arow[j] + crow[j]; break;
-          case 3: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j] + crow[j]; break;
-          case 4: for (int j = 0; j < nc; j++) crow[j] = arow[j] + tb * crow[j]; break;
-          default: for (int j = 0; j < nc; j++) crow[j] = ta * arow[j] + tb * crow[j]; break;
+          case 0: for (int j = 0; j < nc; j++) drow[j] = arow[j]; break;
+          case 1: for (int j = 0; j < nc; j++) drow[j] = ta * arow[j]; break;
+          case 2: for (int j = 0; j < nc; j++) drow[j] = arow[j] + crow[j]; break;
+          case 3: for (int j = 0; j < nc; j++) drow[j] = ta * arow[j] + crow[j]; break;
+          case 4: for (int j = 0; j < nc; j++) drow[j] = arow[j] + tb * crow[j]; break;
+          default: for (int j = 0; j < nc; j++) drow[j] = ta * arow[j] + tb * crow[j]; break;
         }
       }
     });
@@ -333,19 +345,21 @@ class CpuBackend final : public Backend {
   static bool b_nf4_of(const Tensor& b) { return b.quant == Quant::NF4; }
   // C (M,N) = alpha·A·Bᵀ + beta·C for M ≤ 4 with B stored (N,K): one dot product per output, rows of B read once
   // (memory-bound generation steps; the tiled path would repack all of B for a single token).
-  void gemv_rows(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, float alpha, float beta) {
-    T* C = p(c);
+  void gemv_rows(const Tensor& d, const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, float alpha,
+                 float beta, int lda, int ldb, int ldd) {
+    T* D = p(d);
+    const T* Cin = beta != 0.0f ? p(c) : nullptr;
     const T* A = p(a);
     const T* Bm = p(b);
     constexpr int NB = 64;
     const T ta = T(alpha), tb = T(beta);
     pool_.parallel_for((N + NB - 1) / NB, [&](int64_t task) {
       for (int j = int(task) * NB, je = std::min(N, int(task + 1) * NB); j < je; j++) {
-        const T* brow = Bm + size_t(j) * K;
+        const T* brow = Bm + size_t(j) * ldb;
         for (int i = 0; i < M; i++) {
-          const T d = dot8(A + size_t(i) * K, brow, K);
-          T& out = C[size_t(i) * N + j];
-          out = (alpha == 1.0f ? d : ta * d) + (beta == 0.0f ? T(0) : tb * out);
+          const T dot = dot8(A + size_t(i) * lda, brow, K);
+          const size_t at = size_t(i) * ldd + j;
+          D[at] = (alpha == 1.0f ? dot : ta * dot) + (beta == 0.0f ? T(0) : tb * Cin[at]);
         }
       }
     });
@@ -370,7 +384,9 @@ class CpuBackend final : public Backend {
 
   // ---- rmsnorm ----
   void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, int N, int C,
-                       double eps, bool plus_one) override {
+                       double eps, bool plus_one, int ld_out) override {
+    if (ld_out == 0) ld_out = C;
+    check_range(out, N == 0 ? 0 : size_t(N - 1) * ld_out + C, 0, "rmsnorm out");
     T* o = p(out);
     T* rs = p(rstd);
     const T* xx = p(x);
@@ -382,7 +398,7 @@ class CpuBackend final : public Backend {
       const T var = T(ss / C);
       const T r = T(1) / std::sqrt(var + T(eps));
       rs[i] = r;
-      T* orow = o + size_t(i) * C;
+      T* orow = o + size_t(i) * ld_out;
       for (int c = 0; c < C; c++) orow[c] = plus_one ? (xr[c] * r) * (T(1) + ww[c]) : ww[c] * (xr[c] * r);
     });
   }
@@ -547,13 +563,30 @@ class CpuBackend final : public Backend {
   }
 
   // ---- gated MLP ----
-  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act) override {
+  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act, int ld_out) override {
+    if (ld_out == 0) ld_out = F;
+    check_range(out, N == 0 ? 0 : size_t(N - 1) * ld_out + F, 0, "glu out");
     T* o = p(out);
     const T* g = p(gate);
     const T* u = p(up);
-    parallel_range(size_t(N) * F, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; i++) o[i] = act_fn(g[i], act) * u[i];
+    parallel_rows(N, [&](int r) {
+      const size_t in0 = size_t(r) * F, out0 = size_t(r) * ld_out;
+      for (int j = 0; j < F; j++) o[out0 + j] = act_fn(g[in0 + j], act) * u[in0 + j];
     });
+  }
+
+  void write_column_blocks(const ColumnBlockWrite* jobs, int n_jobs, float scale) override {
+    for (int k = 0; k < n_jobs; k++) {
+      const ColumnBlockWrite& j = jobs[k];
+      if (j.col0 + j.cols > j.ld) throw EngineError("cpu backend: column block outside the row");
+      check_range(j.dst, j.rows == 0 ? 0 : size_t(j.rows - 1) * j.ld + j.col0 + j.cols, 0, "column block dst");
+      check_range(j.src, size_t(j.rows) * j.cols, 0, "column block src");
+      T* d = p(j.dst);
+      const T* s = p(j.src);
+      const T sc = T(scale);
+      for (int i = 0; i < j.rows; i++)
+        for (int c = 0; c < j.cols; c++) d[size_t(i) * j.ld + j.col0 + c] = sc * s[size_t(i) * j.cols + c];
+    }
   }
   void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
                     int N, int F, Glu act) override {

@@ -327,51 +327,63 @@ class CudaBackend : public Backend {
   }
 
   // ---- matmul ----------------------------------------------------------------------------------------------
-  void matmul(const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, bool trans_a, bool trans_b,
-              float alpha, float beta) override {
+  void matmul_ex(const Tensor& d, const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K,
+                 bool trans_a, bool trans_b, float alpha, float beta, int lda, int ldb, int ldd) override {
     Timer tm(this, "matmul", 2.0 * M * N * K, M, N, K, trans_a, trans_b);
+    // stored shapes: A (M,K) or (K,M); B (K,N) or (N,K); D and C (M,N); ld* = stored row pitch (0 = packed)
+    const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
+    const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
+    if (lda == 0) lda = a_cols;
+    if (ldb == 0) ldb = b_cols;
+    if (ldd == 0) ldd = N;
+    if (lda < a_cols || ldb < b_cols || ldd < N) throw EngineError("cuda matmul: leading dimension too small");
+    auto span = [](int rows, int cols, int ld) { return rows == 0 || cols == 0 ? size_t(0) : size_t(rows - 1) * ld + cols; };
     const void* ap = a.ptr;
     const void* bp = b.ptr;
     DType at = a.dtype, bt = b.dtype;
     if (b.quant == Quant::NF4) {
+      if (ldb != b_cols) throw EngineError("cuda matmul: an NF4 operand must be packed");
       bf16* w = static_cast<bf16*>(scratch(1, b.n * 2));
       launch_nf4_dequant(w, static_cast<const uint8_t*>(b.ptr), static_cast<const float*>(b.scales), b.n, stream_);
       bp = w;
       bt = DType::BF16;
     }
     if (a.quant == Quant::NF4) throw EngineError("cuda matmul: NF4 is supported only as the B operand");
-    // Mixed bf16/fp32 operands (LoRA A/B are fp32 Params, activations bf16): round the fp32 one to bf16 in a
-    // scratch buffer, then one bf16 GEMM with fp32 accumulation. Both fp32: a true fp32 GEMM.
-    bool want_bf16 = at == DType::BF16 || bt == DType::BF16 || c.dtype == DType::BF16;
+    // Mixed bf16/fp32 operands (LoRA A/B are fp32 Params, activations bf16): round the fp32 one to bf16 (cached
+    // until the parameter changes), then one bf16 GEMM with fp32 accumulation. Both fp32: a true fp32 GEMM.
+    bool want_bf16 = at == DType::BF16 || bt == DType::BF16 || d.dtype == DType::BF16;
     if (want_bf16) {
       if (at == DType::F32) {
-        ap = bf16_of(ap, (size_t)M * K);
+        ap = bf16_of(ap, span(a_rows, a_cols, lda));
         at = DType::BF16;
       }
       if (bt == DType::F32) {
-        bp = bf16_of(bp, (size_t)K * N);
+        bp = bf16_of(bp, span(b_rows, b_cols, ldb));
         bt = DType::BF16;
       }
     }
     if (at != bt || (at != DType::BF16 && at != DType::F32))
       throw EngineError("cuda matmul: unsupported operand dtypes");
-    if (c.dtype != DType::BF16 && c.dtype != DType::F32) throw EngineError("cuda matmul: unsupported output dtype");
+    if (d.dtype != DType::BF16 && d.dtype != DType::F32) throw EngineError("cuda matmul: unsupported output dtype");
+    if (beta != 0.0f && c.ptr != d.ptr && c.dtype != d.dtype) throw EngineError("cuda matmul: C and D dtypes differ");
     cudaDataType_t ab = at == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
-    cudaDataType_t ct = c.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    cudaDataType_t ct = d.dtype == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
     if (ab == CUDA_R_32F && ct == CUDA_R_16BF) throw EngineError("cuda matmul: fp32 × fp32 → bf16 unsupported");
-    int lda = trans_a ? M : K, ldb = trans_b ? K : N;
-    if (K == 0) {  // empty contraction: C = beta·C
-      if (beta == 0.0f) fill(c, 0.0f, (size_t)M * N);
-      else if (beta != 1.0f && ct == CUDA_R_32F) launch_scale(static_cast<float*>(c.ptr), beta, (size_t)M * N, stream_);
+    const void* cp = beta != 0.0f ? c.ptr : d.ptr;
+    if (K == 0) {  // empty contraction: D = beta·C (packed, in place only; the model never asks for more)
+      if (cp != d.ptr || ldd != N) throw EngineError("cuda matmul: K = 0 supports only packed in-place C");
+      if (beta == 0.0f) fill(d, 0.0f, (size_t)M * N);
+      else if (beta != 1.0f && ct == CUDA_R_32F) launch_scale(static_cast<float*>(d.ptr), beta, (size_t)M * N, stream_);
       return;
     }
-    if (ab == CUDA_R_16BF && ct == CUDA_R_16BF && rank_update_enabled_ && rank_update_applies(M, N, K, trans_a, c.ptr)) {
-      launch_rank_update(static_cast<bf16*>(c.ptr), static_cast<const bf16*>(ap), static_cast<const bf16*>(bp), M, N, K,
+    if (ab == CUDA_R_16BF && ct == CUDA_R_16BF && rank_update_enabled_ && cp == d.ptr && lda == a_cols &&
+        ldb == b_cols && ldd == N && rank_update_applies(M, N, K, trans_a, d.ptr)) {
+      launch_rank_update(static_cast<bf16*>(d.ptr), static_cast<const bf16*>(ap), static_cast<const bf16*>(bp), M, N, K,
                          trans_b, alpha, beta, stream_);
       return;
     }
-    gemm_->run(c.ptr, ct, N, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
-    if (ct == CUDA_R_32F) invalidate_bf16_cache(c.ptr, (size_t)M * N * 4);
+    gemm_->run(d.ptr, cp, ct, ldd, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
+    if (ct == CUDA_R_32F) invalidate_bf16_cache(d.ptr, span(M, N, ldd) * 4);
   }
 
   // ---- embedding, norms, elementwise -------------------------------------------------------------------------
@@ -385,15 +397,15 @@ class CudaBackend : public Backend {
                      static_cast<const bf16*>(table.ptr), N, C, s, stream_);
   }
   void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, int N, int C,
-                       double eps, bool plus_one) override {
+                       double eps, bool plus_one, int ld_out) override {
     Timer tm(this, "rmsnorm_forward");
     need(out, DType::BF16, "rmsnorm out");
     need(x, DType::BF16, "rmsnorm x");
     need(w, DType::BF16, "rmsnorm w");
     need(rstd, DType::F32, "rmsnorm rstd");
     launch_rmsnorm_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(rstd.ptr),
-                           static_cast<const bf16*>(x.ptr), static_cast<const bf16*>(w.ptr), N, C, float(eps),
-                           plus_one, stream_);
+                           static_cast<const bf16*>(x.ptr), static_cast<const bf16*>(w.ptr), N, C,
+                           ld_out == 0 ? C : ld_out, float(eps), plus_one, stream_);
   }
   void rmsnorm_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, const Tensor& w, const Tensor& rstd,
                         int N, int C, bool plus_one) override {
@@ -480,11 +492,25 @@ class CudaBackend : public Backend {
   }
 
   // ---- MLP activation, dropout ----------------------------------------------------------------------------------
-  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act) override {
+  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act, int ld_out) override {
     Timer tm(this, "glu_forward");
     need(out, DType::BF16, "glu out");
     launch_glu_forward(static_cast<bf16*>(out.ptr), static_cast<const bf16*>(gate.ptr),
-                       static_cast<const bf16*>(up.ptr), (size_t)N * F, act == Glu::SwiGLU ? 0 : 1, stream_);
+                       static_cast<const bf16*>(up.ptr), N, F, ld_out == 0 ? F : ld_out, act == Glu::SwiGLU ? 0 : 1,
+                       stream_);
+  }
+  void write_column_blocks(const ColumnBlockWrite* jobs, int n_jobs, float scale) override {
+    Timer tm(this, "write_column_blocks");
+    std::vector<ColumnJob> cj(static_cast<size_t>(n_jobs));
+    for (int k = 0; k < n_jobs; k++) {
+      const ColumnBlockWrite& j = jobs[k];
+      need(j.dst, DType::BF16, "column block dst");
+      need(j.src, DType::F32, "column block src");
+      if (j.col0 + j.cols > j.ld) throw EngineError("cuda backend: column block outside the row");
+      cj[size_t(k)] = ColumnJob{static_cast<bf16*>(j.dst.ptr), static_cast<const float*>(j.src.ptr), j.ld, j.col0,
+                                j.rows, j.cols};
+    }
+    launch_write_column_blocks(cj.data(), n_jobs, scale, stream_);
   }
   void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
                     int N, int F, Glu act) override {

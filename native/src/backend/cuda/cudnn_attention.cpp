@@ -3,7 +3,9 @@
 // (B,T,H,HD) layout through strides, so no permute kernels run.
 #include "backend/cuda/cudnn_attention.h"
 #include <cudnn_frontend.h>
+#include <cstdlib>
 #include <map>
+#include <string>
 #include <tuple>
 #include "util/events.h"
 
@@ -19,11 +21,13 @@ struct FwdGraph {
   std::shared_ptr<fe::graph::Graph> g;
   TensorPtr q, k, v, o, stats;
   int64_t workspace = 0;
+  bool tuned = false;
 };
 struct BwdGraph {
   std::shared_ptr<fe::graph::Graph> g;
   TensorPtr q, k, v, o, dO, stats, dq, dk, dv;
   int64_t workspace = 0;
+  bool tuned = false;
 };
 
 // (B, H, T, HD) view of a token-major (B, T, H, HD) buffer.
@@ -33,7 +37,10 @@ std::vector<int64_t> bthd_strides(int T, int H, int HD) {
 
 class CudnnAttentionImpl : public CudnnAttention {
  public:
-  explicit CudnnAttentionImpl(cudaStream_t stream) : stream_(stream) {}
+  explicit CudnnAttentionImpl(cudaStream_t stream) : stream_(stream) {
+    const char* at = std::getenv("NXFT_CUDNN_AUTOTUNE");
+    autotune_ = !(at && std::string(at) == "0");
+  }
   ~CudnnAttentionImpl() override {
     if (workspace_) cudaFree(workspace_);
     if (handle_) cudnnDestroy(handle_);
@@ -67,6 +74,7 @@ class CudnnAttentionImpl : public CudnnAttention {
     std::unordered_map<TensorPtr, void*> pack = {{fg.q, const_cast<void*>(q)}, {fg.k, const_cast<void*>(k)},
                                                  {fg.v, const_cast<void*>(v)}, {fg.o, out},
                                                  {fg.stats, lse}};
+    if (!fg.tuned) tune(*fg.g, pack, &fg.workspace, "forward", &fg.tuned);
     auto err = fg.g->execute(handle_, pack, workspace_);
     if (err.is_bad()) throw EngineError("cuDNN SDPA forward failed: " + err.get_message());
     return true;
@@ -87,6 +95,7 @@ class CudnnAttentionImpl : public CudnnAttention {
         {bg.q, const_cast<void*>(q)},       {bg.k, const_cast<void*>(k)},     {bg.v, const_cast<void*>(v)},
         {bg.o, const_cast<void*>(out)},     {bg.dO, const_cast<void*>(dout)}, {bg.stats, const_cast<float*>(lse)},
         {bg.dq, dq},                        {bg.dk, dk},                      {bg.dv, dv}};
+    if (!bg.tuned) tune(*bg.g, pack, &bg.workspace, "backward", &bg.tuned);
     auto err = bg.g->execute(handle_, pack, workspace_);
     if (err.is_bad()) throw EngineError("cuDNN SDPA backward failed: " + err.get_message());
     return true;
@@ -123,11 +132,36 @@ class CudnnAttentionImpl : public CudnnAttention {
   bool finalize(fe::graph::Graph& g, int64_t* ws) {
     if (!ok(g.validate(), "validate")) return false;
     if (!ok(g.build_operation_graph(handle_), "build_operation_graph")) return false;
-    if (!ok(g.create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans")) return false;
+    // With autotuning, ask every heuristic mode for candidates (A is quick, B more thorough); tune() keeps the
+    // fastest. Without, A's first choice.
+    if (!ok(g.create_execution_plans(autotune_ ? std::vector<fe::HeurMode_t>{fe::HeurMode_t::A, fe::HeurMode_t::B}
+                                               : std::vector<fe::HeurMode_t>{fe::HeurMode_t::A}),
+            "create_execution_plans"))
+      return false;
     if (!ok(g.check_support(handle_), "check_support")) return false;
-    if (!ok(g.build_plans(handle_), "build_plans")) return false;
+    // With autotuning, build every plan the heuristics offer; tune() times them on the first real call.
+    if (!ok(g.build_plans(handle_, autotune_ ? fe::BuildPlanPolicy_t::ALL : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE),
+            "build_plans"))
+      return false;
     if (!ok(g.get_workspace_size(*ws), "workspace")) return false;
     return true;
+  }
+  // The heuristics' first plan is not always the fastest (as with cuBLASLt's skinny GEMMs): time every built
+  // plan once per shape on the real operands (outputs are written, never read) and keep the fastest.
+  void tune(fe::graph::Graph& g, std::unordered_map<TensorPtr, void*>& pack, int64_t* ws, const char* what,
+            bool* tuned) {
+    *tuned = true;
+    if (!autotune_ || g.get_execution_plan_count() < 2) return;
+    const int64_t need = g.get_autotune_workspace_size();
+    if (!ensure_workspace(need)) return;
+    auto err = g.autotune(handle_, pack, workspace_);
+    if (err.is_bad()) {
+      fprintf(stderr, "[cuda] cuDNN SDPA %s autotune skipped: %s\n", what, err.get_message().c_str());
+      return;
+    }
+    if (!ok(g.get_workspace_size(*ws), "workspace")) return;
+    if (!ensure_workspace(*ws)) return;
+    fprintf(stderr, "[cuda] cuDNN SDPA %s: autotuned over %lld plans\n", what, (long long)g.get_execution_plan_count());
   }
   bool build_forward(FwdGraph& fg, int B, int T, int NH, int NKV, int HD) {
     fg.g = new_graph();
@@ -181,6 +215,7 @@ class CudnnAttentionImpl : public CudnnAttention {
   }
 
   cudaStream_t stream_;
+  bool autotune_ = true;
   cudnnHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

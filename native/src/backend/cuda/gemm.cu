@@ -14,8 +14,11 @@ static void check_lt(cublasStatus_t s, const char* what) {
 }
 
 Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+  // NXFT_GEMM_AUTOTUNE: unset = time cuBLASLt's candidates for skinny (LoRA) shapes only, "all" = for every
+  // shape, "0" = never (cuBLASLt's first heuristic choice everywhere).
   const char* at = std::getenv("NXFT_GEMM_AUTOTUNE");
   autotune_ = !(at && std::string(at) == "0");
+  autotune_all_ = at && std::string(at) == "all";
   check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
   CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
 }
@@ -38,12 +41,12 @@ static int alignment_of(const void* p, int ld, int elem) {
   return al;
 }
 
-void Gemm::run(void* d, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
+void Gemm::run(void* d, const void* c, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
                cudaDataType_t ab_type, int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta) {
   if (M == 0 || N == 0) return;
   int ab_size = ab_type == CUDA_R_16BF ? 2 : 4, d_size = d_type == CUDA_R_16BF ? 2 : 4;
   int align_a = alignment_of(a, lda, ab_size), align_b = alignment_of(b, ldb, ab_size);
-  int align_d = alignment_of(d, ldd, d_size);
+  int align_d = std::min(alignment_of(d, ldd, d_size), alignment_of(c, ldd, d_size));   // C shares D's layout
   bool accumulate = beta != 0.0f;
   Key key{M, N, K, int(trans_a), int(trans_b), int(ab_type), int(d_type), lda, ldb, ldd,
           align_a * 1000 + align_b * 10 + (accumulate ? 1 : 0), align_d};
@@ -81,12 +84,12 @@ void Gemm::run(void* d, cudaDataType_t d_type, int ldd, const void* a, int lda, 
                         " K=" + std::to_string(K));
     p.algo = heur[0].algo;
     // Only skinny (LoRA) shapes: for the big base GEMMs the first heuristic was as fast or faster in our runs.
-    if (found > 1 && std::min(M, std::min(N, K)) <= 64)
+    if (found > 1 && (autotune_all_ || std::min(M, std::min(N, K)) <= 64))
       p.algo = pick_fastest(p, heur, found, a, b, d_type, ldd, M, alpha);
     it = plans_.emplace(key, p).first;
   }
   Plan& p = it->second;
-  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, d, p.ld, d, p.ld, &p.algo, workspace_,
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, c, p.ld, d, p.ld, &p.algo, workspace_,
                           workspace_bytes_, stream_),
            "cublasLtMatmul");
 }

@@ -1,8 +1,9 @@
 // gemm.cuh — one cuBLASLt wrapper for every matrix product of the CUDA backend (llm.c's matmul_cublaslt idea).
-// Row-major: D (M,N) = alpha · op(A) · op(B) + beta · D, fp32 accumulation.
+// Row-major: D (M,N) = alpha · op(A) · op(B) + beta · C, fp32 accumulation; C has D's layout (row stride ldd)
+// and may be D itself.
 //   op(A) is (M,K): A stored (M,K) with row stride lda, or (K,M) when trans_a.
 //   op(B) is (K,N): B stored (K,N) with row stride ldb, or (N,K) when trans_b.
-// A and B share one dtype (bf16 or fp32); D is bf16 or fp32. beta = 0 never reads D (NaN-safe).
+// A and B share one dtype (bf16 or fp32); C and D are bf16 or fp32. beta = 0 never reads C (NaN-safe).
 // cuBLASLt is column-major, so we compute Dᵀ = op(B)ᵀ · op(A)ᵀ: row-major storage read as column-major is the
 // transpose, which needs no copy.
 #pragma once
@@ -19,7 +20,7 @@ class Gemm {
   explicit Gemm(cudaStream_t stream);
   ~Gemm();
   // dtype codes: CUDA_R_16BF or CUDA_R_32F.
-  void run(void* d, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
+  void run(void* d, const void* c, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
            cudaDataType_t ab_type, int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta);
   void set_stream(cudaStream_t s) { stream_ = s; }
 
@@ -33,6 +34,7 @@ class Gemm {
   cublasLtMatmulAlgo_t pick_fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* heur, int found,
                                     const void* a, const void* b, cudaDataType_t d_type, int ldd, int M, float alpha);
   bool autotune_ = true;
+  bool autotune_all_ = false;
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   cublasLtHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;

@@ -21,15 +21,17 @@ __device__ __forceinline__ float act_grad(float g, int act) {
   return 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * g * g);
 }
 
-// Matches transformers' bf16 arithmetic: act(gate) is rounded to bf16 before the product.
-__global__ void glu_forward_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n, int act) {
+// Matches transformers' bf16 arithmetic: act(gate) is rounded to bf16 before the product. out has row pitch ld_out.
+__global__ void glu_forward_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n, int F, int ld_out, int act) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     float a = __bfloat162float(__float2bfloat16_rn(act_value(__bfloat162float(gate[i]), act)));
-    out[i] = __float2bfloat16_rn(a * __bfloat162float(up[i]));
+    out[(i / F) * ld_out + i % F] = __float2bfloat16_rn(a * __bfloat162float(up[i]));
   }
 }
 // 8 bf16 per thread through 16-byte loads/stores (the MLP activations are the largest elementwise traffic).
-__global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n8, int act) {
+// F8 = F/8 vectors per row; the output row pitch is ld8 vectors.
+__global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n8, int F8, int ld8,
+                                       int act) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
     uint4 gv = reinterpret_cast<const uint4*>(gate)[i], uv = reinterpret_cast<const uint4*>(up)[i], ov;
     const bf16* g = reinterpret_cast<const bf16*>(&gv);
@@ -40,19 +42,46 @@ __global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* 
       float a = __bfloat162float(__float2bfloat16_rn(act_value(__bfloat162float(g[k]), act)));
       o[k] = __float2bfloat16_rn(a * __bfloat162float(u[k]));
     }
-    reinterpret_cast<uint4*>(out)[i] = ov;
+    reinterpret_cast<uint4*>(out)[(i / F8) * ld8 + i % F8] = ov;
   }
 }
 static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 static unsigned grid_for(size_t n) { return std::min<size_t>(ceil_div(n, 256), 132 * 32); }
 
-void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, size_t n, int act, cudaStream_t s) {
+void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_out, int act, cudaStream_t s) {
+  const size_t n = (size_t)N * F;
   if (n == 0) return;
-  if (n % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up))
-    glu_forward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(out, gate, up, n / 8, act);
+  if (F % 8 == 0 && ld_out % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up))
+    glu_forward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(out, gate, up, n / 8, F / 8, ld_out / 8, act);
   else
-    glu_forward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(out, gate, up, n, act);
+    glu_forward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(out, gate, up, n, F, ld_out, act);
   CUDA_LAUNCH_CHECK();
+}
+
+// One launch for up to kMaxColumnJobs blocks: blockIdx.y picks the job, the x blocks stride over its elements.
+struct ColumnJobs {
+  ColumnJob job[kMaxColumnJobs];
+};
+__global__ void write_column_blocks_kernel(ColumnJobs jobs, float scale) {
+  const ColumnJob& j = jobs.job[blockIdx.y];
+  const size_t n = (size_t)j.rows * j.cols;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    j.dst[(i / j.cols) * j.ld + j.col0 + i % j.cols] = __float2bfloat16_rn(scale * j.src[i]);
+}
+void launch_write_column_blocks(const ColumnJob* jobs, int n_jobs, float scale, cudaStream_t s) {
+  for (int k0 = 0; k0 < n_jobs; k0 += kMaxColumnJobs) {
+    ColumnJobs pack{};
+    const int nk = std::min(kMaxColumnJobs, n_jobs - k0);
+    size_t most = 0;
+    for (int k = 0; k < nk; k++) {
+      pack.job[k] = jobs[k0 + k];
+      most = std::max(most, (size_t)jobs[k0 + k].rows * jobs[k0 + k].cols);
+    }
+    if (most == 0) continue;
+    dim3 grid((unsigned)std::min<size_t>(ceil_div(most, 256), 1024), (unsigned)nk);
+    write_column_blocks_kernel<<<grid, 256, 0, s>>>(pack, scale);
+    CUDA_LAUNCH_CHECK();
+  }
 }
 
 __global__ void glu_backward_kernel(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,

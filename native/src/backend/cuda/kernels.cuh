@@ -25,7 +25,7 @@ template <typename T> void launch_fill_normal(T* y, float std, uint64_t seed, si
 void launch_lora_dropout(bf16* out, const bf16* x, size_t n, float p, uint64_t seed, cudaStream_t s);
 
 // rmsnorm.cu
-void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int N, int C, float eps,
+void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int N, int C, int ld_out, float eps,
                             bool plus_one, cudaStream_t s);
 void launch_rmsnorm_backward(bf16* dx, const bf16* dout, const bf16* x, const bf16* w, const float* rstd, int N,
                              int C, bool plus_one, cudaStream_t s);
@@ -35,7 +35,16 @@ void launch_rope(bf16* x, const int32_t* pos, const float* inv_freq, int N, int 
                  cudaStream_t s);
 
 // glu.cu (act: 0 = silu, 1 = gelu_tanh)
-void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, size_t n, int act, cudaStream_t s);
+// out (N, F) with row pitch ld_out; gate, up packed (N, F).
+void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_out, int act, cudaStream_t s);
+// dst[i·ld + col0 + j] = bf16(scale·src[i·cols + j]) for each job (LoRA s·B into a folded weight's columns).
+struct ColumnJob {
+  bf16* dst;
+  const float* src;
+  int ld, col0, rows, cols;
+};
+constexpr int kMaxColumnJobs = 8;
+void launch_write_column_blocks(const ColumnJob* jobs, int n_jobs, float scale, cudaStream_t s);
 void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, size_t n,
                          int act, cudaStream_t s);
 

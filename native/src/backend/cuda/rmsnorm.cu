@@ -6,10 +6,10 @@ namespace nxft {
 namespace cuda {
 
 // out (N,C) = round(x·rstd)·w (llama) or round(x·rstd·(1+w)) (gemma); rstd (N) = 1/sqrt(mean(x²)+eps).
-__global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, const bf16* x, const bf16* w, int C, float eps,
-                                       bool plus_one) {
+__global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, const bf16* x, const bf16* w, int C, int ld_out,
+                                       float eps, bool plus_one) {
   const bf16* xr = x + (size_t)blockIdx.x * C;
-  bf16* o = out + (size_t)blockIdx.x * C;
+  bf16* o = out + (size_t)blockIdx.x * ld_out;
   float ss = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float v = __bfloat162float(xr[c]);
@@ -25,10 +25,10 @@ __global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, const bf16* x, co
   }
 }
 // Rows of C % 8 == 0 (every real model): 16-byte loads, 8 values per thread per step.
-__global__ void rmsnorm_forward_vec_kernel(bf16* out, float* rstd, const bf16* x, const bf16* w, int C, float eps,
-                                           bool plus_one) {
+__global__ void rmsnorm_forward_vec_kernel(bf16* out, float* rstd, const bf16* x, const bf16* w, int C, int ld_out,
+                                           float eps, bool plus_one) {
   const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)blockIdx.x * C);
-  uint4* o = reinterpret_cast<uint4*>(out + (size_t)blockIdx.x * C);
+  uint4* o = reinterpret_cast<uint4*>(out + (size_t)blockIdx.x * ld_out);
   const uint4* wv = reinterpret_cast<const uint4*>(w);
   int C8 = C / 8;
   float ss = 0.0f;
@@ -60,13 +60,13 @@ __global__ void rmsnorm_forward_vec_kernel(bf16* out, float* rstd, const bf16* x
 }
 static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int N, int C, float eps,
-                            bool plus_one, cudaStream_t s) {
+void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int N, int C, int ld_out,
+                            float eps, bool plus_one, cudaStream_t s) {
   if (N == 0) return;
-  if (C % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(w))
-    rmsnorm_forward_vec_kernel<<<N, 256, 0, s>>>(out, rstd, x, w, C, eps, plus_one);
+  if (C % 8 == 0 && ld_out % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(w))
+    rmsnorm_forward_vec_kernel<<<N, 256, 0, s>>>(out, rstd, x, w, C, ld_out, eps, plus_one);
   else
-    rmsnorm_forward_kernel<<<N, 256, 0, s>>>(out, rstd, x, w, C, eps, plus_one);
+    rmsnorm_forward_kernel<<<N, 256, 0, s>>>(out, rstd, x, w, C, ld_out, eps, plus_one);
   CUDA_LAUNCH_CHECK();
 }
 
