@@ -85,6 +85,27 @@ NXFT_HD inline float counter_uniform(uint64_t seed, uint64_t index) {
   return float(z >> 40) * (1.0f / 16777216.0f);
 }
 
+// The stored shapes of matmul_ex's operands with 0 leading dimensions resolved to the packed row length, and
+// how many elements each operand spans ((rows − 1)·ld + cols). ok is false when a given ld is shorter than its
+// row. Shared by the backends so both read the same elements.
+struct MatmulLayout {
+  int a_rows, a_cols, b_rows, b_cols, lda, ldb, ldd;
+  size_t span_a, span_b, span_d;
+  bool ok;
+};
+inline MatmulLayout matmul_layout(int M, int N, int K, bool trans_a, bool trans_b, int lda, int ldb, int ldd) {
+  MatmulLayout l;
+  l.a_rows = trans_a ? K : M, l.a_cols = trans_a ? M : K;
+  l.b_rows = trans_b ? N : K, l.b_cols = trans_b ? K : N;
+  l.lda = lda ? lda : l.a_cols, l.ldb = ldb ? ldb : l.b_cols, l.ldd = ldd ? ldd : N;
+  l.ok = l.lda >= l.a_cols && l.ldb >= l.b_cols && l.ldd >= N;
+  auto span = [](int rows, int cols, int ld) { return rows == 0 || cols == 0 ? size_t(0) : size_t(rows - 1) * ld + cols; };
+  l.span_a = span(l.a_rows, l.a_cols, l.lda);
+  l.span_b = span(l.b_rows, l.b_cols, l.ldb);
+  l.span_d = span(M, N, l.ldd);
+  return l;
+}
+
 class Backend {
  public:
   virtual ~Backend() = default;

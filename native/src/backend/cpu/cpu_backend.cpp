@@ -236,20 +236,15 @@ class CpuBackend final : public Backend {
   // C = alpha·acc + beta·C once.
   void matmul_ex(const Tensor& d, const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K,
                  bool trans_a, bool trans_b, float alpha, float beta, int lda, int ldb, int ldd) override {
-    // stored shapes: A (M,K) or (K,M); B (K,N) or (N,K); D and C (M,N); ld* = stored row pitch (0 = packed)
-    const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
-    const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
-    if (lda == 0) lda = a_cols;
-    if (ldb == 0) ldb = b_cols;
-    if (ldd == 0) ldd = N;
-    if (lda < a_cols || ldb < b_cols || ldd < N) throw EngineError("cpu backend: matmul leading dimension too small");
-    auto span = [](int rows, int cols, int ld) { return rows == 0 || cols == 0 ? size_t(0) : size_t(rows - 1) * ld + cols; };
-    check_range(d, span(M, N, ldd), 0, "matmul D");
-    if (beta != 0.0f) check_range(c, span(M, N, ldd), 0, "matmul C");
-    check_range(a, span(a_rows, a_cols, lda), 0, "matmul A");
+    const MatmulLayout lay = matmul_layout(M, N, K, trans_a, trans_b, lda, ldb, ldd);
+    if (!lay.ok) throw EngineError("cpu backend: matmul leading dimension too small");
+    lda = lay.lda, ldb = lay.ldb, ldd = lay.ldd;
+    check_range(d, lay.span_d, 0, "matmul D");
+    if (beta != 0.0f) check_range(c, lay.span_d, 0, "matmul C");
+    check_range(a, lay.span_a, 0, "matmul A");
     const bool b_nf4 = b.quant == Quant::NF4;
-    if (b_nf4 && ldb != b_cols) throw EngineError("cpu backend: an NF4 matmul operand must be packed");
-    check_range(b, b_nf4 ? size_t(K) * N : span(b_rows, b_cols, ldb), 0, "matmul B");
+    if (b_nf4 && ldb != lay.b_cols) throw EngineError("cpu backend: an NF4 matmul operand must be packed");
+    check_range(b, b_nf4 ? size_t(K) * N : lay.span_b, 0, "matmul B");
     if (M <= 4 && !trans_a && trans_b && !b_nf4) {
       gemv_rows(d, c, a, b, M, N, K, alpha, beta, lda, ldb, ldd);   // decode: y = x·Wᵀ for a few tokens, no packing
       return;

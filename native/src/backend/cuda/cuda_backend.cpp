@@ -330,19 +330,14 @@ class CudaBackend : public Backend {
   void matmul_ex(const Tensor& d, const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K,
                  bool trans_a, bool trans_b, float alpha, float beta, int lda, int ldb, int ldd) override {
     Timer tm(this, "matmul", 2.0 * M * N * K, M, N, K, trans_a, trans_b);
-    // stored shapes: A (M,K) or (K,M); B (K,N) or (N,K); D and C (M,N); ld* = stored row pitch (0 = packed)
-    const int a_rows = trans_a ? K : M, a_cols = trans_a ? M : K;
-    const int b_rows = trans_b ? N : K, b_cols = trans_b ? K : N;
-    if (lda == 0) lda = a_cols;
-    if (ldb == 0) ldb = b_cols;
-    if (ldd == 0) ldd = N;
-    if (lda < a_cols || ldb < b_cols || ldd < N) throw EngineError("cuda matmul: leading dimension too small");
-    auto span = [](int rows, int cols, int ld) { return rows == 0 || cols == 0 ? size_t(0) : size_t(rows - 1) * ld + cols; };
+    const MatmulLayout lay = matmul_layout(M, N, K, trans_a, trans_b, lda, ldb, ldd);
+    if (!lay.ok) throw EngineError("cuda matmul: leading dimension too small");
+    lda = lay.lda, ldb = lay.ldb, ldd = lay.ldd;
     const void* ap = a.ptr;
     const void* bp = b.ptr;
     DType at = a.dtype, bt = b.dtype;
     if (b.quant == Quant::NF4) {
-      if (ldb != b_cols) throw EngineError("cuda matmul: an NF4 operand must be packed");
+      if (ldb != lay.b_cols) throw EngineError("cuda matmul: an NF4 operand must be packed");
       bf16* w = static_cast<bf16*>(scratch(1, b.n * 2));
       launch_nf4_dequant(w, static_cast<const uint8_t*>(b.ptr), static_cast<const float*>(b.scales), b.n, stream_);
       bp = w;
@@ -354,11 +349,11 @@ class CudaBackend : public Backend {
     bool want_bf16 = at == DType::BF16 || bt == DType::BF16 || d.dtype == DType::BF16;
     if (want_bf16) {
       if (at == DType::F32) {
-        ap = bf16_of(ap, span(a_rows, a_cols, lda));
+        ap = bf16_of(ap, lay.span_a);
         at = DType::BF16;
       }
       if (bt == DType::F32) {
-        bp = bf16_of(bp, span(b_rows, b_cols, ldb));
+        bp = bf16_of(bp, lay.span_b);
         bt = DType::BF16;
       }
     }
@@ -376,14 +371,14 @@ class CudaBackend : public Backend {
       else if (beta != 1.0f && ct == CUDA_R_32F) launch_scale(static_cast<float*>(d.ptr), beta, (size_t)M * N, stream_);
       return;
     }
-    if (ab == CUDA_R_16BF && ct == CUDA_R_16BF && rank_update_enabled_ && cp == d.ptr && lda == a_cols &&
-        ldb == b_cols && ldd == N && rank_update_applies(M, N, K, trans_a, d.ptr)) {
+    if (ab == CUDA_R_16BF && ct == CUDA_R_16BF && rank_update_enabled_ && cp == d.ptr && lda == lay.a_cols &&
+        ldb == lay.b_cols && ldd == N && rank_update_applies(M, N, K, trans_a, d.ptr)) {
       launch_rank_update(static_cast<bf16*>(d.ptr), static_cast<const bf16*>(ap), static_cast<const bf16*>(bp), M, N, K,
                          trans_b, alpha, beta, stream_);
       return;
     }
     gemm_->run(d.ptr, cp, ct, ldd, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
-    if (ct == CUDA_R_32F) invalidate_bf16_cache(d.ptr, span(M, N, ldd) * 4);
+    if (ct == CUDA_R_32F) invalidate_bf16_cache(d.ptr, lay.span_d * 4);
   }
 
   // ---- embedding, norms, elementwise -------------------------------------------------------------------------
