@@ -9,6 +9,8 @@
 //   xn2 = rmsnorm(res_mid)                  g = xn2·Wgᵀ (+lora), u = xn2·Wuᵀ (+lora), h = act(g)·u
 //   x_next = res_mid + h·Wdᵀ (+lora)
 // The head: logits = rmsnorm(x_L)·Wᵀ (W = lm_head or the tied embedding), consumed chunk by chunk.
+// "+lora" is scale·(x·Aᵀ)·Bᵀ. Projections reading the same input (q|k|v, gate|up) share one x·Aᵀ GEMM; with
+// fold_lora the up-projection rides in the base GEMM as extra K columns (TransformerOptions, group_forward).
 #pragma once
 #include <array>
 #include <cstdint>
