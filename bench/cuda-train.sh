@@ -7,6 +7,10 @@
 #   5. runs the peer — Hugging Face transformers + PEFT, eager and torch.compile — on the same shapes
 #      (../shared/bench/hf_peft_baseline.py, copied into .carry/ because only the repo travels),
 #   6. prints one table: tokens/s, peak memory and our/peer ratios.
+# Plans are BxT[xCKPT] with optional suffixes for A/B runs in one call: :nofold (LoRA up-projection as its own GEMM),
+# :atall (autotune every GEMM shape), :noat (cuDNN's first attention plan), :ru (the LoRA rank-update kernel).
+# PHASE=ours and PHASE=peer in two back-to-back calls on the same warm machine fit where one call's time limit
+# does not (record `nvidia-smi -L` in both to show it is the same card).
 # Environment: PHASE=all|ours|peer (default all), PLANS (ours), PEER_PLAN / PEER_COMPILE_PLAN (peer),
 # OUT (logs; default /tmp/cuda-bench), CUDNN_FE (cudnn-frontend root; default .carry/cudnn-frontend).
 # Never part of CI: CI has no GPU.
