@@ -174,7 +174,7 @@ void test_rmsnorm(Backend& be) {
     }
     Tensor dout = mt::upload(be, R), dx = be.alloc(size_t(N) * C, Role::Activation);
     be.fill(dx, 0.0f, size_t(N) * C);
-    be.rmsnorm_backward(dx, dout, x, w, rstd, N, C, plus_one);
+    be.rmsnorm_backward(dx, dout, x, w, rstd, N, C, plus_one, 0);
     auto g = mt::download(be, dx, X.size());
     fd_check(plus_one ? "rmsnorm(1+w) backward" : "rmsnorm backward", X, f, g);
     for (Tensor* t : {&w, &out, &rstd, &x, &dout, &dx}) be.free(*t);
@@ -191,7 +191,7 @@ void test_rope(Backend& be) {
   auto X = rng.normals(size_t(N) * H * HD), R = rng.normals(X.size());
   auto f = [&]() {
     be.upload(x, X.data(), X.size());
-    be.rope_forward(x, p, invf, N, H, HD);
+    be.rope_forward(x, p, invf, N, H, HD, 0);
     return dot(mt::download(be, x, X.size()), R);
   };
   f();
@@ -207,7 +207,7 @@ void test_rope(Backend& be) {
         MT_CHECK(std::fabs(o[base + d] - want) < 1e-12, "rope forward");
       }
   Tensor dx = mt::upload(be, R);
-  be.rope_backward(dx, p, invf, N, H, HD);
+  be.rope_backward(dx, p, invf, N, H, HD, 0);
   fd_check("rope backward", X, f, mt::download(be, dx, X.size()));
   for (Tensor* t : {&p, &invf, &x, &dx}) be.free(*t);
 }
@@ -227,7 +227,7 @@ void test_attention(Backend& be) {
     be.upload(q, Q.data(), Q.size());
     be.upload(k, K.data(), K.size());
     be.upload(v, V.data(), V.size());
-    be.attention_forward(out, lse, q, k, v, dst, B, T, T, T, 0, NH, NKV, HD);
+    be.attention_forward(out, lse, q, k, v, dst, B, T, T, T, 0, NH, NKV, HD, {});
     return dot(mt::download(be, out, Q.size()), R);
   };
   f();
@@ -260,7 +260,7 @@ void test_attention(Backend& be) {
       }
   Tensor dout = mt::upload(be, R), dq = be.alloc(Q.size(), Role::Activation), dk = be.alloc(K.size(), Role::Activation),
          dv = be.alloc(V.size(), Role::Activation);
-  be.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, dst, B, T, NH, NKV, HD);
+  be.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, dst, B, T, NH, NKV, HD, {});
   fd_check("attention dq", Q, f, mt::download(be, dq, Q.size()));
   fd_check("attention dk", K, f, mt::download(be, dk, K.size()));
   fd_check("attention dv", V, f, mt::download(be, dv, V.size()));
@@ -275,7 +275,7 @@ void test_attention(Backend& be) {
     Tensor zs = mt::upload_i(be, z);
     be.upload(q1, Q.data() + (size_t(1) * T + q0) * NH * HD, size_t(Tq) * NH * HD);
     Tensor k1 = k.slice(size_t(T) * NKV * HD, size_t(T) * NKV * HD), v1 = v.slice(size_t(T) * NKV * HD, size_t(T) * NKV * HD);
-    be.attention_forward(o1, l1, q1, k1, v1, zs, 1, Tq, q0 + Tq, T, q0, NH, NKV, HD);
+    be.attention_forward(o1, l1, q1, k1, v1, zs, 1, Tq, q0 + Tq, T, q0, NH, NKV, HD, {});
     auto got = mt::download(be, o1, size_t(Tq) * NH * HD);
     std::vector<double> want(o.begin() + (size_t(1) * T + q0) * NH * HD, o.begin() + (size_t(1) * T + q0 + Tq) * NH * HD);
     MT_CHECK(mt::rel_err(got, want) < 1e-12, "attention with q_offset differs from the full pass");
@@ -308,8 +308,8 @@ void test_row_pitch_and_column_blocks(Backend& be) {
   Tensor g = mt::upload(be, G), u = mt::upload(be, U), hp = be.alloc(size_t(N) * F, Role::Activation),
          hw = mt::upload(be, junk2);
   junk2 = mt::download(be, hw, junk2.size());
-  be.glu_forward(hp, g, u, N, F, Glu::SwiGLU, 0);
-  be.glu_forward(hw, g, u, N, F, Glu::SwiGLU, ldf);
+  be.glu_forward(hp, g, u, N, F, Glu::SwiGLU, 0, 0);
+  be.glu_forward(hw, g, u, N, F, Glu::SwiGLU, ldf, 0);
   auto hpv = mt::download(be, hp, size_t(N) * F), hwv = mt::download(be, hw, size_t(N) * ldf);
   same = kept = true;
   for (int i = 0; i < N; i++)
@@ -343,6 +343,146 @@ void test_row_pitch_and_column_blocks(Backend& be) {
   for (Tensor* t : {&x, &w, &rstd, &packed, &wide, &g, &u, &hp, &hw, &wt, &b1, &b2}) be.free(*t);
 }
 
+// Row-pitched operands (q|k|v as column blocks of one buffer, dq|dk|dv of another, gate|up halves, a residual
+// gradient with spare columns) give bit-identical results to the packed ones and never touch the columns between
+// rows: the layout the model uses to run each input group as one GEMM.
+void test_pitched_ops(Backend& be) {
+  Rng rng(12);
+  // embed a packed (rows, cols) matrix at column col0 of a (rows, ld) host matrix holding `base`
+  auto embed = [](std::vector<double> base, const std::vector<double>& m, int rows, int cols, int ld, int col0) {
+    for (int i = 0; i < rows; i++)
+      for (int c = 0; c < cols; c++) base[size_t(i) * ld + col0 + c] = m[size_t(i) * cols + c];
+    return base;
+  };
+  auto extract = [](const std::vector<double>& w, int rows, int cols, int ld, int col0) {
+    std::vector<double> m(size_t(rows) * cols);
+    for (int i = 0; i < rows; i++)
+      for (int c = 0; c < cols; c++) m[size_t(i) * cols + c] = w[size_t(i) * ld + col0 + c];
+    return m;
+  };
+  // the columns of `after` outside [col0, col0 + cols) of every row equal `before`'s
+  auto kept = [](const std::vector<double>& before, const std::vector<double>& after, int rows, int ld, int col0,
+                 int cols) {
+    for (int i = 0; i < rows; i++)
+      for (int c = 0; c < ld; c++)
+        if ((c < col0 || c >= col0 + cols) && before[size_t(i) * ld + c] != after[size_t(i) * ld + c]) return false;
+    return true;
+  };
+  // host values as the backend stores them (f32 rounds), so "untouched" can be compared exactly
+  auto stored = [&](std::vector<double> v) {
+    Tensor t = mt::upload(be, v);
+    v = mt::download(be, t, v.size());
+    be.free(t);
+    return v;
+  };
+  const int B = 2, T = 5, N = B * T, NH = 4, NKV = 2, HD = 4, qd = NH * HD, kvd = NKV * HD, P = qd + 2 * kvd;
+  // attention over q|k|v in one buffer, out with pitch qd+3, dout pitch qd+2, dq|dk|dv in one buffer of pitch P+5
+  {
+    std::vector<int32_t> ds = {0, 0, 2, 2, 2, 0, 0, 0, 0, 0};
+    Tensor dst = mt::upload_i(be, ds);
+    auto Q = rng.normals(size_t(N) * qd), K = rng.normals(size_t(N) * kvd), V = rng.normals(size_t(N) * kvd),
+         DO = rng.normals(size_t(N) * qd);
+    Tensor q = mt::upload(be, Q), k = mt::upload(be, K), v = mt::upload(be, V), dout = mt::upload(be, DO);
+    Tensor out = be.alloc(Q.size(), Role::Activation), lse = be.alloc(size_t(B) * NH * T, Role::Stat),
+           dq = be.alloc(Q.size(), Role::Activation), dk = be.alloc(K.size(), Role::Activation),
+           dv = be.alloc(V.size(), Role::Activation);
+    be.attention_forward(out, lse, q, k, v, dst, B, T, T, T, 0, NH, NKV, HD, {});
+    be.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, dst, B, T, NH, NKV, HD, {});
+    const int ldo = qd + 3, lddo = qd + 2, ldd = P + 5;
+    auto QKV = embed(embed(embed(rng.normals(size_t(N) * P), Q, N, qd, P, 0), K, N, kvd, P, qd), V, N, kvd, P, qd + kvd);
+    auto O0 = stored(rng.normals(size_t(N) * ldo)), D0 = stored(rng.normals(size_t(N) * ldd));
+    Tensor qkv = mt::upload(be, QKV), ow = mt::upload(be, O0), dw = mt::upload(be, D0),
+           dow = mt::upload(be, embed(rng.normals(size_t(N) * lddo), DO, N, qd, lddo, 0)),
+           lse2 = be.alloc(size_t(B) * NH * T, Role::Stat);
+    Backend::AttnPitch pitch;
+    pitch.q = pitch.kv = P;
+    pitch.out = ldo;
+    pitch.dout = lddo;
+    pitch.dq = pitch.dkv = ldd;
+    const Tensor kw = qkv.slice(size_t(qd), qkv.n - size_t(qd)), vw = qkv.slice(size_t(qd + kvd), qkv.n - size_t(qd + kvd));
+    be.attention_forward(ow, lse2, qkv, kw, vw, dst, B, T, T, T, 0, NH, NKV, HD, pitch);
+    be.attention_backward(dw, dw.slice(size_t(qd), dw.n - size_t(qd)), dw.slice(size_t(qd + kvd), dw.n - size_t(qd + kvd)),
+                          dow, qkv, kw, vw, ow, lse2, dst, B, T, NH, NKV, HD, pitch);
+    auto o1 = mt::download(be, ow, O0.size()), d1 = mt::download(be, dw, D0.size());
+    MT_CHECK(extract(o1, N, qd, ldo, 0) == mt::download(be, out, Q.size()) && kept(O0, o1, N, ldo, 0, qd),
+             "attention_forward with pitched q|k|v and out differs from packed");
+    MT_CHECK(mt::download(be, lse2, size_t(B) * NH * T) == mt::download(be, lse, size_t(B) * NH * T),
+             "attention_forward lse with pitches differs");
+    MT_CHECK(extract(d1, N, qd, ldd, 0) == mt::download(be, dq, Q.size()) &&
+                 extract(d1, N, kvd, ldd, qd) == mt::download(be, dk, K.size()) &&
+                 extract(d1, N, kvd, ldd, qd + kvd) == mt::download(be, dv, V.size()) && kept(D0, d1, N, ldd, 0, P),
+             "attention_backward into one dq|dk|dv buffer differs from packed");
+    // rope over q|k as the first NH + NKV heads of each qkv row (v and the spare columns untouched)
+    std::vector<int32_t> pos = {0, 1, 2, 0, 1, 9, 3, 4, 5, 6};
+    std::vector<double> inv(HD / 2);
+    for (int i = 0; i < HD / 2; i++) inv[size_t(i)] = 1.0 / std::pow(10000.0, 2.0 * i / HD);
+    Tensor ps = mt::upload_i(be, pos), invf = mt::upload(be, inv, Role::Stat);
+    for (bool backward : {false, true}) {
+      Tensor packed = mt::upload(be, extract(D0, N, qd + kvd, ldd, 0)), wide = mt::upload(be, D0);
+      if (backward) {
+        be.rope_backward(packed, ps, invf, N, NH + NKV, HD, 0);
+        be.rope_backward(wide, ps, invf, N, NH + NKV, HD, ldd);
+      } else {
+        be.rope_forward(packed, ps, invf, N, NH + NKV, HD, 0);
+        be.rope_forward(wide, ps, invf, N, NH + NKV, HD, ldd);
+      }
+      auto w = mt::download(be, wide, D0.size());
+      MT_CHECK(extract(w, N, qd + kvd, ldd, 0) == mt::download(be, packed, size_t(N) * (qd + kvd)) &&
+                   kept(D0, w, N, ldd, 0, qd + kvd),
+               "rope %s with a row pitch differs from packed", backward ? "backward" : "forward");
+      be.free(packed);
+      be.free(wide);
+    }
+    // copy_2d: k's column block of qkv into a packed cache
+    Tensor cache = be.alloc(K.size(), Role::Activation);
+    be.copy_2d(cache, kvd, kw, P, N, kvd);
+    MT_CHECK(mt::download(be, cache, K.size()) == mt::download(be, k, K.size()), "copy_2d of a column block");
+    for (Tensor* t : {&dst, &q, &k, &v, &dout, &out, &lse, &dq, &dk, &dv, &qkv, &ow, &dw, &dow, &lse2, &ps, &invf, &cache})
+      be.free(*t);
+  }
+  // glu over the halves of one gate|up buffer; dgate|dup into one buffer with spare columns
+  {
+    const int F = 6, ldd = 2 * F + 3;
+    for (Glu act : {Glu::SwiGLU, Glu::GeGLUTanh}) {
+      auto G = rng.normals(size_t(N) * F), U = rng.normals(size_t(N) * F), DO = rng.normals(size_t(N) * F);
+      Tensor g = mt::upload(be, G), u = mt::upload(be, U), dout = mt::upload(be, DO),
+             h = be.alloc(G.size(), Role::Activation), dg = be.alloc(G.size(), Role::Activation),
+             du = be.alloc(G.size(), Role::Activation);
+      be.glu_forward(h, g, u, N, F, act, 0, 0);
+      be.glu_backward(dg, du, dout, g, u, N, F, act, 0, 0);
+      auto GU = embed(embed(std::vector<double>(size_t(N) * 2 * F), G, N, F, 2 * F, 0), U, N, F, 2 * F, F);
+      auto D0 = stored(rng.normals(size_t(N) * ldd));
+      Tensor gu = mt::upload(be, GU), hw = be.alloc(G.size(), Role::Activation), dw = mt::upload(be, D0);
+      const Tensor upw = gu.slice(size_t(F), gu.n - size_t(F));
+      be.glu_forward(hw, gu, upw, N, F, act, 0, 2 * F);
+      be.glu_backward(dw, dw.slice(size_t(F), dw.n - size_t(F)), dout, gu, upw, N, F, act, 2 * F, ldd);
+      auto d1 = mt::download(be, dw, D0.size());
+      MT_CHECK(mt::download(be, hw, G.size()) == mt::download(be, h, G.size()), "glu_forward over gate|up halves");
+      MT_CHECK(extract(d1, N, F, ldd, 0) == mt::download(be, dg, G.size()) &&
+                   extract(d1, N, F, ldd, F) == mt::download(be, du, G.size()) && kept(D0, d1, N, ldd, 0, 2 * F),
+               "glu_backward into one dgate|dup buffer differs from packed");
+      for (Tensor* t : {&g, &u, &dout, &h, &dg, &du, &gu, &hw, &dw}) be.free(*t);
+    }
+  }
+  // rmsnorm_backward accumulating into a residual gradient with spare columns
+  {
+    const int C = 7, ld = C + 4;
+    auto X = rng.normals(size_t(N) * C), Wv = rng.normals(C), DO = rng.normals(size_t(N) * C),
+         DX = rng.normals(size_t(N) * C), junk = rng.normals(size_t(N) * ld);
+    Tensor x = mt::upload(be, X), w = mt::upload(be, Wv, Role::Weight), rstd = be.alloc(N, Role::Stat),
+           o = be.alloc(X.size(), Role::Activation), dout = mt::upload(be, DO), dx = mt::upload(be, DX);
+    auto W0 = stored(embed(junk, DX, N, C, ld, 0));
+    Tensor dxw = mt::upload(be, W0);
+    be.rmsnorm_forward(o, rstd, x, w, N, C, 1e-5, false, 0);
+    be.rmsnorm_backward(dx, dout, x, w, rstd, N, C, false, 0);
+    be.rmsnorm_backward(dxw, dout, x, w, rstd, N, C, false, ld);
+    auto d1 = mt::download(be, dxw, W0.size());
+    MT_CHECK(extract(d1, N, C, ld, 0) == mt::download(be, dx, X.size()) && kept(W0, d1, N, ld, 0, C),
+             "rmsnorm_backward with ld_dx differs from packed");
+    for (Tensor* t : {&x, &w, &rstd, &o, &dout, &dx, &dxw}) be.free(*t);
+  }
+}
+
 void test_glu(Backend& be) {
   Rng rng(5);
   const int N = 3, F = 5;
@@ -353,7 +493,7 @@ void test_glu(Backend& be) {
     auto f = [&]() {
       be.upload(g, G.data(), G.size());
       be.upload(u, U.data(), U.size());
-      be.glu_forward(o, g, u, N, F, act, 0);
+      be.glu_forward(o, g, u, N, F, act, 0, 0);
       return dot(mt::download(be, o, G.size()), R);
     };
     f();
@@ -365,7 +505,7 @@ void test_glu(Backend& be) {
       MT_CHECK(std::fabs(ov[i] - a * U[i]) < 1e-12, "glu forward");
     }
     Tensor dout = mt::upload(be, R), dg = be.alloc(G.size(), Role::Activation), du = be.alloc(U.size(), Role::Activation);
-    be.glu_backward(dg, du, dout, g, u, N, F, act);
+    be.glu_backward(dg, du, dout, g, u, N, F, act, 0, 0);
     fd_check("glu dgate", G, f, mt::download(be, dg, G.size()));
     fd_check("glu dup", U, f, mt::download(be, du, U.size()));
     for (Tensor* t : {&g, &u, &o, &dout, &dg, &du}) be.free(*t);
@@ -510,6 +650,8 @@ int main() {
   test_glu(*be);
   test_row_pitch_and_column_blocks(*be);
   test_row_pitch_and_column_blocks(*bf);
+  test_pitched_ops(*be);
+  test_pitched_ops(*bf);
   test_cross_entropy(*be);
   test_dropout(*be);
   test_adamw(*bf);

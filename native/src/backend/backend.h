@@ -130,6 +130,9 @@ class Backend {
   virtual void download(const Tensor& src, float* dst, size_t n, size_t offset = 0) = 0;
   virtual void download(const Tensor& src, double* dst, size_t n, size_t offset = 0) = 0;
   virtual void copy(const Tensor& dst, const Tensor& src, size_t n) = 0;  // dst[0..n) = src[0..n), same role
+  // dst[i·ld_dst + j] = src[i·ld_src + j] for i < rows, j < cols (same role): a column block of one matrix into
+  // another (the new tokens' k and v from the q|k|v projection output into the KV cache).
+  virtual void copy_2d(const Tensor& dst, int ld_dst, const Tensor& src, int ld_src, int rows, int cols) = 0;
   virtual void fill(const Tensor& dst, float value, size_t n) = 0;      // dst[0..n) = value
   // Quantize fp32 host weights (rows, cols) to NF4 blockwise-64 (native.md §4.1); returns a Quant::NF4
   // tensor usable only as matmul's B operand. Backends without QLoRA throw EngineError.
@@ -170,9 +173,10 @@ class Backend {
   // first (only differs for bf16 backends).
   virtual void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w,
                                int N, int C, double eps, bool plus_one, int ld_out) = 0;
-  // dx (N,C) ACCUMULATES the input gradient; dout (N,C); x, w, rstd as in forward. No weight gradient.
+  // dx (N,C) ACCUMULATES the input gradient, row pitch ld_dx (0 = C); dout (N,C); x, w, rstd as in forward.
+  // No weight gradient. (The model's residual gradient has spare columns after each row: see transformer.h.)
   virtual void rmsnorm_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, const Tensor& w,
-                                const Tensor& rstd, int N, int C, bool plus_one) = 0;
+                                const Tensor& rstd, int N, int C, bool plus_one, int ld_dx) = 0;
 
   // ---- elementwise -------------------------------------------------------------------------------------
   // y[i] += alpha · x[i] for i < n (same role).
@@ -183,16 +187,24 @@ class Backend {
   virtual void scale(const Tensor& y, float s, size_t n) = 0;
 
   // ---- RoPE, HF rotate-half layout: pairs (i, i + HD/2), angle = pos · inv_freq[i] ------------------------
-  // x (N, H, HD) rotated IN PLACE; positions (N) Index; inv_freq (HD/2) Stat (llama3 scaling already applied).
+  // x (N, H, HD) rotated IN PLACE, row pitch ld (0 = H·HD): q|k as the first NH + NKV heads of the (N, qd + 2·kvd)
+  // q|k|v projection output rotate in one call. positions (N) Index; inv_freq (HD/2) Stat (llama3 scaling applied).
   // cos/sin are computed in fp32 as transformers does: freq = float(pos) · inv_freq, emb = cat(freq, freq).
   //   out[i] = x[i]·cos − x[i+HD/2]·sin,  out[i+HD/2] = x[i+HD/2]·cos + x[i]·sin   (i < HD/2)
   virtual void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H,
-                            int HD) = 0;
-  // dx (N, H, HD) IN PLACE: the transpose rotation (angle → −angle) maps d(out) to d(x).
+                            int HD, int ld) = 0;
+  // dx (N, H, HD) IN PLACE, row pitch ld: the transpose rotation (angle → −angle) maps d(out) to d(x).
   virtual void rope_backward(const Tensor& dx, const Tensor& positions, const Tensor& inv_freq, int N, int H,
-                             int HD) = 0;
+                             int HD, int ld) = 0;
 
   // ---- causal GQA attention with packed documents -------------------------------------------------------
+  // Row pitches of the token-major operands (elements from one token's row to the next; 0 = packed, H·HD):
+  // q|k|v may be column blocks of the one (N, qd + 2·kvd) projection output, dq|dk|dv of one gradient buffer,
+  // out may have spare columns after each row (o_proj's folded LoRA input). Shapes below are logical.
+  struct AttnPitch {
+    int q = 0, kv = 0, out = 0;      // q; k and v (the KV cache: its own packed rows); out (written, then read)
+    int dout = 0, dq = 0, dkv = 0;   // backward only: dout; dq; dk and dv
+  };
   // q (B,Tq,NH,HD); k, v (B,Tk,NKV,HD) with row stride Tk_stride ≥ Tk (a KV cache has capacity Tk_stride);
   // out (B,Tq,NH,HD) writes; lse (B,NH,Tq) Stat writes the logsumexp of the scaled scores of each query row.
   // Query i of row b sits at key index q_offset + i and attends keys j with
@@ -204,22 +216,24 @@ class Backend {
   // Fast backends must not materialize (Tq, Tk) scores (flash attention); the CPU reference may.
   virtual void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                                  const Tensor& v, const Tensor& doc_start, int B, int Tq, int Tk,
-                                 int Tk_stride, int q_offset, int NH, int NKV, int HD) = 0;
+                                 int Tk_stride, int q_offset, int NH, int NKV, int HD, const AttnPitch& pitch) = 0;
   // Training shape only (Tq = Tk = T, q_offset = 0). dq (B,T,NH,HD), dk, dv (B,T,NKV,HD) WRITE (dk/dv sum
   // over the query heads sharing a kv head). dout, q, k, v, out, lse, doc_start as in forward.
   virtual void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
                                   const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                                   const Tensor& lse, const Tensor& doc_start, int B, int T, int NH, int NKV,
-                                  int HD) = 0;
+                                  int HD, const AttnPitch& pitch) = 0;
 
   // ---- gated MLP activation --------------------------------------------------------------------------------
   // out (N,F) = act(gate) · up, act = silu | gelu_tanh (0.5·g·(1+tanh(√(2/π)·(g+0.044715·g³)))). Writes out
-  // with row pitch ld_out (0 = F: packed); gate, up packed.
+  // with row pitch ld_out (0 = F: packed); gate and up are read with row pitch ld_in (0 = F): the model passes
+  // the two halves of the one (N, 2F) gate|up projection output.
   virtual void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act,
-                           int ld_out) = 0;
-  // dgate, dup (N,F) WRITE; dout, gate, up (N,F). dgate may not alias gate; dup may not alias up.
+                           int ld_out, int ld_in) = 0;
+  // dgate, dup (N,F) WRITE with row pitch ld_dgu (0 = F); dout (N,F) packed; gate, up (N,F) with row pitch ld_in.
+  // dgate may not alias gate; dup may not alias up.
   virtual void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate,
-                            const Tensor& up, int N, int F, Glu act) = 0;
+                            const Tensor& up, int N, int F, Glu act, int ld_in, int ld_dgu) = 0;
 
   // ---- LoRA dropout (the LoRA path itself is composed by the model from matmuls) -------------------------
   // LoRA: y (N,out) += scale · (drop(x) · Aᵀ) · Bᵀ with A (r,in), B (out,r) fp32 Params.

@@ -16,6 +16,8 @@ namespace {
 enum Target { kQ = 0, kK = 1, kV = 2, kO = 3, kGate = 4, kUp = 5, kDown = 6 };
 // target → input group (Transformer::Group): q,k,v → 0, o → 1, gate,up → 2, down → 3
 constexpr int kGroupOf[7] = {0, 0, 0, 1, 2, 2, 3};
+// the targets of each input group, in the order their outputs sit side by side (-1 ends a list)
+constexpr int kGroupTargets[4][4] = {{kQ, kK, kV, -1}, {kO, -1, -1, -1}, {kGate, kUp, -1, -1}, {kDown, -1, -1, -1}};
 
 uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
@@ -69,13 +71,16 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
     for (int t = 0; t < 7; t++)
       if (wanted[t]) group_width_[kGroupOf[t]] += lora->r;
     const bool fold = opt_.fold_lora && !opt_.quantize_nf4 && lora->dropout == 0;
-    for (int g : {int(kGroupQKV), int(kGroupGateUp), int(kGroupDown)}) fold_[g] = fold && group_width_[g] > 0;
+    for (int g = 0; g < 4; g++) fold_[g] = fold && group_width_[g] > 0;
   }
+  merged_ = !opt_.quantize_nf4;
   // The frozen weights, by HF name (filled by set_weight / load_weights; NF4 applies to the linear ones).
-  auto slot = [&](const std::string& name, Tensor* t, int rows, int cols, bool linear, int target = -1) {
-    const bool folded = target >= 0 && wanted[target] && fold_[kGroupOf[target]];
-    const int ld = folded ? cols + group_width_[kGroupOf[target]] : cols;
-    slots_w_.push_back(WeightSlot{name, t, rows, cols, ld, linear && opt_.quantize_nf4});
+  // Plain linear weights are row blocks of their group matrix (row pitch input_ld), biases of bqkv.
+  auto slot = [&](const std::string& name, Tensor* t, int rows, int cols, bool linear, int target = -1,
+                  bool bias = false) {
+    const bool view = (target >= 0 && merged_) || bias;
+    const int ld = target >= 0 && merged_ ? input_ld(kGroupOf[target]) : cols;
+    slots_w_.push_back(WeightSlot{name, t, rows, cols, ld, linear && opt_.quantize_nf4, view});
   };
   slot("model.embed_tokens.weight", &embed_, V, C, false);
   if (!tied_) slot("lm_head.weight", &head_, V, C, false);
@@ -89,9 +94,9 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
     slot(p + "self_attn.v_proj.weight", &L.wv, kvd, C, true, kV);
     slot(p + "self_attn.o_proj.weight", &L.wo, C, qd, true, kO);
     if (c.attention_bias) {
-      slot(p + "self_attn.q_proj.bias", &L.bq, 1, qd, false);
-      slot(p + "self_attn.k_proj.bias", &L.bk, 1, kvd, false);
-      slot(p + "self_attn.v_proj.bias", &L.bv, 1, kvd, false);
+      slot(p + "self_attn.q_proj.bias", &L.bq, 1, qd, false, -1, true);
+      slot(p + "self_attn.k_proj.bias", &L.bk, 1, kvd, false, -1, true);
+      slot(p + "self_attn.v_proj.bias", &L.bv, 1, kvd, false, -1, true);
     }
     slot(p + "post_attention_layernorm.weight", &L.mlp_norm, 1, C, false);
     slot(p + "mlp.gate_proj.weight", &L.wg, F, C, true, kGate);
@@ -99,12 +104,31 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
     slot(p + "mlp.down_proj.weight", &L.wd, C, F, true, kDown);
   }
   // Plain weights are allocated now (so a caller may also fill them on the backend); NF4 ones at set_weight.
-  // The LoRA columns of a folded weight start at zero: each projection's own block is written from its B by
+  // A folded group matrix starts at zero: each projection's own s·B block and the A rows are written by
   // refresh_folded_lora(), the blocks of the group's other projections stay zero.
   for (WeightSlot& w : slots_w_) {
-    if (w.nf4) continue;
+    if (w.nf4 || w.view) continue;
     *w.t = be_.alloc(size_t(w.rows) * w.ld, Role::Weight);
-    if (w.ld != w.cols) be_.fill(*w.t, 0.0f, size_t(w.rows) * w.ld);
+  }
+  for (LayerW& L : layers_) {
+    if (merged_) {
+      Tensor* views[7] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.wg, &L.wu, &L.wd};
+      for (int g = 0; g < 4; g++) {
+        const size_t ld = size_t(input_ld(g)), rows = size_t(out_width(g) + (fold_[g] ? group_width_[g] : 0));
+        L.group_w[g] = be_.alloc(rows * ld, Role::Weight);
+        if (fold_[g]) be_.fill(L.group_w[g], 0.0f, rows * ld);
+      }
+      for (int t = 0; t < 7; t++) {
+        const size_t ld = size_t(input_ld(kGroupOf[t]));
+        *views[t] = L.group_w[kGroupOf[t]].slice(size_t(col_of(t)) * ld, size_t(out_of(t)) * ld);
+      }
+    }
+    if (c.attention_bias) {
+      L.bqkv = be_.alloc(size_t(qd + 2 * kvd), Role::Weight);
+      L.bq = L.bqkv.slice(0, size_t(qd));
+      L.bk = L.bqkv.slice(size_t(qd), size_t(kvd));
+      L.bv = L.bqkv.slice(size_t(qd + kvd), size_t(kvd));
+    }
   }
   if (tied_) head_ = embed_;
   // fp32 backends get transformers' float32 inv_freq bit for bit; the f64 gradient-check backend the exact one.
@@ -169,11 +193,29 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
       job.cols = r;
       fold_jobs_.push_back(job);
     }
+    // A_g (g·r, in) → the last g·r rows of W_ext, columns [0, in)
+    for (int l = 0; l < c.num_layers; l++)
+      for (int g = 0; g < 4; g++) {
+        if (!fold_[g]) continue;
+        const int rg = group_width_[g], in = input_width(g), ld = input_ld(g);
+        int first = -1;
+        for (int t : kGroupTargets[g])
+          if (t >= 0 && first < 0) first = slot_of_[size_t(l)][size_t(t)];
+        Backend::ColumnBlockWrite job;
+        job.dst = layers_[size_t(l)].group_w[g].slice(size_t(out_width(g)) * ld, size_t(rg) * ld);
+        job.ld = ld;
+        job.col0 = 0;
+        job.src = params_.slice(slots_[size_t(first)].off_a, size_t(rg) * in);
+        job.rows = rg;
+        job.cols = in;
+        fold_a_jobs_.push_back(job);
+      }
   }
 }
 
 void Transformer::refresh_folded_lora() {
   if (!fold_jobs_.empty()) be_.write_column_blocks(fold_jobs_.data(), int(fold_jobs_.size()), lora_scale_);
+  if (!fold_a_jobs_.empty()) be_.write_column_blocks(fold_a_jobs_.data(), int(fold_a_jobs_.size()), 1.0f);
 }
 
 std::vector<std::pair<std::string, Tensor>> Transformer::weight_tensors() const {
@@ -227,7 +269,7 @@ void Transformer::release(Tensor& t) {
 }
 
 void Transformer::free_layer_acts(LayerActs& a) {
-  for (Tensor* t : {&a.xn1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse, &a.res_mid, &a.xn2, &a.rstd2, &a.g, &a.u, &a.h})
+  for (Tensor* t : {&a.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.res_mid, &a.xn2, &a.rstd2, &a.gu, &a.h})
     release(*t);
   for (Tensor& t : a.xa) release(t);
 }
@@ -235,13 +277,18 @@ void Transformer::free_layer_acts(LayerActs& a) {
 Transformer::~Transformer() {
   for (LayerActs& a : acts_) free_layer_acts(a);
   for (Tensor& t : res_) release(t);
-  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
-                    &dh_, &dg_, &du_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_,
-                    &ce_loss_, &ce_lse_, &params_, &grads_, &inv_freq_})
+  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
+                    &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
+                    &ce_lse_, &params_, &grads_, &inv_freq_})
     release(*t);
   for (Tensor& t : k_cache_) release(t);
   for (Tensor& t : v_cache_) release(t);
-  for (WeightSlot& w : slots_w_) release(*w.t);   // embed_ once even when the head is tied to it
+  for (WeightSlot& w : slots_w_)   // embed_ once even when the head is tied to it
+    if (!w.view) release(*w.t);
+  for (LayerW& L : layers_) {
+    for (Tensor& t : L.group_w) release(t);
+    release(L.bqkv);
+  }
 }
 
 // ---- LoRA parameters ----------------------------------------------------------------------------------------
@@ -291,15 +338,12 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N) {
   a.xn2 = be_.alloc(size_t(N) * input_ld(kGroupGateUp), Role::Activation);
   a.h = be_.alloc(size_t(N) * input_ld(kGroupDown), Role::Activation);
   a.rstd1 = be_.alloc(size_t(N), Role::Stat);
-  a.q = be_.alloc(size_t(N) * qd, Role::Activation);
-  a.k = be_.alloc(size_t(N) * kvd, Role::Activation);
-  a.v = be_.alloc(size_t(N) * kvd, Role::Activation);
-  a.att = be_.alloc(size_t(N) * qd, Role::Activation);
+  a.qkv = be_.alloc(size_t(N) * (qd + 2 * kvd), Role::Activation);
+  a.att = be_.alloc(size_t(N) * input_ld(kGroupO), Role::Activation);
   a.lse = be_.alloc(size_t(N) * c.num_heads, Role::Stat);
   a.res_mid = be_.alloc(size_t(N) * C, Role::Activation);
   a.rstd2 = be_.alloc(size_t(N), Role::Stat);
-  a.g = be_.alloc(size_t(N) * F, Role::Activation);
-  a.u = be_.alloc(size_t(N) * F, Role::Activation);
+  a.gu = be_.alloc(size_t(N) * 2 * F, Role::Activation);
   if (has_lora_)
     for (int g = 0; g < 4; g++)   // every layer adapts the same projections
       if (group_width_[g] > 0 && !fold_[g]) a.xa[g] = be_.alloc(size_t(N) * group_width_[g], Role::Activation);
@@ -308,7 +352,7 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N) {
 void Transformer::ensure_buffers(int N, bool training) {
   const ModelConfig& c = cfg_;
   const int L = c.num_layers, C = c.hidden_size, F = c.intermediate_size, qd = c.num_heads * c.head_dim,
-            kvd = c.num_kv_heads * c.head_dim, V = c.vocab_size;
+            V = c.vocab_size;
   const size_t want_acts = (training && !opt_.gradient_checkpointing) ? size_t(L) : 1;
   const bool have_train = !dres_.empty();
   if (N <= cap_n_ && acts_.size() >= want_acts && (!training || have_train)) return;
@@ -318,9 +362,9 @@ void Transformer::ensure_buffers(int N, bool training) {
   acts_.clear();
   for (Tensor& t : res_) release(t);
   res_.clear();
-  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dq_, &dk_, &dv_, &datt_,
-                    &dh_, &dg_, &du_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_,
-                    &ce_loss_, &ce_lse_})
+  for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
+                    &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
+                    &ce_lse_})
     release(*t);
   cap_n_ = cap;
   const bool train_bufs = training || have_train;
@@ -338,16 +382,16 @@ void Transformer::ensure_buffers(int N, bool training) {
   const int in_max = std::max(std::max(C, F), qd);
   scratch_in_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   if (train_bufs) {
-    dres_ = be_.alloc(size_t(cap) * C, Role::Activation);
+    ld_dres_ = group_dy_ld(kGroupO);
+    dres_ = be_.alloc(size_t(cap) * ld_dres_, Role::Activation);
     dxn_ = be_.alloc(size_t(cap) * C, Role::Activation);
-    dq_ = be_.alloc(size_t(cap) * qd, Role::Activation);
-    dk_ = be_.alloc(size_t(cap) * kvd, Role::Activation);
-    dv_ = be_.alloc(size_t(cap) * kvd, Role::Activation);
+    dqkv_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupQKV), Role::Activation);
     datt_ = be_.alloc(size_t(cap) * qd, Role::Activation);
     dh_ = be_.alloc(size_t(cap) * F, Role::Activation);
-    dg_ = be_.alloc(size_t(cap) * F, Role::Activation);
-    du_ = be_.alloc(size_t(cap) * F, Role::Activation);
-    const int widest = *std::max_element(group_width_, group_width_ + 4);
+    dgu_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupGateUp), Role::Activation);
+    int widest = 0;   // dxa of the unfolded groups (a folded group keeps it in its dy's spare columns)
+    for (int g = 0; g < 4; g++)
+      if (!fold_[g]) widest = std::max(widest, group_width_[g]);
     if (widest > 0) dxa_ = be_.alloc(size_t(cap) * widest, Role::Activation);
     scratch_dx_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   }
@@ -388,14 +432,43 @@ void Transformer::upload_batch(const Batch& b) {
 // ---- linear + LoRA, one input group at a time ---------------------------------------------------------------
 //
 // Per adapted projection t of a group reading x (N, in):  y_t = c_in + x·W_tᵀ (+ bias) + scale·xa_t·B_tᵀ,
-// xa_t = drop_t(x)·A_tᵀ (N, r). Without dropout the x·Aᵀ of the whole group is one GEMM (A_q|A_k|A_v are
-// contiguous), and so are its dA and its dx contribution. The LoRA up-projection runs first and writes y; the
-// base GEMM then accumulates into it (beta = 1), so the memory-bound LoRA product never re-reads y. Residual
-// projections (o, down) read the residual as the GEMM's C, so no copy of it is made.
+// xa_t = drop_t(x)·A_tᵀ (N, r). The group's outputs sit side by side in one buffer y (q|k|v, gate|up) and, with
+// plain weights, its weights are stacked by rows in one matrix W_g, so the base part is ONE GEMM; without dropout
+// the x·Aᵀ of the whole group is one GEMM too (A_q|A_k|A_v are contiguous), and so are its dA and its dx
+// contribution. Folded groups also carry the up-projection (forward) and the dxa·A term (backward) inside the
+// base GEMM (TransformerOptions::fold_lora). Residual projections (o, down) read the residual as the GEMM's C,
+// so no copy of it is made.
 
 int Transformer::input_width(int group) const {
   const int qd = cfg_.num_heads * cfg_.head_dim;
   return group == kGroupO ? qd : group == kGroupDown ? cfg_.intermediate_size : cfg_.hidden_size;
+}
+
+int Transformer::out_of(int target) const {
+  const int qd = cfg_.num_heads * cfg_.head_dim, kvd = cfg_.num_kv_heads * cfg_.head_dim;
+  return target == kQ ? qd : (target == kK || target == kV) ? kvd : (target == kGate || target == kUp)
+                                                                        ? cfg_.intermediate_size
+                                                                        : cfg_.hidden_size;
+}
+
+int Transformer::col_of(int target) const {
+  const int qd = cfg_.num_heads * cfg_.head_dim, kvd = cfg_.num_kv_heads * cfg_.head_dim;
+  return target == kK ? qd : target == kV ? qd + kvd : target == kUp ? cfg_.intermediate_size : 0;
+}
+
+int Transformer::out_width(int group) const {
+  int w = 0;
+  for (int t : kGroupTargets[group])
+    if (t >= 0) w += out_of(t);
+  return w;
+}
+
+int Transformer::group_dy_ld(int group) const {
+  if (group == kGroupO || group == kGroupDown) {   // both read d(residual): one buffer, spare columns for either
+    const int spare = std::max(fold_[kGroupO] ? group_width_[kGroupO] : 0, fold_[kGroupDown] ? group_width_[kGroupDown] : 0);
+    return cfg_.hidden_size + spare;
+  }
+  return out_width(group) + (fold_[group] ? group_width_[group] : 0);
 }
 
 Tensor Transformer::xa_of(const LayerActs& a, int group, int* ld) const {
@@ -403,92 +476,113 @@ Tensor Transformer::xa_of(const LayerActs& a, int group, int* ld) const {
     *ld = group_width_[group];
     return a.xa[group];
   }
-  const Tensor& in = group == kGroupQKV ? a.xn1 : group == kGroupGateUp ? a.xn2 : a.h;
+  const Tensor& in = group == kGroupQKV ? a.xn1 : group == kGroupO ? a.att : group == kGroupGateUp ? a.xn2 : a.h;
   *ld = input_ld(group);
   return in.slice(size_t(input_width(group)), in.n - size_t(input_width(group)));
 }
 
-void Transformer::group_forward(int layer, int group, const Tensor& x, int N, const Tensor& xa, int ld_xa,
-                                std::initializer_list<Proj> projs, uint64_t seed) {
+void Transformer::group_forward(int layer, int group, const Tensor& x, int N, const Tensor& y, int ld_y,
+                                const Tensor* c_in, const Tensor& xa, int ld_xa, uint64_t seed) {
   const int r = spec_.r, rg = group_width_[group], in = input_width(group), ld_x = input_ld(group);
   const float p = dropout_p();
   const bool drop = p > 0 && seed != 0;
+  const LayerW& W = layers_[size_t(layer)];
+  const float beta_in = c_in ? 1.0f : 0.0f;
   if (rg > 0 && !drop) {   // xa (N, g·r) = x · [A_t1; A_t2; …]ᵀ, A of the group's first adapted projection onward
     int first = -1;
-    for (const Proj& pj : projs)
-      if (first < 0) first = slot_of_[size_t(layer)][size_t(pj.target)];
+    for (int t : kGroupTargets[group])
+      if (t >= 0 && first < 0) first = slot_of_[size_t(layer)][size_t(t)];
     const LoraSlot& s0 = slots_[size_t(first)];
     be_.matmul_ex(xa, xa, x, params_.slice(s0.off_a, size_t(rg) * in), N, rg, in, false, true, 1.0f, 0.0f, ld_x, 0,
                   ld_xa);
   }
-  for (const Proj& pj : projs) {
-    const int si = has_lora_ ? slot_of_[size_t(layer)][size_t(pj.target)] : -1;
-    const Tensor& c_in = pj.c_in ? *pj.c_in : *pj.y;
-    const float beta_in = pj.c_in ? 1.0f : 0.0f;
-    if (si < 0) {
-      be_.matmul_ex(*pj.y, c_in, x, *pj.w, N, pj.out, in, false, true, 1.0f, beta_in, ld_x, 0, 0);
-    } else if (fold_[group]) {   // y = c_in + [x | xa]·[W | … s·B_t …]ᵀ: one GEMM over in + g·r
-      be_.matmul_ex(*pj.y, c_in, x, *pj.w, N, pj.out, in + rg, false, true, 1.0f, beta_in, ld_x, 0, 0);
-    } else {
+  if (merged_) {   // y = c_in + [x | xa]·W_ext[:out]ᵀ (folded: K = in + g·r) or c_in + x·W_gᵀ: one GEMM
+    const int K = fold_[group] ? in + rg : in;
+    be_.matmul_ex(y, c_in ? *c_in : y, x, W.group_w[group], N, out_width(group), K, false, true, 1.0f, beta_in, ld_x,
+                  input_ld(group), ld_y);
+  } else {         // NF4: one dequantizing GEMM per projection into its column block
+    const Tensor* w[7] = {&W.wq, &W.wk, &W.wv, &W.wo, &W.wg, &W.wu, &W.wd};
+    for (int t : kGroupTargets[group]) {
+      if (t < 0) continue;
+      const Tensor y_t = y.slice(size_t(col_of(t)), y.n - size_t(col_of(t)));
+      be_.matmul_ex(y_t, c_in ? *c_in : y_t, x, *w[t], N, out_of(t), in, false, true, 1.0f, beta_in, ld_x, 0, ld_y);
+    }
+  }
+  if (rg > 0 && !fold_[group]) {   // unfolded LoRA: y_t += scale·xa_t·B_tᵀ
+    for (int t : kGroupTargets[group]) {
+      const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
+      if (si < 0) continue;
       const LoraSlot& s = slots_[size_t(si)];
       const Tensor xa_t = xa.slice(size_t(s.col), xa.n - size_t(s.col));   // column block, row pitch ld_xa
       if (drop) {
-        be_.lora_dropout(scratch_in_, x, N, in, p, lora_seed(seed, layer, pj.target));
+        be_.lora_dropout(scratch_in_, x, N, in, p, lora_seed(seed, layer, t));
         be_.matmul_ex(xa_t, xa_t, scratch_in_, params_.slice(s.off_a, size_t(r) * in), N, r, in, false, true, 1.0f,
                       0.0f, 0, 0, ld_xa);
       }
-      be_.matmul_ex(*pj.y, c_in, xa_t, params_.slice(s.off_b, size_t(pj.out) * r), N, pj.out, r, false, true,
-                    lora_scale_, beta_in, ld_xa, 0, 0);
-      be_.matmul(*pj.y, x, *pj.w, N, pj.out, in, false, true, 1.0f, 1.0f);
+      const Tensor y_t = y.slice(size_t(col_of(t)), y.n - size_t(col_of(t)));
+      be_.matmul_ex(y_t, y_t, xa_t, params_.slice(s.off_b, size_t(s.out) * r), N, s.out, r, false, true, lora_scale_,
+                    1.0f, ld_xa, 0, ld_y);
     }
-    if (pj.bias && !pj.bias->empty()) be_.add_bias(*pj.y, *pj.bias, N, pj.out);
   }
+  if (group == kGroupQKV && cfg_.attention_bias) be_.add_bias(y, W.bqkv, N, out_width(group));   // ld_y = width
 }
 
 // dx (N, in) WRITES Σ_t dy_t·W_t + the LoRA input gradients; accumulates dA, dB of every adapted projection:
 //   dxa_t = scale·dy_t·B_t,  dB_t += scale·dy_tᵀ·xa_t,  dA_t += dxa_tᵀ·drop_t(x),  dx += drop_t(dxa_t·A_t).
-// The LoRA part writes dx first; the compute-bound base GEMMs then accumulate into it.
-void Transformer::group_backward(int layer, int group, const Tensor& dx, const Tensor& x, int N, const Tensor& xa,
-                                 int ld_xa, std::initializer_list<ProjGrad> projs, uint64_t seed, bool need_dx) {
+// Folded: dxa goes into dy's spare columns and dx = [dy | dxa]·W_ext[:, :in] is one GEMM. Unfolded: the LoRA
+// part writes dx first and the compute-bound base GEMM accumulates into it.
+void Transformer::group_backward(int layer, int group, const Tensor& dx, const Tensor& x, int N, const Tensor& dy,
+                                 int ld_dy, const Tensor& xa, int ld_xa, uint64_t seed, bool need_dx) {
   const int r = spec_.r, rg = group_width_[group], in = input_width(group), ld_x = input_ld(group);
+  const int out = out_width(group);
   const float p = dropout_p();
   const bool drop = p > 0 && seed != 0;
+  const LayerW& W = layers_[size_t(layer)];
+  const bool fold = fold_[group];
+  const Tensor dxa = fold ? dy.slice(size_t(out), dy.n - size_t(out)) : dxa_;   // (N, g·r)
+  const int ld_dxa = fold ? ld_dy : rg;
   bool dx_written = false;
   if (rg > 0) {
+    // Folded: dxa_g = dy·[… s·B_t …] for the whole group in one GEMM, reading the block-diagonal s·B columns of
+    // W_ext (the values the forward used); unfolded: one GEMM per projection from the fp32 B.
+    if (fold)
+      be_.matmul_ex(dxa, dxa, dy, W.group_w[group].slice(size_t(in), W.group_w[group].n - size_t(in)), N, rg, out,
+                    false, false, 1.0f, 0.0f, ld_dy, input_ld(group), ld_dxa);
     int first = -1;
-    for (const ProjGrad& pg : projs) {
-      const int si = slot_of_[size_t(layer)][size_t(pg.target)];
+    for (int t : kGroupTargets[group]) {
+      const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
       if (si < 0) continue;
       if (first < 0) first = si;
       const LoraSlot& s = slots_[size_t(si)];
       const Tensor xa_t = xa.slice(size_t(s.col), xa.n - size_t(s.col));
-      const Tensor dxa_t = dxa_.slice(size_t(s.col), size_t(N) * rg - size_t(s.col));
-      const Tensor Bm = params_.slice(s.off_b, size_t(pg.out) * r), dB = grads_.slice(s.off_b, size_t(pg.out) * r);
-      be_.matmul_ex(dxa_t, dxa_t, *pg.dy, Bm, N, r, pg.out, false, false, lora_scale_, 0.0f, 0, 0, rg);
-      be_.matmul_ex(dB, dB, *pg.dy, xa_t, pg.out, r, N, true, false, lora_scale_, 1.0f, 0, ld_xa, 0);
+      const Tensor dxa_t = dxa.slice(size_t(s.col), dxa.n - size_t(s.col));
+      const Tensor dy_t = dy.slice(size_t(col_of(t)), dy.n - size_t(col_of(t)));
+      const Tensor Bm = params_.slice(s.off_b, size_t(s.out) * r), dB = grads_.slice(s.off_b, size_t(s.out) * r);
+      if (!fold) be_.matmul_ex(dxa_t, dxa_t, dy_t, Bm, N, r, s.out, false, false, lora_scale_, 0.0f, ld_dy, 0, ld_dxa);
+      be_.matmul_ex(dB, dB, dy_t, xa_t, s.out, r, N, true, false, lora_scale_, 1.0f, ld_dy, ld_xa, 0);
     }
     const LoraSlot& s0 = slots_[size_t(first)];
-    if (!drop) {   // the whole group at once: dA_g (g·r, in) += dxa_gᵀ·x;  dx = dxa_g·A_g
-      const Tensor dxa_g = dxa_.slice(0, size_t(N) * rg);
+    if (!drop) {   // the whole group at once: dA_g (g·r, in) += dxa_gᵀ·x;  dx = dxa_g·A_g (unless folded)
       Tensor dA = grads_.slice(s0.off_a, size_t(rg) * in);
-      be_.matmul_ex(dA, dA, dxa_g, x, rg, in, N, true, false, 1.0f, 1.0f, 0, ld_x, 0);
-      if (need_dx) {
-        be_.matmul(dx, dxa_g, params_.slice(s0.off_a, size_t(rg) * in), N, in, rg, false, false, 1.0f, 0.0f);
+      be_.matmul_ex(dA, dA, dxa, x, rg, in, N, true, false, 1.0f, 1.0f, ld_dxa, ld_x, 0);
+      if (need_dx && !fold) {
+        be_.matmul_ex(dx, dx, dxa, params_.slice(s0.off_a, size_t(rg) * in), N, in, rg, false, false, 1.0f, 0.0f,
+                      ld_dxa, 0, 0);
         dx_written = true;
       }
     } else {       // each projection has its own dropout mask (never folded: ld_x == in)
-      for (const ProjGrad& pg : projs) {
-        const int si = slot_of_[size_t(layer)][size_t(pg.target)];
+      for (int t : kGroupTargets[group]) {
+        const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
         if (si < 0) continue;
         const LoraSlot& s = slots_[size_t(si)];
-        const uint64_t ls = lora_seed(seed, layer, pg.target);
-        const Tensor dxa_t = dxa_.slice(size_t(s.col), size_t(N) * rg - size_t(s.col));
+        const uint64_t ls = lora_seed(seed, layer, t);
+        const Tensor dxa_t = dxa.slice(size_t(s.col), dxa.n - size_t(s.col));
         Tensor dA = grads_.slice(s.off_a, size_t(r) * in);
         be_.lora_dropout(scratch_in_, x, N, in, p, ls);
-        be_.matmul_ex(dA, dA, dxa_t, scratch_in_, r, in, N, true, false, 1.0f, 1.0f, rg, 0, 0);
+        be_.matmul_ex(dA, dA, dxa_t, scratch_in_, r, in, N, true, false, 1.0f, 1.0f, ld_dxa, 0, 0);
         if (!need_dx) continue;
         be_.matmul_ex(scratch_dx_, scratch_dx_, dxa_t, params_.slice(s.off_a, size_t(r) * in), N, in, r, false, false,
-                      1.0f, 0.0f, rg, 0, 0);
+                      1.0f, 0.0f, ld_dxa, 0, 0);
         if (!dx_written) {
           be_.lora_dropout(dx, scratch_dx_, N, in, p, ls);
           dx_written = true;
@@ -500,11 +594,18 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
     }
   }
   if (!need_dx) return;
-  for (const ProjGrad& pg : projs) {   // the base GEMMs accumulate into what the LoRA path wrote
-    const bool folded = fold_[group] && slot_of_[size_t(layer)][size_t(pg.target)] >= 0;
-    be_.matmul_ex(dx, dx, *pg.dy, *pg.w, N, in, pg.out, false, false, 1.0f, dx_written ? 1.0f : 0.0f, 0,
-                  folded ? in + rg : 0, 0);   // W_ext's first `in` columns are W
-    dx_written = true;
+  const float beta = dx_written ? 1.0f : 0.0f;
+  if (merged_) {   // dx (+)= [dy | dxa]·W_ext[:, :in] (folded: K = out + g·r) or dy·W_g: one GEMM
+    const int K = fold ? out + rg : out;
+    be_.matmul_ex(dx, dx, dy, W.group_w[group], N, in, K, false, false, 1.0f, beta, ld_dy, input_ld(group), 0);
+  } else {
+    const Tensor* w[7] = {&W.wq, &W.wk, &W.wv, &W.wo, &W.wg, &W.wu, &W.wd};
+    for (int t : kGroupTargets[group]) {
+      if (t < 0) continue;
+      const Tensor dy_t = dy.slice(size_t(col_of(t)), dy.n - size_t(col_of(t)));
+      be_.matmul_ex(dx, dx, dy_t, *w[t], N, in, out_of(t), false, false, 1.0f, dx_written ? 1.0f : 0.0f, ld_dy, 0, 0);
+      dx_written = true;
+    }
   }
 }
 
@@ -515,31 +616,39 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
   const ModelConfig& c = cfg_;
   const LayerW& W = layers_[size_t(l)];
   const int N = B * T, C = c.hidden_size, F = c.intermediate_size, NH = c.num_heads, NKV = c.num_kv_heads,
-            HD = c.head_dim, qd = NH * HD, kvd = NKV * HD;
+            HD = c.head_dim, qd = NH * HD, kvd = NKV * HD, P = qd + 2 * kvd;
   const double eps = c.rms_norm_eps;
   const bool p1 = c.norm_plus_one;
   int ld_xa = 0;
   Tensor xa = xa_of(a, kGroupQKV, &ld_xa);
   be_.rmsnorm_forward(a.xn1, a.rstd1, x, W.attn_norm, N, C, eps, p1, input_ld(kGroupQKV));
-  group_forward(l, kGroupQKV, a.xn1, N, xa, ld_xa,
-                {{kQ, &a.q, &W.wq, &W.bq, qd, nullptr}, {kK, &ctx.k, &W.wk, &W.bk, kvd, nullptr},
-                 {kV, &ctx.v, &W.wv, &W.bv, kvd, nullptr}},
-                seed);
-  be_.rope_forward(a.q, positions, inv_freq_, N, NH, HD);
-  be_.rope_forward(ctx.k, positions, inv_freq_, N, NKV, HD);
-  be_.attention_forward(a.att, a.lse, a.q, ctx.k_all, ctx.v_all, doc_start, B, T, ctx.Tk, ctx.Tk_stride, ctx.q_offset,
-                        NH, NKV, HD);
+  group_forward(l, kGroupQKV, a.xn1, N, a.qkv, P, nullptr, xa, ld_xa, seed);
+  // q and k are the first NH + NKV heads of every qkv row: one rotation for both
+  be_.rope_forward(a.qkv, positions, inv_freq_, N, NH + NKV, HD, P);
+  const Tensor k = a.qkv.slice(size_t(qd), a.qkv.n - size_t(qd)), v = a.qkv.slice(size_t(qd + kvd), a.qkv.n - size_t(qd + kvd));
+  Backend::AttnPitch pitch;
+  pitch.q = P;
+  pitch.out = input_ld(kGroupO);
+  if (ctx.k_cache.empty()) {   // training / eval: the queries see this micro-batch's keys, read in place
+    pitch.kv = P;
+    be_.attention_forward(a.att, a.lse, a.qkv, k, v, doc_start, B, T, T, T, 0, NH, NKV, HD, pitch);
+  } else {                     // generation: append the new keys/values to the cache, attend over all of it
+    be_.copy_2d(ctx.k_cache.slice(size_t(ctx.q_offset) * kvd, size_t(N) * kvd), kvd, k, P, N, kvd);
+    be_.copy_2d(ctx.v_cache.slice(size_t(ctx.q_offset) * kvd, size_t(N) * kvd), kvd, v, P, N, kvd);
+    pitch.kv = kvd;
+    be_.attention_forward(a.att, a.lse, a.qkv, ctx.k_cache, ctx.v_cache, doc_start, B, T, ctx.Tk, ctx.Tk_stride,
+                          ctx.q_offset, NH, NKV, HD, pitch);
+  }
   // res_mid = x + att·Woᵀ: the GEMM reads x as its C operand
   xa = xa_of(a, kGroupO, &ld_xa);
-  group_forward(l, kGroupO, a.att, N, xa, ld_xa, {{kO, &a.res_mid, &W.wo, nullptr, C, &x}}, seed);
+  group_forward(l, kGroupO, a.att, N, a.res_mid, C, &x, xa, ld_xa, seed);
   xa = xa_of(a, kGroupGateUp, &ld_xa);
   be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, eps, p1, input_ld(kGroupGateUp));
-  group_forward(l, kGroupGateUp, a.xn2, N, xa, ld_xa,
-                {{kGate, &a.g, &W.wg, nullptr, F, nullptr}, {kUp, &a.u, &W.wu, nullptr, F, nullptr}}, seed);
+  group_forward(l, kGroupGateUp, a.xn2, N, a.gu, 2 * F, nullptr, xa, ld_xa, seed);
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
-  be_.glu_forward(a.h, a.g, a.u, N, F, act, input_ld(kGroupDown));
+  be_.glu_forward(a.h, a.gu, a.gu.slice(size_t(F), a.gu.n - size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
   xa = xa_of(a, kGroupDown, &ld_xa);
-  group_forward(l, kGroupDown, a.h, N, xa, ld_xa, {{kDown, &x_next, &W.wd, nullptr, C, &a.res_mid}}, seed);
+  group_forward(l, kGroupDown, a.h, N, x_next, C, &a.res_mid, xa, ld_xa, seed);
 }
 
 // dres_ holds d(x_next) on entry and d(x) on exit (not for layer 0, see below). Everything the layer's forward
@@ -548,30 +657,39 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   const ModelConfig& c = cfg_;
   const LayerW& W = layers_[size_t(l)];
   const int N = B * T, C = c.hidden_size, F = c.intermediate_size, NH = c.num_heads, NKV = c.num_kv_heads,
-            HD = c.head_dim, qd = NH * HD, kvd = NKV * HD;
+            HD = c.head_dim, qd = NH * HD, kvd = NKV * HD, P = qd + 2 * kvd;
   const bool p1 = c.norm_plus_one;
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
   // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd (+ LoRA)
   int ld_xa = 0;
   Tensor xa = xa_of(a, kGroupDown, &ld_xa);
-  group_backward(l, kGroupDown, dh_, a.h, N, xa, ld_xa, {{kDown, &dres_, &W.wd, C}}, seed);
-  be_.glu_backward(dg_, du_, dh_, a.g, a.u, N, F, act);
+  group_backward(l, kGroupDown, dh_, a.h, N, dres_, ld_dres_, xa, ld_xa, seed, true);
+  const int ld_dgu = group_dy_ld(kGroupGateUp);
+  be_.glu_backward(dgu_, dgu_.slice(size_t(F), dgu_.n - size_t(F)), dh_, a.gu, a.gu.slice(size_t(F), a.gu.n - size_t(F)),
+                   N, F, act, 2 * F, ld_dgu);
   xa = xa_of(a, kGroupGateUp, &ld_xa);
-  group_backward(l, kGroupGateUp, dxn_, a.xn2, N, xa, ld_xa, {{kGate, &dg_, &W.wg, F}, {kUp, &du_, &W.wu, F}}, seed);
-  be_.rmsnorm_backward(dres_, dxn_, a.res_mid, W.mlp_norm, a.rstd2, N, C, p1);
+  group_backward(l, kGroupGateUp, dxn_, a.xn2, N, dgu_, ld_dgu, xa, ld_xa, seed, true);
+  be_.rmsnorm_backward(dres_, dxn_, a.res_mid, W.mlp_norm, a.rstd2, N, C, p1, ld_dres_);
   // res_mid = x + att·Woᵀ
   xa = xa_of(a, kGroupO, &ld_xa);
-  group_backward(l, kGroupO, datt_, a.att, N, xa, ld_xa, {{kO, &dres_, &W.wo, C}}, seed);
-  be_.attention_backward(dq_, dk_, dv_, datt_, a.q, a.k, a.v, a.att, a.lse, doc_start_, B, T, NH, NKV, HD);
-  be_.rope_backward(dq_, positions_, inv_freq_, N, NH, HD);
-  be_.rope_backward(dk_, positions_, inv_freq_, N, NKV, HD);
-  // Layer 0's input is the frozen embedding: its gradient is never used, so q/k/v's dX GEMMs and the norm's
+  group_backward(l, kGroupO, datt_, a.att, N, dres_, ld_dres_, xa, ld_xa, seed, true);
+  // dq | dk | dv land side by side in dqkv_, so q/k/v's input gradient is one GEMM
+  const int ld_dqkv = group_dy_ld(kGroupQKV);
+  Backend::AttnPitch pitch;
+  pitch.q = pitch.kv = P;
+  pitch.out = input_ld(kGroupO);
+  pitch.dq = pitch.dkv = ld_dqkv;
+  const Tensor k = a.qkv.slice(size_t(qd), a.qkv.n - size_t(qd)), v = a.qkv.slice(size_t(qd + kvd), a.qkv.n - size_t(qd + kvd));
+  be_.attention_backward(dqkv_, dqkv_.slice(size_t(qd), dqkv_.n - size_t(qd)),
+                         dqkv_.slice(size_t(qd + kvd), dqkv_.n - size_t(qd + kvd)), datt_, a.qkv, k, v, a.att, a.lse,
+                         doc_start_, B, T, NH, NKV, HD, pitch);
+  be_.rope_backward(dqkv_, positions_, inv_freq_, N, NH + NKV, HD, ld_dqkv);
+  // Layer 0's input is the frozen embedding: its gradient is never used, so q/k/v's dX GEMM and the norm's
   // backward are skipped there (their LoRA gradients do not depend on them).
   const bool need_dx = l > 0;
   xa = xa_of(a, kGroupQKV, &ld_xa);
-  group_backward(l, kGroupQKV, dxn_, a.xn1, N, xa, ld_xa,
-                 {{kQ, &dq_, &W.wq, qd}, {kK, &dk_, &W.wk, kvd}, {kV, &dv_, &W.wv, kvd}}, seed, need_dx);
-  if (need_dx) be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1);
+  group_backward(l, kGroupQKV, dxn_, a.xn1, N, dqkv_, ld_dqkv, xa, ld_xa, seed, need_dx);
+  if (need_dx) be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1, ld_dres_);
 }
 
 // ---- head: chunked cross-entropy ------------------------------------------------------------------------------
@@ -626,25 +744,19 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
   const bool per_layer = backward && !opt_.gradient_checkpointing;
   for (int l = 0; l < L; l++) {
     LayerActs& a = per_layer ? acts_[size_t(l)] : acts_[0];
-    AttnCtx ctx;
-    ctx.k = ctx.k_all = a.k;
-    ctx.v = ctx.v_all = a.v;
-    ctx.Tk = ctx.Tk_stride = T;
+    const AttnCtx ctx;
     layer_forward(l, res_[size_t(l)], res_[size_t(l) + 1], a, ctx, B, T, positions_, doc_start_, seed);
   }
   be_.rmsnorm_forward(xf_, rstdf_, res_[size_t(L)], final_norm_, N, C, c.rms_norm_eps, c.norm_plus_one, 0);
   const double loss = head_loss(N, backward, grad_scale);
   if (!backward) return loss;
   // dxn_ holds d(final norm output); dres_ becomes d(x_L).
-  be_.fill(dres_, 0.0f, size_t(N) * C);
-  be_.rmsnorm_backward(dres_, dxn_, res_[size_t(L)], final_norm_, rstdf_, N, C, c.norm_plus_one);
+  be_.fill(dres_, 0.0f, size_t(N) * ld_dres_);
+  be_.rmsnorm_backward(dres_, dxn_, res_[size_t(L)], final_norm_, rstdf_, N, C, c.norm_plus_one, ld_dres_);
   for (int l = L - 1; l >= 0; l--) {
     LayerActs& a = per_layer ? acts_[size_t(l)] : acts_[0];
     if (!per_layer) {   // gradient checkpointing: recompute this layer's activations from its saved input
-      AttnCtx ctx;
-      ctx.k = ctx.k_all = a.k;
-      ctx.v = ctx.v_all = a.v;
-      ctx.Tk = ctx.Tk_stride = T;
+      const AttnCtx ctx;
       layer_forward(l, res_[size_t(l)], res_[size_t(l) + 1], a, ctx, B, T, positions_, doc_start_, seed);
     }
     layer_backward(l, res_[size_t(l)], a, B, T, seed);
@@ -679,7 +791,7 @@ void Transformer::reset_cache(int max_tokens) {
 
 void Transformer::decode(const int32_t* ids, int n, float* logits_last) {
   const ModelConfig& c = cfg_;
-  const int C = c.hidden_size, L = c.num_layers, V = c.vocab_size, kvd = c.num_kv_heads * c.head_dim;
+  const int C = c.hidden_size, L = c.num_layers, V = c.vocab_size;
   if (n <= 0) throw EngineError("internal: decode of zero tokens");
   if (cache_len_ + n > cache_cap_)
     throw EngineError("KV cache full: " + std::to_string(cache_len_ + n) + " > " + std::to_string(cache_cap_));
@@ -699,10 +811,8 @@ void Transformer::decode(const int32_t* ids, int n, float* logits_last) {
   be_.embedding_forward(res_[0], ids_, embed_, n, C, emb_scale);
   for (int l = 0; l < L; l++) {
     AttnCtx ctx;
-    ctx.k = k_cache_[size_t(l)].slice(size_t(pos0) * kvd, size_t(n) * kvd);
-    ctx.v = v_cache_[size_t(l)].slice(size_t(pos0) * kvd, size_t(n) * kvd);
-    ctx.k_all = k_cache_[size_t(l)];
-    ctx.v_all = v_cache_[size_t(l)];
+    ctx.k_cache = k_cache_[size_t(l)];
+    ctx.v_cache = v_cache_[size_t(l)];
     ctx.Tk = pos0 + n;
     ctx.Tk_stride = cache_cap_;
     ctx.q_offset = pos0;

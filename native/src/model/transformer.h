@@ -9,8 +9,12 @@
 //   xn2 = rmsnorm(res_mid)                  g = xn2·Wgᵀ (+lora), u = xn2·Wuᵀ (+lora), h = act(g)·u
 //   x_next = res_mid + h·Wdᵀ (+lora)
 // The head: logits = rmsnorm(x_L)·Wᵀ (W = lm_head or the tied embedding), consumed chunk by chunk.
-// "+lora" is scale·(x·Aᵀ)·Bᵀ. Projections reading the same input (q|k|v, gate|up) share one x·Aᵀ GEMM; with
-// fold_lora the up-projection rides in the base GEMM as extra K columns (TransformerOptions, group_forward).
+// "+lora" is scale·(x·Aᵀ)·Bᵀ. Projections reading the same input (an input group: q|k|v, o, gate|up, down) are
+// computed together: with plain (not NF4) weights the group's weights are stacked by rows in one matrix, so q|k|v
+// is ONE GEMM into one (N, qd + 2·kvd) buffer (q, k, v are its column blocks) and gate|up one GEMM into (N, 2F);
+// backward, dq|dk|dv and dgate|dup live side by side too, so each group's input gradient is one GEMM. The group
+// shares one x·Aᵀ GEMM; with fold_lora the up-projection rides in the base GEMM as extra K columns and the LoRA
+// input gradient in the dX GEMM as extra K rows (TransformerOptions, group_forward, group_backward).
 #pragma once
 #include <array>
 #include <cstdint>
@@ -30,10 +34,13 @@ namespace nxft {
 struct TransformerOptions {
   bool gradient_checkpointing = false;  // keep only each layer's input; recompute the layer in backward
   bool quantize_nf4 = false;            // QLoRA: store the seven linear weights of every layer as NF4
-  // Fold the LoRA up-projection of q/k/v, gate/up and down into the base GEMM: the weight is kept as
-  // W_ext = [W | s·B] (out, in + g·r) and the input as [x | xa], so y = [x | xa]·W_extᵀ is one GEMM and the
-  // memory-bound "y += s·xa·Bᵀ" pass (a full write of y) disappears. Needs plain (not NF4) weights and LoRA
-  // dropout 0 (the base input and the LoRA input must be the same x); otherwise the unfolded path runs.
+  // Fold the LoRA of every adapted input group into its base GEMMs. The group weight is kept as
+  //   W_ext = [ W   | s·B_blk ]   (out + g·r, in + g·r): B_blk holds each projection's s·B_t in its own r columns,
+  //           [ A_g |    0    ]   A_g the group's stacked A (g·r, in),
+  // the input as [x | xa] and the output gradient as [dy | dxa], so forward y = [x | xa]·W_ext[:out]ᵀ and backward
+  // dx = [dy | dxa]·W_ext[:, :in] are one GEMM each: the memory-bound "y += s·xa·Bᵀ" and "dx += dxa·A" passes
+  // (a full write of y / dx each) disappear. Needs plain (not NF4) weights and LoRA dropout 0 (the base input
+  // and the LoRA input must be the same x); otherwise the unfolded path runs.
   bool fold_lora = true;
   // Cross-entropy head: logits are computed for (rows × vocab chunk) at a time, never (N × V).
   // V ≤ ce_vocab_chunk (every vocabulary up to Gemma's 256K by default) → one fused pass per row block (loss and
@@ -61,6 +68,7 @@ class Transformer {
   void load_weights(const std::string& hf_dir, const std::function<void(size_t, size_t)>& on_progress = nullptr);
   // The frozen weights by HF name, in load order (NF4 tensors appear once set). A folded projection's weight
   // is stored with a wider row (see TransformerOptions::fold_lora).
+  // A view of a plain weight addresses its rows inside the group matrix (row pitch: TransformerOptions::fold_lora).
   std::vector<std::pair<std::string, Tensor>> weight_tensors() const;
   void set_weight(size_t index, const std::vector<float>& values);   // index into weight_tensors()
   ~Transformer();
@@ -99,6 +107,10 @@ class Transformer {
  private:
   struct LayerW {
     Tensor attn_norm, wq, wk, wv, wo, bq, bk, bv, mlp_norm, wg, wu, wd;
+    // Plain weights: each input group's projections stacked by rows in one matrix (then the group's A rows when
+    // folded); wq … wd are row-block views into it. NF4 weights are separate tensors and group_w stays empty.
+    Tensor group_w[4];
+    Tensor bqkv;         // qwen2's q|k|v biases side by side; bq, bk, bv are views
   };
   struct WeightSlot {  // one frozen tensor: HF name, where it lives, shape (rows 1 = vector), NF4 or not
     std::string name;
@@ -106,6 +118,7 @@ class Transformer {
     int rows, cols;
     int ld;              // stored row pitch: cols, or cols + g·r for a folded projection ([W | LoRA columns])
     bool nf4;
+    bool view;           // a row block of LayerW::group_w or bqkv (not freed on its own)
   };
   struct LoraSlot {   // one adapted projection
     int layer = 0, target = 0, in = 0, out = 0;
@@ -115,27 +128,14 @@ class Transformer {
   // Projections that read the same input form a group: q|k|v read xn1, o reads att, gate|up read xn2, down
   // reads h. Their LoRA down-projections x·Aᵀ live side by side in one (N, g·r) buffer per group.
   enum Group { kGroupQKV = 0, kGroupO = 1, kGroupGateUp = 2, kGroupDown = 3 };
-  struct Proj {       // one projection of a group, forward: y = c_in + x·Wᵀ (+ bias) (+ scale·xa_t·B_tᵀ)
-    int target;
-    const Tensor* y;
-    const Tensor* w;
-    const Tensor* bias;   // may be empty
-    int out;
-    const Tensor* c_in;   // residual added into y (o_proj, down_proj), or null
-  };
-  struct ProjGrad {   // one projection of a group, backward: dy → dx, dA, dB
-    int target;
-    const Tensor* dy;
-    const Tensor* w;
-    int out;
-  };
   struct LayerActs {  // what backward needs from a layer's forward; one set per layer, or one reused set
-    Tensor xn1, rstd1, q, k, v, att, lse, res_mid, xn2, rstd2, g, u, h;
-    Tensor xa[4];     // (N, g·r) LoRA down-projections per input group (see Group)
+    // xn1, att, xn2, h: the inputs of the four groups (with their xa as tail columns when folded);
+    // qkv (N, qd + 2·kvd): q | k | v side by side; gu (N, 2F): gate | up side by side.
+    Tensor xn1, rstd1, qkv, att, lse, res_mid, xn2, rstd2, gu, h;
+    Tensor xa[4];     // (N, g·r) LoRA down-projections of the unfolded input groups (see Group)
   };
-  struct AttnCtx {    // where k/v go and what the queries see
-    Tensor k, v;      // (B, Tk_stride, NKV, HD) destinations for this chunk's keys/values (already offset)
-    Tensor k_all, v_all;
+  struct AttnCtx {    // what the queries see: training reads k/v in qkv; generation appends them to the KV cache
+    Tensor k_cache, v_cache;   // (Tk_stride, kvd) cache rows of this layer, or empty in training
     int Tk = 0, Tk_stride = 0, q_offset = 0;
   };
 
@@ -153,7 +153,9 @@ class Transformer {
   std::vector<std::array<int, 7>> slot_of_;   // [layer][target] → index into slots_, -1 if not adapted
   int group_width_[4] = {0, 0, 0, 0};         // g·r columns of each input group (every layer adapts the same targets)
   bool fold_[4] = {false, false, false, false};   // input groups whose LoRA up-projection rides in the base GEMM
-  std::vector<Backend::ColumnBlockWrite> fold_jobs_;   // where each folded s·B goes in its W_ext
+  bool merged_ = false;                           // plain weights: one GEMM per input group (see LayerW)
+  std::vector<Backend::ColumnBlockWrite> fold_jobs_;     // where each folded s·B goes in its W_ext
+  std::vector<Backend::ColumnBlockWrite> fold_a_jobs_;   // where each folded group's A goes (W_ext's last rows)
   size_t n_params_ = 0;
   Tensor params_, grads_;
 
@@ -163,7 +165,10 @@ class Transformer {
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
-  Tensor dres_, dxn_, dq_, dk_, dv_, datt_, dh_, dg_, du_, dxa_, scratch_in_, scratch_dx_;
+  // dres_: d(residual stream) with spare columns for o/down's dxa when folded (row pitch ld_dres_);
+  // dqkv_: dq | dk | dv (+ dxa of q|k|v); dgu_: dgate | dup (+ dxa of gate|up); row pitches group_dy_ld().
+  Tensor dres_, dxn_, dqkv_, datt_, dh_, dgu_, dxa_, scratch_in_, scratch_dx_;
+  int ld_dres_ = 0;
   Tensor logits_, ce_max_, ce_sum_, ce_tl_, ce_loss_, ce_lse_;
   int ce_rows_ = 0, ce_vc_ = 0;
 
@@ -181,13 +186,21 @@ class Transformer {
   // and their row pitch (the tail columns of the input when folded, else a.xa[g]).
   int input_width(int group) const;
   int input_ld(int group) const { return input_width(group) + (fold_[group] ? group_width_[group] : 0); }
+  int out_width(int group) const;      // Σ out of the group's projections: qd + 2·kvd, C, 2F, C
+  int out_of(int target) const;        // one projection's out features
+  int col_of(int target) const;        // its first column in the group output (= first row in the group weight)
+  // Row pitch of a group's output gradient as the model stores it: out_width, plus g·r spare columns for dxa
+  // when folded (the residual gradient dres_ serves o and down: its pitch covers both).
+  int group_dy_ld(int group) const;
   Tensor xa_of(const LayerActs& a, int group, int* ld) const;
-  void refresh_folded_lora();   // write s·B of every folded projection into its W_ext (after params change)
-  void group_forward(int layer, int group, const Tensor& x, int N, const Tensor& xa, int ld_xa,
-                     std::initializer_list<Proj> projs, uint64_t seed);
+  void refresh_folded_lora();   // write s·B and A of every folded group into its W_ext (after params change)
+  // y (N, out_width) with row pitch ld_y WRITES c_in + x·W_gᵀ + LoRA (+ the q|k|v bias); c_in may be null.
+  void group_forward(int layer, int group, const Tensor& x, int N, const Tensor& y, int ld_y, const Tensor* c_in,
+                     const Tensor& xa, int ld_xa, uint64_t seed);
+  // dx (N, in) WRITES the input gradient from dy (N, out_width) with row pitch ld_dy; accumulates dA, dB.
   // need_dx = false skips the input gradient (layer 0's q/k/v: the frozen embedding needs none).
-  void group_backward(int layer, int group, const Tensor& dx, const Tensor& x, int N, const Tensor& xa, int ld_xa,
-                      std::initializer_list<ProjGrad> projs, uint64_t seed, bool need_dx = true);
+  void group_backward(int layer, int group, const Tensor& dx, const Tensor& x, int N, const Tensor& dy, int ld_dy,
+                      const Tensor& xa, int ld_xa, uint64_t seed, bool need_dx);
   void layer_forward(int l, const Tensor& x, const Tensor& x_next, LayerActs& a, const AttnCtx& ctx, int B, int T,
                      const Tensor& positions, const Tensor& doc_start, uint64_t seed);
   void layer_backward(int l, const Tensor& x, LayerActs& a, int B, int T, uint64_t seed);

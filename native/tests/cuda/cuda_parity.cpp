@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
@@ -30,6 +31,27 @@ struct Pair {  // the same logical tensor on both backends
   Tensor cpu, gpu;
   size_t n;
 };
+
+// Column blocks [first, second) of a row-major (rows, ld) matrix: the operands a pitched op addresses.
+using Cols = std::vector<std::pair<int, int>>;
+bool in_cols(const Cols& cols, int c) {
+  for (const auto& b : cols)
+    if (c >= b.first && c < b.second) return true;
+  return false;
+}
+
+constexpr float kSentinel = -7.25f;  // exact in bf16: what the gap columns of a pitched buffer hold
+// A (rows, ld) matrix whose column blocks `cols` hold N(0, std) values rounded to bf16, or NaN with `poison` (an
+// output element the op should write but doesn't then fails the comparison), and whose other columns hold
+// kSentinel (a pitched op must leave them alone).
+std::vector<float> pitched(int rows, int ld, const Cols& cols, bool poison, float std = 1.0f) {
+  std::vector<float> v((size_t)rows * ld, kSentinel);
+  std::normal_distribution<float> d(0.0f, std);
+  for (int r = 0; r < rows; r++)
+    for (int c = 0; c < ld; c++)
+      if (in_cols(cols, c)) v[(size_t)r * ld + c] = poison ? std::nanf("") : bf16_to_f32(f32_to_bf16(d(rng)));
+  return v;
+}
 
 struct Harness {
   Backend& cpu;
@@ -56,6 +78,49 @@ struct Harness {
     std::vector<double> a(n), b(n);
     cpu.download(p.cpu, a.data(), n);
     gpu.download(p.gpu, b.data(), n);
+    report(op, a, b, tol);
+  }
+  // Only the columns [c0, c1) of p viewed as a (rows, ld) matrix: one operand of a pitched buffer (dq of dq|dk|dv).
+  void compare_cols(const char* op, const Pair& p, int rows, int ld, int c0, int c1, double tol) {
+    std::vector<double> a(p.n), b(p.n), ab, bb;
+    cpu.download(p.cpu, a.data(), p.n);
+    gpu.download(p.gpu, b.data(), p.n);
+    for (int r = 0; r < rows; r++)
+      for (int c = c0; c < c1; c++) {
+        ab.push_back(a[(size_t)r * ld + c]);
+        bb.push_back(b[(size_t)r * ld + c]);
+      }
+    report(op, ab, bb, tol);
+  }
+  // Every element of p (a (rows, ld) matrix) outside the written region — columns `cols` of rows [r0, r1) — must
+  // still equal `before` bit for bit on both backends: the gap columns and neighbouring operands of a pitched op.
+  // Reports the largest deviation and the fraction of such elements that changed.
+  void unchanged(const char* op, const Pair& p, const std::vector<float>& before, int rows, int ld, const Cols& cols,
+                 int r0 = 0, int r1 = -1) {
+    if (r1 < 0) r1 = rows;
+    std::vector<double> a(p.n), b(p.n);
+    cpu.download(p.cpu, a.data(), p.n);
+    gpu.download(p.gpu, b.data(), p.n);
+    double worst = 0;
+    size_t changed = 0, total = 0;
+    for (int r = 0; r < rows; r++)
+      for (int c = 0; c < ld; c++) {
+        if (r >= r0 && r < r1 && in_cols(cols, c)) continue;
+        size_t i = (size_t)r * ld + c;
+        total++;
+        for (double x : {a[i], b[i]}) {
+          if (x == double(before[i])) continue;
+          changed++;
+          worst = std::isfinite(x) ? std::max(worst, std::fabs(x - before[i])) : INFINITY;
+        }
+      }
+    bool ok = changed == 0;
+    if (!ok) failures++;
+    std::printf("| %-44s | %10.3e | %10.3e | %8.0e | %s |\n", op, worst, total ? double(changed) / (2.0 * total) : 0.0,
+                0.0, ok ? "ok" : "FAIL");
+  }
+  void report(const char* op, const std::vector<double>& a, const std::vector<double>& b, double tol) {
+    const size_t n = a.size();
     double max_abs = 0, num = 0, den = 0;
     bool finite = true;
     for (size_t i = 0; i < n; i++) {
@@ -232,8 +297,8 @@ void test_norm_embed_elementwise(Harness& h) {
     }
     h.compare(p1 ? "rmsnorm_forward rstd (1+w)" : "rmsnorm_forward rstd", rstd, 1e-5);
     Pair dout = h.make(randn((size_t)N * C), Role::Activation), dx = h.make(randn((size_t)N * C), Role::Activation);
-    h.cpu.rmsnorm_backward(dx.cpu, dout.cpu, x.cpu, w.cpu, rstd.cpu, N, C, p1);
-    h.gpu.rmsnorm_backward(dx.gpu, dout.gpu, x.gpu, w.gpu, rstd.gpu, N, C, p1);
+    h.cpu.rmsnorm_backward(dx.cpu, dout.cpu, x.cpu, w.cpu, rstd.cpu, N, C, p1, 0);
+    h.gpu.rmsnorm_backward(dx.gpu, dout.gpu, x.gpu, w.gpu, rstd.gpu, N, C, p1, 0);
     h.compare(p1 ? "rmsnorm_backward (accumulate, 1+w)" : "rmsnorm_backward (accumulate)", dx, kBf16);
     for (Pair* p : {&x, &w, &out, &rstd, &dout, &dx}) h.free(*p);
   }
@@ -268,31 +333,31 @@ void test_rope_glu(Harness& h) {
   for (int i = 0; i < HD / 2; i++) inv[i] = float(1.0 / std::pow(500000.0, 2.0 * i / HD));
   Pair invf = h.make(inv, Role::Stat);
   Pair x = h.make(randn((size_t)N * NH * HD), Role::Activation);
-  h.cpu.rope_forward(x.cpu, ps.cpu, invf.cpu, N, NH, HD);
-  h.gpu.rope_forward(x.gpu, ps.gpu, invf.gpu, N, NH, HD);
+  h.cpu.rope_forward(x.cpu, ps.cpu, invf.cpu, N, NH, HD, 0);
+  h.gpu.rope_forward(x.gpu, ps.gpu, invf.gpu, N, NH, HD, 0);
   h.compare("rope_forward", x, kBf16);
-  h.cpu.rope_backward(x.cpu, ps.cpu, invf.cpu, N, NH, HD);
-  h.gpu.rope_backward(x.gpu, ps.gpu, invf.gpu, N, NH, HD);
+  h.cpu.rope_backward(x.cpu, ps.cpu, invf.cpu, N, NH, HD, 0);
+  h.gpu.rope_backward(x.gpu, ps.gpu, invf.gpu, N, NH, HD, 0);
   h.compare("rope_backward", x, kBf16);
   const int F = 1000;
   for (int act = 0; act < 2; act++) {
     Glu g = act == 0 ? Glu::SwiGLU : Glu::GeGLUTanh;
     Pair gate = h.make(randn((size_t)N * F, 2.0f), Role::Activation), up = h.make(randn((size_t)N * F), Role::Activation);
     Pair out = h.make_out((size_t)N * F, Role::Activation);
-    h.cpu.glu_forward(out.cpu, gate.cpu, up.cpu, N, F, g, 0);
-    h.gpu.glu_forward(out.gpu, gate.gpu, up.gpu, N, F, g, 0);
+    h.cpu.glu_forward(out.cpu, gate.cpu, up.cpu, N, F, g, 0, 0);
+    h.gpu.glu_forward(out.gpu, gate.gpu, up.gpu, N, F, g, 0, 0);
     h.compare(act == 0 ? "glu_forward silu" : "glu_forward gelu_tanh", out, kBf16);
     {  // row pitch F + 16 (a folded down_proj input)
       Pair wide = h.make(randn((size_t)N * (F + 16)), Role::Activation);
-      h.cpu.glu_forward(wide.cpu, gate.cpu, up.cpu, N, F, g, F + 16);
-      h.gpu.glu_forward(wide.gpu, gate.gpu, up.gpu, N, F, g, F + 16);
+      h.cpu.glu_forward(wide.cpu, gate.cpu, up.cpu, N, F, g, F + 16, 0);
+      h.gpu.glu_forward(wide.gpu, gate.gpu, up.gpu, N, F, g, F + 16, 0);
       h.compare("glu_forward, row pitch F+16", wide, kBf16);
       h.free(wide);
     }
     Pair dout = h.make(randn((size_t)N * F), Role::Activation);
     Pair dg = h.make_out((size_t)N * F, Role::Activation), du = h.make_out((size_t)N * F, Role::Activation);
-    h.cpu.glu_backward(dg.cpu, du.cpu, dout.cpu, gate.cpu, up.cpu, N, F, g);
-    h.gpu.glu_backward(dg.gpu, du.gpu, dout.gpu, gate.gpu, up.gpu, N, F, g);
+    h.cpu.glu_backward(dg.cpu, du.cpu, dout.cpu, gate.cpu, up.cpu, N, F, g, 0, 0);
+    h.gpu.glu_backward(dg.gpu, du.gpu, dout.gpu, gate.gpu, up.gpu, N, F, g, 0, 0);
     h.compare(act == 0 ? "glu_backward silu dgate" : "glu_backward gelu_tanh dgate", dg, kBf16);
     h.compare(act == 0 ? "glu_backward silu dup" : "glu_backward gelu_tanh dup", du, kBf16);
     for (Pair* p : {&gate, &up, &out, &dout, &dg, &du}) h.free(*p);
@@ -309,8 +374,9 @@ void test_attention(Harness& h, bool packed, int T, int HD) {
   Pair q = h.make(randn((size_t)N * NH * HD), Role::Activation), k = h.make(randn((size_t)N * NKV * HD), Role::Activation);
   Pair v = h.make(randn((size_t)N * NKV * HD), Role::Activation);
   Pair o = h.make_out((size_t)N * NH * HD, Role::Activation), lse = h.make_out((size_t)B * NH * T, Role::Stat);
-  h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, B, T, T, T, 0, NH, NKV, HD);
-  h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, B, T, T, T, 0, NH, NKV, HD);
+  const Backend::AttnPitch packed_rows;
+  h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, B, T, T, T, 0, NH, NKV, HD, packed_rows);
+  h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, B, T, T, T, 0, NH, NKV, HD, packed_rows);
   std::string tag = std::string(packed ? "packed docs" : "causal") + " T=" + std::to_string(T) + " HD=" +
                     std::to_string(HD);
   h.compare(("attention_forward out, " + tag).c_str(), o, kBf16);
@@ -319,9 +385,9 @@ void test_attention(Harness& h, bool packed, int T, int HD) {
   Pair dq = h.make_out((size_t)N * NH * HD, Role::Activation), dk = h.make_out((size_t)N * NKV * HD, Role::Activation);
   Pair dv = h.make_out((size_t)N * NKV * HD, Role::Activation);
   h.cpu.attention_backward(dq.cpu, dk.cpu, dv.cpu, dout.cpu, q.cpu, k.cpu, v.cpu, o.cpu, lse.cpu, doc.cpu, B, T, NH,
-                           NKV, HD);
+                           NKV, HD, packed_rows);
   h.gpu.attention_backward(dq.gpu, dk.gpu, dv.gpu, dout.gpu, q.gpu, k.gpu, v.gpu, o.gpu, lse.gpu, doc.gpu, B, T, NH,
-                           NKV, HD);
+                           NKV, HD, packed_rows);
   h.compare(("attention_backward dq, " + tag).c_str(), dq, 2e-2);
   h.compare(("attention_backward dk, " + tag).c_str(), dk, 2e-2);
   h.compare(("attention_backward dv, " + tag).c_str(), dv, 2e-2);
@@ -334,14 +400,215 @@ void test_attention_decode(Harness& h) {  // KV-cache shape: B=1, Tq=3 new queri
   Pair q = h.make(randn((size_t)Tq * NH * HD), Role::Activation);
   Pair k = h.make(randn((size_t)cap * NKV * HD), Role::Activation), v = h.make(randn((size_t)cap * NKV * HD), Role::Activation);
   Pair o = h.make_out((size_t)Tq * NH * HD, Role::Activation), lse = h.make_out((size_t)NH * Tq, Role::Stat);
-  h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, 1, Tq, Tk, cap, past, NH, NKV, HD);
-  h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, 1, Tq, Tk, cap, past, NH, NKV, HD);
+  const Backend::AttnPitch packed_rows;
+  h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, 1, Tq, Tk, cap, past, NH, NKV, HD, packed_rows);
+  h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, 1, Tq, Tk, cap, past, NH, NKV, HD, packed_rows);
   h.compare("attention_forward KV cache (q_offset=50)", o, kBf16);
   for (Pair* p : {&doc, &q, &k, &v, &o, &lse}) h.free(*p);
 }
 
-void test_cross_entropy(Harness& h, int Vc_chunks) {
-  const int n = 67, V = 5003, C = 64;
+// ---- pitched operands: q|k|v and gate|up as column blocks of one projection output, gradients written into
+// buffers with spare columns. Gap columns hold kSentinel before each op and must come back unchanged.
+
+void test_rmsnorm_backward_pitched(Harness& h) {
+  const int N = 77, C = 520;
+  for (int ld : {C + 16, C + 3}) {  // C+16: the 16-byte vector path; C+3: rows off 16-byte alignment (scalar path)
+    Pair x = h.make(randn((size_t)N * C, 3.0f), Role::Activation), w = h.make(randn(C), Role::Weight);
+    Pair out = h.make_out((size_t)N * C, Role::Activation), rstd = h.make_out(N, Role::Stat);
+    h.cpu.rmsnorm_forward(out.cpu, rstd.cpu, x.cpu, w.cpu, N, C, 1e-5, false, 0);
+    h.gpu.rmsnorm_forward(out.gpu, rstd.gpu, x.gpu, w.gpu, N, C, 1e-5, false, 0);
+    Pair dout = h.make(randn((size_t)N * C), Role::Activation);
+    const std::vector<float> before = pitched(N, ld, {{0, C}}, false);  // dx accumulates: random, not NaN
+    Pair dx = h.make(before, Role::Activation);
+    h.cpu.rmsnorm_backward(dx.cpu, dout.cpu, x.cpu, w.cpu, rstd.cpu, N, C, false, ld);
+    h.gpu.rmsnorm_backward(dx.gpu, dout.gpu, x.gpu, w.gpu, rstd.gpu, N, C, false, ld);
+    const std::string tag = " (ld_dx=C+" + std::to_string(ld - C) + ")";
+    h.compare_cols(("rmsnorm_backward accumulate" + tag).c_str(), dx, N, ld, 0, C, kBf16);
+    h.unchanged(("rmsnorm_backward gap columns" + tag).c_str(), dx, before, N, ld, {{0, C}});
+    for (Pair* p : {&x, &w, &out, &rstd, &dout, &dx}) h.free(*p);
+  }
+}
+
+void test_rope_pitched(Harness& h) {
+  const int B = 2, T = 300, NH = 4, NKV = 2, HD = 128, N = B * T, W = (NH + 2 * NKV) * HD, QK = (NH + NKV) * HD;
+  std::vector<int32_t> pos(N);
+  for (int i = 0; i < N; i++) pos[i] = (i % T) < 100 ? i % T : (i % T) - 100 + 7;
+  Pair ps = h.make_i(pos);
+  std::vector<float> inv(HD / 2);
+  for (int i = 0; i < HD / 2; i++) inv[i] = float(1.0 / std::pow(500000.0, 2.0 * i / HD));
+  Pair invf = h.make(inv, Role::Stat);
+  for (int ld : {W, W + 5}) {  // q|k|v rows exactly; and with 5 spare (odd) columns after each row
+    // q|k are the first NH + NKV heads of the (N, (NH + 2·NKV)·HD) q|k|v rows: rotated in one call, v untouched.
+    const std::vector<float> before = pitched(N, ld, {{0, W}}, false);
+    Pair x = h.make(before, Role::Activation);
+    const std::string tag = ld == W ? " q|k of q|k|v (ld=W)" : " q|k of q|k|v (ld=W+5)";
+    h.cpu.rope_forward(x.cpu, ps.cpu, invf.cpu, N, NH + NKV, HD, ld);
+    h.gpu.rope_forward(x.gpu, ps.gpu, invf.gpu, N, NH + NKV, HD, ld);
+    h.compare_cols(("rope_forward" + tag).c_str(), x, N, ld, 0, QK, kBf16);
+    h.unchanged(("rope_forward left v and gaps," + tag).c_str(), x, before, N, ld, {{0, QK}});
+    h.cpu.rope_backward(x.cpu, ps.cpu, invf.cpu, N, NH + NKV, HD, ld);
+    h.gpu.rope_backward(x.gpu, ps.gpu, invf.gpu, N, NH + NKV, HD, ld);
+    h.compare_cols(("rope_backward" + tag).c_str(), x, N, ld, 0, QK, kBf16);
+    h.unchanged(("rope_backward left v and gaps," + tag).c_str(), x, before, N, ld, {{0, QK}});
+    h.free(x);
+  }
+  for (Pair* p : {&ps, &invf}) h.free(*p);
+}
+
+void test_glu_pitched(Harness& h) {
+  const int N = 600, F = 1000;
+  for (int act = 0; act < 2; act++) {
+    const Glu g = act == 0 ? Glu::SwiGLU : Glu::GeGLUTanh;
+    // odd = 0: the model's layout (pitches 2F and 2F+32, vector path); odd = 1: odd pitches (scalar path).
+    for (int odd = 0; odd < 2; odd++) {
+      const int ld_in = 2 * F + odd, ld_dgu = 2 * F + 32 + odd;
+      const std::string tag = std::string(act == 0 ? " silu" : " gelu_tanh") + (odd ? ", odd pitches" : "");
+      // gate|up: the two halves of one (N, 2F) gate|up projection output
+      Pair gu = h.make(pitched(N, ld_in, {{0, 2 * F}}, false, 1.5f), Role::Activation);
+      const Tensor gate_c = gu.cpu, up_c = gu.cpu.slice(F, gu.n - F);
+      const Tensor gate_g = gu.gpu, up_g = gu.gpu.slice(F, gu.n - F);
+      Pair out = h.make_out((size_t)N * F, Role::Activation);
+      h.cpu.glu_forward(out.cpu, gate_c, up_c, N, F, g, 0, ld_in);
+      h.gpu.glu_forward(out.gpu, gate_g, up_g, N, F, g, 0, ld_in);
+      h.compare(("glu_forward gate|up in one buffer," + tag).c_str(), out, kBf16);
+      // dgate|dup written into one (N, 2F+32) buffer (the gate|up GEMM's backward reads both halves at once)
+      Pair dout = h.make(randn((size_t)N * F), Role::Activation);
+      const std::vector<float> before = pitched(N, ld_dgu, {{0, 2 * F}}, true);
+      Pair dgu = h.make(before, Role::Activation);
+      h.cpu.glu_backward(dgu.cpu, dgu.cpu.slice(F, dgu.n - F), dout.cpu, gate_c, up_c, N, F, g, ld_in, ld_dgu);
+      h.gpu.glu_backward(dgu.gpu, dgu.gpu.slice(F, dgu.n - F), dout.gpu, gate_g, up_g, N, F, g, ld_in, ld_dgu);
+      h.compare_cols(("glu_backward dgate of dgate|dup," + tag).c_str(), dgu, N, ld_dgu, 0, F, kBf16);
+      h.compare_cols(("glu_backward dup of dgate|dup," + tag).c_str(), dgu, N, ld_dgu, F, 2 * F, kBf16);
+      h.unchanged(("glu_backward gap columns," + tag).c_str(), dgu, before, N, ld_dgu, {{0, 2 * F}});
+      for (Pair* p : {&gu, &out, &dout, &dgu}) h.free(*p);
+    }
+  }
+}
+
+// Which attention path the GPU took since the last profile reset: "cudnn", "portable" or "mixed" (fwd ≠ bwd).
+std::string attention_path_taken(Backend& gpu) {
+  const std::string prof = cuda_profile_report(gpu);
+  const bool f = prof.find("attention_forward (cudnn)") != std::string::npos;
+  const bool b = prof.find("attention_backward (cudnn)") != std::string::npos;
+  return f && b ? "cudnn" : (!f && !b ? "portable" : "mixed");
+}
+
+// q|k|v as column blocks of one (N, qd + 2·kvd) buffer, dq|dk|dv written into one buffer with 48 spare columns,
+// out with 16 spare columns, dout with 8. Plain causal rows take cuDNN, packed documents the portable kernels;
+// odd pitches (rows off 16-byte alignment) must make cuDNN decline so the portable kernels run for causal rows too.
+void test_attention_pitched(Harness& h, bool packed, bool odd) {
+  const int B = 2, T = 300, NH = 8, NKV = 2, HD = 128, N = B * T, qd = NH * HD, kvd = NKV * HD, W = qd + 2 * kvd;
+  const int e = odd ? 1 : 0;
+  Backend::AttnPitch p;
+  p.q = p.kv = W + e;
+  p.out = qd + 16 + e;
+  p.dout = qd + 8 + e;
+  p.dq = p.dkv = W + 48 + e;
+  std::vector<int32_t> ds(N, 0);
+  if (packed)
+    for (int t = 0; t < T; t++) ds[t] = t < 37 ? 0 : (t < 137 ? 37 : 137);
+  Pair doc = h.make_i(ds);
+  Pair qkv = h.make(pitched(N, p.q, {{0, W}}, false), Role::Activation);
+  auto q_of = [](const Tensor& t) { return t; };
+  auto k_of = [&](const Tensor& t) { return t.slice(qd, t.n - qd); };
+  auto v_of = [&](const Tensor& t) { return t.slice(qd + kvd, t.n - qd - kvd); };
+  const std::vector<float> o_before = pitched(N, p.out, {{0, qd}}, true);
+  Pair o = h.make(o_before, Role::Activation), lse = h.make_out((size_t)B * NH * T, Role::Stat);
+  cuda_profile_enable(h.gpu, true);
+  cuda_profile_report(h.gpu);  // reset the counters: the path check below sees only this test's calls
+  h.cpu.attention_forward(o.cpu, lse.cpu, q_of(qkv.cpu), k_of(qkv.cpu), v_of(qkv.cpu), doc.cpu, B, T, T, T, 0, NH,
+                          NKV, HD, p);
+  h.gpu.attention_forward(o.gpu, lse.gpu, q_of(qkv.gpu), k_of(qkv.gpu), v_of(qkv.gpu), doc.gpu, B, T, T, T, 0, NH,
+                          NKV, HD, p);
+  const std::string tag = std::string(packed ? "packed docs" : "causal") + (odd ? ", odd pitches" : ", pitched");
+  h.compare_cols(("attention_forward out, " + tag).c_str(), o, N, p.out, 0, qd, kBf16);
+  h.unchanged(("attention_forward out gaps, " + tag).c_str(), o, o_before, N, p.out, {{0, qd}});
+  h.compare(("attention_forward lse, " + tag).c_str(), lse, 1e-3);
+  Pair dout = h.make(pitched(N, p.dout, {{0, qd}}, false), Role::Activation);
+  const std::vector<float> d_before = pitched(N, p.dq, {{0, W}}, true);
+  Pair dqkv = h.make(d_before, Role::Activation);
+  h.cpu.attention_backward(q_of(dqkv.cpu), k_of(dqkv.cpu), v_of(dqkv.cpu), dout.cpu, q_of(qkv.cpu), k_of(qkv.cpu),
+                           v_of(qkv.cpu), o.cpu, lse.cpu, doc.cpu, B, T, NH, NKV, HD, p);
+  h.gpu.attention_backward(q_of(dqkv.gpu), k_of(dqkv.gpu), v_of(dqkv.gpu), dout.gpu, q_of(qkv.gpu), k_of(qkv.gpu),
+                           v_of(qkv.gpu), o.gpu, lse.gpu, doc.gpu, B, T, NH, NKV, HD, p);
+  h.compare_cols(("attention_backward dq of dq|dk|dv, " + tag).c_str(), dqkv, N, p.dq, 0, qd, 2e-2);
+  h.compare_cols(("attention_backward dk of dq|dk|dv, " + tag).c_str(), dqkv, N, p.dq, qd, qd + kvd, 2e-2);
+  h.compare_cols(("attention_backward dv of dq|dk|dv, " + tag).c_str(), dqkv, N, p.dq, qd + kvd, W, 2e-2);
+  h.unchanged(("attention_backward gap columns, " + tag).c_str(), dqkv, d_before, N, p.dq, {{0, W}});
+  // The path: cuDNN exactly when it is available, the rows are plain causal and the layout is 16-byte aligned.
+  const std::string taken = attention_path_taken(h.gpu);
+  cuda_profile_enable(h.gpu, false);
+  const bool cudnn_here = cuda_attention_path(h.gpu).rfind("cudnn", 0) == 0;
+  const std::string want = cudnn_here && !packed && !odd ? "cudnn" : "portable";
+  const bool ok = taken == want;
+  if (!ok) failures++;
+  std::printf("| %-44s | %10s | %10s | %8s | %s |\n", ("attention path, " + tag).c_str(), taken.c_str(), want.c_str(),
+              "", ok ? "ok" : "FAIL");
+  for (Pair* x : {&doc, &qkv, &o, &lse, &dout, &dqkv}) h.free(*x);
+}
+
+// KV-cache generation as the model runs it: the new tokens' k and v are copied (copy_2d) from their q|k|v
+// projection rows into the cache, then q is read in place from the q|k|v rows (pitch.q = W), k and v from the
+// packed cache rows, out written with 16 spare columns.
+void test_attention_decode_pitched(Harness& h) {
+  const int NH = 4, NKV = 2, HD = 64, cap = 80, past = 50, Tq = 3, Tk = past + Tq;
+  const int qd = NH * HD, kvd = NKV * HD, W = qd + 2 * kvd;
+  Pair doc = h.make_i(std::vector<int32_t>(Tq, 0));
+  Pair qkv = h.make(randn((size_t)Tq * W), Role::Activation);
+  const std::vector<float> k_before = randn((size_t)cap * kvd), v_before = randn((size_t)cap * kvd);
+  Pair kc = h.make(k_before, Role::Activation), vc = h.make(v_before, Role::Activation);
+  for (int side = 0; side < 2; side++) {
+    Backend& be = side == 0 ? h.cpu : h.gpu;
+    const Tensor& src = side == 0 ? qkv.cpu : qkv.gpu;
+    const Tensor& kt = side == 0 ? kc.cpu : kc.gpu;
+    const Tensor& vt = side == 0 ? vc.cpu : vc.gpu;
+    be.copy_2d(kt.slice((size_t)past * kvd, (size_t)Tq * kvd), kvd, src.slice(qd, src.n - qd), W, Tq, kvd);
+    be.copy_2d(vt.slice((size_t)past * kvd, (size_t)Tq * kvd), kvd, src.slice(qd + kvd, src.n - qd - kvd), W, Tq, kvd);
+  }
+  h.compare("copy_2d new k rows of q|k|v into the KV cache", kc, 0.0);
+  h.compare("copy_2d new v rows of q|k|v into the KV cache", vc, 0.0);
+  h.unchanged("copy_2d left the other KV cache rows", kc, k_before, cap, kvd, {{0, kvd}}, past, past + Tq);
+  Backend::AttnPitch p;
+  p.q = W;
+  p.out = qd + 16;
+  const std::vector<float> o_before = pitched(Tq, p.out, {{0, qd}}, true);
+  Pair o = h.make(o_before, Role::Activation), lse = h.make_out((size_t)NH * Tq, Role::Stat);
+  h.cpu.attention_forward(o.cpu, lse.cpu, qkv.cpu, kc.cpu, vc.cpu, doc.cpu, 1, Tq, Tk, cap, past, NH, NKV, HD, p);
+  h.gpu.attention_forward(o.gpu, lse.gpu, qkv.gpu, kc.gpu, vc.gpu, doc.gpu, 1, Tq, Tk, cap, past, NH, NKV, HD, p);
+  h.compare_cols("attention_forward KV cache, q of q|k|v", o, Tq, p.out, 0, qd, kBf16);
+  h.unchanged("attention_forward KV cache, out gaps", o, o_before, Tq, p.out, {{0, qd}});
+  h.compare("attention_forward KV cache lse, q of q|k|v", lse, 1e-3);
+  for (Pair* x : {&doc, &qkv, &kc, &vc, &o, &lse}) h.free(*x);
+}
+
+void test_copy_2d(Harness& h) {
+  {  // bf16, odd pitches and offsets: 21 columns from column 5 of a (37, 53) matrix into column 3 of a (37, 29) one
+    const int rows = 37, ld_src = 53, ld_dst = 29, cols = 21;
+    Pair src = h.make(randn((size_t)rows * ld_src), Role::Activation);
+    const std::vector<float> before = pitched(rows, ld_dst, {{3, 3 + cols}}, true);
+    Pair dst = h.make(before, Role::Activation);
+    h.cpu.copy_2d(dst.cpu.slice(3, dst.n - 3), ld_dst, src.cpu.slice(5, src.n - 5), ld_src, rows, cols);
+    h.gpu.copy_2d(dst.gpu.slice(3, dst.n - 3), ld_dst, src.gpu.slice(5, src.n - 5), ld_src, rows, cols);
+    h.compare("copy_2d bf16 (odd pitches 53 → 29, offsets)", dst, 0.0);
+    h.unchanged("copy_2d bf16 gap columns", dst, before, rows, ld_dst, {{3, 3 + cols}});
+    for (Pair* p : {&src, &dst}) h.free(*p);
+  }
+  {  // fp32 Params
+    const int rows = 40, ld_src = 64, ld_dst = 48, cols = 32;
+    Pair src = h.make(randn((size_t)rows * ld_src, 1.0f, false), Role::Param);
+    const std::vector<float> before = pitched(rows, ld_dst, {{0, cols}}, true);
+    Pair dst = h.make(before, Role::Param);
+    h.cpu.copy_2d(dst.cpu, ld_dst, src.cpu, ld_src, rows, cols);
+    h.gpu.copy_2d(dst.gpu, ld_dst, src.gpu, ld_src, rows, cols);
+    h.compare("copy_2d fp32 (pitches 64 → 48)", dst, 0.0);
+    h.unchanged("copy_2d fp32 gap columns", dst, before, rows, ld_dst, {{0, cols}});
+    for (Pair* p : {&src, &dst}) h.free(*p);
+  }
+}
+
+// V = 5003 takes the kernels' scalar path; V = 5008 in 1 or 2 chunks their 16-byte vector path.
+void test_cross_entropy(Harness& h, int Vc_chunks, int V) {
+  const int n = 67, C = 64;
   std::vector<int32_t> tg(n);
   for (int i = 0; i < n; i++) tg[i] = i % 9 == 4 ? -100 : int32_t(rng() % V);
   Pair t = h.make_i(tg);
@@ -361,7 +628,8 @@ void test_cross_entropy(Harness& h, int Vc_chunks) {
   Pair loss = h.make_out(n, Role::Stat), lse = h.make_out(n, Role::Stat);
   h.cpu.ce_finish(loss.cpu, lse.cpu, mx.cpu, sm.cpu, tl.cpu, t.cpu, n);
   h.gpu.ce_finish(loss.gpu, lse.gpu, mx.gpu, sm.gpu, tl.gpu, t.gpu, n);
-  std::string tag = " (" + std::to_string(Vc_chunks) + " vocab chunk" + (Vc_chunks > 1 ? "s)" : ")");
+  std::string tag = " (V " + std::to_string(V) + ", " + std::to_string(Vc_chunks) + " vocab chunk" +
+                    (Vc_chunks > 1 ? "s)" : ")");
   h.compare(("ce_stats+ce_finish loss" + tag).c_str(), loss, 1e-3);
   // gradient of the last chunk computed, compared
   int v0 = (Vc_chunks - 1) * vc, c = V - v0;
@@ -415,8 +683,18 @@ int main() {
   test_attention(h, false, 1024, 128);
   test_attention(h, true, 257, 64);
   test_attention_decode(h);
-  test_cross_entropy(h, 1);
-  test_cross_entropy(h, 3);
+  test_rmsnorm_backward_pitched(h);
+  test_rope_pitched(h);
+  test_glu_pitched(h);
+  test_attention_pitched(h, false, false);
+  test_attention_pitched(h, true, false);
+  test_attention_pitched(h, false, true);
+  test_attention_decode_pitched(h);
+  test_copy_2d(h);
+  test_cross_entropy(h, 1, 5003);
+  test_cross_entropy(h, 3, 5003);
+  test_cross_entropy(h, 1, 5008);
+  test_cross_entropy(h, 2, 5008);
   test_optimizer(h);
   std::printf("\n%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
   return failures ? 1 : 0;

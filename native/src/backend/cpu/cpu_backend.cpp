@@ -187,6 +187,16 @@ class CpuBackend final : public Backend {
     check_range(src, n, 0, "copy");
     std::memmove(dst.ptr, src.ptr, n * dtype_size(src.dtype));
   }
+  void copy_2d(const Tensor& dst, int ld_dst, const Tensor& src, int ld_src, int rows, int cols) override {
+    if (rows == 0 || cols == 0) return;
+    if (cols > ld_dst || cols > ld_src) throw EngineError("cpu backend: copy_2d row wider than its pitch");
+    check_range(dst, size_t(rows - 1) * ld_dst + cols, 0, "copy_2d dst");
+    check_range(src, size_t(rows - 1) * ld_src + cols, 0, "copy_2d src");
+    const size_t es = dtype_size(src.dtype);
+    for (int i = 0; i < rows; i++)
+      std::memmove(static_cast<char*>(dst.ptr) + size_t(i) * ld_dst * es,
+                   static_cast<const char*>(src.ptr) + size_t(i) * ld_src * es, size_t(cols) * es);
+  }
   void fill(const Tensor& dst, float value, size_t n) override {
     check_range(dst, n, 0, "fill");
     if (dst.dtype == DType::I32) {
@@ -398,7 +408,9 @@ class CpuBackend final : public Backend {
     });
   }
   void rmsnorm_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                        int N, int C, bool plus_one) override {
+                        int N, int C, bool plus_one, int ld_dx) override {
+    if (ld_dx == 0) ld_dx = C;
+    check_range(dx, N == 0 ? 0 : size_t(N - 1) * ld_dx + C, 0, "rmsnorm dx");
     T* d = p(dx);
     const T* go = p(dout);
     const T* xx = p(x);
@@ -407,7 +419,7 @@ class CpuBackend final : public Backend {
     parallel_rows(N, [&](int i) {
       const T* xr = xx + size_t(i) * C;
       const T* gr = go + size_t(i) * C;
-      T* dr = d + size_t(i) * C;
+      T* dr = d + size_t(i) * ld_dx;
       const T r = rs[i];
       // y = w'·x·r, r = (mean(x²)+eps)^-1/2 → dx = r·g − x·r³·Σ(g·x)/C with g = dout·w'
       double dot = 0;
@@ -449,19 +461,25 @@ class CpuBackend final : public Backend {
   }
 
   // ---- rope ----
-  void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H,
-                    int HD) override {
-    rope_apply(x, positions, inv_freq, N, H, HD, false);
+  void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H, int HD,
+                    int ld) override {
+    rope_apply(x, positions, inv_freq, N, H, HD, ld, false);
   }
-  void rope_backward(const Tensor& dx, const Tensor& positions, const Tensor& inv_freq, int N, int H,
-                     int HD) override {
-    rope_apply(dx, positions, inv_freq, N, H, HD, true);
+  void rope_backward(const Tensor& dx, const Tensor& positions, const Tensor& inv_freq, int N, int H, int HD,
+                     int ld) override {
+    rope_apply(dx, positions, inv_freq, N, H, HD, ld, true);
   }
 
   // ---- attention ----
   void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                          const Tensor& doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH, int NKV,
-                         int HD) override {
+                         int HD, const AttnPitch& pitch) override {
+    const size_t ldq = pitch.q ? pitch.q : NH * HD, ldkv = pitch.kv ? pitch.kv : NKV * HD,
+                 ldo = pitch.out ? pitch.out : NH * HD;
+    check_range(q, size_t(B) * Tq == 0 ? 0 : (size_t(B) * Tq - 1) * ldq + size_t(NH) * HD, 0, "attention q");
+    check_range(k, size_t(B) * Tk_stride == 0 ? 0 : (size_t(B) * Tk_stride - 1) * ldkv + size_t(NKV) * HD, 0,
+                "attention k");
+    check_range(out, size_t(B) * Tq == 0 ? 0 : (size_t(B) * Tq - 1) * ldo + size_t(NH) * HD, 0, "attention out");
     T* o = p(out);
     T* ls = p(lse);
     const T* qq = p(q);
@@ -475,11 +493,11 @@ class CpuBackend final : public Backend {
       thread_local std::vector<T> s;
       s.resize(size_t(Tk));
       for (int i = 0; i < Tq; i++) {
-        const T* qi = qq + ((size_t(b) * Tq + i) * NH + h) * HD;
+        const T* qi = qq + (size_t(b) * Tq + i) * ldq + size_t(h) * HD;
         const int j0 = ds[size_t(b) * Tq + i], j1 = q_offset + i;   // keys j0..j1 inclusive
         T mx = -std::numeric_limits<T>::infinity();
         for (int j = j0; j <= j1; j++) {
-          const T* kj = kk + ((size_t(b) * Tk_stride + j) * NKV + kh) * HD;
+          const T* kj = kk + (size_t(b) * Tk_stride + j) * ldkv + size_t(kh) * HD;
           s[j] = dot8(qi, kj, HD) * sc;
           mx = std::max(mx, s[j]);
         }
@@ -488,11 +506,11 @@ class CpuBackend final : public Backend {
           s[j] = std::exp(s[j] - mx);
           sum += s[j];
         }
-        T* oi = o + ((size_t(b) * Tq + i) * NH + h) * HD;
+        T* oi = o + (size_t(b) * Tq + i) * ldo + size_t(h) * HD;
         for (int d = 0; d < HD; d++) oi[d] = 0;
         for (int j = j0; j <= j1; j++) {
           const T pj = s[j] / sum;
-          const T* vj = vv + ((size_t(b) * Tk_stride + j) * NKV + kh) * HD;
+          const T* vj = vv + (size_t(b) * Tk_stride + j) * ldkv + size_t(kh) * HD;
           for (int d = 0; d < HD; d++) oi[d] += pj * vj[d];
         }
         ls[(size_t(b) * NH + h) * Tq + i] = mx + std::log(sum);
@@ -502,7 +520,18 @@ class CpuBackend final : public Backend {
 
   void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
                           const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                          const Tensor& doc_start, int B, int T_, int NH, int NKV, int HD) override {
+                          const Tensor& doc_start, int B, int T_, int NH, int NKV, int HD,
+                          const AttnPitch& pitch) override {
+    const size_t qd = size_t(NH) * HD, kvd = size_t(NKV) * HD;
+    const size_t ldq = pitch.q ? pitch.q : qd, ldkv = pitch.kv ? pitch.kv : kvd, ldo = pitch.out ? pitch.out : qd,
+                 lddo = pitch.dout ? pitch.dout : qd, lddq = pitch.dq ? pitch.dq : qd,
+                 lddkv = pitch.dkv ? pitch.dkv : kvd;
+    const size_t rows = size_t(B) * T_;
+    auto span = [&](size_t ld, size_t w) { return rows == 0 ? 0 : (rows - 1) * ld + w; };
+    check_range(dq, span(lddq, qd), 0, "attention dq");
+    check_range(dk, span(lddkv, kvd), 0, "attention dk");
+    check_range(dv, span(lddkv, kvd), 0, "attention dv");
+    check_range(dout, span(lddo, qd), 0, "attention dout");
     T* gq = p(dq);
     T* gk = p(dk);
     T* gv = p(dv);
@@ -519,33 +548,33 @@ class CpuBackend final : public Backend {
     pool_.parallel_for(int64_t(B) * NKV, [&](int64_t task) {
       const int b = int(task / NKV), kh = int(task % NKV);
       for (int j = 0; j < T_; j++) {
-        std::fill_n(gk + ((size_t(b) * T_ + j) * NKV + kh) * HD, HD, T(0));
-        std::fill_n(gv + ((size_t(b) * T_ + j) * NKV + kh) * HD, HD, T(0));
+        std::fill_n(gk + (size_t(b) * T_ + j) * lddkv + size_t(kh) * HD, HD, T(0));
+        std::fill_n(gv + (size_t(b) * T_ + j) * lddkv + size_t(kh) * HD, HD, T(0));
       }
       thread_local std::vector<T> pr, dpr;
       pr.resize(size_t(T_));
       dpr.resize(size_t(T_));
       for (int h = kh * group; h < (kh + 1) * group; h++) {
         for (int i = 0; i < T_; i++) {
-          const size_t qoff = ((size_t(b) * T_ + i) * NH + h) * HD;
-          const T* qi = qq + qoff;
-          const T* doi = go + qoff;
-          const T* oi = oo + qoff;
-          T* dqi = gq + qoff;
+          const size_t row = size_t(b) * T_ + i, hoff = size_t(h) * HD;
+          const T* qi = qq + row * ldq + hoff;
+          const T* doi = go + row * lddo + hoff;
+          const T* oi = oo + row * ldo + hoff;
+          T* dqi = gq + row * lddq + hoff;
           const T l = ls[(size_t(b) * NH + h) * T_ + i];
           const int j0 = ds[size_t(b) * T_ + i], j1 = i;
           T Di = 0;   // rowsum(dO ∘ O)
           for (int d = 0; d < HD; d++) Di += doi[d] * oi[d];
           for (int d = 0; d < HD; d++) dqi[d] = 0;
           for (int j = j0; j <= j1; j++) {
-            const size_t koff = ((size_t(b) * T_ + j) * NKV + kh) * HD;
-            const T* kj = kk + koff;
-            const T* vj = vv + koff;
+            const size_t krow = size_t(b) * T_ + j, kvoff = size_t(kh) * HD;
+            const T* kj = kk + krow * ldkv + kvoff;
+            const T* vj = vv + krow * ldkv + kvoff;
             const T dot = dot8(qi, kj, HD), dp = dot8(doi, vj, HD);
             const T pj = std::exp(dot * sc - l);
             const T dsj = pj * (dp - Di) * sc;
-            T* dkj = gk + koff;
-            T* dvj = gv + koff;
+            T* dkj = gk + krow * lddkv + kvoff;
+            T* dvj = gv + krow * lddkv + kvoff;
             for (int d = 0; d < HD; d++) {
               dqi[d] += dsj * kj[d];
               dkj[d] += dsj * qi[d];
@@ -558,14 +587,18 @@ class CpuBackend final : public Backend {
   }
 
   // ---- gated MLP ----
-  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act, int ld_out) override {
+  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act, int ld_out,
+                   int ld_in) override {
     if (ld_out == 0) ld_out = F;
+    if (ld_in == 0) ld_in = F;
+    check_range(gate, N == 0 ? 0 : size_t(N - 1) * ld_in + F, 0, "glu gate");
+    check_range(up, N == 0 ? 0 : size_t(N - 1) * ld_in + F, 0, "glu up");
     check_range(out, N == 0 ? 0 : size_t(N - 1) * ld_out + F, 0, "glu out");
     T* o = p(out);
     const T* g = p(gate);
     const T* u = p(up);
     parallel_rows(N, [&](int r) {
-      const size_t in0 = size_t(r) * F, out0 = size_t(r) * ld_out;
+      const size_t in0 = size_t(r) * ld_in, out0 = size_t(r) * ld_out;
       for (int j = 0; j < F; j++) o[out0 + j] = act_fn(g[in0 + j], act) * u[in0 + j];
     });
   }
@@ -584,18 +617,22 @@ class CpuBackend final : public Backend {
     }
   }
   void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
-                    int N, int F, Glu act) override {
+                    int N, int F, Glu act, int ld_in, int ld_dgu) override {
+    if (ld_in == 0) ld_in = F;
+    if (ld_dgu == 0) ld_dgu = F;
+    check_range(dgate, N == 0 ? 0 : size_t(N - 1) * ld_dgu + F, 0, "glu dgate");
+    check_range(dup, N == 0 ? 0 : size_t(N - 1) * ld_dgu + F, 0, "glu dup");
     T* dg = p(dgate);
     T* du = p(dup);
     const T* go = p(dout);
     const T* g = p(gate);
     const T* u = p(up);
-    parallel_range(size_t(N) * F, [&](size_t b, size_t e) {
-      for (size_t i = b; i < e; i++) {
-        const T a = act_fn(g[i], act);
-        const T d = go[i];
-        du[i] = d * a;
-        dg[i] = d * u[i] * act_grad(g[i], act);
+    parallel_rows(N, [&](int r) {
+      const size_t in0 = size_t(r) * ld_in, d0 = size_t(r) * ld_dgu, o0 = size_t(r) * F;
+      for (int j = 0; j < F; j++) {
+        const T gi = g[in0 + j], a = act_fn(gi, act), d = go[o0 + j];
+        du[d0 + j] = d * a;
+        dg[d0 + j] = d * u[in0 + j] * act_grad(gi, act);
       }
     });
   }
@@ -797,8 +834,10 @@ class CpuBackend final : public Backend {
     return T(0.5) * (T(1) + th) + T(0.5) * g * (T(1) - th * th) * c * (T(1) + T(3 * 0.044715) * g * g);
   }
 
-  void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H, int HD,
+  void rope_apply(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H, int HD, int ld,
                   bool inverse) {
+    if (ld == 0) ld = H * HD;
+    check_range(x, N == 0 ? 0 : size_t(N - 1) * ld + size_t(H) * HD, 0, "rope x");
     T* xx = p(x);
     const int32_t* pos = static_cast<const int32_t*>(positions.ptr);
     const T* inv = p(inv_freq);
@@ -814,7 +853,7 @@ class CpuBackend final : public Backend {
         sn[d] = inverse ? -std::sin(ang) : std::sin(ang);
       }
       for (int h = 0; h < H; h++) {
-        T* r = xx + (size_t(i) * H + h) * HD;
+        T* r = xx + size_t(i) * ld + size_t(h) * HD;
         for (int d = 0; d < half; d++) {
           const T x1 = r[d], x2 = r[d + half];
           r[d] = x1 * cs[d] + (-x2) * sn[d];

@@ -4,6 +4,9 @@
 // path for packed multi-document rows, KV-cache generation and devices without cuDNN; the cuDNN SDPA path
 // (cudnn_attention.cpp) is the fast one for plain causal rows.
 // Query i of row b attends keys j with doc_start[b,i] ≤ j ≤ q_offset + i.
+// Every operand is token-major with its own row pitch (AttnLd, kernels.cuh): q|k|v may be column blocks of the one
+// q|k|v projection output and dq|dk|dv of one gradient buffer, so a head row is found as
+// (b·T + t)·ld + h·HD, never (b·T + t)·H·HD.
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/cuda_common.cuh"
 
@@ -32,13 +35,13 @@ __device__ __forceinline__ float dot_row(const float (&r)[kPerLane], const bf16*
 
 __global__ void attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                                          const int32_t* doc_start, int Tq, int Tk_stride, int q_offset, int NH,
-                                         int NKV, int HD, float scale) {
+                                         int NKV, int HD, AttnLd ld, float scale) {
   int lane = threadIdx.x & 31;
   int i = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
   int h = blockIdx.y, b = blockIdx.z;
   if (i >= Tq) return;
   int kvh = h / (NH / NKV);
-  const bf16* qr = q + (((size_t)b * Tq + i) * NH + h) * HD;
+  const bf16* qr = q + ((size_t)b * Tq + i) * ld.q + (size_t)h * HD;
   float qv[kPerLane], o[kPerLane];
   load_row(qv, qr, HD, lane);
 #pragma unroll
@@ -46,7 +49,7 @@ __global__ void attention_forward_kernel(bf16* out, float* lse, const bf16* q, c
   float m = -INFINITY, l = 0.0f;
   int lo = doc_start[(size_t)b * Tq + i], hi = q_offset + i;
   for (int j = lo; j <= hi; j++) {
-    size_t kv_off = (((size_t)b * Tk_stride + j) * NKV + kvh) * HD;
+    size_t kv_off = ((size_t)b * Tk_stride + j) * ld.kv + (size_t)kvh * HD;
     float s = dot_row(qv, k + kv_off, HD, lane) * scale;
     float m_new = fmaxf(m, s);
     float corr = expf(m - m_new), p = expf(s - m_new);
@@ -59,7 +62,7 @@ __global__ void attention_forward_kernel(bf16* out, float* lse, const bf16* q, c
     }
     m = m_new;
   }
-  bf16* orow = out + (((size_t)b * Tq + i) * NH + h) * HD;
+  bf16* orow = out + ((size_t)b * Tq + i) * ld.out + (size_t)h * HD;
   float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
   for (int u = 0; u < kPerLane; u++) {
@@ -71,24 +74,26 @@ __global__ void attention_forward_kernel(bf16* out, float* lse, const bf16* q, c
 
 void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                               const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
-                              int NKV, int HD, cudaStream_t s) {
+                              int NKV, int HD, const AttnLd& ld, cudaStream_t s) {
   if (B == 0 || Tq == 0) return;
   if (HD > kMaxHD) throw EngineError("attention: head_dim " + std::to_string(HD) + " > 256 is not supported");
   dim3 grid(ceil_div(Tq, 4), NH, B);
-  attention_forward_kernel<<<grid, 128, 0, s>>>(out, lse, q, k, v, doc_start, Tq, Tk_stride, q_offset, NH, NKV, HD,
+  attention_forward_kernel<<<grid, 128, 0, s>>>(out, lse, q, k, v, doc_start, Tq, Tk_stride, q_offset, NH, NKV, HD, ld,
                                                 1.0f / sqrtf((float)HD));
   CUDA_LAUNCH_CHECK();
 }
 
-// delta (B,NH,T) = rowsum(dO ∘ O)
-__global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int T, int NH, int HD) {
+// delta (B,NH,T) = rowsum(dO ∘ O); dO and O have their own row pitches.
+__global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf16* out, int T, int NH, int HD,
+                                       AttnLd ld) {
   int lane = threadIdx.x & 31;
   int i = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
   int h = blockIdx.y, b = blockIdx.z;
   if (i >= T) return;
-  size_t off = (((size_t)b * T + i) * NH + h) * HD;
+  const bf16* dor = dout + ((size_t)b * T + i) * ld.dout + (size_t)h * HD;
+  const bf16* orow = out + ((size_t)b * T + i) * ld.out + (size_t)h * HD;
   float s = 0.0f;
-  for (int d = lane; d < HD; d += 32) s += __bfloat162float(dout[off + d]) * __bfloat162float(out[off + d]);
+  for (int d = lane; d < HD; d += 32) s += __bfloat162float(dor[d]) * __bfloat162float(orow[d]);
   s = warp_sum(s);
   if (lane == 0) delta[((size_t)b * NH + h) * T + i] = s;
 }
@@ -96,21 +101,21 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
 // dq: one warp per query row; dS = P ∘ (dP − delta), dq = scale · Σ_j dS_j k_j.
 __global__ void attention_dq_kernel(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
                                     const float* lse, const float* delta, const int32_t* doc_start, int T, int NH,
-                                    int NKV, int HD, float scale) {
+                                    int NKV, int HD, AttnLd ld, float scale) {
   int lane = threadIdx.x & 31;
   int i = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
   int h = blockIdx.y, b = blockIdx.z;
   if (i >= T) return;
   int kvh = h / (NH / NKV);
-  size_t qoff = (((size_t)b * T + i) * NH + h) * HD;
+  size_t row = (size_t)b * T + i;
   float qv[kPerLane], dov[kPerLane], acc[kPerLane];
-  load_row(qv, q + qoff, HD, lane);
-  load_row(dov, dout + qoff, HD, lane);
+  load_row(qv, q + row * ld.q + (size_t)h * HD, HD, lane);
+  load_row(dov, dout + row * ld.dout + (size_t)h * HD, HD, lane);
 #pragma unroll
   for (int u = 0; u < kPerLane; u++) acc[u] = 0.0f;
   float L = lse[((size_t)b * NH + h) * T + i], D = delta[((size_t)b * NH + h) * T + i];
   for (int j = doc_start[(size_t)b * T + i]; j <= i; j++) {
-    size_t kv_off = (((size_t)b * T + j) * NKV + kvh) * HD;
+    size_t kv_off = ((size_t)b * T + j) * ld.kv + (size_t)kvh * HD;
     float p = expf(dot_row(qv, k + kv_off, HD, lane) * scale - L);
     float dp = dot_row(dov, v + kv_off, HD, lane);
     float ds = p * (dp - D) * scale;
@@ -121,10 +126,11 @@ __global__ void attention_dq_kernel(bf16* dq, const bf16* dout, const bf16* q, c
       if (d < HD) acc[u] += ds * __bfloat162float(kr[d]);
     }
   }
+  bf16* dqr = dq + row * ld.dq + (size_t)h * HD;
 #pragma unroll
   for (int u = 0; u < kPerLane; u++) {
     int d = lane + 32 * u;
-    if (d < HD) dq[qoff + d] = __float2bfloat16_rn(acc[u]);
+    if (d < HD) dqr[d] = __float2bfloat16_rn(acc[u]);
   }
 }
 
@@ -132,13 +138,13 @@ __global__ void attention_dq_kernel(bf16* dq, const bf16* dout, const bf16* q, c
 // (documents are contiguous, so the first query whose document starts after j ends the loop).
 __global__ void attention_dkdv_kernel(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                                       const bf16* v, const float* lse, const float* delta, const int32_t* doc_start,
-                                      int T, int NH, int NKV, int HD, float scale) {
+                                      int T, int NH, int NKV, int HD, AttnLd ld, float scale) {
   int lane = threadIdx.x & 31;
   int j = blockIdx.x * (blockDim.x / 32) + (threadIdx.x >> 5);
   int kvh = blockIdx.y, b = blockIdx.z;
   if (j >= T) return;
   int group = NH / NKV;
-  size_t kv_off = (((size_t)b * T + j) * NKV + kvh) * HD;
+  size_t kv_off = ((size_t)b * T + j) * ld.kv + (size_t)kvh * HD;
   float kv_[kPerLane], vv[kPerLane], dka[kPerLane], dva[kPerLane];
   load_row(kv_, k + kv_off, HD, lane);
   load_row(vv, v + kv_off, HD, lane);
@@ -148,44 +154,48 @@ __global__ void attention_dkdv_kernel(bf16* dk, bf16* dv, const bf16* dout, cons
     if (doc_start[(size_t)b * T + i] > j) break;
     for (int hh = 0; hh < group; hh++) {
       int h = kvh * group + hh;
-      size_t qoff = (((size_t)b * T + i) * NH + h) * HD;
+      const bf16* qr = q + ((size_t)b * T + i) * ld.q + (size_t)h * HD;
+      const bf16* dor = dout + ((size_t)b * T + i) * ld.dout + (size_t)h * HD;
       float L = lse[((size_t)b * NH + h) * T + i], D = delta[((size_t)b * NH + h) * T + i];
-      float p = expf(dot_row(kv_, q + qoff, HD, lane) * scale - L);
-      float dp = dot_row(vv, dout + qoff, HD, lane);
+      float p = expf(dot_row(kv_, qr, HD, lane) * scale - L);
+      float dp = dot_row(vv, dor, HD, lane);
       float ds = p * (dp - D) * scale;
 #pragma unroll
       for (int u = 0; u < kPerLane; u++) {
         int d = lane + 32 * u;
         if (d < HD) {
-          dva[u] += p * __bfloat162float(dout[qoff + d]);
-          dka[u] += ds * __bfloat162float(q[qoff + d]);
+          dva[u] += p * __bfloat162float(dor[d]);
+          dka[u] += ds * __bfloat162float(qr[d]);
         }
       }
     }
   }
+  size_t dkv_off = ((size_t)b * T + j) * ld.dkv + (size_t)kvh * HD;
 #pragma unroll
   for (int u = 0; u < kPerLane; u++) {
     int d = lane + 32 * u;
     if (d < HD) {
-      dk[kv_off + d] = __float2bfloat16_rn(dka[u]);
-      dv[kv_off + d] = __float2bfloat16_rn(dva[u]);
+      dk[dkv_off + d] = __float2bfloat16_rn(dka[u]);
+      dv[dkv_off + d] = __float2bfloat16_rn(dva[u]);
     }
   }
 }
 
 void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                                const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
-                               float* delta, int B, int T, int NH, int NKV, int HD, cudaStream_t s) {
+                               float* delta, int B, int T, int NH, int NKV, int HD, const AttnLd& ld,
+                               cudaStream_t s) {
   if (B == 0 || T == 0) return;
   if (HD > kMaxHD) throw EngineError("attention: head_dim " + std::to_string(HD) + " > 256 is not supported");
   float scale = 1.0f / sqrtf((float)HD);
   dim3 grid(ceil_div(T, 4), NH, B);
-  attention_delta_kernel<<<grid, 128, 0, s>>>(delta, dout, out, T, NH, HD);
+  attention_delta_kernel<<<grid, 128, 0, s>>>(delta, dout, out, T, NH, HD, ld);
   CUDA_LAUNCH_CHECK();
-  attention_dq_kernel<<<grid, 128, 0, s>>>(dq, dout, q, k, v, lse, delta, doc_start, T, NH, NKV, HD, scale);
+  attention_dq_kernel<<<grid, 128, 0, s>>>(dq, dout, q, k, v, lse, delta, doc_start, T, NH, NKV, HD, ld, scale);
   CUDA_LAUNCH_CHECK();
   dim3 grid_kv(ceil_div(T, 4), NKV, B);
-  attention_dkdv_kernel<<<grid_kv, 128, 0, s>>>(dk, dv, dout, q, k, v, lse, delta, doc_start, T, NH, NKV, HD, scale);
+  attention_dkdv_kernel<<<grid_kv, 128, 0, s>>>(dk, dv, dout, q, k, v, lse, delta, doc_start, T, NH, NKV, HD, ld,
+                                                scale);
   CUDA_LAUNCH_CHECK();
 }
 

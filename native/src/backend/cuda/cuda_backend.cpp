@@ -282,6 +282,20 @@ class CudaBackend : public Backend {
       zero_index_[static_cast<int32_t*>(dst.ptr)] = z ? n : 0;
     }
   }
+  void copy_2d(const Tensor& dst, int ld_dst, const Tensor& src, int ld_src, int rows, int cols) override {
+    if (dst.dtype != src.dtype) throw EngineError("cuda copy_2d: dtype mismatch");
+    if (rows <= 0 || cols <= 0) return;
+    if (cols > ld_dst || cols > ld_src) throw EngineError("cuda copy_2d: row wider than its pitch");
+    const size_t span_dst = size_t(rows - 1) * ld_dst + cols, span_src = size_t(rows - 1) * ld_src + cols;
+    check_range(dst, span_dst, 0, "copy_2d dst");
+    check_range(src, span_src, 0, "copy_2d src");
+    Timer tm(this, "copy_2d");
+    const size_t es = dtype_size(dst.dtype);
+    CUDA_CHECK(cudaMemcpy2DAsync(dst.ptr, ld_dst * es, src.ptr, ld_src * es, cols * es, rows, cudaMemcpyDeviceToDevice,
+                                 stream_));
+    if (dst.dtype == DType::F32) invalidate_bf16_cache(dst.ptr, span_dst * 4);
+    if (dst.dtype == DType::I32) forget_index_range(static_cast<int32_t*>(dst.ptr), span_dst);  // zeros unknown
+  }
   void fill(const Tensor& dst, float value, size_t n) override {
     check_range(dst, n, 0, "fill");
     Timer tm(this, "fill");
@@ -403,12 +417,13 @@ class CudaBackend : public Backend {
                            ld_out == 0 ? C : ld_out, float(eps), plus_one, stream_);
   }
   void rmsnorm_backward(const Tensor& dx, const Tensor& dout, const Tensor& x, const Tensor& w, const Tensor& rstd,
-                        int N, int C, bool plus_one) override {
+                        int N, int C, bool plus_one, int ld_dx) override {
     Timer tm(this, "rmsnorm_backward");
     need(dx, DType::BF16, "rmsnorm dx");
     launch_rmsnorm_backward(static_cast<bf16*>(dx.ptr), static_cast<const bf16*>(dout.ptr),
                             static_cast<const bf16*>(x.ptr), static_cast<const bf16*>(w.ptr),
-                            static_cast<const float*>(rstd.ptr), N, C, plus_one, stream_);
+                            static_cast<const float*>(rstd.ptr), N, C, pitch(ld_dx, C, "rmsnorm dx"), plus_one,
+                            stream_);
   }
   void add(const Tensor& y, const Tensor& x, size_t n, float alpha) override {
     Timer tm(this, "add");
@@ -432,31 +447,33 @@ class CudaBackend : public Backend {
     invalidate_bf16_cache(y.ptr, n * 4);
     launch_scale(static_cast<float*>(y.ptr), s, n, stream_);
   }
-  void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H,
-                    int HD) override {
+  void rope_forward(const Tensor& x, const Tensor& positions, const Tensor& inv_freq, int N, int H, int HD,
+                    int ld) override {
     Timer tm(this, "rope");
     need(x, DType::BF16, "rope x");
     launch_rope(static_cast<bf16*>(x.ptr), static_cast<const int32_t*>(positions.ptr),
-                static_cast<const float*>(inv_freq.ptr), N, H, HD, false, stream_);
+                static_cast<const float*>(inv_freq.ptr), N, H, HD, pitch(ld, H * HD, "rope x"), false, stream_);
   }
-  void rope_backward(const Tensor& dx, const Tensor& positions, const Tensor& inv_freq, int N, int H,
-                     int HD) override {
+  void rope_backward(const Tensor& dx, const Tensor& positions, const Tensor& inv_freq, int N, int H, int HD,
+                     int ld) override {
     Timer tm(this, "rope");
     need(dx, DType::BF16, "rope dx");
     launch_rope(static_cast<bf16*>(dx.ptr), static_cast<const int32_t*>(positions.ptr),
-                static_cast<const float*>(inv_freq.ptr), N, H, HD, true, stream_);
+                static_cast<const float*>(inv_freq.ptr), N, H, HD, pitch(ld, H * HD, "rope dx"), true, stream_);
   }
 
   // ---- attention ---------------------------------------------------------------------------------------------
   void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                          const Tensor& doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH, int NKV,
-                         int HD) override {
+                         int HD, const AttnPitch& p) override {
     Timer tm(this, "attention_forward", attention_flops(B, Tq, NH, HD, 1.0));
     need(q, DType::BF16, "attention q");
     need(lse, DType::F32, "attention lse");
+    const AttnLd ld = attn_ld(p, NH, NKV, HD);
 #if defined(NXFT_HAVE_CUDNN)
+    // cuDNN returns false for layouts it cannot take (unaligned pointers or pitches): the portable kernels run then.
     if (cudnn_ && Tq == Tk && Tk == Tk_stride && q_offset == 0 && index_all_zero(doc_start, (size_t)B * Tq) &&
-        cudnn_->forward(out.ptr, static_cast<float*>(lse.ptr), q.ptr, k.ptr, v.ptr, B, Tq, NH, NKV, HD)) {
+        cudnn_->forward(out.ptr, static_cast<float*>(lse.ptr), q.ptr, k.ptr, v.ptr, B, Tq, NH, NKV, HD, ld)) {
       tm.rename("attention_forward (cudnn)");
       return;
     }
@@ -464,16 +481,18 @@ class CudaBackend : public Backend {
     launch_attention_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(lse.ptr),
                              static_cast<const bf16*>(q.ptr), static_cast<const bf16*>(k.ptr),
                              static_cast<const bf16*>(v.ptr), static_cast<const int32_t*>(doc_start.ptr), B, Tq, Tk,
-                             Tk_stride, q_offset, NH, NKV, HD, stream_);
+                             Tk_stride, q_offset, NH, NKV, HD, ld, stream_);
   }
   void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
                           const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                          const Tensor& doc_start, int B, int T, int NH, int NKV, int HD) override {
+                          const Tensor& doc_start, int B, int T, int NH, int NKV, int HD,
+                          const AttnPitch& p) override {
     Timer tm(this, "attention_backward", attention_flops(B, T, NH, HD, 2.5));
+    const AttnLd ld = attn_ld(p, NH, NKV, HD);
 #if defined(NXFT_HAVE_CUDNN)
     if (cudnn_ && index_all_zero(doc_start, (size_t)B * T) &&
         cudnn_->backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr,
-                         static_cast<const float*>(lse.ptr), B, T, NH, NKV, HD)) {
+                         static_cast<const float*>(lse.ptr), B, T, NH, NKV, HD, ld)) {
       tm.rename("attention_backward (cudnn)");
       return;
     }
@@ -483,16 +502,17 @@ class CudaBackend : public Backend {
                               static_cast<const bf16*>(dout.ptr), static_cast<const bf16*>(q.ptr),
                               static_cast<const bf16*>(k.ptr), static_cast<const bf16*>(v.ptr),
                               static_cast<const bf16*>(out.ptr), static_cast<const float*>(lse.ptr),
-                              static_cast<const int32_t*>(doc_start.ptr), delta, B, T, NH, NKV, HD, stream_);
+                              static_cast<const int32_t*>(doc_start.ptr), delta, B, T, NH, NKV, HD, ld, stream_);
   }
 
   // ---- MLP activation, dropout ----------------------------------------------------------------------------------
-  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act, int ld_out) override {
+  void glu_forward(const Tensor& out, const Tensor& gate, const Tensor& up, int N, int F, Glu act, int ld_out,
+                   int ld_in) override {
     Timer tm(this, "glu_forward");
     need(out, DType::BF16, "glu out");
     launch_glu_forward(static_cast<bf16*>(out.ptr), static_cast<const bf16*>(gate.ptr),
-                       static_cast<const bf16*>(up.ptr), N, F, ld_out == 0 ? F : ld_out, act == Glu::SwiGLU ? 0 : 1,
-                       stream_);
+                       static_cast<const bf16*>(up.ptr), N, F, pitch(ld_out, F, "glu out"), pitch(ld_in, F, "glu in"),
+                       act == Glu::SwiGLU ? 0 : 1, stream_);
   }
   void write_column_blocks(const ColumnBlockWrite* jobs, int n_jobs, float scale) override {
     Timer tm(this, "write_column_blocks");
@@ -508,12 +528,13 @@ class CudaBackend : public Backend {
     launch_write_column_blocks(cj.data(), n_jobs, scale, stream_);
   }
   void glu_backward(const Tensor& dgate, const Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
-                    int N, int F, Glu act) override {
+                    int N, int F, Glu act, int ld_in, int ld_dgu) override {
     Timer tm(this, "glu_backward");
     need(dgate, DType::BF16, "glu dgate");
     launch_glu_backward(static_cast<bf16*>(dgate.ptr), static_cast<bf16*>(dup.ptr),
                         static_cast<const bf16*>(dout.ptr), static_cast<const bf16*>(gate.ptr),
-                        static_cast<const bf16*>(up.ptr), (size_t)N * F, act == Glu::SwiGLU ? 0 : 1, stream_);
+                        static_cast<const bf16*>(up.ptr), N, F, pitch(ld_in, F, "glu in"),
+                        pitch(ld_dgu, F, "glu dgate/dup"), act == Glu::SwiGLU ? 0 : 1, stream_);
   }
   void lora_dropout(const Tensor& out, const Tensor& x, int N, int D, float p, uint64_t seed) override {
     Timer tm(this, "lora_dropout");
@@ -727,6 +748,25 @@ class CudaBackend : public Backend {
     if (t.dtype != d)
       throw EngineError(std::string("cuda backend: ") + what + " must be " + dtype_name(d) + ", got " +
                         dtype_name(t.dtype));
+  }
+  // A row pitch as the kernels take it: 0 means packed (the row length); a pitch shorter than the row is a caller bug.
+  static int pitch(int ld, int row, const char* what) {
+    if (ld == 0) return row;
+    if (ld < row)
+      throw EngineError(std::string("cuda ") + what + ": row pitch " + std::to_string(ld) + " < row length " +
+                        std::to_string(row));
+    return ld;
+  }
+  static AttnLd attn_ld(const AttnPitch& p, int NH, int NKV, int HD) {
+    const int qd = NH * HD, kvd = NKV * HD;
+    AttnLd ld;
+    ld.q = pitch(p.q, qd, "attention q");
+    ld.kv = pitch(p.kv, kvd, "attention k/v");
+    ld.out = pitch(p.out, qd, "attention out");
+    ld.dout = pitch(p.dout, qd, "attention dout");
+    ld.dq = pitch(p.dq, qd, "attention dq");
+    ld.dkv = pitch(p.dkv, kvd, "attention dk/dv");
+    return ld;
   }
   static void check_range(const Tensor& t, size_t n, size_t offset, const char* what) {
     if (offset + n > t.n)

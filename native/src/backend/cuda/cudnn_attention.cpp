@@ -1,12 +1,15 @@
 // cudnn_attention.cpp — cuDNN SDPA forward/backward through the cudnn-frontend graph API (native.md §1.4, §6.3).
-// Graphs are built once per shape and cached (building is slow); q/k/v/o are read in their token-major
-// (B,T,H,HD) layout through strides, so no permute kernels run.
+// Graphs are built once per shape and layout and cached (building is slow); q/k/v/o are read in their token-major
+// (B,T,H,HD) layout through strides, with each tensor's own row pitch (q|k|v as column blocks of one projection
+// output: cuDNN's "interleaved" layout), so no permute or copy kernels run.
 #include "backend/cuda/cudnn_attention.h"
 #include <cudnn_frontend.h>
+#include <array>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <set>
 #include <string>
-#include <tuple>
 #include "util/events.h"
 
 namespace nxft {
@@ -30,10 +33,14 @@ struct BwdGraph {
   bool tuned = false;
 };
 
-// (B, H, T, HD) view of a token-major (B, T, H, HD) buffer.
-std::vector<int64_t> bthd_strides(int T, int H, int HD) {
-  return {(int64_t)T * H * HD, (int64_t)HD, (int64_t)H * HD, 1};
+// (B, H, T, HD) view of a token-major (B, T, H, HD) buffer whose token rows are ld elements apart (ld ≥ H·HD).
+std::vector<int64_t> bthd_strides(int T, int HD, int ld) {
+  return {(int64_t)T * ld, (int64_t)HD, (int64_t)ld, 1};
 }
+
+// cuDNN's SDPA kernels load 16-byte vectors: every head row must start 16-byte aligned, i.e. an aligned base
+// pointer, a row pitch of a multiple of 8 bf16 and (checked by the callers) HD % 8 == 0 for the head offsets.
+bool vec_ok(const void* p, int ld) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0 && ld % 8 == 0; }
 
 class CudnnAttentionImpl : public CudnnAttention {
  public:
@@ -58,13 +65,17 @@ class CudnnAttentionImpl : public CudnnAttention {
   std::string version() const override { return std::to_string(cudnnGetVersion()); }
 
   bool forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int NH, int NKV,
-               int HD) override {
-    auto key = std::make_tuple(B, T, NH, NKV, HD);
+               int HD, const AttnLd& ld) override {
+    if (HD % 8 != 0 || !vec_ok(q, ld.q) || !vec_ok(k, ld.kv) || !vec_ok(v, ld.kv) || !vec_ok(out, ld.out))
+      return false;
+    // The graph bakes in the strides, so every pitch is part of the key (backward-only pitches are 0 here).
+    const Key key = {B, T, NH, NKV, HD, ld.q, ld.kv, ld.out, 0, 0, 0};
+    if (fwd_failed_.count(key)) return false;  // no engine for this shape: don't rebuild on every call
     auto it = fwd_.find(key);
     if (it == fwd_.end()) {
       FwdGraph fg;
-      if (!build_forward(fg, B, T, NH, NKV, HD)) {
-        fwd_failed_[key] = true;
+      if (!build_forward(fg, B, T, NH, NKV, HD, ld)) {
+        fwd_failed_.insert(key);
         return false;
       }
       it = fwd_.emplace(key, fg).first;
@@ -81,12 +92,19 @@ class CudnnAttentionImpl : public CudnnAttention {
   }
 
   bool backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k, const void* v,
-                const void* out, const float* lse, int B, int T, int NH, int NKV, int HD) override {
-    auto key = std::make_tuple(B, T, NH, NKV, HD);
+                const void* out, const float* lse, int B, int T, int NH, int NKV, int HD, const AttnLd& ld) override {
+    if (HD % 8 != 0 || !vec_ok(q, ld.q) || !vec_ok(k, ld.kv) || !vec_ok(v, ld.kv) || !vec_ok(out, ld.out) ||
+        !vec_ok(dout, ld.dout) || !vec_ok(dq, ld.dq) || !vec_ok(dk, ld.dkv) || !vec_ok(dv, ld.dkv))
+      return false;
+    const Key key = {B, T, NH, NKV, HD, ld.q, ld.kv, ld.out, ld.dout, ld.dq, ld.dkv};
+    if (bwd_failed_.count(key)) return false;
     auto it = bwd_.find(key);
     if (it == bwd_.end()) {
       BwdGraph bg;
-      if (!build_backward(bg, B, T, NH, NKV, HD)) return false;
+      if (!build_backward(bg, B, T, NH, NKV, HD, ld)) {
+        bwd_failed_.insert(key);
+        return false;
+      }
       it = bwd_.emplace(key, bg).first;
     }
     BwdGraph& bg = it->second;
@@ -102,7 +120,8 @@ class CudnnAttentionImpl : public CudnnAttention {
   }
 
  private:
-  using Key = std::tuple<int, int, int, int, int>;
+  // B, T, NH, NKV, HD, then the row pitches q, kv, out, dout, dq, dkv (the last three 0 for forward graphs).
+  using Key = std::array<int, 11>;
 
   static bool ok(fe::error_t e, const char* what) {
     if (e.is_bad()) {
@@ -118,9 +137,9 @@ class CudnnAttentionImpl : public CudnnAttention {
         .set_compute_data_type(fe::DataType_t::FLOAT);
     return g;
   }
-  TensorPtr tensor(fe::graph::Graph& g, const char* name, int B, int H, int T, int HD) {
+  TensorPtr tensor(fe::graph::Graph& g, const char* name, int B, int H, int T, int HD, int ld) {
     return g.tensor(fe::graph::Tensor_attributes().set_name(name).set_dim({B, H, T, HD}).set_stride(
-        bthd_strides(T, H, HD)));
+        bthd_strides(T, HD, ld)));
   }
   TensorPtr stats_tensor(fe::graph::Graph& g, int B, int NH, int T) {
     return g.tensor(fe::graph::Tensor_attributes()
@@ -163,42 +182,42 @@ class CudnnAttentionImpl : public CudnnAttention {
     if (!ensure_workspace(*ws)) return;
     fprintf(stderr, "[cuda] cuDNN SDPA %s: autotuned over %lld plans\n", what, (long long)g.get_execution_plan_count());
   }
-  bool build_forward(FwdGraph& fg, int B, int T, int NH, int NKV, int HD) {
+  bool build_forward(FwdGraph& fg, int B, int T, int NH, int NKV, int HD, const AttnLd& ld) {
     fg.g = new_graph();
     auto& g = *fg.g;
-    fg.q = tensor(g, "q", B, NH, T, HD);
-    fg.k = tensor(g, "k", B, NKV, T, HD);
-    fg.v = tensor(g, "v", B, NKV, T, HD);
+    fg.q = tensor(g, "q", B, NH, T, HD, ld.q);
+    fg.k = tensor(g, "k", B, NKV, T, HD, ld.kv);
+    fg.v = tensor(g, "v", B, NKV, T, HD, ld.kv);
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("sdpa")
                     .set_generate_stats(true)
                     .set_causal_mask(true)
                     .set_attn_scale(1.0f / sqrtf((float)HD));
     auto [o, stats] = g.sdpa(fg.q, fg.k, fg.v, opts);
-    o->set_output(true).set_dim({B, NH, T, HD}).set_stride(bthd_strides(T, NH, HD));
+    o->set_output(true).set_dim({B, NH, T, HD}).set_stride(bthd_strides(T, HD, ld.out));
     stats->set_output(true).set_data_type(fe::DataType_t::FLOAT).set_dim({B, NH, T, 1}).set_stride(
         {(int64_t)NH * T, (int64_t)T, 1, 1});
     fg.o = o;
     fg.stats = stats;
     return finalize(g, &fg.workspace);
   }
-  bool build_backward(BwdGraph& bg, int B, int T, int NH, int NKV, int HD) {
+  bool build_backward(BwdGraph& bg, int B, int T, int NH, int NKV, int HD, const AttnLd& ld) {
     bg.g = new_graph();
     auto& g = *bg.g;
-    bg.q = tensor(g, "q", B, NH, T, HD);
-    bg.k = tensor(g, "k", B, NKV, T, HD);
-    bg.v = tensor(g, "v", B, NKV, T, HD);
-    bg.o = tensor(g, "o", B, NH, T, HD);
-    bg.dO = tensor(g, "dO", B, NH, T, HD);
+    bg.q = tensor(g, "q", B, NH, T, HD, ld.q);
+    bg.k = tensor(g, "k", B, NKV, T, HD, ld.kv);
+    bg.v = tensor(g, "v", B, NKV, T, HD, ld.kv);
+    bg.o = tensor(g, "o", B, NH, T, HD, ld.out);
+    bg.dO = tensor(g, "dO", B, NH, T, HD, ld.dout);
     bg.stats = stats_tensor(g, B, NH, T);
     auto opts = fe::graph::SDPA_backward_attributes()
                     .set_name("sdpa_backward")
                     .set_causal_mask(true)
                     .set_attn_scale(1.0f / sqrtf((float)HD));
     auto [dq, dk, dv] = g.sdpa_backward(bg.q, bg.k, bg.v, bg.o, bg.dO, bg.stats, opts);
-    dq->set_output(true).set_dim({B, NH, T, HD}).set_stride(bthd_strides(T, NH, HD));
-    dk->set_output(true).set_dim({B, NKV, T, HD}).set_stride(bthd_strides(T, NKV, HD));
-    dv->set_output(true).set_dim({B, NKV, T, HD}).set_stride(bthd_strides(T, NKV, HD));
+    dq->set_output(true).set_dim({B, NH, T, HD}).set_stride(bthd_strides(T, HD, ld.dq));
+    dk->set_output(true).set_dim({B, NKV, T, HD}).set_stride(bthd_strides(T, HD, ld.dkv));
+    dv->set_output(true).set_dim({B, NKV, T, HD}).set_stride(bthd_strides(T, HD, ld.dkv));
     bg.dq = dq;
     bg.dk = dk;
     bg.dv = dv;
@@ -221,7 +240,7 @@ class CudnnAttentionImpl : public CudnnAttention {
   size_t workspace_bytes_ = 0;
   std::map<Key, FwdGraph> fwd_;
   std::map<Key, BwdGraph> bwd_;
-  std::map<Key, bool> fwd_failed_;
+  std::set<Key> fwd_failed_, bwd_failed_;  // shapes and layouts cuDNN has no engine for
 };
 
 }  // namespace

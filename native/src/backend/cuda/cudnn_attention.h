@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <memory>
 #include <string>
+#include "backend/cuda/kernels.cuh"
 
 namespace nxft {
 namespace cuda {
@@ -14,12 +15,15 @@ class CudnnAttention {
  public:
   virtual ~CudnnAttention() = default;
   // q, out (B,T,NH,HD) bf16; k, v (B,T,NKV,HD) bf16; lse (B,NH,T) fp32 natural-log logsumexp of scaled scores.
-  // Returns false when cuDNN has no engine for the shape (the caller then uses the portable kernels).
+  // Token-major operands with the row pitches in ld (resolved, never 0; forward uses q, kv, out).
+  // Returns false when cuDNN cannot take the layout (pointers not 16-byte aligned or pitches not multiples of 8
+  // elements) or has no engine for the shape: the caller then uses the portable kernels.
   virtual bool forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int NH,
-                       int NKV, int HD) = 0;
+                       int NKV, int HD, const AttnLd& ld) = 0;
   // dq (B,T,NH,HD), dk, dv (B,T,NKV,HD) written.
   virtual bool backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k, const void* v,
-                        const void* out, const float* lse, int B, int T, int NH, int NKV, int HD) = 0;
+                        const void* out, const float* lse, int B, int T, int NH, int NKV, int HD,
+                        const AttnLd& ld) = 0;
   virtual std::string version() const = 0;
 };
 

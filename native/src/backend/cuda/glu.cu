@@ -21,19 +21,24 @@ __device__ __forceinline__ float act_grad(float g, int act) {
   return 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * g * g);
 }
 
-// Matches transformers' bf16 arithmetic: act(gate) is rounded to bf16 before the product. out has row pitch ld_out.
-__global__ void glu_forward_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n, int F, int ld_out, int act) {
+// Matches transformers' bf16 arithmetic: act(gate) is rounded to bf16 before the product. gate, up have row pitch
+// ld_in (the two halves of the one (N, 2F) gate|up projection output), out has row pitch ld_out.
+__global__ void glu_forward_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n, int F, int ld_out, int ld_in,
+                                   int act) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float a = __bfloat162float(__float2bfloat16_rn(act_value(__bfloat162float(gate[i]), act)));
-    out[(i / F) * ld_out + i % F] = __float2bfloat16_rn(a * __bfloat162float(up[i]));
+    size_t r = i / F, c = i % F;
+    float a = __bfloat162float(__float2bfloat16_rn(act_value(__bfloat162float(gate[r * ld_in + c]), act)));
+    out[r * ld_out + c] = __float2bfloat16_rn(a * __bfloat162float(up[r * ld_in + c]));
   }
 }
 // 8 bf16 per thread through 16-byte loads/stores (the MLP activations are the largest elementwise traffic).
-// F8 = F/8 vectors per row; the output row pitch is ld8 vectors.
-__global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n8, int F8, int ld8,
-                                       int act) {
+// F8 = F/8 vectors per row; the row pitches are ld8_out and ld8_in vectors.
+__global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* up, size_t n8, int F8, int ld8_out,
+                                       int ld8_in, int act) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
-    uint4 gv = reinterpret_cast<const uint4*>(gate)[i], uv = reinterpret_cast<const uint4*>(up)[i], ov;
+    size_t r = i / F8, c = i % F8;
+    uint4 gv = reinterpret_cast<const uint4*>(gate)[r * ld8_in + c];
+    uint4 uv = reinterpret_cast<const uint4*>(up)[r * ld8_in + c], ov;
     const bf16* g = reinterpret_cast<const bf16*>(&gv);
     const bf16* u = reinterpret_cast<const bf16*>(&uv);
     bf16* o = reinterpret_cast<bf16*>(&ov);
@@ -42,19 +47,22 @@ __global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* 
       float a = __bfloat162float(__float2bfloat16_rn(act_value(__bfloat162float(g[k]), act)));
       o[k] = __float2bfloat16_rn(a * __bfloat162float(u[k]));
     }
-    reinterpret_cast<uint4*>(out)[(i / F8) * ld8 + i % F8] = ov;
+    reinterpret_cast<uint4*>(out)[r * ld8_out + c] = ov;
   }
 }
 static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 static unsigned grid_for(size_t n) { return std::min<size_t>(ceil_div(n, 256), 132 * 32); }
 
-void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_out, int act, cudaStream_t s) {
+void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_out, int ld_in, int act,
+                        cudaStream_t s) {
   const size_t n = (size_t)N * F;
   if (n == 0) return;
-  if (F % 8 == 0 && ld_out % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up))
-    glu_forward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(out, gate, up, n / 8, F / 8, ld_out / 8, act);
+  // The vector path needs every row start 16-byte aligned: aligned base pointers and pitches of 8 elements.
+  if (F % 8 == 0 && ld_out % 8 == 0 && ld_in % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up))
+    glu_forward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(out, gate, up, n / 8, F / 8, ld_out / 8, ld_in / 8, act);
   else
-    glu_forward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(out, gate, up, n, F, ld_out, act);
+    glu_forward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(out, gate, up, n, F, ld_out, ld_in,
+                                                                                 act);
   CUDA_LAUNCH_CHECK();
 }
 
@@ -84,19 +92,26 @@ void launch_write_column_blocks(const ColumnJob* jobs, int n_jobs, float scale, 
   }
 }
 
+// dgate, dup (N, F) row pitch ld_dgu (column blocks of the one (N, 2F) gradient the gate|up GEMM's backward
+// reads); dout packed; gate, up row pitch ld_in.
 __global__ void glu_backward_kernel(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
-                                    size_t n, int act) {
+                                    size_t n, int F, int ld_in, int ld_dgu, int act) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]), d = __bfloat162float(dout[i]);
+    size_t r = i / F, c = i % F;
+    float g = __bfloat162float(gate[r * ld_in + c]), u = __bfloat162float(up[r * ld_in + c]);
+    float d = __bfloat162float(dout[i]);
     float a = act_value(g, act);
-    dgate[i] = __float2bfloat16_rn(d * u * act_grad(g, act));
-    dup[i] = __float2bfloat16_rn(d * a);
+    dgate[r * ld_dgu + c] = __float2bfloat16_rn(d * u * act_grad(g, act));
+    dup[r * ld_dgu + c] = __float2bfloat16_rn(d * a);
   }
 }
+// Pitches in 16-byte vectors of 8 bf16 (F8 per row).
 __global__ void glu_backward_vec_kernel(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
-                                        size_t n8, int act) {
+                                        size_t n8, int F8, int ld8_in, int ld8_dgu, int act) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
-    uint4 gv = reinterpret_cast<const uint4*>(gate)[i], uv = reinterpret_cast<const uint4*>(up)[i];
+    size_t r = i / F8, c = i % F8;
+    uint4 gv = reinterpret_cast<const uint4*>(gate)[r * ld8_in + c];
+    uint4 uv = reinterpret_cast<const uint4*>(up)[r * ld8_in + c];
     uint4 dv = reinterpret_cast<const uint4*>(dout)[i], dgv, duv;
     const bf16* g = reinterpret_cast<const bf16*>(&gv);
     const bf16* u = reinterpret_cast<const bf16*>(&uv);
@@ -109,17 +124,21 @@ __global__ void glu_backward_vec_kernel(bf16* dgate, bf16* dup, const bf16* dout
       dg[k] = __float2bfloat16_rn(dk * uk * act_grad(gk, act));
       du[k] = __float2bfloat16_rn(dk * act_value(gk, act));
     }
-    reinterpret_cast<uint4*>(dgate)[i] = dgv;
-    reinterpret_cast<uint4*>(dup)[i] = duv;
+    reinterpret_cast<uint4*>(dgate)[r * ld8_dgu + c] = dgv;
+    reinterpret_cast<uint4*>(dup)[r * ld8_dgu + c] = duv;
   }
 }
-void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, size_t n,
-                         int act, cudaStream_t s) {
+void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int N, int F,
+                         int ld_in, int ld_dgu, int act, cudaStream_t s) {
+  const size_t n = (size_t)N * F;
   if (n == 0) return;
-  if (n % 8 == 0 && aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up))
-    glu_backward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(dgate, dup, dout, gate, up, n / 8, act);
+  if (F % 8 == 0 && ld_in % 8 == 0 && ld_dgu % 8 == 0 && aligned16(dgate) && aligned16(dup) && aligned16(dout) &&
+      aligned16(gate) && aligned16(up))
+    glu_backward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(dgate, dup, dout, gate, up, n / 8, F / 8, ld_in / 8,
+                                                             ld_dgu / 8, act);
   else
-    glu_backward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(dgate, dup, dout, gate, up, n, act);
+    glu_backward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(dgate, dup, dout, gate, up, n, F,
+                                                                                  ld_in, ld_dgu, act);
   CUDA_LAUNCH_CHECK();
 }
 

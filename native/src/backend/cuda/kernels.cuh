@@ -27,16 +27,18 @@ void launch_lora_dropout(bf16* out, const bf16* x, size_t n, float p, uint64_t s
 // rmsnorm.cu
 void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int N, int C, int ld_out, float eps,
                             bool plus_one, cudaStream_t s);
+// dx (N, C) with row pitch ld_dx (accumulated); dout, x packed (N, C).
 void launch_rmsnorm_backward(bf16* dx, const bf16* dout, const bf16* x, const bf16* w, const float* rstd, int N,
-                             int C, bool plus_one, cudaStream_t s);
+                             int C, int ld_dx, bool plus_one, cudaStream_t s);
 
-// rope.cu
-void launch_rope(bf16* x, const int32_t* pos, const float* inv_freq, int N, int H, int HD, bool backward,
+// rope.cu: x (N, H, HD) with row pitch ld (the first H heads of a wider token row), rotated in place.
+void launch_rope(bf16* x, const int32_t* pos, const float* inv_freq, int N, int H, int HD, int ld, bool backward,
                  cudaStream_t s);
 
 // glu.cu (act: 0 = silu, 1 = gelu_tanh)
-// out (N, F) with row pitch ld_out; gate, up packed (N, F).
-void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_out, int act, cudaStream_t s);
+// out (N, F) with row pitch ld_out; gate, up (N, F) with row pitch ld_in (the halves of one (N, 2F) buffer).
+void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_out, int ld_in, int act,
+                        cudaStream_t s);
 // dst[i·ld + col0 + j] = bf16(scale·src[i·cols + j]) for each job (LoRA s·B into a folded weight's columns).
 struct ColumnJob {
   bf16* dst;
@@ -45,8 +47,9 @@ struct ColumnJob {
 };
 constexpr int kMaxColumnJobs = 8;
 void launch_write_column_blocks(const ColumnJob* jobs, int n_jobs, float scale, cudaStream_t s);
-void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, size_t n,
-                         int act, cudaStream_t s);
+// dgate, dup (N, F) with row pitch ld_dgu; dout packed (N, F); gate, up with row pitch ld_in.
+void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int N, int F,
+                         int ld_in, int ld_dgu, int act, cudaStream_t s);
 
 // cross_entropy.cu (logits bf16 (n, Vc))
 void launch_ce_stats(const bf16* logits, const int32_t* targets, float* run_max, float* run_sum, float* tlogit,
@@ -66,14 +69,19 @@ void launch_adamw(float* p, const float* g, float* m, float* v, size_t n, const 
 template <typename T> void launch_sum_sq(double* out, double* partials, const T* x, size_t n, cudaStream_t s);
 constexpr int kSumSqBlocks = 264;
 
-// attention.cu — the portable flash-style kernels (O(T) memory; CUDA cores; any doc_start).
+// attention.cu — the portable flash-style kernels (O(T) memory; CUDA cores; any doc_start; any row pitch).
+// Row pitches (elements between consecutive token rows) of the token-major operands, all resolved (never 0):
+// element (b, t, h, d) of q is at ((b·Tq + t)·q + h·HD + d); k and v use kv with Tk_stride rows per batch row.
+struct AttnLd {
+  int q, kv, out, dout, dq, dkv;
+};
 void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                               const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
-                              int NKV, int HD, cudaStream_t s);
+                              int NKV, int HD, const AttnLd& ld, cudaStream_t s);
 // delta (B,NH,T) fp32 scratch.
 void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                                const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
-                               float* delta, int B, int T, int NH, int NKV, int HD, cudaStream_t s);
+                               float* delta, int B, int T, int NH, int NKV, int HD, const AttnLd& ld, cudaStream_t s);
 
 // lora_update.cu: D (M,N) = alpha·A (M,K)·op(B) + beta·D for the LoRA rank K ≤ 16, bf16, row-major, D rows of
 // N % 8 == 0 elements, 16-byte aligned (rank_update_applies says when).

@@ -70,10 +70,12 @@ void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w
   CUDA_LAUNCH_CHECK();
 }
 
-// dx += rstd·g − x·rstd³·mean(g·x), g = dout·w (or dout·(1+w)).
+// dx += rstd·g − x·rstd³·mean(g·x), g = dout·w (or dout·(1+w)). dout, x packed (N, C); dx has row pitch ld_dx
+// (the model's residual gradient keeps spare columns after each row), so only its C columns are touched.
 __global__ void rmsnorm_backward_kernel(bf16* dx, const bf16* dout, const bf16* x, const bf16* w, const float* rstd,
-                                        int C, bool plus_one) {
+                                        int C, int ld_dx, bool plus_one) {
   size_t base = (size_t)blockIdx.x * C;
+  bf16* dxr = dx + (size_t)blockIdx.x * ld_dx;
   float r = rstd[blockIdx.x];
   float dot = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -86,16 +88,17 @@ __global__ void rmsnorm_backward_kernel(bf16* dx, const bf16* dout, const bf16* 
     float wc = __bfloat162float(w[c]) + (plus_one ? 1.0f : 0.0f);
     float g = __bfloat162float(dout[base + c]) * wc;
     float d = r * g - __bfloat162float(x[base + c]) * k;
-    dx[base + c] = __float2bfloat16_rn(__bfloat162float(dx[base + c]) + d);
+    dxr[c] = __float2bfloat16_rn(__bfloat162float(dxr[c]) + d);
   }
 }
+// C % 8 == 0, ld_dx % 8 == 0 and 16-byte aligned rows: 16-byte loads, 8 values per thread per step.
 __global__ void rmsnorm_backward_vec_kernel(bf16* dx, const bf16* dout, const bf16* x, const bf16* w,
-                                            const float* rstd, int C, bool plus_one) {
+                                            const float* rstd, int C, int ld_dx, bool plus_one) {
   size_t base = (size_t)blockIdx.x * C;
   const uint4* dr = reinterpret_cast<const uint4*>(dout + base);
   const uint4* xr = reinterpret_cast<const uint4*>(x + base);
   const uint4* wv = reinterpret_cast<const uint4*>(w);
-  uint4* dxr = reinterpret_cast<uint4*>(dx + base);
+  uint4* dxr = reinterpret_cast<uint4*>(dx + (size_t)blockIdx.x * ld_dx);
   int C8 = C / 8;
   float r = rstd[blockIdx.x], add1 = plus_one ? 1.0f : 0.0f;
   float dot = 0.0f;
@@ -125,12 +128,13 @@ __global__ void rmsnorm_backward_vec_kernel(bf16* dx, const bf16* dout, const bf
   }
 }
 void launch_rmsnorm_backward(bf16* dx, const bf16* dout, const bf16* x, const bf16* w, const float* rstd, int N,
-                             int C, bool plus_one, cudaStream_t s) {
+                             int C, int ld_dx, bool plus_one, cudaStream_t s) {
   if (N == 0) return;
-  if (C % 8 == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w))
-    rmsnorm_backward_vec_kernel<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, C, plus_one);
+  // Every row start must be 16-byte aligned for the vector path: aligned base pointers and pitches of 8 elements.
+  if (C % 8 == 0 && ld_dx % 8 == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w))
+    rmsnorm_backward_vec_kernel<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, C, ld_dx, plus_one);
   else
-    rmsnorm_backward_kernel<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, C, plus_one);
+    rmsnorm_backward_kernel<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, C, ld_dx, plus_one);
   CUDA_LAUNCH_CHECK();
 }
 
