@@ -483,39 +483,6 @@ void test_pitched_ops(Backend& be) {
   }
 }
 
-// lora_backward = the two products it replaces: dxa = dy·(s·B), dB += s·dyᵀ·xa, through row pitches.
-void test_lora_backward(Backend& be) {
-  Rng rng(13);
-  const int N = 7, out = 10, r = 3, ld_dy = out + 4, ld_xa = r + 2, ld_dxa = r + 5;
-  auto DY = rng.normals(size_t(N) * ld_dy), Bv = rng.normals(size_t(out) * r), XA = rng.normals(size_t(N) * ld_xa),
-       DB0 = rng.normals(size_t(out) * r), DXA0 = rng.normals(size_t(N) * ld_dxa);
-  Tensor dy = mt::upload(be, DY), B = mt::upload(be, Bv, Role::Param), xa = mt::upload(be, XA),
-         dB = mt::upload(be, DB0, Role::Param), dxa = mt::upload(be, DXA0);
-  const float s = 0.75f;
-  be.lora_backward(dxa, ld_dxa, dB, dy, ld_dy, B, xa, ld_xa, N, out, r, s);
-  auto got_dxa = mt::download(be, dxa, DXA0.size()), got_db = mt::download(be, dB, DB0.size());
-  DY = mt::download(be, dy, DY.size());   // as stored
-  XA = mt::download(be, xa, XA.size());
-  Bv = mt::download(be, B, Bv.size());
-  double err = 0;
-  for (int n = 0; n < N; n++)
-    for (int j = 0; j < r; j++) {
-      double want = 0;
-      for (int o = 0; o < out; o++) want += DY[size_t(n) * ld_dy + o] * (double(s) * Bv[size_t(o) * r + j]);
-      err = std::max(err, std::fabs(got_dxa[size_t(n) * ld_dxa + j] - want) / (1 + std::fabs(want)));
-    }
-  for (int o = 0; o < out; o++)
-    for (int j = 0; j < r; j++) {
-      double want = 0;
-      for (int n = 0; n < N; n++) want += DY[size_t(n) * ld_dy + o] * XA[size_t(n) * ld_xa + j];
-      want = DB0[size_t(o) * r + j] + double(s) * want;
-      err = std::max(err, std::fabs(got_db[size_t(o) * r + j] - want) / (1 + std::fabs(want)));
-    }
-  const double tol = be.dtype_of(Role::Activation) == DType::F64 ? 1e-12 : 1e-5;
-  MT_CHECK(err < tol, "lora_backward: max rel err %.3g", err);
-  for (Tensor* t : {&dy, &B, &xa, &dB, &dxa}) be.free(*t);
-}
-
 void test_glu(Backend& be) {
   Rng rng(5);
   const int N = 3, F = 5;
@@ -685,8 +652,6 @@ int main() {
   test_row_pitch_and_column_blocks(*bf);
   test_pitched_ops(*be);
   test_pitched_ops(*bf);
-  test_lora_backward(*be);
-  test_lora_backward(*bf);
   test_cross_entropy(*be);
   test_dropout(*be);
   test_adamw(*bf);

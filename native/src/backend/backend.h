@@ -242,12 +242,6 @@ class Backend {
   // drop(x)[i] = x[i] / (1 − p) where counter_uniform(seed, i) ≥ p, else 0 (i = flat index in (N,in)).
   // out (N,D) writes; x (N,D). p = 0 is a plain copy (the model skips the call then).
   virtual void lora_dropout(const Tensor& out, const Tensor& x, int N, int D, float p, uint64_t seed) = 0;
-  // The backward of one LoRA up-projection, both products from ONE read of dy (they are memory-bound: dy is the
-  // big operand of each):  dxa (N,r) WRITES dy·(scale·B) with scale·B rounded to the weight dtype first (the
-  // values a folded forward multiplied by), row pitch ld_dxa;  dB (out,r) ACCUMULATES scale·dyᵀ·xa.
-  // dy (N,out) row pitch ld_dy; B (out,r) and dB Params, packed; xa (N,r) row pitch ld_xa. 0 pitches = packed.
-  virtual void lora_backward(const Tensor& dxa, int ld_dxa, const Tensor& dB, const Tensor& dy, int ld_dy,
-                             const Tensor& B, const Tensor& xa, int ld_xa, int N, int out, int r, float scale) = 0;
 
   // ---- LoRA folded into the base weight ---------------------------------------------------------------------
   // A folded projection keeps W_ext = [W | … s·B_t …] (out, in + g·r) so y = [x | xa]·W_extᵀ is ONE GEMM (the

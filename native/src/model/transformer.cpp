@@ -543,7 +543,11 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
   const int ld_dxa = fold ? ld_dy : rg;
   bool dx_written = false;
   if (rg > 0) {
-    // dxa_t = dy_t·(s·B_t) and dB_t += s·dy_tᵀ·xa_t from one read of dy_t (Backend::lora_backward)
+    // Folded: dxa_g = dy·[… s·B_t …] for the whole group in one GEMM, reading the block-diagonal s·B columns of
+    // W_ext (the values the forward used); unfolded: one GEMM per projection from the fp32 B.
+    if (fold)
+      be_.matmul_ex(dxa, dxa, dy, W.group_w[group].slice(size_t(in), W.group_w[group].n - size_t(in)), N, rg, out,
+                    false, false, 1.0f, 0.0f, ld_dy, input_ld(group), ld_dxa);
     int first = -1;
     for (int t : kGroupTargets[group]) {
       const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
@@ -554,7 +558,8 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
       const Tensor dxa_t = dxa.slice(size_t(s.col), dxa.n - size_t(s.col));
       const Tensor dy_t = dy.slice(size_t(col_of(t)), dy.n - size_t(col_of(t)));
       const Tensor Bm = params_.slice(s.off_b, size_t(s.out) * r), dB = grads_.slice(s.off_b, size_t(s.out) * r);
-      be_.lora_backward(dxa_t, ld_dxa, dB, dy_t, ld_dy, Bm, xa_t, ld_xa, N, s.out, r, lora_scale_);
+      if (!fold) be_.matmul_ex(dxa_t, dxa_t, dy_t, Bm, N, r, s.out, false, false, lora_scale_, 0.0f, ld_dy, 0, ld_dxa);
+      be_.matmul_ex(dB, dB, dy_t, xa_t, s.out, r, N, true, false, lora_scale_, 1.0f, ld_dy, ld_xa, 0);
     }
     const LoraSlot& s0 = slots_[size_t(first)];
     if (!drop) {   // the whole group at once: dA_g (g·r, in) += dxa_gᵀ·x;  dx = dxa_g·A_g (unless folded)

@@ -606,32 +606,6 @@ void test_copy_2d(Harness& h) {
   }
 }
 
-// Backend::lora_backward: dxa = dy·bf16(s·B) into the spare columns of a pitched buffer, dB += s·dyᵀ·xa. The fused
-// kernel (r = 16, N % 64 = 0, out % 256 = 0): one chunk of one step, many chunks of several steps (double
-// buffering), a gate-sized strip count; and shapes that take the two-GEMM path (r = 8; N not a multiple of 64).
-void test_lora_backward(Harness& h) {
-  struct Case { int N, out, r; const char* what; };
-  for (const Case& c : {Case{64, 256, 16, "fused, 1 block"}, Case{1024, 768, 16, "fused, 16 chunks"},
-                        Case{2048, 2816, 16, "fused, 11 strips × 2-step chunks"}, Case{200, 512, 8, "GEMMs, r=8"},
-                        Case{100, 512, 16, "GEMMs, N%64≠0"}}) {
-    const int ld_dy = c.out + 48, ld_xa = c.r + 32, ld_dxa = c.out + 48;   // dxa in dy's spare columns
-    Pair dy = h.make(pitched(c.N, ld_dy, {{0, c.out}}, false, 0.5f), Role::Activation);
-    const std::vector<float> dxa_before = pitched(c.N, ld_dxa, {{c.out, c.out + c.r}}, true);   // NaN to be written
-    Pair dxa = h.make(dxa_before, Role::Activation);
-    Pair xa = h.make(pitched(c.N, ld_xa, {{0, c.r}}, false), Role::Activation);
-    Pair B = h.make(randn((size_t)c.out * c.r, 0.2f, false), Role::Param);
-    Pair dB = h.make(randn((size_t)c.out * c.r, 0.1f, false), Role::Param);
-    const Tensor dxa_c = dxa.cpu.slice(c.out, dxa.n - c.out), dxa_g = dxa.gpu.slice(c.out, dxa.n - c.out);
-    h.cpu.lora_backward(dxa_c, ld_dxa, dB.cpu, dy.cpu, ld_dy, B.cpu, xa.cpu, ld_xa, c.N, c.out, c.r, 2.0f);
-    h.gpu.lora_backward(dxa_g, ld_dxa, dB.gpu, dy.gpu, ld_dy, B.gpu, xa.gpu, ld_xa, c.N, c.out, c.r, 2.0f);
-    const std::string tag = std::string(" (") + c.what + ")";
-    h.compare_cols(("lora_backward dxa" + tag).c_str(), dxa, c.N, ld_dxa, c.out, c.out + c.r, kBf16);
-    h.unchanged(("lora_backward dxa gaps" + tag).c_str(), dxa, dxa_before, c.N, ld_dxa, {{c.out, c.out + c.r}});
-    h.compare(("lora_backward dB (accumulated)" + tag).c_str(), dB, kBf16);
-    for (Pair* p : {&dy, &dxa, &xa, &B, &dB}) h.free(*p);
-  }
-}
-
 // V = 5003 takes the kernels' scalar path; V = 5008 in 1 or 2 chunks their 16-byte vector path.
 void test_cross_entropy(Harness& h, int Vc_chunks, int V) {
   const int n = 67, C = 64;
@@ -717,7 +691,6 @@ int main() {
   test_attention_pitched(h, false, true);
   test_attention_decode_pitched(h);
   test_copy_2d(h);
-  test_lora_backward(h);
   test_cross_entropy(h, 1, 5003);
   test_cross_entropy(h, 3, 5003);
   test_cross_entropy(h, 1, 5008);

@@ -231,8 +231,6 @@ int run_bench(int argc, char** argv) {
     else unsetenv("NXFT_CUDNN_AUTOTUNE");
     if (has(":atall")) setenv("NXFT_GEMM_AUTOTUNE", "all", 1);   // time cuBLASLt's candidates for every GEMM shape
     else unsetenv("NXFT_GEMM_AUTOTUNE");
-    if (has(":gemmlb")) setenv("NXFT_LORA_BACKWARD", "gemm", 1);   // LoRA dxa/dB as two GEMMs, not the fused pass
-    else unsetenv("NXFT_LORA_BACKWARD");
     if (std::sscanf(plans[pi].c_str(), "%dx%dx%d", &B, &T, &ck) < 2) {
       std::fprintf(stderr, "bad plan %s (want BxT[xCKPT])\n", plans[pi].c_str());
       return 2;

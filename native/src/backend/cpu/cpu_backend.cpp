@@ -637,20 +637,6 @@ class CpuBackend final : public Backend {
     });
   }
 
-  // Two matmuls: the CPU reference of the fused GPU kernel (s·B rounded to T first, as the folded weight holds it).
-  void lora_backward(const Tensor& dxa, int ld_dxa, const Tensor& dB, const Tensor& dy, int ld_dy, const Tensor& B,
-                     const Tensor& xa, int ld_xa, int N, int out, int r, float scale) override {
-    check_range(B, size_t(out) * r, 0, "lora_backward B");
-    std::vector<T> sB(size_t(out) * r);
-    const T sc = T(scale);
-    for (size_t i = 0; i < sB.size(); i++) sB[i] = sc * p(B)[i];
-    Tensor sBt;
-    sBt.ptr = sB.data();
-    sBt.dtype = B.dtype;
-    sBt.n = sB.size();
-    matmul_ex(dxa, dxa, dy, sBt, N, r, out, false, false, 1.0f, 0.0f, ld_dy, 0, ld_dxa);
-    matmul_ex(dB, dB, dy, xa, out, r, N, true, false, scale, 1.0f, ld_dy, ld_xa, 0);
-  }
   void lora_dropout(const Tensor& out, const Tensor& x, int N, int D, float prob, uint64_t seed) override {
     T* o = p(out);
     const T* xx = p(x);

@@ -152,8 +152,6 @@ class CudaBackend : public Backend {
 #endif
     const char* ru = std::getenv("NXFT_RANK_UPDATE");
     rank_update_enabled_ = ru && std::string(ru) == "1";
-    const char* lb = std::getenv("NXFT_LORA_BACKWARD");
-    fused_lora_backward_ = !(lb && std::string(lb) == "gemm");
     const char* prof = std::getenv("NXFT_CUDA_PROFILE");
     profile_ = prof && std::string(prof) == "1";
   }
@@ -538,47 +536,6 @@ class CudaBackend : public Backend {
                         static_cast<const bf16*>(up.ptr), N, F, pitch(ld_in, F, "glu in"),
                         pitch(ld_dgu, F, "glu dgate/dup"), act == Glu::SwiGLU ? 0 : 1, stream_);
   }
-  // Fused (lora_backward.cu) where the shapes allow, else two cuBLASLt GEMMs with the same rounding of s·B.
-  void lora_backward(const Tensor& dxa, int ld_dxa, const Tensor& dB, const Tensor& dy, int ld_dy, const Tensor& B,
-                     const Tensor& xa, int ld_xa, int N, int out, int r, float scale) override {
-    need(dxa, DType::BF16, "lora_backward dxa");
-    need(dy, DType::BF16, "lora_backward dy");
-    need(xa, DType::BF16, "lora_backward xa");
-    need(B, DType::F32, "lora_backward B");
-    need(dB, DType::F32, "lora_backward dB");
-    ld_dxa = pitch(ld_dxa, r, "lora_backward dxa");
-    ld_dy = pitch(ld_dy, out, "lora_backward dy");
-    ld_xa = pitch(ld_xa, r, "lora_backward xa");
-    check_range(B, size_t(out) * r, 0, "lora_backward B");
-    check_range(dB, size_t(out) * r, 0, "lora_backward dB");
-    if (fused_lora_backward_ && lora_backward_applies(N, out, r, dy.ptr, ld_dy, xa.ptr, ld_xa)) {
-      check_range(dy, N == 0 ? 0 : size_t(N - 1) * ld_dy + out, 0, "lora_backward dy");
-      check_range(xa, N == 0 ? 0 : size_t(N - 1) * ld_xa + r, 0, "lora_backward xa");
-      check_range(dxa, N == 0 ? 0 : size_t(N - 1) * ld_dxa + r, 0, "lora_backward dxa");
-      Timer tm(this, "lora_backward (fused)", 4.0 * N * out * r);
-      int strips = 0, chunks = 0, rows = 0;
-      void* part = scratch(5, lora_backward_scratch(N, out, &strips, &chunks, &rows));
-      launch_lora_backward(static_cast<bf16*>(dxa.ptr), ld_dxa, static_cast<float*>(dB.ptr),
-                           static_cast<const bf16*>(dy.ptr), ld_dy, static_cast<const float*>(B.ptr),
-                           static_cast<const bf16*>(xa.ptr), ld_xa, N, out, scale, part, stream_);
-      invalidate_bf16_cache(dB.ptr, size_t(out) * r * 4);
-      return;
-    }
-    Tensor sB;   // bf16(s·B), exactly as write_column_blocks rounds it into a folded weight
-    sB.ptr = scratch(6, size_t(out) * r * 2);
-    sB.dtype = DType::BF16;
-    sB.n = size_t(out) * r;
-    ColumnBlockWrite job;
-    job.dst = sB;
-    job.ld = r;
-    job.col0 = 0;
-    job.src = B;
-    job.rows = out;
-    job.cols = r;
-    write_column_blocks(&job, 1, scale);
-    matmul_ex(dxa, dxa, dy, sB, N, r, out, false, false, 1.0f, 0.0f, ld_dy, 0, ld_dxa);
-    matmul_ex(dB, dB, dy, xa, out, r, N, true, false, scale, 1.0f, ld_dy, ld_xa, 0);
-  }
   void lora_dropout(const Tensor& out, const Tensor& x, int N, int D, float p, uint64_t seed) override {
     Timer tm(this, "lora_dropout");
     need(out, DType::BF16, "lora_dropout out");
@@ -844,7 +801,6 @@ class CudaBackend : public Backend {
   std::map<const void*, Bf16Copy> bf16_cache_;
   std::map<int32_t*, size_t> zero_index_;  // start of an uploaded Index range → its length if all zero, else 0
   bool profile_ = false;
-  bool fused_lora_backward_ = true;   // NXFT_LORA_BACKWARD=gemm: two cuBLASLt GEMMs instead (A/B, parity)
   bool rank_update_enabled_ = false;  // NXFT_RANK_UPDATE=1: LoRA expand products through lora_update.cu
   std::vector<cudaEvent_t> event_pool_, free_events_;
   std::vector<Pending> pending_;

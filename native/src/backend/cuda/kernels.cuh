@@ -89,15 +89,6 @@ bool rank_update_applies(int M, int N, int K, bool trans_a, const void* D);
 void launch_rank_update(bf16* D, const bf16* A, const bf16* B, int M, int N, int K, bool trans_b, float alpha,
                         float beta, cudaStream_t s);
 
-// lora_backward.cu: one LoRA projection's dxa (N,16) = dy·bf16(scale·B) (writes, row pitch ld_dxa) and
-// dB (out,16) += scale·dyᵀ·xa in one pass over dy (N,out). B fp32 (out,16) packed. Applies when r = 16,
-// N % 64 = 0, out % 256 = 0 and dy/xa are 16-byte aligned with pitches % 8 = 0 (lora_backward_applies).
-bool lora_backward_applies(int N, int out, int r, const void* dy, int ld_dy, const void* xa, int ld_xa);
-// Bytes of fp32 scratch the launch needs (partial sums), and its grid.
-size_t lora_backward_scratch(int N, int out, int* strips, int* chunks, int* rows_per_chunk);
-void launch_lora_backward(bf16* dxa, int ld_dxa, float* dB, const bf16* dy, int ld_dy, const float* B, const bf16* xa,
-                          int ld_xa, int N, int out, float scale, void* scratch, cudaStream_t s);
-
 // nf4.cu: codes (rows·cols/2 bytes, element 2k high nibble), scales fp32 per 64 elements → bf16 (rows, cols).
 void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, size_t n, cudaStream_t s);
 
