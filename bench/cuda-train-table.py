@@ -44,7 +44,7 @@ for r in ours:
         best = max(rows, key=lambda x: x[1]["tokens_per_s"])
         ckp, p = best
         return (f"{p['tokens_per_s']:,.0f} ({'ckpt' if ckp else 'no ckpt'}, {p['peak_alloc_gib']:.1f})",
-                f"{r['tokens_per_s'] / p['tokens_per_s']:.2f}×")
+                f"{r['tokens_per_s'] / p['tokens_per_s']:.3f}×")
     e, ex = cell(eager)
     c, cx = cell(comp)
     print(f"| {b}×{t} | {'yes' if ck else 'no'} | {r['tokens_per_s']:,.0f} | {r['peak_reserved_gib']:.1f} / "
