@@ -66,9 +66,8 @@ class Transformer {
   Transformer(Backend& be, const ModelConfig& config, const LoraSpec* lora, const TransformerOptions& opt);
   // Shapes checked against the config; errors name the tensor. on_progress(done, total) after each tensor.
   void load_weights(const std::string& hf_dir, const std::function<void(size_t, size_t)>& on_progress = nullptr);
-  // The frozen weights by HF name, in load order (NF4 tensors appear once set). A folded projection's weight
-  // is stored with a wider row (see TransformerOptions::fold_lora).
-  // A view of a plain weight addresses its rows inside the group matrix (row pitch: TransformerOptions::fold_lora).
+  // The frozen weights by HF name, in load order (NF4 tensors appear once set). A plain weight is a view of its
+  // rows inside its group matrix, stored with a wider row when the group is folded (TransformerOptions::fold_lora).
   std::vector<std::pair<std::string, Tensor>> weight_tensors() const;
   void set_weight(size_t index, const std::vector<float>& values);   // index into weight_tensors()
   ~Transformer();
@@ -152,7 +151,7 @@ class Transformer {
   std::vector<LoraSlot> slots_;
   std::vector<std::array<int, 7>> slot_of_;   // [layer][target] → index into slots_, -1 if not adapted
   int group_width_[4] = {0, 0, 0, 0};         // g·r columns of each input group (every layer adapts the same targets)
-  bool fold_[4] = {false, false, false, false};   // input groups whose LoRA up-projection rides in the base GEMM
+  bool fold_[4] = {false, false, false, false};   // input groups whose LoRA rides in the base GEMMs (fold_lora)
   bool merged_ = false;                           // plain weights: one GEMM per input group (see LayerW)
   std::vector<Backend::ColumnBlockWrite> fold_jobs_;     // where each folded s·B goes in its W_ext
   std::vector<Backend::ColumnBlockWrite> fold_a_jobs_;   // where each folded group's A goes (W_ext's last rows)
