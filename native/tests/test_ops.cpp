@@ -399,9 +399,9 @@ void test_pitched_ops(Backend& be) {
     pitch.out = ldo;
     pitch.dout = lddo;
     pitch.dq = pitch.dkv = ldd;
-    const Tensor kw = qkv.slice(size_t(qd), qkv.n - size_t(qd)), vw = qkv.slice(size_t(qd + kvd), qkv.n - size_t(qd + kvd));
+    const Tensor kw = qkv.from(size_t(qd)), vw = qkv.from(size_t(qd + kvd));
     be.attention_forward(ow, lse2, qkv, kw, vw, dst, B, T, T, T, 0, NH, NKV, HD, pitch);
-    be.attention_backward(dw, dw.slice(size_t(qd), dw.n - size_t(qd)), dw.slice(size_t(qd + kvd), dw.n - size_t(qd + kvd)),
+    be.attention_backward(dw, dw.from(size_t(qd)), dw.from(size_t(qd + kvd)),
                           dow, qkv, kw, vw, ow, lse2, dst, B, T, NH, NKV, HD, pitch);
     auto o1 = mt::download(be, ow, O0.size()), d1 = mt::download(be, dw, D0.size());
     MT_CHECK(extract(o1, N, qd, ldo, 0) == mt::download(be, out, Q.size()) && kept(O0, o1, N, ldo, 0, qd),
@@ -453,9 +453,9 @@ void test_pitched_ops(Backend& be) {
       auto GU = embed(embed(std::vector<double>(size_t(N) * 2 * F), G, N, F, 2 * F, 0), U, N, F, 2 * F, F);
       auto D0 = stored(rng.normals(size_t(N) * ldd));
       Tensor gu = mt::upload(be, GU), hw = be.alloc(G.size(), Role::Activation), dw = mt::upload(be, D0);
-      const Tensor upw = gu.slice(size_t(F), gu.n - size_t(F));
+      const Tensor upw = gu.from(size_t(F));
       be.glu_forward(hw, gu, upw, N, F, act, 0, 2 * F);
-      be.glu_backward(dw, dw.slice(size_t(F), dw.n - size_t(F)), dout, gu, upw, N, F, act, 2 * F, ldd);
+      be.glu_backward(dw, dw.from(size_t(F)), dout, gu, upw, N, F, act, 2 * F, ldd);
       auto d1 = mt::download(be, dw, D0.size());
       MT_CHECK(mt::download(be, hw, G.size()) == mt::download(be, h, G.size()), "glu_forward over gate|up halves");
       MT_CHECK(extract(d1, N, F, ldd, 0) == mt::download(be, dg, G.size()) &&

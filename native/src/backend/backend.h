@@ -62,6 +62,8 @@ struct Tensor {
     t.n = count;
     return t;
   }
+  // Elements [offset, n): a column block of a row-pitched matrix starts here (k inside the q|k|v rows).
+  Tensor from(size_t offset) const { return slice(offset, n - offset); }
 };
 
 enum class Role {

@@ -112,7 +112,6 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
   }
   for (LayerW& L : layers_) {
     if (merged_) {
-      Tensor* views[7] = {&L.wq, &L.wk, &L.wv, &L.wo, &L.wg, &L.wu, &L.wd};
       for (int g = 0; g < 4; g++) {
         const size_t ld = size_t(input_ld(g)), rows = size_t(out_width(g) + (fold_[g] ? group_width_[g] : 0));
         L.group_w[g] = be_.alloc(rows * ld, Role::Weight);
@@ -120,7 +119,7 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
       }
       for (int t = 0; t < 7; t++) {
         const size_t ld = size_t(input_ld(kGroupOf[t]));
-        *views[t] = L.group_w[kGroupOf[t]].slice(size_t(col_of(t)) * ld, size_t(out_of(t)) * ld);
+        L.proj(t) = L.group_w[kGroupOf[t]].slice(size_t(col_of(t)) * ld, size_t(out_of(t)) * ld);
       }
     }
     if (c.attention_bias) {
@@ -182,10 +181,8 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
     for (const LoraSlot& s : slots_) {
       const int g = kGroupOf[s.target];
       if (!fold_[g]) continue;
-      const LayerW& W = layers_[size_t(s.layer)];
-      const Tensor* w[7] = {&W.wq, &W.wk, &W.wv, &W.wo, &W.wg, &W.wu, &W.wd};
       Backend::ColumnBlockWrite job;
-      job.dst = *w[s.target];
+      job.dst = layers_[size_t(s.layer)].proj(s.target);
       job.ld = s.in + group_width_[g];
       job.col0 = s.in + s.col;
       job.src = params_.slice(s.off_b, size_t(s.out) * r);
@@ -198,14 +195,11 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
       for (int g = 0; g < 4; g++) {
         if (!fold_[g]) continue;
         const int rg = group_width_[g], in = input_width(g), ld = input_ld(g);
-        int first = -1;
-        for (int t : kGroupTargets[g])
-          if (t >= 0 && first < 0) first = slot_of_[size_t(l)][size_t(t)];
         Backend::ColumnBlockWrite job;
         job.dst = layers_[size_t(l)].group_w[g].slice(size_t(out_width(g)) * ld, size_t(rg) * ld);
         job.ld = ld;
         job.col0 = 0;
-        job.src = params_.slice(slots_[size_t(first)].off_a, size_t(rg) * in);
+        job.src = params_.slice(slots_[size_t(first_slot(l, g))].off_a, size_t(rg) * in);
         job.rows = rg;
         job.cols = in;
         fold_a_jobs_.push_back(job);
@@ -382,8 +376,7 @@ void Transformer::ensure_buffers(int N, bool training) {
   const int in_max = std::max(std::max(C, F), qd);
   scratch_in_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   if (train_bufs) {
-    ld_dres_ = group_dy_ld(kGroupO);
-    dres_ = be_.alloc(size_t(cap) * ld_dres_, Role::Activation);
+    dres_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupO), Role::Activation);
     dxn_ = be_.alloc(size_t(cap) * C, Role::Activation);
     dqkv_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupQKV), Role::Activation);
     datt_ = be_.alloc(size_t(cap) * qd, Role::Activation);
@@ -471,6 +464,12 @@ int Transformer::group_dy_ld(int group) const {
   return out_width(group) + (fold_[group] ? group_width_[group] : 0);
 }
 
+int Transformer::first_slot(int layer, int group) const {
+  for (int t : kGroupTargets[group])
+    if (t >= 0 && slot_of_[size_t(layer)][size_t(t)] >= 0) return slot_of_[size_t(layer)][size_t(t)];
+  return -1;
+}
+
 Tensor Transformer::xa_of(const LayerActs& a, int group, int* ld) const {
   if (!fold_[group]) {
     *ld = group_width_[group];
@@ -478,7 +477,7 @@ Tensor Transformer::xa_of(const LayerActs& a, int group, int* ld) const {
   }
   const Tensor& in = group == kGroupQKV ? a.xn1 : group == kGroupO ? a.att : group == kGroupGateUp ? a.xn2 : a.h;
   *ld = input_ld(group);
-  return in.slice(size_t(input_width(group)), in.n - size_t(input_width(group)));
+  return in.from(size_t(input_width(group)));
 }
 
 void Transformer::group_forward(int layer, int group, const Tensor& x, int N, const Tensor& y, int ld_y,
@@ -489,10 +488,7 @@ void Transformer::group_forward(int layer, int group, const Tensor& x, int N, co
   const LayerW& W = layers_[size_t(layer)];
   const float beta_in = c_in ? 1.0f : 0.0f;
   if (rg > 0 && !drop) {   // xa (N, g·r) = x · [A_t1; A_t2; …]ᵀ, A of the group's first adapted projection onward
-    int first = -1;
-    for (int t : kGroupTargets[group])
-      if (t >= 0 && first < 0) first = slot_of_[size_t(layer)][size_t(t)];
-    const LoraSlot& s0 = slots_[size_t(first)];
+    const LoraSlot& s0 = slots_[size_t(first_slot(layer, group))];
     be_.matmul_ex(xa, xa, x, params_.slice(s0.off_a, size_t(rg) * in), N, rg, in, false, true, 1.0f, 0.0f, ld_x, 0,
                   ld_xa);
   }
@@ -501,11 +497,10 @@ void Transformer::group_forward(int layer, int group, const Tensor& x, int N, co
     be_.matmul_ex(y, c_in ? *c_in : y, x, W.group_w[group], N, out_width(group), K, false, true, 1.0f, beta_in, ld_x,
                   input_ld(group), ld_y);
   } else {         // NF4: one dequantizing GEMM per projection into its column block
-    const Tensor* w[7] = {&W.wq, &W.wk, &W.wv, &W.wo, &W.wg, &W.wu, &W.wd};
     for (int t : kGroupTargets[group]) {
       if (t < 0) continue;
-      const Tensor y_t = y.slice(size_t(col_of(t)), y.n - size_t(col_of(t)));
-      be_.matmul_ex(y_t, c_in ? *c_in : y_t, x, *w[t], N, out_of(t), in, false, true, 1.0f, beta_in, ld_x, 0, ld_y);
+      const Tensor y_t = y.from(size_t(col_of(t)));
+      be_.matmul_ex(y_t, c_in ? *c_in : y_t, x, W.proj(t), N, out_of(t), in, false, true, 1.0f, beta_in, ld_x, 0, ld_y);
     }
   }
   if (rg > 0 && !fold_[group]) {   // unfolded LoRA: y_t += scale·xa_t·B_tᵀ
@@ -513,13 +508,13 @@ void Transformer::group_forward(int layer, int group, const Tensor& x, int N, co
       const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
       if (si < 0) continue;
       const LoraSlot& s = slots_[size_t(si)];
-      const Tensor xa_t = xa.slice(size_t(s.col), xa.n - size_t(s.col));   // column block, row pitch ld_xa
+      const Tensor xa_t = xa.from(size_t(s.col));   // column block, row pitch ld_xa
       if (drop) {
         be_.lora_dropout(scratch_in_, x, N, in, p, lora_seed(seed, layer, t));
         be_.matmul_ex(xa_t, xa_t, scratch_in_, params_.slice(s.off_a, size_t(r) * in), N, r, in, false, true, 1.0f,
                       0.0f, 0, 0, ld_xa);
       }
-      const Tensor y_t = y.slice(size_t(col_of(t)), y.n - size_t(col_of(t)));
+      const Tensor y_t = y.from(size_t(col_of(t)));
       be_.matmul_ex(y_t, y_t, xa_t, params_.slice(s.off_b, size_t(s.out) * r), N, s.out, r, false, true, lora_scale_,
                     1.0f, ld_xa, 0, ld_y);
     }
@@ -539,29 +534,27 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
   const bool drop = p > 0 && seed != 0;
   const LayerW& W = layers_[size_t(layer)];
   const bool fold = fold_[group];
-  const Tensor dxa = fold ? dy.slice(size_t(out), dy.n - size_t(out)) : dxa_;   // (N, g·r)
+  const Tensor dxa = fold ? dy.from(size_t(out)) : dxa_;   // (N, g·r)
   const int ld_dxa = fold ? ld_dy : rg;
   bool dx_written = false;
   if (rg > 0) {
     // Folded: dxa_g = dy·[… s·B_t …] for the whole group in one GEMM, reading the block-diagonal s·B columns of
     // W_ext (the values the forward used); unfolded: one GEMM per projection from the fp32 B.
     if (fold)
-      be_.matmul_ex(dxa, dxa, dy, W.group_w[group].slice(size_t(in), W.group_w[group].n - size_t(in)), N, rg, out,
+      be_.matmul_ex(dxa, dxa, dy, W.group_w[group].from(size_t(in)), N, rg, out,
                     false, false, 1.0f, 0.0f, ld_dy, input_ld(group), ld_dxa);
-    int first = -1;
     for (int t : kGroupTargets[group]) {
       const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
       if (si < 0) continue;
-      if (first < 0) first = si;
       const LoraSlot& s = slots_[size_t(si)];
-      const Tensor xa_t = xa.slice(size_t(s.col), xa.n - size_t(s.col));
-      const Tensor dxa_t = dxa.slice(size_t(s.col), dxa.n - size_t(s.col));
-      const Tensor dy_t = dy.slice(size_t(col_of(t)), dy.n - size_t(col_of(t)));
+      const Tensor xa_t = xa.from(size_t(s.col));
+      const Tensor dxa_t = dxa.from(size_t(s.col));
+      const Tensor dy_t = dy.from(size_t(col_of(t)));
       const Tensor Bm = params_.slice(s.off_b, size_t(s.out) * r), dB = grads_.slice(s.off_b, size_t(s.out) * r);
       if (!fold) be_.matmul_ex(dxa_t, dxa_t, dy_t, Bm, N, r, s.out, false, false, lora_scale_, 0.0f, ld_dy, 0, ld_dxa);
       be_.matmul_ex(dB, dB, dy_t, xa_t, s.out, r, N, true, false, lora_scale_, 1.0f, ld_dy, ld_xa, 0);
     }
-    const LoraSlot& s0 = slots_[size_t(first)];
+    const LoraSlot& s0 = slots_[size_t(first_slot(layer, group))];
     if (!drop) {   // the whole group at once: dA_g (g·r, in) += dxa_gᵀ·x;  dx = dxa_g·A_g (unless folded)
       Tensor dA = grads_.slice(s0.off_a, size_t(rg) * in);
       be_.matmul_ex(dA, dA, dxa, x, rg, in, N, true, false, 1.0f, 1.0f, ld_dxa, ld_x, 0);
@@ -576,7 +569,7 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
         if (si < 0) continue;
         const LoraSlot& s = slots_[size_t(si)];
         const uint64_t ls = lora_seed(seed, layer, t);
-        const Tensor dxa_t = dxa.slice(size_t(s.col), dxa.n - size_t(s.col));
+        const Tensor dxa_t = dxa.from(size_t(s.col));
         Tensor dA = grads_.slice(s.off_a, size_t(r) * in);
         be_.lora_dropout(scratch_in_, x, N, in, p, ls);
         be_.matmul_ex(dA, dA, dxa_t, scratch_in_, r, in, N, true, false, 1.0f, 1.0f, ld_dxa, 0, 0);
@@ -594,16 +587,15 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
     }
   }
   if (!need_dx) return;
-  const float beta = dx_written ? 1.0f : 0.0f;
   if (merged_) {   // dx (+)= [dy | dxa]·W_ext[:, :in] (folded: K = out + g·r) or dy·W_g: one GEMM
     const int K = fold ? out + rg : out;
-    be_.matmul_ex(dx, dx, dy, W.group_w[group], N, in, K, false, false, 1.0f, beta, ld_dy, input_ld(group), 0);
+    be_.matmul_ex(dx, dx, dy, W.group_w[group], N, in, K, false, false, 1.0f, dx_written ? 1.0f : 0.0f, ld_dy,
+                  input_ld(group), 0);
   } else {
-    const Tensor* w[7] = {&W.wq, &W.wk, &W.wv, &W.wo, &W.wg, &W.wu, &W.wd};
     for (int t : kGroupTargets[group]) {
       if (t < 0) continue;
-      const Tensor dy_t = dy.slice(size_t(col_of(t)), dy.n - size_t(col_of(t)));
-      be_.matmul_ex(dx, dx, dy_t, *w[t], N, in, out_of(t), false, false, 1.0f, dx_written ? 1.0f : 0.0f, ld_dy, 0, 0);
+      const Tensor dy_t = dy.from(size_t(col_of(t)));
+      be_.matmul_ex(dx, dx, dy_t, W.proj(t), N, in, out_of(t), false, false, 1.0f, dx_written ? 1.0f : 0.0f, ld_dy, 0, 0);
       dx_written = true;
     }
   }
@@ -625,7 +617,7 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
   group_forward(l, kGroupQKV, a.xn1, N, a.qkv, P, nullptr, xa, ld_xa, seed);
   // q and k are the first NH + NKV heads of every qkv row: one rotation for both
   be_.rope_forward(a.qkv, positions, inv_freq_, N, NH + NKV, HD, P);
-  const Tensor k = a.qkv.slice(size_t(qd), a.qkv.n - size_t(qd)), v = a.qkv.slice(size_t(qd + kvd), a.qkv.n - size_t(qd + kvd));
+  const Tensor k = a.qkv.from(size_t(qd)), v = a.qkv.from(size_t(qd + kvd));
   Backend::AttnPitch pitch;
   pitch.q = P;
   pitch.out = input_ld(kGroupO);
@@ -646,7 +638,7 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
   be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, eps, p1, input_ld(kGroupGateUp));
   group_forward(l, kGroupGateUp, a.xn2, N, a.gu, 2 * F, nullptr, xa, ld_xa, seed);
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
-  be_.glu_forward(a.h, a.gu, a.gu.slice(size_t(F), a.gu.n - size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
+  be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
   xa = xa_of(a, kGroupDown, &ld_xa);
   group_forward(l, kGroupDown, a.h, N, x_next, C, &a.res_mid, xa, ld_xa, seed);
 }
@@ -661,27 +653,28 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   const bool p1 = c.norm_plus_one;
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
   // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd (+ LoRA)
+  const int ld_dres = group_dy_ld(kGroupO);
   int ld_xa = 0;
   Tensor xa = xa_of(a, kGroupDown, &ld_xa);
-  group_backward(l, kGroupDown, dh_, a.h, N, dres_, ld_dres_, xa, ld_xa, seed, true);
+  group_backward(l, kGroupDown, dh_, a.h, N, dres_, ld_dres, xa, ld_xa, seed, true);
   const int ld_dgu = group_dy_ld(kGroupGateUp);
-  be_.glu_backward(dgu_, dgu_.slice(size_t(F), dgu_.n - size_t(F)), dh_, a.gu, a.gu.slice(size_t(F), a.gu.n - size_t(F)),
+  be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)),
                    N, F, act, 2 * F, ld_dgu);
   xa = xa_of(a, kGroupGateUp, &ld_xa);
   group_backward(l, kGroupGateUp, dxn_, a.xn2, N, dgu_, ld_dgu, xa, ld_xa, seed, true);
-  be_.rmsnorm_backward(dres_, dxn_, a.res_mid, W.mlp_norm, a.rstd2, N, C, p1, ld_dres_);
+  be_.rmsnorm_backward(dres_, dxn_, a.res_mid, W.mlp_norm, a.rstd2, N, C, p1, ld_dres);
   // res_mid = x + att·Woᵀ
   xa = xa_of(a, kGroupO, &ld_xa);
-  group_backward(l, kGroupO, datt_, a.att, N, dres_, ld_dres_, xa, ld_xa, seed, true);
+  group_backward(l, kGroupO, datt_, a.att, N, dres_, ld_dres, xa, ld_xa, seed, true);
   // dq | dk | dv land side by side in dqkv_, so q/k/v's input gradient is one GEMM
   const int ld_dqkv = group_dy_ld(kGroupQKV);
   Backend::AttnPitch pitch;
   pitch.q = pitch.kv = P;
   pitch.out = input_ld(kGroupO);
   pitch.dq = pitch.dkv = ld_dqkv;
-  const Tensor k = a.qkv.slice(size_t(qd), a.qkv.n - size_t(qd)), v = a.qkv.slice(size_t(qd + kvd), a.qkv.n - size_t(qd + kvd));
-  be_.attention_backward(dqkv_, dqkv_.slice(size_t(qd), dqkv_.n - size_t(qd)),
-                         dqkv_.slice(size_t(qd + kvd), dqkv_.n - size_t(qd + kvd)), datt_, a.qkv, k, v, a.att, a.lse,
+  const Tensor k = a.qkv.from(size_t(qd)), v = a.qkv.from(size_t(qd + kvd));
+  be_.attention_backward(dqkv_, dqkv_.from(size_t(qd)),
+                         dqkv_.from(size_t(qd + kvd)), datt_, a.qkv, k, v, a.att, a.lse,
                          doc_start_, B, T, NH, NKV, HD, pitch);
   be_.rope_backward(dqkv_, positions_, inv_freq_, N, NH + NKV, HD, ld_dqkv);
   // Layer 0's input is the frozen embedding: its gradient is never used, so q/k/v's dX GEMM and the norm's
@@ -689,7 +682,7 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   const bool need_dx = l > 0;
   xa = xa_of(a, kGroupQKV, &ld_xa);
   group_backward(l, kGroupQKV, dxn_, a.xn1, N, dqkv_, ld_dqkv, xa, ld_xa, seed, need_dx);
-  if (need_dx) be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1, ld_dres_);
+  if (need_dx) be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1, ld_dres);
 }
 
 // ---- head: chunked cross-entropy ------------------------------------------------------------------------------
@@ -751,8 +744,9 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
   const double loss = head_loss(N, backward, grad_scale);
   if (!backward) return loss;
   // dxn_ holds d(final norm output); dres_ becomes d(x_L).
-  be_.fill(dres_, 0.0f, size_t(N) * ld_dres_);
-  be_.rmsnorm_backward(dres_, dxn_, res_[size_t(L)], final_norm_, rstdf_, N, C, c.norm_plus_one, ld_dres_);
+  const int ld_dres = group_dy_ld(kGroupO);
+  be_.fill(dres_, 0.0f, size_t(N) * ld_dres);
+  be_.rmsnorm_backward(dres_, dxn_, res_[size_t(L)], final_norm_, rstdf_, N, C, c.norm_plus_one, ld_dres);
   for (int l = L - 1; l >= 0; l--) {
     LayerActs& a = per_layer ? acts_[size_t(l)] : acts_[0];
     if (!per_layer) {   // gradient checkpointing: recompute this layer's activations from its saved input

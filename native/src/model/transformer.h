@@ -110,6 +110,11 @@ class Transformer {
     // folded); wq … wd are row-block views into it. NF4 weights are separate tensors and group_w stays empty.
     Tensor group_w[4];
     Tensor bqkv;         // qwen2's q|k|v biases side by side; bq, bk, bv are views
+    Tensor& proj(int target) {   // the weight of LoRA target index (q_proj 0 … down_proj 6)
+      Tensor* w[7] = {&wq, &wk, &wv, &wo, &wg, &wu, &wd};
+      return *w[target];
+    }
+    const Tensor& proj(int target) const { return const_cast<LayerW*>(this)->proj(target); }
   };
   struct WeightSlot {  // one frozen tensor: HF name, where it lives, shape (rows 1 = vector), NF4 or not
     std::string name;
@@ -164,10 +169,9 @@ class Transformer {
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
-  // dres_: d(residual stream) with spare columns for o/down's dxa when folded (row pitch ld_dres_);
+  // dres_: d(residual stream) with spare columns for o/down's dxa when folded (row pitch group_dy_ld(kGroupO));
   // dqkv_: dq | dk | dv (+ dxa of q|k|v); dgu_: dgate | dup (+ dxa of gate|up); row pitches group_dy_ld().
   Tensor dres_, dxn_, dqkv_, datt_, dh_, dgu_, dxa_, scratch_in_, scratch_dx_;
-  int ld_dres_ = 0;
   Tensor logits_, ce_max_, ce_sum_, ce_tl_, ce_loss_, ce_lse_;
   int ce_rows_ = 0, ce_vc_ = 0;
 
@@ -191,6 +195,7 @@ class Transformer {
   // Row pitch of a group's output gradient as the model stores it: out_width, plus g·r spare columns for dxa
   // when folded (the residual gradient dres_ serves o and down: its pitch covers both).
   int group_dy_ld(int group) const;
+  int first_slot(int layer, int group) const;   // the group's first adapted projection (its A starts the group's A)
   Tensor xa_of(const LayerActs& a, int group, int* ld) const;
   void refresh_folded_lora();   // write s·B and A of every folded group into its W_ext (after params change)
   // y (N, out_width) with row pitch ld_y WRITES c_in + x·W_gᵀ + LoRA (+ the q|k|v bias); c_in may be null.

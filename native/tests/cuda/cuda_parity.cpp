@@ -510,7 +510,7 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   Pair doc = h.make_i(ds);
   Pair qkv = h.make(pitched(N, p.q, {{0, W}}, false), Role::Activation);
   auto q_of = [](const Tensor& t) { return t; };
-  auto k_of = [&](const Tensor& t) { return t.slice(qd, t.n - qd); };
+  auto k_of = [&](const Tensor& t) { return t.from(qd); };
   auto v_of = [&](const Tensor& t) { return t.slice(qd + kvd, t.n - qd - kvd); };
   const std::vector<float> o_before = pitched(N, p.out, {{0, qd}}, true);
   Pair o = h.make(o_before, Role::Activation), lse = h.make_out((size_t)B * NH * T, Role::Stat);
@@ -562,7 +562,7 @@ void test_attention_decode_pitched(Harness& h) {
     const Tensor& src = side == 0 ? qkv.cpu : qkv.gpu;
     const Tensor& kt = side == 0 ? kc.cpu : kc.gpu;
     const Tensor& vt = side == 0 ? vc.cpu : vc.gpu;
-    be.copy_2d(kt.slice((size_t)past * kvd, (size_t)Tq * kvd), kvd, src.slice(qd, src.n - qd), W, Tq, kvd);
+    be.copy_2d(kt.slice((size_t)past * kvd, (size_t)Tq * kvd), kvd, src.from(qd), W, Tq, kvd);
     be.copy_2d(vt.slice((size_t)past * kvd, (size_t)Tq * kvd), kvd, src.slice(qd + kvd, src.n - qd - kvd), W, Tq, kvd);
   }
   h.compare("copy_2d new k rows of q|k|v into the KV cache", kc, 0.0);

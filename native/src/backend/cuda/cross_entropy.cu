@@ -9,7 +9,7 @@ namespace cuda {
 // 16-byte loads (8 bf16) when the chunk rows allow it: these kernels stream (rows × Vc) logits, ~0.5 GB per block
 // of 2048 Llama-3 rows, so they run at HBM bandwidth only with vector accesses.
 __device__ __forceinline__ bool rows_vectorizable(const void* p, int Vc) {
-  return Vc % 8 == 0 && (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+  return Vc % 8 == 0 && is_aligned(p, 16);
 }
 
 // One pass per row: every thread keeps an online (max, Σexp) over its elements, then the block combines them.

@@ -40,7 +40,7 @@ std::vector<int64_t> bthd_strides(int T, int HD, int ld) {
 
 // cuDNN's SDPA kernels load 16-byte vectors: every head row must start 16-byte aligned, i.e. an aligned base
 // pointer, a row pitch of a multiple of 8 bf16 and (checked by the callers) HD % 8 == 0 for the head offsets.
-bool vec_ok(const void* p, int ld) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0 && ld % 8 == 0; }
+bool vec_ok(const void* p, int ld) { return is_aligned(p, 16) && ld % 8 == 0; }
 
 class CudnnAttentionImpl : public CudnnAttention {
  public:

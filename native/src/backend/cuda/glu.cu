@@ -50,7 +50,6 @@ __global__ void glu_forward_vec_kernel(bf16* out, const bf16* gate, const bf16* 
     reinterpret_cast<uint4*>(out)[r * ld8_out + c] = ov;
   }
 }
-static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 static unsigned grid_for(size_t n) { return std::min<size_t>(ceil_div(n, 256), 132 * 32); }
 
 void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_out, int ld_in, int act,
@@ -58,7 +57,7 @@ void launch_glu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int 
   const size_t n = (size_t)N * F;
   if (n == 0) return;
   // The vector path needs every row start 16-byte aligned: aligned base pointers and pitches of 8 elements.
-  if (F % 8 == 0 && ld_out % 8 == 0 && ld_in % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up))
+  if (F % 8 == 0 && ld_out % 8 == 0 && ld_in % 8 == 0 && is_aligned(out, 16) && is_aligned(gate, 16) && is_aligned(up, 16))
     glu_forward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(out, gate, up, n / 8, F / 8, ld_out / 8, ld_in / 8, act);
   else
     glu_forward_kernel<<<std::min<size_t>(ceil_div(n, 256), 65535), 256, 0, s>>>(out, gate, up, n, F, ld_out, ld_in,
@@ -132,8 +131,8 @@ void launch_glu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* g
                          int ld_in, int ld_dgu, int act, cudaStream_t s) {
   const size_t n = (size_t)N * F;
   if (n == 0) return;
-  if (F % 8 == 0 && ld_in % 8 == 0 && ld_dgu % 8 == 0 && aligned16(dgate) && aligned16(dup) && aligned16(dout) &&
-      aligned16(gate) && aligned16(up))
+  if (F % 8 == 0 && ld_in % 8 == 0 && ld_dgu % 8 == 0 && is_aligned(dgate, 16) && is_aligned(dup, 16) && is_aligned(dout, 16) &&
+      is_aligned(gate, 16) && is_aligned(up, 16))
     glu_backward_vec_kernel<<<grid_for(n / 8), 256, 0, s>>>(dgate, dup, dout, gate, up, n / 8, F / 8, ld_in / 8,
                                                              ld_dgu / 8, act);
   else

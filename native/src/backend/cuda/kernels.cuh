@@ -5,11 +5,16 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include "backend/backend.h"
 
 namespace nxft {
 namespace cuda {
 
 using bf16 = __nv_bfloat16;
+
+// p is a multiple of `bytes`: the vector paths load 8 or 16 bytes at a time, so every row start must be aligned
+// (an aligned base pointer and a row pitch that keeps it so).
+NXFT_HD inline bool is_aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // elementwise.cu
 void launch_embedding(bf16* out, const int32_t* ids, const bf16* table, int N, int C, float scale, cudaStream_t s);
@@ -72,9 +77,7 @@ constexpr int kSumSqBlocks = 264;
 // attention.cu — the portable flash-style kernels (O(T) memory; CUDA cores; any doc_start; any row pitch).
 // Row pitches (elements between consecutive token rows) of the token-major operands, all resolved (never 0):
 // element (b, t, h, d) of q is at ((b·Tq + t)·q + h·HD + d); k and v use kv with Tk_stride rows per batch row.
-struct AttnLd {
-  int q, kv, out, dout, dq, dkv;
-};
+using AttnLd = Backend::AttnPitch;
 void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                               const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
                               int NKV, int HD, const AttnLd& ld, cudaStream_t s);

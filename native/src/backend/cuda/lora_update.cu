@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(128) rank_update_kernel(bf16* D, const bf16* A
 
 bool rank_update_applies(int M, int N, int K, bool trans_a, const void* D) {
   return !trans_a && K >= 1 && K <= kRankMax && N % 8 == 0 && N >= 256 && M >= 64 &&
-         (reinterpret_cast<uintptr_t>(D) & 15) == 0;
+         is_aligned(D, 16);
 }
 
 void launch_rank_update(bf16* D, const bf16* A, const bf16* B, int M, int N, int K, bool trans_b, float alpha,

@@ -58,12 +58,11 @@ __global__ void rmsnorm_forward_vec_kernel(bf16* out, float* rstd, const bf16* x
     o[c] = ov;
   }
 }
-static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 void launch_rmsnorm_forward(bf16* out, float* rstd, const bf16* x, const bf16* w, int N, int C, int ld_out,
                             float eps, bool plus_one, cudaStream_t s) {
   if (N == 0) return;
-  if (C % 8 == 0 && ld_out % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(w))
+  if (C % 8 == 0 && ld_out % 8 == 0 && is_aligned(out, 16) && is_aligned(x, 16) && is_aligned(w, 16))
     rmsnorm_forward_vec_kernel<<<N, 256, 0, s>>>(out, rstd, x, w, C, ld_out, eps, plus_one);
   else
     rmsnorm_forward_kernel<<<N, 256, 0, s>>>(out, rstd, x, w, C, ld_out, eps, plus_one);
@@ -131,7 +130,7 @@ void launch_rmsnorm_backward(bf16* dx, const bf16* dout, const bf16* x, const bf
                              int C, int ld_dx, bool plus_one, cudaStream_t s) {
   if (N == 0) return;
   // Every row start must be 16-byte aligned for the vector path: aligned base pointers and pitches of 8 elements.
-  if (C % 8 == 0 && ld_dx % 8 == 0 && aligned16(dx) && aligned16(dout) && aligned16(x) && aligned16(w))
+  if (C % 8 == 0 && ld_dx % 8 == 0 && is_aligned(dx, 16) && is_aligned(dout, 16) && is_aligned(x, 16) && is_aligned(w, 16))
     rmsnorm_backward_vec_kernel<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, C, ld_dx, plus_one);
   else
     rmsnorm_backward_kernel<<<N, 256, 0, s>>>(dx, dout, x, w, rstd, C, ld_dx, plus_one);

@@ -68,7 +68,7 @@ void launch_rope(bf16* x, const int32_t* pos, const float* inv_freq, int N, int 
                  cudaStream_t s) {
   size_t total = (size_t)N * (HD / 2);
   if (total == 0) return;
-  if (HD % 8 == 0 && ld % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 7) == 0) {
+  if (HD % 8 == 0 && ld % 4 == 0 && is_aligned(x, 8)) {
     rope_token_kernel<<<N, 128, HD * sizeof(float), s>>>(x, pos, inv_freq, H, HD, ld, backward);
     CUDA_LAUNCH_CHECK();
     return;
