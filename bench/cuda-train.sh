@@ -38,9 +38,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 GPU=$(head -1 "$OUT/gpu.txt" | cut -d, -f1)
 
 if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then
-  # cuDNN: the pip wheel that PyTorch uses (nvidia-cudnn-cu13) has headers and libs.
-  CUDNN_DIR=$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__ or list(nvidia.cudnn.__path__)[0]))' 2>/dev/null \
-    || python3 -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null || true)
+  # cuDNN: the pip wheel that PyTorch uses (nvidia-cudnn-cu13) has headers and libs: the folder above the
+  # lib/ that holds libcudnn.so.9 (without it, CMake finds a system cuDNN if there is one).
+  CUDNN_DIR=$(python3 -c 'import glob, os, nvidia
+libs = sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "**", "lib", "libcudnn.so.9"), recursive=True))
+print(os.path.dirname(os.path.dirname(libs[0])) if libs else "")' 2>/dev/null || true)
   if [ -n "$CUDNN_DIR" ] && [ ! -e "$CUDNN_DIR/lib/libcudnn.so" ] && [ -e "$CUDNN_DIR/lib/libcudnn.so.9" ]; then
     mkdir -p /tmp/cudnn/lib && ln -sf "$CUDNN_DIR"/lib/* /tmp/cudnn/lib/ && ln -sf libcudnn.so.9 /tmp/cudnn/lib/libcudnn.so
     ln -sfn "$CUDNN_DIR/include" /tmp/cudnn/include && CUDNN_DIR=/tmp/cudnn

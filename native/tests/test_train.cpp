@@ -193,15 +193,26 @@ void test_grad_accum(const std::string& model) {
     MT_CHECK(std::fabs(la[i] - lb[i]) <= 1e-5 * std::fabs(la[i]), "step %zu: B4×GA1 loss %.9g vs B2×GA2 %.9g", i + 1, la[i], lb[i]);
 }
 
-// gradient checkpointing recomputes layers in backward: identical losses and adapter bytes; epochs → steps.
+// gradient checkpointing recomputes layers in backward, "offload" keeps the saved inputs in host memory:
+// identical losses and adapter bytes; a bad value names the field; epochs → steps.
 void test_checkpointing_and_epochs(const std::string& model) {
-  Json a = train_job(model, g_tmp + "/gc0"), b = train_job(model, g_tmp + "/gc1");
-  for (Json* j : {&a, &b}) train_of(*j).set("save_every", Json::number(0)).set("eval_every", Json::number(0));
+  Json a = train_job(model, g_tmp + "/gc0"), b = train_job(model, g_tmp + "/gc1"), c = train_job(model, g_tmp + "/gc2");
+  for (Json* j : {&a, &b, &c}) train_of(*j).set("save_every", Json::number(0)).set("eval_every", Json::number(0));
   train_of(b).set("gradient_checkpointing", Json::boolean(true));
-  auto la = run_train(a), lb = run_train(b);
+  train_of(c).set("gradient_checkpointing", Json::string("offload"));
+  auto la = run_train(a), lb = run_train(b), lc = run_train(c);
   MT_CHECK(la.size() == 6 && la == lb, "gradient checkpointing changed the losses");
+  MT_CHECK(lc == la, "offloaded gradient checkpointing changed the losses");
   MT_CHECK(file_bytes(g_tmp + "/gc0/adapter_model.safetensors") == file_bytes(g_tmp + "/gc1/adapter_model.safetensors"),
            "gradient checkpointing changed the adapter");
+  MT_CHECK(file_bytes(g_tmp + "/gc0/adapter_model.safetensors") == file_bytes(g_tmp + "/gc2/adapter_model.safetensors"),
+           "offloaded gradient checkpointing changed the adapter");
+  Json bad = train_job(model, g_tmp + "/gc3");
+  train_of(bad).set("gradient_checkpointing", Json::string("host"));
+  std::string err;
+  MT_CHECK(run_train(bad, &err).empty(), "gradient_checkpointing \"host\" should be refused");
+  MT_CHECK(err.find("gradient_checkpointing") != std::string::npos && err.find("offload") != std::string::npos,
+           "a bad gradient_checkpointing value should name the field and the choices: %s", err.c_str());
   Json e = train_job(model, g_tmp + "/epochs");
   train_of(e).set("steps", Json()).set("epochs", Json::number(1.5)).set("save_every", Json::number(0));
   auto le = run_train(e);   // 12 rows, 2×2 rows per step: ceil(1.5·12/4) = 5 steps

@@ -109,6 +109,15 @@ test("base: the variant the user meant is the one reported", () => {
   assert.equal(issuesOf({ ...good, quantize_base: "nf8" })[0].field, "quantize_base");
 });
 
+test("gradient_checkpointing is false, true or \"offload\"", () => {
+  assert.equal(parseRecipe(text(good), "r.json").train.gradient_checkpointing, false);
+  for (const v of [true, false, "offload"] as const)
+    assert.equal(parseRecipe(text({ ...good, train: { steps: 10, gradient_checkpointing: v } }), "r.json").train.gradient_checkpointing, v);
+  const [issue] = issuesOf({ ...good, train: { steps: 10, gradient_checkpointing: "host" } });
+  assert.equal(issue.field, "train.gradient_checkpointing");
+  assert.match(issue.message, /must be one of false, true, "offload" \(got "host"\)/);
+});
+
 test("invalid JSON reports the position of the syntax error", () => {
   const src = '{\n  "base": "x",\n  "lora": { "r": 8, }\n}\n';
   const [issue] = issuesOf(src);

@@ -15,7 +15,7 @@
 //   accumulate so residual fan-in and gradient accumulation need no extra logic). Ops may alias only where
 //   stated.
 // - Ops are asynchronous on a stream-based backend; `download`, `sum_sq` and `synchronize` are the only
-//   points where the host waits.
+//   points where the host waits. Side work and host transfers (below) may overlap the main path.
 // - Scalars are passed as float/double host values; the backend rounds them to its compute type.
 //
 // Fusion guidance for a fast backend (the interface is fine-grained so the CPU reference stays readable;
@@ -122,6 +122,26 @@ class Backend {
   virtual size_t bytes_in_use() const = 0;       // backend memory currently allocated
   virtual size_t peak_bytes() const = 0;         // high-water mark of bytes_in_use (device memory on GPU)
   virtual void synchronize() = 0;                // wait for all queued work
+
+  // ---- concurrency (a stream backend overlaps; the CPU backend runs every op in call order) ---------------
+  // Side work: ops issued between side_begin() and side_end() start after all work issued so far, and their
+  // results are read by nothing before the next side_join() (the model issues LoRA weight gradients this way:
+  // only the optimizer reads them). The CUDA backend runs them on a second, low-priority stream, beside the
+  // main path's compute-bound GEMMs. The caller must side_join() before the main path overwrites anything that
+  // side work reads, and before reading what it wrote.
+  virtual void side_begin() {}
+  virtual void side_end() {}
+  virtual void side_join() {}
+
+  // Host staging for activation offload (page-locked memory on CUDA). A transfer moves n elements of the
+  // tensor's storage dtype as raw bytes; it starts after all work issued so far and runs beside later work.
+  // wait_transfers() makes all later work wait for every transfer issued so far. Host memory must outlive
+  // the transfers that use it.
+  virtual void* alloc_host(size_t bytes) = 0;
+  virtual void free_host(void* p) = 0;
+  virtual void to_host_async(void* dst, const Tensor& src, size_t n) = 0;
+  virtual void from_host_async(const Tensor& dst, const void* src, size_t n) = 0;
+  virtual void wait_transfers() = 0;
 
   // ---- transfers (host values are converted to/from the tensor's storage dtype) ------------------------
   // dst[offset .. offset+n) = src[0..n). Float sources work for every float role; int32 only for Index.

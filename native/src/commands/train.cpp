@@ -178,7 +178,20 @@ int cmd_train(const Json& job, const std::string& job_path) {
   const double eps = t.num_in("eps", 0.0, 1.0, 1e-8);
   const double weight_decay = t.num_in("weight_decay", 0.0, 1e6, 0.0);
   const double max_grad_norm = t.num_in("max_grad_norm", 0.0, 1e12, 0.0);
-  const bool grad_ckpt = t.boolean("gradient_checkpointing", false);
+  // gradient_checkpointing: false | true | "offload" (the saved layer inputs in host memory, see TransformerOptions)
+  bool grad_ckpt = false, offload_ckpt = false;
+  if (t.has("gradient_checkpointing")) {
+    const Json& gc = t.any("gradient_checkpointing");
+    if (gc.is_bool()) {
+      grad_ckpt = gc.as_bool();
+    } else if (gc.is_string() && gc.as_string() == "offload") {
+      grad_ckpt = offload_ckpt = true;
+    } else {
+      t.fail("gradient_checkpointing", "must be true, false or \"offload\"");
+    }
+  } else if (t.present("gradient_checkpointing")) {
+    t.any("gradient_checkpointing");   // explicit null: the default (off)
+  }
   const int64_t eval_every = t.integer_in("eval_every", 0, int64_t(1) << 40, 0);
   const int64_t save_every = t.integer_in("save_every", 0, int64_t(1) << 40, 0);
   const bool resume = t.boolean("resume", false);
@@ -216,6 +229,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   std::unique_ptr<Backend> be = make_backend(backend_name, threads);
   TransformerOptions opt;
   opt.gradient_checkpointing = grad_ckpt;
+  opt.offload_checkpoints = offload_ckpt;
   opt.quantize_nf4 = quantize == "nf4";
   // On a GPU a bigger logits block (2048 rows × a whole 128K vocabulary, 0.5 GB in bf16) keeps the head GEMMs
   // large; the CPU default (32M elements) is plenty there.

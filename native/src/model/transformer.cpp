@@ -271,6 +271,7 @@ void Transformer::free_layer_acts(LayerActs& a) {
 Transformer::~Transformer() {
   for (LayerActs& a : acts_) free_layer_acts(a);
   for (Tensor& t : res_) release(t);
+  if (res_host_) be_.free_host(res_host_);
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
                     &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
                     &ce_lse_, &params_, &grads_, &inv_freq_})
@@ -356,6 +357,8 @@ void Transformer::ensure_buffers(int N, bool training) {
   acts_.clear();
   for (Tensor& t : res_) release(t);
   res_.clear();
+  if (res_host_) be_.free_host(res_host_);
+  res_host_ = nullptr;
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
                     &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
                     &ce_lse_})
@@ -365,8 +368,12 @@ void Transformer::ensure_buffers(int N, bool training) {
   const size_t n_acts = std::max(want_acts, (train_bufs && !opt_.gradient_checkpointing) ? size_t(L) : size_t(1));
   acts_.resize(n_acts);
   for (LayerActs& a : acts_) alloc_layer_acts(a, cap);
-  res_.resize(size_t(L) + 1);
+  res_.resize(offloading() ? 2 : size_t(L) + 1);
   for (Tensor& t : res_) t = be_.alloc(size_t(cap) * C, Role::Activation);
+  if (offloading() && L > 1) {   // inputs of layers 0 … L−2 (layer L−1's stays in its device slot)
+    res_host_stride_ = size_t(cap) * C * dtype_size(be_.dtype_of(Role::Activation));
+    res_host_ = be_.alloc_host(res_host_stride_ * size_t(L - 1));
+  }
   ids_ = be_.alloc(size_t(cap), Role::Index);
   targets_ = be_.alloc(size_t(cap), Role::Index);
   positions_ = be_.alloc(size_t(cap), Role::Index);
@@ -481,7 +488,7 @@ Tensor Transformer::xa_of(const LayerActs& a, int group, int* ld) const {
 }
 
 void Transformer::group_forward(int layer, int group, const Tensor& x, int N, const Tensor& y, int ld_y,
-                                const Tensor* c_in, const Tensor& xa, int ld_xa, uint64_t seed) {
+                                const Tensor* c_in, const Tensor& xa, int ld_xa, uint64_t seed, bool need_y) {
   const int r = spec_.r, rg = group_width_[group], in = input_width(group), ld_x = input_ld(group);
   const float p = dropout_p();
   const bool drop = p > 0 && seed != 0;
@@ -491,6 +498,18 @@ void Transformer::group_forward(int layer, int group, const Tensor& x, int N, co
     const LoraSlot& s0 = slots_[size_t(first_slot(layer, group))];
     be_.matmul_ex(xa, xa, x, params_.slice(s0.off_a, size_t(rg) * in), N, rg, in, false, true, 1.0f, 0.0f, ld_x, 0,
                   ld_xa);
+  }
+  if (!need_y) {   // only xa: with dropout each projection's x·Aᵀ reads its own masked x
+    if (rg > 0 && drop)
+      for (int t : kGroupTargets[group]) {
+        const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
+        if (si < 0) continue;
+        const LoraSlot& s = slots_[size_t(si)];
+        be_.lora_dropout(scratch_in_, x, N, in, p, lora_seed(seed, layer, t));
+        be_.matmul_ex(xa.from(size_t(s.col)), xa.from(size_t(s.col)), scratch_in_,
+                      params_.slice(s.off_a, size_t(r) * in), N, r, in, false, true, 1.0f, 0.0f, 0, 0, ld_xa);
+      }
+    return;
   }
   if (merged_) {   // y = c_in + [x | xa]·W_ext[:out]ᵀ (folded: K = in + g·r) or c_in + x·W_gᵀ: one GEMM
     const int K = fold_[group] ? in + rg : in;
@@ -540,24 +559,37 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
   if (rg > 0) {
     // Folded: dxa_g = dy·[… s·B_t …] for the whole group in one GEMM, reading the block-diagonal s·B columns of
     // W_ext (the values the forward used); unfolded: one GEMM per projection from the fp32 B.
-    if (fold)
+    if (fold) {
       be_.matmul_ex(dxa, dxa, dy, W.group_w[group].from(size_t(in)), N, rg, out,
                     false, false, 1.0f, 0.0f, ld_dy, input_ld(group), ld_dxa);
-    for (int t : kGroupTargets[group]) {
+    } else {
+      be_.side_join();   // dxa_ is shared by the unfolded groups: the previous group's side work reads it
+      for (int t : kGroupTargets[group]) {
+        const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
+        if (si < 0) continue;
+        const LoraSlot& s = slots_[size_t(si)];
+        be_.matmul_ex(dxa.from(size_t(s.col)), dxa.from(size_t(s.col)), dy.from(size_t(col_of(t))),
+                      params_.slice(s.off_b, size_t(s.out) * r), N, r, s.out, false, false, lora_scale_, 0.0f, ld_dy,
+                      0, ld_dxa);
+      }
+    }
+    // The weight gradients are read by nothing but the optimizer: side work, beside the main path's GEMMs.
+    be_.side_begin();
+    for (int t : kGroupTargets[group]) {   // dB_t += scale·dy_tᵀ·xa_t
       const int si = t >= 0 ? slot_of_[size_t(layer)][size_t(t)] : -1;
       if (si < 0) continue;
       const LoraSlot& s = slots_[size_t(si)];
-      const Tensor xa_t = xa.from(size_t(s.col));
-      const Tensor dxa_t = dxa.from(size_t(s.col));
-      const Tensor dy_t = dy.from(size_t(col_of(t)));
-      const Tensor Bm = params_.slice(s.off_b, size_t(s.out) * r), dB = grads_.slice(s.off_b, size_t(s.out) * r);
-      if (!fold) be_.matmul_ex(dxa_t, dxa_t, dy_t, Bm, N, r, s.out, false, false, lora_scale_, 0.0f, ld_dy, 0, ld_dxa);
-      be_.matmul_ex(dB, dB, dy_t, xa_t, s.out, r, N, true, false, lora_scale_, 1.0f, ld_dy, ld_xa, 0);
+      const Tensor dB = grads_.slice(s.off_b, size_t(s.out) * r);
+      be_.matmul_ex(dB, dB, dy.from(size_t(col_of(t))), xa.from(size_t(s.col)), s.out, r, N, true, false, lora_scale_,
+                    1.0f, ld_dy, ld_xa, 0);
     }
     const LoraSlot& s0 = slots_[size_t(first_slot(layer, group))];
-    if (!drop) {   // the whole group at once: dA_g (g·r, in) += dxa_gᵀ·x;  dx = dxa_g·A_g (unless folded)
+    if (!drop) {   // the whole group at once: dA_g (g·r, in) += dxa_gᵀ·x
       Tensor dA = grads_.slice(s0.off_a, size_t(rg) * in);
       be_.matmul_ex(dA, dA, dxa, x, rg, in, N, true, false, 1.0f, 1.0f, ld_dxa, ld_x, 0);
+    }
+    be_.side_end();
+    if (!drop) {   // dx = dxa_g·A_g (folded: inside the dX GEMM below)
       if (need_dx && !fold) {
         be_.matmul_ex(dx, dx, dxa, params_.slice(s0.off_a, size_t(rg) * in), N, in, rg, false, false, 1.0f, 0.0f,
                       ld_dxa, 0, 0);
@@ -604,7 +636,7 @@ void Transformer::group_backward(int layer, int group, const Tensor& dx, const T
 // ---- one layer ----------------------------------------------------------------------------------------------
 
 void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, LayerActs& a, const AttnCtx& ctx, int B,
-                                int T, const Tensor& positions, const Tensor& doc_start, uint64_t seed) {
+                                int T, const Tensor& positions, const Tensor& doc_start, uint64_t seed, bool recompute) {
   const ModelConfig& c = cfg_;
   const LayerW& W = layers_[size_t(l)];
   const int N = B * T, C = c.hidden_size, F = c.intermediate_size, NH = c.num_heads, NKV = c.num_kv_heads,
@@ -640,7 +672,7 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
   be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
   xa = xa_of(a, kGroupDown, &ld_xa);
-  group_forward(l, kGroupDown, a.h, N, x_next, C, &a.res_mid, xa, ld_xa, seed);
+  group_forward(l, kGroupDown, a.h, N, x_next, C, &a.res_mid, xa, ld_xa, seed, !recompute);
 }
 
 // dres_ holds d(x_next) on entry and d(x) on exit (not for layer 0, see below). Everything the layer's forward
@@ -658,10 +690,13 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   Tensor xa = xa_of(a, kGroupDown, &ld_xa);
   group_backward(l, kGroupDown, dh_, a.h, N, dres_, ld_dres, xa, ld_xa, seed, true);
   const int ld_dgu = group_dy_ld(kGroupGateUp);
+  // side_join() before each write of a buffer that the side work issued so far reads (dgu_, dres_, dqkv_)
+  be_.side_join();
   be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)),
                    N, F, act, 2 * F, ld_dgu);
   xa = xa_of(a, kGroupGateUp, &ld_xa);
   group_backward(l, kGroupGateUp, dxn_, a.xn2, N, dgu_, ld_dgu, xa, ld_xa, seed, true);
+  be_.side_join();
   be_.rmsnorm_backward(dres_, dxn_, a.res_mid, W.mlp_norm, a.rstd2, N, C, p1, ld_dres);
   // res_mid = x + att·Woᵀ
   xa = xa_of(a, kGroupO, &ld_xa);
@@ -673,6 +708,7 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   pitch.out = input_ld(kGroupO);
   pitch.dq = pitch.dkv = ld_dqkv;
   const Tensor k = a.qkv.from(size_t(qd)), v = a.qkv.from(size_t(qd + kvd));
+  be_.side_join();
   be_.attention_backward(dqkv_, dqkv_.from(size_t(qd)),
                          dqkv_.from(size_t(qd + kvd)), datt_, a.qkv, k, v, a.att, a.lse,
                          doc_start_, B, T, NH, NKV, HD, pitch);
@@ -682,7 +718,10 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   const bool need_dx = l > 0;
   xa = xa_of(a, kGroupQKV, &ld_xa);
   group_backward(l, kGroupQKV, dxn_, a.xn1, N, dqkv_, ld_dqkv, xa, ld_xa, seed, need_dx);
-  if (need_dx) be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1, ld_dres);
+  if (need_dx) {
+    be_.side_join();
+    be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1, ld_dres);
+  }
 }
 
 // ---- head: chunked cross-entropy ------------------------------------------------------------------------------
@@ -733,28 +772,39 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
   upload_batch(batch);
   refresh_folded_lora();   // the parameters may have changed since the last call (optimizer step, set_lora)
   const double emb_scale = c.scale_embeddings ? std::sqrt(double(C)) : 1.0;
-  be_.embedding_forward(res_[0], ids_, embed_, N, C, emb_scale);
+  be_.embedding_forward(res(0), ids_, embed_, N, C, emb_scale);
   const bool per_layer = backward && !opt_.gradient_checkpointing;
+  const bool offload = backward && offloading();
   for (int l = 0; l < L; l++) {
     LayerActs& a = per_layer ? acts_[size_t(l)] : acts_[0];
+    if (offload) {   // layer l writes slot (l+1) % 2: wait for layer l−1's input to reach the host; send layer l's
+      be_.wait_transfers();
+      if (l < L - 1) be_.to_host_async(res_host(l), res(l), size_t(N) * C);
+    }
     const AttnCtx ctx;
-    layer_forward(l, res_[size_t(l)], res_[size_t(l) + 1], a, ctx, B, T, positions_, doc_start_, seed);
+    layer_forward(l, res(l), res(l + 1), a, ctx, B, T, positions_, doc_start_, seed);
   }
-  be_.rmsnorm_forward(xf_, rstdf_, res_[size_t(L)], final_norm_, N, C, c.rms_norm_eps, c.norm_plus_one, 0);
+  be_.rmsnorm_forward(xf_, rstdf_, res(L), final_norm_, N, C, c.rms_norm_eps, c.norm_plus_one, 0);
   const double loss = head_loss(N, backward, grad_scale);
   if (!backward) return loss;
   // dxn_ holds d(final norm output); dres_ becomes d(x_L).
   const int ld_dres = group_dy_ld(kGroupO);
   be_.fill(dres_, 0.0f, size_t(N) * ld_dres);
-  be_.rmsnorm_backward(dres_, dxn_, res_[size_t(L)], final_norm_, rstdf_, N, C, c.norm_plus_one, ld_dres);
+  be_.rmsnorm_backward(dres_, dxn_, res(L), final_norm_, rstdf_, N, C, c.norm_plus_one, ld_dres);
   for (int l = L - 1; l >= 0; l--) {
     LayerActs& a = per_layer ? acts_[size_t(l)] : acts_[0];
-    if (!per_layer) {   // gradient checkpointing: recompute this layer's activations from its saved input
-      const AttnCtx ctx;
-      layer_forward(l, res_[size_t(l)], res_[size_t(l) + 1], a, ctx, B, T, positions_, doc_start_, seed);
+    if (offload) {   // layer l's input came back while layer l+1 ran; fetch layer l−1's into the other slot
+      if (l < L - 1) be_.wait_transfers();
+      if (l > 0) be_.from_host_async(res(l - 1), res_host(l - 1), size_t(N) * C);
     }
-    layer_backward(l, res_[size_t(l)], a, B, T, seed);
+    if (!per_layer) {   // gradient checkpointing: recompute this layer's activations from its saved input
+      be_.side_join();  // the last layer's side work still reads the shared activations
+      const AttnCtx ctx;
+      layer_forward(l, res(l), res(l + 1), a, ctx, B, T, positions_, doc_start_, seed, true);
+    }
+    layer_backward(l, res(l), a, B, T, seed);
   }
+  be_.side_join();   // the optimizer reads every gradient
   return loss;
 }
 
@@ -802,7 +852,7 @@ void Transformer::decode(const int32_t* ids, int n, float* logits_last) {
   be_.upload(positions_, pos.data(), size_t(n));
   be_.upload(doc_start_, ds.data(), size_t(n));
   const double emb_scale = c.scale_embeddings ? std::sqrt(double(C)) : 1.0;
-  be_.embedding_forward(res_[0], ids_, embed_, n, C, emb_scale);
+  be_.embedding_forward(res(0), ids_, embed_, n, C, emb_scale);
   for (int l = 0; l < L; l++) {
     AttnCtx ctx;
     ctx.k_cache = k_cache_[size_t(l)];
@@ -810,9 +860,9 @@ void Transformer::decode(const int32_t* ids, int n, float* logits_last) {
     ctx.Tk = pos0 + n;
     ctx.Tk_stride = cache_cap_;
     ctx.q_offset = pos0;
-    layer_forward(l, res_[size_t(l)], res_[size_t(l) + 1], acts_[0], ctx, 1, n, positions_, doc_start_, 0);
+    layer_forward(l, res(l), res(l + 1), acts_[0], ctx, 1, n, positions_, doc_start_, 0);
   }
-  Tensor last = res_[size_t(L)].slice(size_t(n - 1) * C, size_t(C));
+  Tensor last = res(L).slice(size_t(n - 1) * C, size_t(C));
   be_.rmsnorm_forward(xf_, rstdf_, last, final_norm_, 1, C, c.rms_norm_eps, c.norm_plus_one, 0);
   for (int v0 = 0; v0 < V; v0 += ce_vc_) {
     const int vc = std::min(ce_vc_, V - v0);

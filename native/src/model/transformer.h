@@ -33,6 +33,10 @@ namespace nxft {
 
 struct TransformerOptions {
   bool gradient_checkpointing = false;  // keep only each layer's input; recompute the layer in backward
+  // With gradient_checkpointing: the saved layer inputs live in host memory (page-locked on CUDA) and only two
+  // are on the device. Layer l's input goes out while layer l runs; in backward, layer l−1's comes back while
+  // layer l's backward runs (double-buffered, async). Saves (L − 1)·N·C activations of device memory.
+  bool offload_checkpoints = false;
   bool quantize_nf4 = false;            // QLoRA: store the seven linear weights of every layer as NF4
   // Fold the LoRA of every adapted input group into its base GEMMs. The group weight is kept as
   //   W_ext = [ W   | s·B_blk ]   (out + g·r, in + g·r): B_blk holds each projection's s·B_t in its own r columns,
@@ -165,7 +169,9 @@ class Transformer {
 
   // activation buffers for the current N
   int cap_n_ = 0;
-  std::vector<Tensor> res_;        // L+1 residual streams (N, C)
+  std::vector<Tensor> res_;        // L+1 residual streams (N, C); 2 device slots when offloading (see res())
+  void* res_host_ = nullptr;       // offload: layer inputs 0 … L−2 in host memory, N·C elements each
+  size_t res_host_stride_ = 0;     // bytes per layer input in res_host_
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
@@ -180,6 +186,11 @@ class Transformer {
   std::vector<Tensor> k_cache_, v_cache_;
 
   void ensure_buffers(int N, bool training);
+  bool offloading() const { return opt_.gradient_checkpointing && opt_.offload_checkpoints; }
+  // The residual stream entering layer l (l = L: the final norm's input). Offloading keeps two device slots,
+  // l even / l odd: layer l reads slot l % 2 and writes slot (l + 1) % 2.
+  const Tensor& res(int l) const { return res_[offloading() ? size_t(l % 2) : size_t(l)]; }
+  void* res_host(int l) const { return static_cast<char*>(res_host_) + size_t(l) * res_host_stride_; }
   void alloc_layer_acts(LayerActs& a, int N);
   void free_layer_acts(LayerActs& a);
   void upload_batch(const Batch& batch);
@@ -199,14 +210,19 @@ class Transformer {
   Tensor xa_of(const LayerActs& a, int group, int* ld) const;
   void refresh_folded_lora();   // write s·B and A of every folded group into its W_ext (after params change)
   // y (N, out_width) with row pitch ld_y WRITES c_in + x·W_gᵀ + LoRA (+ the q|k|v bias); c_in may be null.
+  // need_y = false computes only the LoRA down-projections xa (checkpointing's recompute of down: backward
+  // reads xa but not the layer's output).
   void group_forward(int layer, int group, const Tensor& x, int N, const Tensor& y, int ld_y, const Tensor* c_in,
-                     const Tensor& xa, int ld_xa, uint64_t seed);
+                     const Tensor& xa, int ld_xa, uint64_t seed, bool need_y = true);
   // dx (N, in) WRITES the input gradient from dy (N, out_width) with row pitch ld_dy; accumulates dA, dB.
   // need_dx = false skips the input gradient (layer 0's q/k/v: the frozen embedding needs none).
+  // dA and dB are side work (Backend::side_begin): they read dy, x and xa until the next side_join().
   void group_backward(int layer, int group, const Tensor& dx, const Tensor& x, int N, const Tensor& dy, int ld_dy,
                       const Tensor& xa, int ld_xa, uint64_t seed, bool need_dx);
+  // recompute = true (checkpointing, in backward) refills `a` and leaves x_next alone: the down GEMM that
+  // writes x_next is skipped, only down's xa is computed.
   void layer_forward(int l, const Tensor& x, const Tensor& x_next, LayerActs& a, const AttnCtx& ctx, int B, int T,
-                     const Tensor& positions, const Tensor& doc_start, uint64_t seed);
+                     const Tensor& positions, const Tensor& doc_start, uint64_t seed, bool recompute = false);
   void layer_backward(int l, const Tensor& x, LayerActs& a, int B, int T, uint64_t seed);
   double head_loss(int N, bool backward, float grad_scale);
   double run(const Batch& batch, bool backward, float grad_scale, uint64_t seed);

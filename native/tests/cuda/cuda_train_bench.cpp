@@ -98,8 +98,8 @@ struct Trainer {
   Tensor m, v;
   int64_t step = 0;
   Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt,
-          bool fold = true)
-      : be(b), model(b, w, &spec, options(ckpt, fold)) {
+          bool fold = true, bool offload = false)
+      : be(b), model(b, w, &spec, options(ckpt, fold, offload)) {
     model.set_lora(init);
     size_t n = model.num_lora_params();
     m = be.alloc(n, Role::Param);
@@ -111,9 +111,10 @@ struct Trainer {
     be.free(m);
     be.free(v);
   }
-  static TransformerOptions options(bool ckpt, bool fold) {
+  static TransformerOptions options(bool ckpt, bool fold, bool offload) {
     TransformerOptions o;
     o.gradient_checkpointing = ckpt;
+    o.offload_checkpoints = offload;
     o.fold_lora = fold;
     // One vocabulary chunk (fused forward+backward CE, no logits recompute) over up to 2048 token rows: the
     // logits buffer is 2048 × 128256 bf16 = 0.5 GB for Llama 3.
@@ -136,6 +137,75 @@ struct Trainer {
     return loss_sum / double(n_targets);
   }
 };
+
+// The side stream (LoRA weight gradients beside the main path), gradient checkpointing (whose recompute skips
+// the down GEMM) and checkpoint offload (host round trips of the layer inputs) change only where and when work
+// runs, never the arithmetic. A missing side_join or transfer wait would read half-written buffers, so:
+//   1. with deterministic kernels (cuBLASLt's first heuristic everywhere, the portable attention kernels, whose
+//      backward has no atomics) every schedule must give bit-identical losses, grad norms and adapters;
+//   2. with cuDNN attention (its backward accumulates dQ with atomics: not bitwise reproducible) the schedules
+//      must agree with the serial run as closely as two serial runs agree with each other (×10, ≥ 1e-5).
+// A 4-layer model (C 1024, head_dim 128) at 2×512 tokens, 8 AdamW steps: GEMMs long enough to overlap.
+int run_schedules() {
+  ModelConfig cfg = make_config(2048, 1024, 2816, 4, 8, 4, 10000.0);
+  ModelWeights w = ModelWeights::random_init(cfg, 5);
+  LoraSpec spec = lora_spec(16, 16);
+  LoraAdapter init = LoraAdapter::init(cfg, spec, 9);
+  for (LoraPair& p : init.pairs)   // PEFT starts B at 0; a non-zero B makes every gradient path matter at once
+    for (size_t i = 0; i < p.B.size(); i++) p.B[i] = 0.01f * float(int(i % 7) - 3);
+  struct Schedule { const char* name; bool side, ckpt, offload; };
+  const Schedule schedules[] = {{"serial", false, false, false},
+                                {"serial (repeat)", false, false, false},
+                                {"side stream", true, false, false},
+                                {"side stream + checkpointing", true, true, false},
+                                {"side stream + checkpointing + offload", true, true, true},
+                                {"serial + checkpointing + offload", false, true, true}};
+  int fails = 0;
+  for (int exact = 1; exact >= 0; exact--) {
+    if (exact) setenv("NXFT_NO_CUDNN", "1", 1);
+    else unsetenv("NXFT_NO_CUDNN");
+    setenv("NXFT_GEMM_AUTOTUNE", "0", 1);
+    setenv("NXFT_CUDNN_AUTOTUNE", "0", 1);
+    std::printf("\n### schedules, %s (L=4, C=1024, 2×512 tokens, r16, 8 steps)\n\n",
+                exact ? "deterministic kernels: must be bit-identical" : "cuDNN attention: within the serial noise");
+    std::printf("| schedule | final loss | final grad norm | max rel. diff of the adapter vs serial |\n|---|---|---|---|\n");
+    std::vector<float> ref;
+    double ref_loss = 0, ref_gn = 0, noise = 0;
+    for (const Schedule& sc : schedules) {
+      if (sc.side) unsetenv("NXFT_SIDE_STREAM");
+      else setenv("NXFT_SIDE_STREAM", "0", 1);
+      std::unique_ptr<Backend> be = make_cuda_backend();
+      double loss = 0, gn = 0;
+      std::vector<float> params;
+      {
+        Trainer tr(*be, w, spec, init, sc.ckpt, true, sc.offload);
+        for (int s = 0; s < 8; s++) loss = tr.train_step(make_data(2, 512, cfg.vocab_size, 40 + s, false), 1e-3, &gn);
+        params.resize(tr.model.num_lora_params());
+        be->download(tr.model.lora_params(), params.data(), params.size());
+      }
+      double worst = 0;
+      if (ref.empty()) {
+        ref = params, ref_loss = loss, ref_gn = gn;
+      } else {
+        for (size_t i = 0; i < params.size(); i++)
+          worst = std::max(worst, double(std::fabs(params[i] - ref[i])) / std::max(1e-3, double(std::fabs(ref[i]))));
+      }
+      const bool is_repeat = std::string(sc.name) == "serial (repeat)";
+      if (is_repeat) noise = worst;
+      bool ok = std::isfinite(loss) && std::isfinite(gn);
+      if (exact) ok = ok && worst == 0 && loss == ref_loss && gn == ref_gn;
+      else if (!is_repeat) ok = ok && worst <= std::max(1e-5, 10 * noise);
+      fails += !ok;
+      std::printf("| %s | %.6f | %.6f | %.2e%s |\n", sc.name, loss, gn, worst, ok ? "" : " **FAIL**");
+    }
+  }
+  unsetenv("NXFT_NO_CUDNN");
+  unsetenv("NXFT_GEMM_AUTOTUNE");
+  unsetenv("NXFT_CUDNN_AUTOTUNE");
+  unsetenv("NXFT_SIDE_STREAM");
+  std::printf("\nschedules → %s\n", fails ? "FAIL" : "ok");
+  return fails;
+}
 
 int run_compare(int steps) {
   std::unique_ptr<Backend> gpu = make_cuda_backend();
@@ -179,6 +249,7 @@ int run_compare(int steps) {
     std::printf("\nmax relative loss difference over %d steps: %.2e; max relative grad-norm difference: %.2e → %s\n",
                 steps, max_rel, max_rel_gn, ok ? "ok" : "FAIL");
   }
+  fails += run_schedules();
   return fails ? 1 : 0;
 }
 
@@ -223,7 +294,9 @@ int run_bench(int argc, char** argv) {
     int B = 0, T = 0, ck = 0;
     // Suffixes switch variants for A/B runs: ":ru" = NXFT_RANK_UPDATE=1 (the LoRA expand kernel instead of
     // cuBLASLt), ":noat" = NXFT_CUDNN_AUTOTUNE=0 (cuDNN's first heuristic attention plan), ":nofold" = the LoRA
-    // up-projection as its own GEMM instead of folded into the base GEMM (TransformerOptions::fold_lora).
+    // up-projection as its own GEMM instead of folded into the base GEMM (TransformerOptions::fold_lora),
+    // ":noside" = NXFT_SIDE_STREAM=0 (LoRA weight gradients on the main stream), ":offload" = checkpointed layer
+    // inputs in page-locked host memory (TransformerOptions::offload_checkpoints; with CKPT 1).
     auto has = [&](const char* sfx) { return plans[pi].find(sfx) != std::string::npos; };
     if (has(":ru")) setenv("NXFT_RANK_UPDATE", "1", 1);
     else unsetenv("NXFT_RANK_UPDATE");
@@ -231,6 +304,8 @@ int run_bench(int argc, char** argv) {
     else unsetenv("NXFT_CUDNN_AUTOTUNE");
     if (has(":atall")) setenv("NXFT_GEMM_AUTOTUNE", "all", 1);   // time cuBLASLt's candidates for every GEMM shape
     else unsetenv("NXFT_GEMM_AUTOTUNE");
+    if (has(":noside")) setenv("NXFT_SIDE_STREAM", "0", 1);   // LoRA weight gradients on the main stream
+    else unsetenv("NXFT_SIDE_STREAM");
     if (std::sscanf(plans[pi].c_str(), "%dx%dx%d", &B, &T, &ck) < 2) {
       std::fprintf(stderr, "bad plan %s (want BxT[xCKPT])\n", plans[pi].c_str());
       return 2;
@@ -242,7 +317,7 @@ int run_bench(int argc, char** argv) {
     size_t peak = 0, live_end = 0, used_end = 0;
     {
       auto t1 = std::chrono::steady_clock::now();
-      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"));
+      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"));
       double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       std::fprintf(stderr, "[bench] %s: upload %.1f s, attention %s\n", plans[pi].c_str(), up_s,
                    cuda_attention_path(*be).c_str());

@@ -171,6 +171,23 @@ class CpuBackend final : public Backend {
   size_t bytes_in_use() const override { return in_use_; }
   size_t peak_bytes() const override { return peak_; }
   void synchronize() override {}
+  // Offload staging is ordinary host memory here: the copies run at once (the model's slot logic is the same
+  // as on a GPU, so the CPU tests check it).
+  void* alloc_host(size_t bytes) override {
+    void* p = std::malloc(std::max<size_t>(bytes, 1));
+    if (!p) throw EngineError("cpu backend: out of host memory for " + std::to_string(bytes) + " bytes of offload");
+    return p;
+  }
+  void free_host(void* p) override { std::free(p); }
+  void to_host_async(void* dst, const Tensor& src, size_t n) override {
+    check_range(src, n, 0, "to_host_async");
+    std::memcpy(dst, src.ptr, n * dtype_size(src.dtype));
+  }
+  void from_host_async(const Tensor& dst, const void* src, size_t n) override {
+    check_range(dst, n, 0, "from_host_async");
+    std::memcpy(dst.ptr, src, n * dtype_size(dst.dtype));
+  }
+  void wait_transfers() override {}
 
   // ---- transfers ----
   void upload(const Tensor& dst, const float* src, size_t n, size_t offset) override { upload_any(dst, src, n, offset); }

@@ -133,8 +133,17 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     device_ = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
               std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
-    CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    gemm_ = std::make_unique<Gemm>(stream_);
+    // The main stream gets the highest priority: when side work (LoRA weight gradients) and main-path blocks
+    // are both waiting for an SM, the main path's go first, and side work fills what the main path leaves idle.
+    int prio_low = 0, prio_high = 0;
+    CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&prio_low, &prio_high));
+    CUDA_CHECK(cudaStreamCreateWithPriority(&main_stream_, cudaStreamNonBlocking, prio_high));
+    stream_ = main_stream_;
+    side_prio_ = prio_low;
+    gemm_ = std::make_unique<Gemm>(main_stream_);
+    gemm_now_ = gemm_.get();
+    const char* side = std::getenv("NXFT_SIDE_STREAM");
+    side_enabled_ = !(side && std::string(side) == "0");
     mem_.add_external(32u << 20);  // the cuBLASLt workspace
     CUDA_CHECK(cudaMalloc(&d_sum_, sizeof(double) * (kSumSqBlocks + 1)));
     const char* no_cudnn = std::getenv("NXFT_NO_CUDNN");
@@ -156,7 +165,9 @@ class CudaBackend : public Backend {
     profile_ = prof && std::string(prof) == "1";
   }
   ~CudaBackend() override {
-    cudaStreamSynchronize(stream_);
+    synchronize();
+    for (cudaEvent_t e : {fork_ev_, side_done_ev_, copy_fork_ev_, copy_done_ev_})
+      if (e) cudaEventDestroy(e);
     for (auto& e : event_pool_) cudaEventDestroy(e);
     for (void* p : scratch_) if (p) cudaFree(p);
     cudaFree(d_sum_);
@@ -196,7 +207,68 @@ class CudaBackend : public Backend {
   }
   size_t bytes_in_use() const override { return mem_.live(); }
   size_t peak_bytes() const override { return mem_.peak_reserved(); }
-  void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() override {
+    CUDA_CHECK(cudaStreamSynchronize(main_stream_));
+    if (side_stream_) CUDA_CHECK(cudaStreamSynchronize(side_stream_));
+    if (copy_stream_) CUDA_CHECK(cudaStreamSynchronize(copy_stream_));
+  }
+
+  // ---- side work and host transfers (see backend.h) -------------------------------------------------------
+  // Side work runs on side_stream_ with its own cuBLASLt workspace (two GEMMs in flight must not share one).
+  // Disabled by NXFT_SIDE_STREAM=0 and while profiling (the per-op profile times one stream).
+  void side_begin() override {
+    if (!side_enabled_ || profile_ || in_side_) return;
+    if (!side_stream_) {
+      CUDA_CHECK(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, side_prio_));
+      CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
+      CUDA_CHECK(cudaEventCreateWithFlags(&side_done_ev_, cudaEventDisableTiming));
+      gemm_side_ = std::make_unique<Gemm>(side_stream_);
+      mem_.add_external(32u << 20);  // its cuBLASLt workspace
+    }
+    CUDA_CHECK(cudaEventRecord(fork_ev_, main_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(side_stream_, fork_ev_, 0));
+    stream_ = side_stream_;
+    gemm_now_ = gemm_side_.get();
+    in_side_ = true;
+  }
+  void side_end() override {
+    if (!in_side_) return;
+    CUDA_CHECK(cudaEventRecord(side_done_ev_, side_stream_));
+    stream_ = main_stream_;
+    gemm_now_ = gemm_.get();
+    in_side_ = false;
+    side_pending_ = true;
+  }
+  void side_join() override {
+    if (!side_pending_) return;
+    CUDA_CHECK(cudaStreamWaitEvent(main_stream_, side_done_ev_, 0));
+    side_pending_ = false;
+  }
+  void* alloc_host(size_t bytes) override {
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, std::max<size_t>(bytes, 1), cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      throw EngineError("cuda: cannot allocate " + std::to_string(bytes >> 20) + " MiB of page-locked host memory "
+                        "for activation offload");
+    }
+    return p;
+  }
+  void free_host(void* p) override {
+    if (p) cudaFreeHost(p);
+  }
+  void to_host_async(void* dst, const Tensor& src, size_t n) override {
+    check_range(src, n, 0, "to_host_async");
+    transfer(dst, src.ptr, n * dtype_size(src.dtype), cudaMemcpyDeviceToHost);
+  }
+  void from_host_async(const Tensor& dst, const void* src, size_t n) override {
+    check_range(dst, n, 0, "from_host_async");
+    transfer(dst.ptr, src, n * dtype_size(dst.dtype), cudaMemcpyHostToDevice);
+  }
+  void wait_transfers() override {
+    if (!copy_pending_) return;
+    CUDA_CHECK(cudaStreamWaitEvent(main_stream_, copy_done_ev_, 0));
+    copy_pending_ = false;
+  }
 
   // ---- transfers ---------------------------------------------------------------------------------------
   template <typename S> void upload_float(const Tensor& dst, const S* src, size_t n, size_t offset) {
@@ -351,6 +423,7 @@ class CudaBackend : public Backend {
     const void* bp = b.ptr;
     DType at = a.dtype, bt = b.dtype;
     if (b.quant == Quant::NF4) {
+      if (in_side_) throw EngineError("internal: an NF4 operand inside side work");
       if (ldb != lay.b_cols) throw EngineError("cuda matmul: an NF4 operand must be packed");
       bf16* w = static_cast<bf16*>(scratch(1, b.n * 2));
       launch_nf4_dequant(w, static_cast<const uint8_t*>(b.ptr), static_cast<const float*>(b.scales), b.n, stream_);
@@ -391,7 +464,7 @@ class CudaBackend : public Backend {
                          trans_b, alpha, beta, stream_);
       return;
     }
-    gemm_->run(d.ptr, cp, ct, ldd, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
+    gemm_now_->run(d.ptr, cp, ct, ldd, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
     if (ct == CUDA_R_32F) invalidate_bf16_cache(d.ptr, lay.span_d * 4);
   }
 
@@ -716,6 +789,8 @@ class CudaBackend : public Backend {
     void* dev;
   };
   const void* bf16_of(const void* src, size_t n) {
+    // the cache and the scratch buffers belong to the main stream
+    if (in_side_) throw EngineError("internal: fp32 → bf16 operand conversion inside side work");
     auto it = bf16_cache_.find(src);
     if (it != bf16_cache_.end()) {
       if (it->second.n == n) return it->second.dev;
@@ -787,9 +862,29 @@ class CudaBackend : public Backend {
     }
   }
 
+  // A device→host or host→device copy on copy_stream_, after all work issued so far on the main stream.
+  void transfer(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (in_side_) throw EngineError("internal: a host transfer inside side work");
+    if (!copy_stream_) {
+      CUDA_CHECK(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+      CUDA_CHECK(cudaEventCreateWithFlags(&copy_fork_ev_, cudaEventDisableTiming));
+      CUDA_CHECK(cudaEventCreateWithFlags(&copy_done_ev_, cudaEventDisableTiming));
+    }
+    CUDA_CHECK(cudaEventRecord(copy_fork_ev_, main_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(copy_stream_, copy_fork_ev_, 0));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, copy_stream_));
+    CUDA_CHECK(cudaEventRecord(copy_done_ev_, copy_stream_));
+    copy_pending_ = true;
+  }
+
   std::string device_, attention_path_;
-  cudaStream_t stream_ = nullptr;
-  std::unique_ptr<Gemm> gemm_;
+  cudaStream_t stream_ = nullptr;        // where ops are issued now: main_stream_, or side_stream_ inside side work
+  cudaStream_t main_stream_ = nullptr, side_stream_ = nullptr, copy_stream_ = nullptr;
+  cudaEvent_t fork_ev_ = nullptr, side_done_ev_ = nullptr, copy_fork_ev_ = nullptr, copy_done_ev_ = nullptr;
+  int side_prio_ = 0;
+  bool side_enabled_ = true, in_side_ = false, side_pending_ = false, copy_pending_ = false;
+  std::unique_ptr<Gemm> gemm_, gemm_side_;
+  Gemm* gemm_now_ = nullptr;             // gemm_ or gemm_side_, following stream_
 #if defined(NXFT_HAVE_CUDNN)
   std::unique_ptr<CudnnAttention> cudnn_;
 #endif
