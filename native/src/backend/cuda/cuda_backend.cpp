@@ -141,7 +141,6 @@ class CudaBackend : public Backend {
     stream_ = main_stream_;
     side_prio_ = prio_low;
     gemm_ = std::make_unique<Gemm>(main_stream_);
-    gemm_now_ = gemm_.get();
     const char* side = std::getenv("NXFT_SIDE_STREAM");
     side_enabled_ = !(side && std::string(side) == "0");
     mem_.add_external(32u << 20);  // the cuBLASLt workspace
@@ -214,28 +213,28 @@ class CudaBackend : public Backend {
   }
 
   // ---- side work and host transfers (see backend.h) -------------------------------------------------------
-  // Side work runs on side_stream_ with its own cuBLASLt workspace (two GEMMs in flight must not share one).
-  // Disabled by NXFT_SIDE_STREAM=0 and while profiling (the per-op profile times one stream).
+  // Side work runs on side_stream_, its GEMMs on the Gemm's side lane (its own cuBLASLt workspace). Disabled by
+  // NXFT_SIDE_STREAM=0 and while profiling (the per-op profile times one stream).
   void side_begin() override {
     if (!side_enabled_ || profile_ || in_side_) return;
     if (!side_stream_) {
       CUDA_CHECK(cudaStreamCreateWithPriority(&side_stream_, cudaStreamNonBlocking, side_prio_));
       CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
       CUDA_CHECK(cudaEventCreateWithFlags(&side_done_ev_, cudaEventDisableTiming));
-      gemm_side_ = std::make_unique<Gemm>(side_stream_);
-      mem_.add_external(32u << 20);  // its cuBLASLt workspace
+      gemm_->add_side_lane(side_stream_);
+      mem_.add_external(gemm_->workspace_bytes());
     }
     CUDA_CHECK(cudaEventRecord(fork_ev_, main_stream_));
     CUDA_CHECK(cudaStreamWaitEvent(side_stream_, fork_ev_, 0));
     stream_ = side_stream_;
-    gemm_now_ = gemm_side_.get();
+    gemm_->use_side_lane(true);
     in_side_ = true;
   }
   void side_end() override {
     if (!in_side_) return;
     CUDA_CHECK(cudaEventRecord(side_done_ev_, side_stream_));
     stream_ = main_stream_;
-    gemm_now_ = gemm_.get();
+    gemm_->use_side_lane(false);
     in_side_ = false;
     side_pending_ = true;
   }
@@ -464,7 +463,7 @@ class CudaBackend : public Backend {
                          trans_b, alpha, beta, stream_);
       return;
     }
-    gemm_now_->run(d.ptr, cp, ct, ldd, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
+    gemm_->run(d.ptr, cp, ct, ldd, ap, lda, bp, ldb, ab, M, N, K, trans_a, trans_b, alpha, beta);
     if (ct == CUDA_R_32F) invalidate_bf16_cache(d.ptr, lay.span_d * 4);
   }
 
@@ -883,8 +882,7 @@ class CudaBackend : public Backend {
   cudaEvent_t fork_ev_ = nullptr, side_done_ev_ = nullptr, copy_fork_ev_ = nullptr, copy_done_ev_ = nullptr;
   int side_prio_ = 0;
   bool side_enabled_ = true, in_side_ = false, side_pending_ = false, copy_pending_ = false;
-  std::unique_ptr<Gemm> gemm_, gemm_side_;
-  Gemm* gemm_now_ = nullptr;             // gemm_ or gemm_side_, following stream_
+  std::unique_ptr<Gemm> gemm_;          // its side lane follows stream_
 #if defined(NXFT_HAVE_CUDNN)
   std::unique_ptr<CudnnAttention> cudnn_;
 #endif

@@ -13,14 +13,21 @@ static void check_lt(cublasStatus_t s, const char* what) {
     throw EngineError(std::string("cuBLASLt error ") + std::to_string(int(s)) + " in " + what);
 }
 
-Gemm::Gemm(cudaStream_t stream) : stream_(stream) {
+Gemm::Gemm(cudaStream_t stream) {
+  streams_[0] = stream;
   // NXFT_GEMM_AUTOTUNE: unset = time cuBLASLt's candidates for skinny (LoRA) shapes only, "all" = for every
   // shape, "0" = never (cuBLASLt's first heuristic choice everywhere).
   const char* at = std::getenv("NXFT_GEMM_AUTOTUNE");
   autotune_ = !(at && std::string(at) == "0");
   autotune_all_ = at && std::string(at) == "all";
   check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
-  CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  CUDA_CHECK(cudaMalloc(&workspaces_[0], workspace_bytes_));
+}
+
+void Gemm::add_side_lane(cudaStream_t side) {
+  if (workspaces_[1]) return;
+  CUDA_CHECK(cudaMalloc(&workspaces_[1], workspace_bytes_));
+  streams_[1] = side;
 }
 
 Gemm::~Gemm() {
@@ -30,7 +37,8 @@ Gemm::~Gemm() {
     cublasLtMatrixLayoutDestroy(kv.second.lb);
     cublasLtMatrixLayoutDestroy(kv.second.ld);
   }
-  if (workspace_) cudaFree(workspace_);
+  for (void* w : workspaces_)
+    if (w) cudaFree(w);
   if (handle_) cublasLtDestroy(handle_);
 }
 
@@ -89,8 +97,8 @@ void Gemm::run(void* d, const void* c, cudaDataType_t d_type, int ldd, const voi
     it = plans_.emplace(key, p).first;
   }
   Plan& p = it->second;
-  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, c, p.ld, d, p.ld, &p.algo, workspace_,
-                          workspace_bytes_, stream_),
+  check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, c, p.ld, d, p.ld, &p.algo, workspaces_[lane_],
+                          workspace_bytes_, streams_[lane_]),
            "cublasLtMatmul");
 }
 
@@ -106,7 +114,8 @@ cublasLtMatmulAlgo_t Gemm::pick_fastest(const Plan& p, const cublasLtMatmulHeuri
     cudaGetLastError();
     return heur[0].algo;
   }
-  cudaMemsetAsync(scratch, 0, d_bytes, stream_);
+  cudaStream_t stream = streams_[lane_];
+  cudaMemsetAsync(scratch, 0, d_bytes, stream);
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
@@ -116,12 +125,12 @@ cublasLtMatmulAlgo_t Gemm::pick_fastest(const Plan& p, const cublasLtMatmulHeuri
     if (heur[i].state != CUBLAS_STATUS_SUCCESS) continue;
     auto launch = [&]() {
       return cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, scratch, p.ld, scratch, p.ld,
-                            &heur[i].algo, workspace_, workspace_bytes_, stream_);
+                            &heur[i].algo, workspaces_[lane_], workspace_bytes_, streams_[lane_]);
     };
     if (launch() != CUBLAS_STATUS_SUCCESS) continue;
-    cudaEventRecord(e0, stream_);
+    cudaEventRecord(e0, stream);
     for (int r = 0; r < 3; r++) launch();
-    cudaEventRecord(e1, stream_);
+    cudaEventRecord(e1, stream);
     cudaEventSynchronize(e1);
     float ms = 0;
     cudaEventElapsedTime(&ms, e0, e1);
@@ -130,7 +139,7 @@ cublasLtMatmulAlgo_t Gemm::pick_fastest(const Plan& p, const cublasLtMatmulHeuri
       best = i;
     }
   }
-  cudaStreamSynchronize(stream_);
+  cudaStreamSynchronize(stream);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   cudaFree(scratch);

@@ -22,7 +22,13 @@ class Gemm {
   // dtype codes: CUDA_R_16BF or CUDA_R_32F.
   void run(void* d, const void* c, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
            cudaDataType_t ab_type, int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta);
-  void set_stream(cudaStream_t s) { stream_ = s; }
+  // Lanes: the constructor's stream (lane 0) and an optional side stream (lane 1, see Backend::side_begin). Each
+  // lane has its own cuBLASLt workspace (two GEMMs in flight must not share one); plans are shared, so a shape is
+  // autotuned once, on whichever lane meets it first, and the profile (which runs side work on lane 0) times the
+  // same algorithms.
+  void add_side_lane(cudaStream_t side);   // allocates the second workspace
+  void use_side_lane(bool side) { lane_ = side ? 1 : 0; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
 
  private:
   struct Plan {
@@ -37,8 +43,9 @@ class Gemm {
   bool autotune_all_ = false;
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   cublasLtHandle_t handle_ = nullptr;
-  cudaStream_t stream_ = nullptr;
-  void* workspace_ = nullptr;
+  cudaStream_t streams_[2] = {nullptr, nullptr};
+  void* workspaces_[2] = {nullptr, nullptr};
+  int lane_ = 0;
   size_t workspace_bytes_ = 32u << 20;  // Hopper wants 32 MiB (llm.c)
   std::map<Key, Plan> plans_;
 };
