@@ -8,7 +8,8 @@
 #      (../shared/bench/hf_peft_baseline.py, copied into .carry/ because only the repo travels),
 #   6. prints one table: tokens/s, peak memory and our/peer ratios.
 # Plans are BxT[xCKPT] with optional suffixes for A/B runs in one call: :nofold (LoRA up-projection as its own GEMM),
-# :atall (autotune every GEMM shape), :noat (cuDNN's first attention plan), :ru (the LoRA rank-update kernel).
+# :atall (autotune every GEMM shape), :noat (cuDNN's first attention plan), :ru (the LoRA rank-update kernel),
+# :noside (LoRA weight gradients on the main stream), :offload (checkpointed layer inputs in host memory; CKPT 1).
 # PHASE=ours and PHASE=peer in two back-to-back calls on the same warm machine fit where one call's time limit
 # does not (record `nvidia-smi -L` in both to show it is the same card).
 # Environment: PHASE=all|ours|peer (default all), PLANS (ours), PEER_PLAN / PEER_COMPILE_PLAN (peer),
@@ -18,7 +19,7 @@
 # Preparing the carried folder (git-ignored .carry/, passed with the device tool's `carry`):
 #   cp ../shared/bench/hf_peft_baseline.py .carry/
 #   pip download --no-deps nvidia-cudnn-frontend && unzip -o nvidia_cudnn_frontend-*.whl 'include/*' -d .carry/cudnn-frontend
-# Results of a run: bench/results/cuda-h100-<date>.md.
+# Results of a run: bench/results/cuda-h100-<date>.md (latest: cuda-h100-2026-11-28-s4.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
