@@ -172,18 +172,18 @@ int main() {
       qp.nthread = 1;
       qp.ftype = ftype.at(preset);
       uint32_t rc = quantize(f32.c_str(), ref.c_str(), &qp);
-      CHECK(rc == 0, "llama_model_quantize %s %s failed (%u)", c.model.c_str(), preset.c_str(), rc);
+      CHECK_MSG(rc == 0, "llama_model_quantize %s %s failed (%u)", c.model.c_str(), preset.c_str(), rc);
       if (rc != 0) continue;
       export_model_gguf(c.model, ours, preset, dummy_tokenizer(512), "t", 2);
       GgufTensors a = read_tensors(ref), b = read_tensors(ours);
-      CHECK(a.t.size() == b.t.size(), "%s: llama.cpp wrote %zu tensors, we %zu", preset.c_str(), a.t.size(), b.t.size());
+      CHECK_MSG(a.t.size() == b.t.size(), "%s: llama.cpp wrote %zu tensors, we %zu", preset.c_str(), a.t.size(), b.t.size());
       for (const auto& kv : a.t) {
         auto it = b.t.find(kv.first);
-        CHECK(it != b.t.end(), "%s: we lack %s", preset.c_str(), kv.first.c_str());
+        CHECK_MSG(it != b.t.end(), "%s: we lack %s", preset.c_str(), kv.first.c_str());
         if (it == b.t.end()) continue;
-        CHECK(kv.second.first == it->second.first, "%s %s: llama-quantize chose %s, we %s", preset.c_str(), kv.first.c_str(),
+        CHECK_MSG(kv.second.first == it->second.first, "%s %s: llama-quantize chose %s, we %s", preset.c_str(), kv.first.c_str(),
               ggml_type_name(GgmlType(kv.second.first)), ggml_type_name(GgmlType(it->second.first)));
-        CHECK(kv.second.second == it->second.second, "%s %s (%s): bytes differ", preset.c_str(), kv.first.c_str(),
+        CHECK_MSG(kv.second.second == it->second.second, "%s %s (%s): bytes differ", preset.c_str(), kv.first.c_str(),
               ggml_type_name(GgmlType(kv.second.first)));
         compared++;
       }
@@ -197,5 +197,5 @@ int main() {
   rmdir(synthetic.c_str());
   rmdir(dir.c_str());
   std::printf("compared %d tensors with llama_model_quantize's output\n", compared);
-  return finish_test();
+  return test_result("test_gguf_llama_quantize");
 }

@@ -92,7 +92,7 @@ int main() {
   w.add_u32_array("x.u32s", {7u, 8u});
   bool threw = false;
   try { w.add_u32("x.u32", 1); } catch (const EngineError&) { threw = true; }
-  CHECK(threw, "duplicate key accepted");
+  CHECK_MSG(threw, "duplicate key accepted");
   for (Spec& s : specs) {
     int64_t n = 1;
     for (int64_t d : s.ne) n *= d;
@@ -102,69 +102,69 @@ int main() {
   threw = false;
   try { w.add_tensor("bad.weight", {100, 2}, GgmlType::Q4_K, std::make_shared<VectorRowSource>(std::vector<float>(200), 100)); }
   catch (const EngineError& e) { threw = std::string(e.what()).find("block size") != std::string::npos; }
-  CHECK(threw, "row not a multiple of 256 accepted for Q4_K");
+  CHECK_MSG(threw, "row not a multiple of 256 accepted for Q4_K");
   threw = false;
   try { w.add_tensor(std::string(64, 'x'), {4}, GgmlType::F32, std::make_shared<VectorRowSource>(std::vector<float>(4), 4)); }
   catch (const EngineError&) { threw = true; }
-  CHECK(threw, "64-byte tensor name accepted");
+  CHECK_MSG(threw, "64-byte tensor name accepted");
 
   uint64_t size = w.write(path, 3);
   std::ifstream f(path, std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  CHECK(bytes.size() == size, "write() returned %llu, file has %zu", (unsigned long long)size, bytes.size());
+  CHECK_MSG(bytes.size() == size, "write() returned %llu, file has %zu", (unsigned long long)size, bytes.size());
 
   void* ctx = nullptr;
   void* gg = g.init_from_file(path.c_str(), gguf_init_params_abi{false, &ctx});
-  CHECK(gg != nullptr, "ggml could not read our file");
+  CHECK_MSG(gg != nullptr, "ggml could not read our file");
   if (gg) {
-    CHECK(g.version(gg) == 3, "version");
-    CHECK(g.alignment(gg) == 32, "alignment");
-    CHECK(g.n_kv(gg) == 10, "n_kv %lld", (long long)g.n_kv(gg));
-    CHECK(g.n_tensors(gg) == int64_t(specs.size()), "n_tensors");
+    CHECK_MSG(g.version(gg) == 3, "version");
+    CHECK_MSG(g.alignment(gg) == 32, "alignment");
+    CHECK_MSG(g.n_kv(gg) == 10, "n_kv %lld", (long long)g.n_kv(gg));
+    CHECK_MSG(g.n_tensors(gg) == int64_t(specs.size()), "n_tensors");
     int64_t k = g.find_key(gg, "x.u32");
-    CHECK(k >= 0 && g.kv_type(gg, k) == 4 && g.get_u32(gg, k) == 4000000000u, "u32");
+    CHECK_MSG(k >= 0 && g.kv_type(gg, k) == 4 && g.get_u32(gg, k) == 4000000000u, "u32");
     k = g.find_key(gg, "x.i32");
-    CHECK(k >= 0 && g.kv_type(gg, k) == 5 && g.get_i32(gg, k) == -5, "i32");
+    CHECK_MSG(k >= 0 && g.kv_type(gg, k) == 5 && g.get_i32(gg, k) == -5, "i32");
     k = g.find_key(gg, "x.f32");
-    CHECK(k >= 0 && g.kv_type(gg, k) == 6 && g.get_f32(gg, k) == 1e-5f, "f32");
+    CHECK_MSG(k >= 0 && g.kv_type(gg, k) == 6 && g.get_f32(gg, k) == 1e-5f, "f32");
     k = g.find_key(gg, "x.bool");
-    CHECK(k >= 0 && g.kv_type(gg, k) == 7 && g.get_bool(gg, k), "bool");
+    CHECK_MSG(k >= 0 && g.kv_type(gg, k) == 7 && g.get_bool(gg, k), "bool");
     k = g.find_key(gg, "x.str");
-    CHECK(k >= 0 && g.kv_type(gg, k) == 8 && std::string(g.get_str(gg, k)) == "héllo\nworld", "str");
+    CHECK_MSG(k >= 0 && g.kv_type(gg, k) == 8 && std::string(g.get_str(gg, k)) == "héllo\nworld", "str");
     k = g.find_key(gg, "x.strs");
-    CHECK(k >= 0 && g.kv_type(gg, k) == 9 && g.arr_type(gg, k) == 8 && g.arr_n(gg, k) == 4 &&
+    CHECK_MSG(k >= 0 && g.kv_type(gg, k) == 9 && g.arr_type(gg, k) == 8 && g.arr_n(gg, k) == 4 &&
               std::string(g.arr_str(gg, k, 2)) == "▁the" && std::string(g.arr_str(gg, k, 1)).empty(), "str array");
     k = g.find_key(gg, "x.f32s");
-    CHECK(k >= 0 && g.arr_type(gg, k) == 6 && g.arr_n(gg, k) == 3 && ((const float*)g.arr_data(gg, k))[2] == 3.25f, "f32 array");
+    CHECK_MSG(k >= 0 && g.arr_type(gg, k) == 6 && g.arr_n(gg, k) == 3 && ((const float*)g.arr_data(gg, k))[2] == 3.25f, "f32 array");
     k = g.find_key(gg, "x.i32s");
-    CHECK(k >= 0 && g.arr_type(gg, k) == 5 && ((const int32_t*)g.arr_data(gg, k))[2] == 6, "i32 array");
+    CHECK_MSG(k >= 0 && g.arr_type(gg, k) == 5 && ((const int32_t*)g.arr_data(gg, k))[2] == 6, "i32 array");
     k = g.find_key(gg, "x.u32s");
-    CHECK(k >= 0 && g.arr_type(gg, k) == 4 && ((const uint32_t*)g.arr_data(gg, k))[1] == 8u, "u32 array");
+    CHECK_MSG(k >= 0 && g.arr_type(gg, k) == 4 && ((const uint32_t*)g.arr_data(gg, k))[1] == 8u, "u32 array");
     size_t data0 = g.data_offset(gg);
-    CHECK(data0 % 32 == 0, "data offset not aligned");
+    CHECK_MSG(data0 % 32 == 0, "data offset not aligned");
     for (const Spec& s : specs) {
       int64_t ti = g.find_tensor(gg, s.name.c_str());
-      CHECK(ti >= 0, "tensor %s missing", s.name.c_str());
+      CHECK_MSG(ti >= 0, "tensor %s missing", s.name.c_str());
       if (ti < 0) continue;
-      CHECK(g.tensor_type(gg, ti) == int(s.type), "%s type", s.name.c_str());
+      CHECK_MSG(g.tensor_type(gg, ti) == int(s.type), "%s type", s.name.c_str());
       size_t off = g.tensor_offset(gg, ti);
-      CHECK(off % 32 == 0, "%s offset unaligned", s.name.c_str());
+      CHECK_MSG(off % 32 == 0, "%s offset unaligned", s.name.c_str());
       int64_t rows = int64_t(s.v.size()) / s.ne[0];
       size_t rb = ggml_row_bytes(s.type, s.ne[0]);
-      CHECK(g.tensor_size(gg, ti) == rb * size_t(rows), "%s size", s.name.c_str());
+      CHECK_MSG(g.tensor_size(gg, ti) == rb * size_t(rows), "%s size", s.name.c_str());
       std::vector<uint8_t> expect(rb * size_t(rows));
       for (int64_t r = 0; r < rows; r++) encode_row(s.type, s.v.data() + r * s.ne[0], expect.data() + r * rb, s.ne[0]);
-      CHECK(data0 + off + expect.size() <= bytes.size() &&
+      CHECK_MSG(data0 + off + expect.size() <= bytes.size() &&
                 std::memcmp(bytes.data() + data0 + off, expect.data(), expect.size()) == 0,
             "%s bytes differ", s.name.c_str());
       // ggml_tensor starts with {enum type; pointer buffer; int64 ne[4]} → ne at byte 16 (x86-64 ABI).
       void* t = g.get_tensor(ctx, s.name.c_str());
-      CHECK(t != nullptr, "%s not in ggml context", s.name.c_str());
+      CHECK_MSG(t != nullptr, "%s not in ggml context", s.name.c_str());
       if (t) {
         const int64_t* ne = reinterpret_cast<const int64_t*>(static_cast<const char*>(t) + 16);
         for (size_t d = 0; d < 4; d++) {
           int64_t want = d < s.ne.size() ? s.ne[d] : 1;
-          CHECK(ne[d] == want, "%s ne[%zu] = %lld, want %lld", s.name.c_str(), d, (long long)ne[d], (long long)want);
+          CHECK_MSG(ne[d] == want, "%s ne[%zu] = %lld, want %lld", s.name.c_str(), d, (long long)ne[d], (long long)want);
         }
       }
     }
@@ -183,12 +183,12 @@ int main() {
   w2.add_tensor("bad.weight", {32, 2}, GgmlType::Q8_0, std::make_shared<Failing>());
   threw = false;
   try { w2.write(path2, 2); } catch (const EngineError& e) { threw = std::string(e.what()) == "source broke"; }
-  CHECK(threw, "source error not propagated");
-  CHECK(access(path2.c_str(), F_OK) != 0, "a broken write left %s", path2.c_str());
+  CHECK_MSG(threw, "source error not propagated");
+  CHECK_MSG(access(path2.c_str(), F_OK) != 0, "a broken write left %s", path2.c_str());
   std::string leftovers = "ls " + dir + " | grep -c tmp > /dev/null";
-  CHECK(std::system(leftovers.c_str()) != 0, "a temp file was left in %s", dir.c_str());
+  CHECK_MSG(std::system(leftovers.c_str()) != 0, "a temp file was left in %s", dir.c_str());
 
   std::remove(path.c_str());
   rmdir(dir.c_str());
-  return finish_test();
+  return test_result("test_gguf_writer");
 }

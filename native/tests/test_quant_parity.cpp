@@ -89,7 +89,7 @@ int main() {
       std::vector<uint8_t> ours(row_bytes * nrows), theirs(row_bytes * nrows, 0xAB);
       for (int64_t r = 0; r < nrows; r++) encode_row(t, x.data() + r * n_per_row, ours.data() + r * row_bytes, n_per_row);
       size_t got = quantize_chunk(int(t), x.data(), theirs.data(), 0, nrows, n_per_row, nullptr);
-      CHECK(got == ours.size(), "%s: ggml wrote %zu bytes, we %zu", ggml_type_name(t), got, ours.size());
+      CHECK_MSG(got == ours.size(), "%s: ggml wrote %zu bytes, we %zu", ggml_type_name(t), got, ours.size());
       size_t bb = ggml_block_bytes(t);
       int bad = 0;
       for (size_t b = 0; b < ours.size() / bb; b++) {
@@ -98,23 +98,23 @@ int main() {
           if (bad++ == 0) {
             size_t o = 0;
             while (ours[b * bb + o] == theirs[b * bb + o]) o++;
-            CHECK(false, "%s kind %d: block %zu differs first at byte %zu (ours %02x, ggml %02x)", ggml_type_name(t),
+            CHECK_MSG(false, "%s kind %d: block %zu differs first at byte %zu (ours %02x, ggml %02x)", ggml_type_name(t),
                   kind, b, o, ours[b * bb + o], theirs[b * bb + o]);
           }
         }
       }
-      if (bad > 1) CHECK(false, "%s kind %d: %d blocks differ in all", ggml_type_name(t), kind, bad);
+      if (bad > 1) CHECK_MSG(false, "%s kind %d: %d blocks differ in all", ggml_type_name(t), kind, bad);
 
       if (!ggml_is_quantized(t)) continue;
       // dequantize with both: identical floats
       const char* sym = nullptr;
       for (const Deq& d : deqs) if (d.t == t) sym = d.sym;
       auto deq = (void (*)(const void*, float*, int64_t))dlsym(h, sym);
-      CHECK(deq != nullptr, "missing %s", sym);
+      CHECK_MSG(deq != nullptr, "missing %s", sym);
       std::vector<float> y_ours(x.size()), y_theirs(x.size());
       decode_row(t, ours.data(), y_ours.data(), int64_t(x.size()));
       if (deq) deq(ours.data(), y_theirs.data(), int64_t(x.size()));
-      CHECK(std::memcmp(y_ours.data(), y_theirs.data(), x.size() * 4) == 0, "%s kind %d: dequantized values differ",
+      CHECK_MSG(std::memcmp(y_ours.data(), y_theirs.data(), x.size() * 4) == 0, "%s kind %d: dequantized values differ",
             ggml_type_name(t), kind);
       // error bounds
       double se = 0, sx = 0, max_q8_excess = 0;
@@ -133,20 +133,20 @@ int main() {
           double bound = d * 0.5 + 127.0 * std::max(d / 2048.0, std::ldexp(1.0, -25)) + 1e-12;
           for (int j = 0; j < 32; j++) max_q8_excess = std::max(max_q8_excess, std::fabs(double(y_ours[b * 32 + j]) - x[b * 32 + j]) - bound);
         }
-        CHECK(max_q8_excess <= 0, "Q8_0 kind %d: element error exceeds d/2 bound by %g", kind, max_q8_excess);
+        CHECK_MSG(max_q8_excess <= 0, "Q8_0 kind %d: element error exceeds d/2 bound by %g", kind, max_q8_excess);
       }
       if (kind == 0) {
         double rel = std::sqrt(se / sx);
         if (pass == 0) std::printf("%-5s gaussian rows: relative RMS error %.4f (bound %.2f)\n", ggml_type_name(t), rel, rms_bound(t));
-        CHECK(rel < rms_bound(t), "%s: relative RMS error %.4f over bound", ggml_type_name(t), rel);
+        CHECK_MSG(rel < rms_bound(t), "%s: relative RMS error %.4f over bound", ggml_type_name(t), rel);
       }
       if (kind == 5 || kind == 9) {  // exactly representable-ish data must come back close
         double rel = std::sqrt(se / sx);
-        CHECK(rel < rms_bound(t), "%s kind %d: relative RMS error %.4f", ggml_type_name(t), kind, rel);
+        CHECK_MSG(rel < rms_bound(t), "%s kind %d: relative RMS error %.4f", ggml_type_name(t), kind, rel);
       }
     }
   }
   }  // pass
   std::printf("compared %d blocks against llama.cpp's libggml-base\n", compared_blocks);
-  return finish_test();
+  return test_result("test_quant_parity");
 }

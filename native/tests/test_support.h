@@ -1,33 +1,12 @@
-// test_support.h — what the native test programs share: a CHECK that counts failures instead of stopping at the
-// first, and a loader for llama.cpp's own shared libraries (the prebuilt ones node-llama-cpp ships), which the GGUF
-// tests use as the reference to compare our bytes against.
+// test_support.h — what the GGUF test programs add to test_util.h (CHECK_MSG, test_result): a loader for llama.cpp's
+// own shared libraries (the prebuilt ones node-llama-cpp ships), the reference they compare our bytes against.
 #pragma once
 #include <dlfcn.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-
-static int failures = 0;
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::fprintf(stderr, __VA_ARGS__);                        \
-      std::fprintf(stderr, "\n");                               \
-      failures++;                                               \
-    }                                                           \
-  } while (0)
-
-// The last lines of every test's main(): non-zero exit when any CHECK failed.
-inline int finish_test() {
-  if (failures) {
-    std::fprintf(stderr, "%d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("OK\n");
-  return 0;
-}
+#include "test_util.h"
 
 // dlopen()s `file` from node-llama-cpp's linux-x64 binaries (tests run from the repo root after `npm ci`), or the path
 // in the environment variable `env_var`; exits with a FAIL line when it cannot.

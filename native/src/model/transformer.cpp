@@ -371,8 +371,7 @@ void Transformer::ensure_buffers(int N, bool training) {
   res_.resize(offloading() ? 2 : size_t(L) + 1);
   for (Tensor& t : res_) t = be_.alloc(size_t(cap) * C, Role::Activation);
   if (offloading() && L > 1) {   // inputs of layers 0 … L−2 (layer L−1's stays in its device slot)
-    res_host_stride_ = size_t(cap) * C * dtype_size(be_.dtype_of(Role::Activation));
-    res_host_ = be_.alloc_host(res_host_stride_ * size_t(L - 1));
+    res_host_ = be_.alloc_host(res_bytes() * size_t(L - 1));
   }
   ids_ = be_.alloc(size_t(cap), Role::Index);
   targets_ = be_.alloc(size_t(cap), Role::Index);

@@ -170,8 +170,7 @@ class Transformer {
   // activation buffers for the current N
   int cap_n_ = 0;
   std::vector<Tensor> res_;        // L+1 residual streams (N, C); 2 device slots when offloading (see res())
-  void* res_host_ = nullptr;       // offload: layer inputs 0 … L−2 in host memory, N·C elements each
-  size_t res_host_stride_ = 0;     // bytes per layer input in res_host_
+  void* res_host_ = nullptr;       // offload: layer inputs 0 … L−2 in host memory, cap_n_·C elements each
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
@@ -190,7 +189,8 @@ class Transformer {
   // The residual stream entering layer l (l = L: the final norm's input). Offloading keeps two device slots,
   // l even / l odd: layer l reads slot l % 2 and writes slot (l + 1) % 2.
   const Tensor& res(int l) const { return res_[offloading() ? size_t(l % 2) : size_t(l)]; }
-  void* res_host(int l) const { return static_cast<char*>(res_host_) + size_t(l) * res_host_stride_; }
+  size_t res_bytes() const { return size_t(cap_n_) * cfg_.hidden_size * dtype_size(be_.dtype_of(Role::Activation)); }
+  void* res_host(int l) const { return static_cast<char*>(res_host_) + size_t(l) * res_bytes(); }
   void alloc_layer_acts(LayerActs& a, int N);
   void free_layer_acts(LayerActs& a);
   void upload_batch(const Batch& batch);
