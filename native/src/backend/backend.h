@@ -30,8 +30,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 #include "util/dtype.h"
 
 #if defined(__CUDACC__)
@@ -148,6 +150,19 @@ class Backend {
   virtual void upload(const Tensor& dst, const float* src, size_t n, size_t offset = 0) = 0;
   virtual void upload(const Tensor& dst, const double* src, size_t n, size_t offset = 0) = 0;
   virtual void upload(const Tensor& dst, const int32_t* src, size_t n, size_t offset = 0) = 0;
+  // Rows of dst with pitch ld (elements) = src (rows, cols) as bf16 bits: a weight read straight from a bf16
+  // checkpoint (the columns from cols to ld are left as they are). This default converts through fp32; the CUDA
+  // backend, whose weights are bf16, copies the bits through page-locked staging (no fp32 copy on the host).
+  virtual void upload_bf16_rows(const Tensor& dst, const uint16_t* src, int rows, int cols, int ld) {
+    std::vector<float> row(static_cast<size_t>(cols));
+    for (int r = 0; r < rows; r++) {
+      for (int c = 0; c < cols; c++) {
+        const uint32_t bits = uint32_t(src[size_t(r) * cols + c]) << 16;
+        std::memcpy(&row[size_t(c)], &bits, 4);
+      }
+      upload(dst, row.data(), size_t(cols), size_t(r) * ld);
+    }
+  }
   // dst[0..n) = src[offset .. offset+n). Synchronizes.
   virtual void download(const Tensor& src, float* dst, size_t n, size_t offset = 0) = 0;
   virtual void download(const Tensor& src, double* dst, size_t n, size_t offset = 0) = 0;

@@ -250,9 +250,15 @@ void Transformer::load_weights(const std::string& dir, const std::function<void(
                             std::to_string(want[0]) + (want.size() > 1 ? ", " + std::to_string(want[1]) : "") + "]",
                         path_join(dir, st->shard_of(w.name)), w.name);
     }
-    buf.resize(size_t(tv.numel()));
-    convert_to_f32(tv.data, tv.dtype, buf.data(), buf.size());
-    set_weight(i, buf);
+    if (tv.dtype == DType::BF16 && !w.nf4) {
+      // bf16 checkpoint: no fp32 copy on the host (an 8B base would be 32 GB of it); the backend converts if
+      // its weights are not bf16.
+      be_.upload_bf16_rows(*w.t, reinterpret_cast<const uint16_t*>(tv.data), w.rows, w.cols, w.ld);
+    } else {
+      buf.resize(size_t(tv.numel()));
+      convert_to_f32(tv.data, tv.dtype, buf.data(), buf.size());
+      set_weight(i, buf);
+    }
     if (on_progress) on_progress(i + 1, slots_w_.size());
   }
 }

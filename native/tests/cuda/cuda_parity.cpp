@@ -5,6 +5,7 @@
 // fp32 optimizer math: 1e-5). Needs a GPU: run by bench/cuda-train.sh, not by ctest.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <utility>
@@ -365,20 +366,63 @@ void test_rope_glu(Harness& h) {
   for (Pair* p : {&ps, &invf, &x}) h.free(*p);
 }
 
-void test_attention(Harness& h, bool packed, int T, int HD) {
+// doc_start (B rows of T) for packed rows of documents with the given lengths, row after row; a row's last
+// document takes what its lengths leave.
+std::vector<int32_t> doc_starts(int B, int T, const std::vector<std::vector<int>>& rows) {
+  std::vector<int32_t> ds(size_t(B) * T, 0);
+  for (int b = 0; b < B; b++) {
+    int start = 0, next = 0;
+    size_t d = 0;
+    const std::vector<int>& lens = rows[size_t(b) % rows.size()];
+    for (int t = 0; t < T; t++) {
+      if (t == next && t > 0) start = t;
+      if (t == next) next = d < lens.size() ? t + lens[d++] : T;
+      ds[size_t(b) * T + t] = start;
+    }
+  }
+  return ds;
+}
+
+// The packed layouts the shards stage writes: a few documents (row 0: 37, 100, the rest; row 1: one document),
+// 1-token documents, a document filling the whole row, and rows of many tiny documents.
+enum class Docs { One, Few, OneTokens, WholeRow, ManyTiny };
+const char* docs_name(Docs d) {
+  switch (d) {
+    case Docs::One: return "causal";
+    case Docs::Few: return "packed docs";
+    case Docs::OneTokens: return "packed 1-token docs";
+    case Docs::WholeRow: return "packed, doc fills row";
+    case Docs::ManyTiny: return "packed, many tiny docs";
+  }
+  return "";
+}
+std::vector<int32_t> docs_layout(Docs d, int B, int T) {
+  switch (d) {
+    case Docs::One: return std::vector<int32_t>(size_t(B) * T, 0);
+    case Docs::Few: return doc_starts(B, T, {{37, 100}, {}});
+    case Docs::OneTokens: return doc_starts(B, T, {{1, 1, 1, 5, 1, 1}, {1, 1}});
+    case Docs::WholeRow: return doc_starts(B, T, {{}, {3, 7}});  // row 0: one document; row 1 packed
+    case Docs::ManyTiny: {
+      std::vector<int> tiny;
+      for (int i = 0; i < T / 3; i++) tiny.push_back(1 + i % 5);
+      return doc_starts(B, T, {tiny});
+    }
+  }
+  return {};
+}
+
+void test_attention(Harness& h, Docs docs, int T, int HD) {
   const int B = 2, NH = 8, NKV = 2, N = B * T;
-  std::vector<int32_t> ds(N, 0);
-  if (packed)  // row 0: documents of 37, 100, rest; row 1: one document
-    for (int t = 0; t < T; t++) ds[t] = t < 37 ? 0 : (t < 137 ? 37 : 137);
-  Pair doc = h.make_i(ds);
+  const bool packed = docs != Docs::One;
+  Pair doc = h.make_i(docs_layout(docs, B, T));
   Pair q = h.make(randn((size_t)N * NH * HD), Role::Activation), k = h.make(randn((size_t)N * NKV * HD), Role::Activation);
   Pair v = h.make(randn((size_t)N * NKV * HD), Role::Activation);
   Pair o = h.make_out((size_t)N * NH * HD, Role::Activation), lse = h.make_out((size_t)B * NH * T, Role::Stat);
   const Backend::AttnPitch packed_rows;
   h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, B, T, T, T, 0, NH, NKV, HD, packed_rows);
   h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, B, T, T, T, 0, NH, NKV, HD, packed_rows);
-  std::string tag = std::string(packed ? "packed docs" : "causal") + " T=" + std::to_string(T) + " HD=" +
-                    std::to_string(HD);
+  (void)packed;
+  std::string tag = std::string(docs_name(docs)) + " T=" + std::to_string(T) + " HD=" + std::to_string(HD);
   h.compare(("attention_forward out, " + tag).c_str(), o, kBf16);
   h.compare(("attention_forward lse, " + tag).c_str(), lse, 1e-3);
   Pair dout = h.make(randn((size_t)N * NH * HD), Role::Activation);
@@ -488,14 +532,15 @@ void test_glu_pitched(Harness& h) {
 // Which attention path the GPU took since the last profile reset: "cudnn", "portable" or "mixed" (fwd ≠ bwd).
 std::string attention_path_taken(Backend& gpu) {
   const std::string prof = cuda_profile_report(gpu);
-  const bool f = prof.find("attention_forward (cudnn)") != std::string::npos;
-  const bool b = prof.find("attention_backward (cudnn)") != std::string::npos;
+  const bool f = prof.find("attention_forward (cudnn") != std::string::npos;   // plain rows or packed
+  const bool b = prof.find("attention_backward (cudnn") != std::string::npos;
   return f && b ? "cudnn" : (!f && !b ? "portable" : "mixed");
 }
 
 // q|k|v as column blocks of one (N, qd + 2·kvd) buffer, dq|dk|dv written into one buffer with 48 spare columns,
-// out with 16 spare columns, dout with 8. Plain causal rows take cuDNN, packed documents the portable kernels;
-// odd pitches (rows off 16-byte alignment) must make cuDNN decline so the portable kernels run for causal rows too.
+// out with 16 spare columns, dout with 8. Plain causal rows and packed documents take cuDNN (packed: one
+// ragged sequence per document, unless NXFT_CUDNN_PACKED=0); odd pitches (rows off 16-byte alignment) must make
+// cuDNN decline so the portable kernels run.
 void test_attention_pitched(Harness& h, bool packed, bool odd) {
   const int B = 2, T = 300, NH = 8, NKV = 2, HD = 128, N = B * T, qd = NH * HD, kvd = NKV * HD, W = qd + 2 * kvd;
   const int e = odd ? 1 : 0;
@@ -504,10 +549,7 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   p.out = qd + 16 + e;
   p.dout = qd + 8 + e;
   p.dq = p.dkv = W + 48 + e;
-  std::vector<int32_t> ds(N, 0);
-  if (packed)
-    for (int t = 0; t < T; t++) ds[t] = t < 37 ? 0 : (t < 137 ? 37 : 137);
-  Pair doc = h.make_i(ds);
+  Pair doc = h.make_i(docs_layout(packed ? Docs::Few : Docs::One, B, T));
   Pair qkv = h.make(pitched(N, p.q, {{0, W}}, false), Role::Activation);
   auto q_of = [](const Tensor& t) { return t; };
   auto k_of = [&](const Tensor& t) { return t.from(qd); };
@@ -539,7 +581,9 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   const std::string taken = attention_path_taken(h.gpu);
   cuda_profile_enable(h.gpu, false);
   const bool cudnn_here = cuda_attention_path(h.gpu).rfind("cudnn", 0) == 0;
-  const std::string want = cudnn_here && !packed && !odd ? "cudnn" : "portable";
+  const char* packed_env = std::getenv("NXFT_CUDNN_PACKED");
+  const bool packed_on = !(packed_env && std::string(packed_env) == "0");
+  const std::string want = cudnn_here && (!packed || packed_on) && !odd ? "cudnn" : "portable";
   const bool ok = taken == want;
   if (!ok) failures++;
   std::printf("| %-44s | %10s | %10s | %8s | %s |\n", ("attention path, " + tag).c_str(), taken.c_str(), want.c_str(),
@@ -678,10 +722,14 @@ int main() {
   test_matmul(h);
   test_norm_embed_elementwise(h);
   test_rope_glu(h);
-  test_attention(h, false, 300, 128);
-  test_attention(h, true, 300, 128);
-  test_attention(h, false, 1024, 128);
-  test_attention(h, true, 257, 64);
+  test_attention(h, Docs::One, 300, 128);
+  test_attention(h, Docs::Few, 300, 128);
+  test_attention(h, Docs::One, 1024, 128);
+  test_attention(h, Docs::Few, 257, 64);
+  test_attention(h, Docs::OneTokens, 256, 128);
+  test_attention(h, Docs::WholeRow, 512, 128);
+  test_attention(h, Docs::ManyTiny, 600, 128);
+  test_attention(h, Docs::ManyTiny, 2048, 64);
   test_attention_decode(h);
   test_rmsnorm_backward_pitched(h);
   test_rope_pitched(h);

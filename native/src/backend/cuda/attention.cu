@@ -199,5 +199,24 @@ void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, c
   CUDA_LAUNCH_CHECK();
 }
 
+// ---- lse between the engine's (B, NH, T) layout and cuDNN's ragged token-major (B·T, NH) ---------------------
+// cuDNN's packed-document path reads and writes the logsumexp token-major (its ragged offsets are token offsets
+// times NH); the engine's contract (backend.h) is head-major per row. One thread per element.
+__global__ void lse_layout_kernel(float* dst, const float* src, size_t n, int T, int NH, int to_token_major) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;  // index in (b, h, t) order
+  if (i >= n) return;
+  const int t = int(i % T), h = int((i / T) % NH), b = int(i / ((size_t)T * NH));
+  const size_t tm = ((size_t)b * T + t) * NH + h;                   // the same element, token-major
+  if (to_token_major) dst[tm] = src[i];
+  else dst[i] = src[tm];
+}
+
+void launch_lse_layout(float* dst, const float* src, int B, int T, int NH, bool to_token_major, cudaStream_t s) {
+  const size_t n = (size_t)B * T * NH;
+  if (n == 0) return;
+  lse_layout_kernel<<<ceil_div(n, 256), 256, 0, s>>>(dst, src, n, T, NH, to_token_major ? 1 : 0);
+  CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace cuda
 }  // namespace nxft

@@ -1,8 +1,8 @@
 // cuda_backend.cpp — the Backend interface (backend.h) on one NVIDIA GPU.
 // Storage by role: Weight and Activation bf16, Param and Stat fp32, Index int32 (backend.h "Design").
 // Every op is asynchronous on one stream; matmuls go through cuBLASLt (gemm.cu), attention through cuDNN SDPA
-// for plain causal rows when available (cudnn_attention.cpp) and the portable flash-style kernels otherwise
-// (attention.cu); everything else is our own kernels (one .cu per concern).
+// for plain causal rows and packed documents when available (cudnn_attention.cpp, packed_docs.cpp) and the
+// portable flash-style kernels otherwise (attention.cu); everything else is our own kernels (one .cu per concern).
 #include <cuda_runtime.h>
 #include <algorithm>
 #include <cmath>
@@ -22,6 +22,7 @@
 #include "util/events.h"
 #if defined(NXFT_HAVE_CUDNN)
 #include "backend/cuda/cudnn_attention.h"
+#include "backend/cuda/packed_docs.h"
 #endif
 
 namespace nxft {
@@ -146,6 +147,8 @@ class CudaBackend : public Backend {
     mem_.add_external(32u << 20);  // the cuBLASLt workspace
     CUDA_CHECK(cudaMalloc(&d_sum_, sizeof(double) * (kSumSqBlocks + 1)));
     const char* no_cudnn = std::getenv("NXFT_NO_CUDNN");
+    const char* packed = std::getenv("NXFT_CUDNN_PACKED");  // 0: packed documents take the portable kernels
+    cudnn_packed_ = !(packed && std::string(packed) == "0");
 #if defined(NXFT_HAVE_CUDNN)
     if (no_cudnn && std::string(no_cudnn) == "1") {
       attention_path_ = "portable (NXFT_NO_CUDNN=1)";
@@ -168,6 +171,10 @@ class CudaBackend : public Backend {
     for (cudaEvent_t e : {fork_ev_, side_done_ev_, copy_fork_ev_, copy_done_ev_})
       if (e) cudaEventDestroy(e);
     for (auto& e : event_pool_) cudaEventDestroy(e);
+    for (int i = 0; i < 2; i++) {
+      if (stage_[i]) cudaFreeHost(stage_[i]);
+      if (stage_ev_[i]) cudaEventDestroy(stage_ev_[i]);
+    }
     for (void* p : scratch_) if (p) cudaFree(p);
     cudaFree(d_sum_);
   }
@@ -301,6 +308,47 @@ class CudaBackend : public Backend {
   void upload(const Tensor& dst, const double* src, size_t n, size_t offset) override {
     upload_float(dst, src, n, offset);
   }
+  // A bf16 checkpoint's weight, bits as they are: row chunks of at most kStageBytes go through two page-locked
+  // buffers (copied in by all cores, from the mmap'd file), each chunk's DMA overlapping the next chunk's copy.
+  void upload_bf16_rows(const Tensor& dst, const uint16_t* src, int rows, int cols, int ld) override {
+    if (dst.dtype != DType::BF16) return Backend::upload_bf16_rows(dst, src, rows, cols, ld);
+    if (rows <= 0 || cols <= 0) return;
+    check_range(dst, size_t(rows - 1) * ld + cols, 0, "upload_bf16_rows");
+    constexpr size_t kStageBytes = size_t(64) << 20;
+    const size_t row_bytes = size_t(cols) * 2;
+    const int chunk_rows = int(std::max<size_t>(1, kStageBytes / row_bytes));
+    for (int i = 0; i < 2; i++) {
+      if (!stage_[i]) {
+        stage_bytes_[i] = std::max(kStageBytes, row_bytes);
+        CUDA_CHECK(cudaMallocHost(&stage_[i], stage_bytes_[i]));
+        CUDA_CHECK(cudaEventCreateWithFlags(&stage_ev_[i], cudaEventDisableTiming));
+      } else if (stage_bytes_[i] < row_bytes) {
+        CUDA_CHECK(cudaEventSynchronize(stage_ev_[i]));
+        CUDA_CHECK(cudaFreeHost(stage_[i]));
+        stage_bytes_[i] = row_bytes;
+        CUDA_CHECK(cudaMallocHost(&stage_[i], stage_bytes_[i]));
+      }
+    }
+    const unsigned nt = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
+    int buf = 0;
+    for (int r0 = 0; r0 < rows; r0 += chunk_rows, buf ^= 1) {
+      const int nr = std::min(chunk_rows, rows - r0);
+      const size_t bytes = size_t(nr) * row_bytes;
+      CUDA_CHECK(cudaEventSynchronize(stage_ev_[buf]));  // its last DMA is done: the buffer may be rewritten
+      const char* from = reinterpret_cast<const char*>(src + size_t(r0) * cols);
+      char* to = static_cast<char*>(stage_[buf]);
+      std::vector<std::thread> pool;
+      for (unsigned t = 0; t < nt; t++) {
+        const size_t b0 = bytes * t / nt, b1 = bytes * (t + 1) / nt;
+        pool.emplace_back([=] { std::memcpy(to + b0, from + b0, b1 - b0); });
+      }
+      for (auto& th : pool) th.join();
+      CUDA_CHECK(cudaMemcpy2DAsync(static_cast<uint16_t*>(dst.ptr) + size_t(r0) * ld, size_t(ld) * 2, to, row_bytes,
+                                   row_bytes, size_t(nr), cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaEventRecord(stage_ev_[buf], stream_));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller may unmap src
+  }
   void upload(const Tensor& dst, const int32_t* src, size_t n, size_t offset) override {
     check_range(dst, n, offset, "upload");
     if (dst.dtype != DType::I32) throw EngineError("cuda upload: int32 data into a non-Index tensor");
@@ -312,6 +360,8 @@ class CudaBackend : public Backend {
     for (size_t i = 0; i < n && all_zero; i++) all_zero = src[i] == 0;
     forget_index_range(static_cast<int32_t*>(dst.ptr) + offset, n);
     zero_index_[static_cast<int32_t*>(dst.ptr) + offset] = all_zero ? n : 0;
+    // Keep a host copy of a range with several documents: attention finds them there (packed_docs.h).
+    if (!all_zero) index_copy_[static_cast<int32_t*>(dst.ptr) + offset] = {std::vector<int32_t>(src, src + n), ++uploads_};
   }
   template <typename D> void download_float(const Tensor& src, D* dst, size_t n, size_t offset) {
     check_range(src, n, offset, "download");
@@ -544,10 +594,23 @@ class CudaBackend : public Backend {
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
 #if defined(NXFT_HAVE_CUDNN)
     // cuDNN returns false for layouts it cannot take (unaligned pointers or pitches): the portable kernels run then.
-    if (cudnn_ && Tq == Tk && Tk == Tk_stride && q_offset == 0 && index_all_zero(doc_start, (size_t)B * Tq) &&
-        cudnn_->forward(out.ptr, static_cast<float*>(lse.ptr), q.ptr, k.ptr, v.ptr, B, Tq, NH, NKV, HD, ld)) {
-      tm.rename("attention_forward (cudnn)");
-      return;
+    if (cudnn_ && Tq == Tk && Tk == Tk_stride && q_offset == 0) {
+      if (index_all_zero(doc_start, (size_t)B * Tq)) {
+        if (cudnn_->forward(out.ptr, static_cast<float*>(lse.ptr), q.ptr, k.ptr, v.ptr, B, Tq, NH, NKV, HD, ld)) {
+          tm.rename("attention_forward (cudnn)");
+          return;
+        }
+      } else if (PackedDocs* docs = packed_docs(doc_start, B, Tq)) {
+        // Packed documents: one cuDNN sequence per document; its lse comes token-major and is put back in
+        // the engine's (B, NH, T) layout, so the backward (or the portable kernels) read the usual layout.
+        float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * Tq * NH * 4));
+        if (cudnn_->forward_ragged(out.ptr, lse_tokens, q.ptr, k.ptr, v.ptr, docs->ragged(ld, NH, false, stream_), NH,
+                                   NKV, HD, ld)) {
+          launch_lse_layout(static_cast<float*>(lse.ptr), lse_tokens, B, Tq, NH, false, stream_);
+          tm.rename("attention_forward (cudnn packed)");
+          return;
+        }
+      }
     }
 #endif
     launch_attention_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(lse.ptr),
@@ -562,11 +625,20 @@ class CudaBackend : public Backend {
     Timer tm(this, "attention_backward", attention_flops(B, T, NH, HD, 2.5));
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
 #if defined(NXFT_HAVE_CUDNN)
-    if (cudnn_ && index_all_zero(doc_start, (size_t)B * T) &&
-        cudnn_->backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr,
-                         static_cast<const float*>(lse.ptr), B, T, NH, NKV, HD, ld)) {
-      tm.rename("attention_backward (cudnn)");
-      return;
+    if (cudnn_ && index_all_zero(doc_start, (size_t)B * T)) {
+      if (cudnn_->backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr,
+                           static_cast<const float*>(lse.ptr), B, T, NH, NKV, HD, ld)) {
+        tm.rename("attention_backward (cudnn)");
+        return;
+      }
+    } else if (PackedDocs* docs = cudnn_ ? packed_docs(doc_start, B, T) : nullptr) {
+      float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * T * NH * 4));
+      launch_lse_layout(lse_tokens, static_cast<const float*>(lse.ptr), B, T, NH, true, stream_);
+      if (cudnn_->backward_ragged(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse_tokens,
+                                  docs->ragged(ld, NH, true, stream_), NH, NKV, HD, ld)) {
+        tm.rename("attention_backward (cudnn packed)");
+        return;
+      }
     }
 #endif
     float* delta = static_cast<float*>(scratch(4, (size_t)B * NH * T * 4));
@@ -851,7 +923,10 @@ class CudaBackend : public Backend {
     auto it = zero_index_.find(static_cast<int32_t*>(t.ptr));
     return it != zero_index_.end() && it->second >= n;
   }
-  void forget_index(void* p) { zero_index_.erase(static_cast<int32_t*>(p)); }
+  void forget_index(void* p) {
+    zero_index_.erase(static_cast<int32_t*>(p));
+    index_copy_.erase(static_cast<int32_t*>(p));
+  }
   void forget_index_range(int32_t* p, size_t n) {
     for (auto it = zero_index_.begin(); it != zero_index_.end();) {
       int32_t* s = it->first;
@@ -859,7 +934,22 @@ class CudaBackend : public Backend {
       if (s < p + n && p < s + len) it = zero_index_.erase(it);
       else ++it;
     }
+    for (auto it = index_copy_.begin(); it != index_copy_.end();) {
+      int32_t* s = it->first;
+      if (s < p + n && p < s + it->second.values.size()) it = index_copy_.erase(it);
+      else ++it;
+    }
   }
+#if defined(NXFT_HAVE_CUDNN)
+  // The packed documents of doc_start (B rows of T) for cuDNN's ragged attention, found from the host copy of
+  // its upload; nullptr when there is none (not uploaded whole) or the rows are not contiguous documents.
+  PackedDocs* packed_docs(const Tensor& doc_start, int B, int T) {
+    if (!cudnn_packed_) return nullptr;
+    auto it = index_copy_.find(static_cast<int32_t*>(doc_start.ptr));
+    if (it == index_copy_.end() || it->second.values.size() < (size_t)B * T) return nullptr;
+    return packed_docs_.prepare(it->second.upload, it->second.values, B, T, stream_) ? &packed_docs_ : nullptr;
+  }
+#endif
 
   // A device→host or host→device copy on copy_stream_, after all work issued so far on the main stream.
   void transfer(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
@@ -888,11 +978,24 @@ class CudaBackend : public Backend {
 #endif
   DeviceMemory mem_;
   std::vector<char> staging_;
+  void* stage_[2] = {};                   // page-locked staging of upload_bf16_rows
+  size_t stage_bytes_[2] = {};
+  cudaEvent_t stage_ev_[2] = {};
   void* scratch_[8] = {};
   size_t scratch_bytes_[8] = {};
   double* d_sum_ = nullptr;
   std::map<const void*, Bf16Copy> bf16_cache_;
   std::map<int32_t*, size_t> zero_index_;  // start of an uploaded Index range → its length if all zero, else 0
+  struct IndexCopy {
+    std::vector<int32_t> values;
+    uint64_t upload = 0;  // which upload wrote them (the counter below)
+  };
+  std::map<int32_t*, IndexCopy> index_copy_;  // start of an uploaded Index range that is not all zero → its values
+  uint64_t uploads_ = 0;
+  bool cudnn_packed_ = true;  // NXFT_CUDNN_PACKED=0: packed documents take the portable kernels
+#if defined(NXFT_HAVE_CUDNN)
+  PackedDocs packed_docs_;
+#endif
   bool profile_ = false;
   bool rank_update_enabled_ = false;  // NXFT_RANK_UPDATE=1: LoRA expand products through lora_update.cu
   std::vector<cudaEvent_t> event_pool_, free_events_;

@@ -20,20 +20,36 @@ using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
 
 namespace {
 
+// Offsets and lengths of a ragged (packed-document) graph; all null for plain causal rows.
+struct RaggedTensors {
+  TensorPtr seq_q, seq_kv;                          // (n_seq) document lengths (one buffer bound to both)
+  TensorPtr q, k, v, o, stats, dO, dq, dk, dv;      // (n_seq + 1) element offsets of each operand
+};
 struct FwdGraph {
   std::shared_ptr<fe::graph::Graph> g;
   TensorPtr q, k, v, o, stats;
+  RaggedTensors off;
   int64_t workspace = 0;
   bool tuned = false;
 };
 struct BwdGraph {
   std::shared_ptr<fe::graph::Graph> g;
   TensorPtr q, k, v, o, dO, stats, dq, dk, dv;
+  RaggedTensors off;
   int64_t workspace = 0;
   bool tuned = false;
 };
 
+// One call's shape: plain causal rows (docs == nullptr: B rows of T tokens) or packed documents (B = n_seq
+// sequences of at most T = max_len tokens, placed by docs' offsets).
+struct Shape {
+  int B, T, NH, NKV, HD;
+  AttnLd ld;
+  const RaggedDocs* docs;
+};
+
 // (B, H, T, HD) view of a token-major (B, T, H, HD) buffer whose token rows are ld elements apart (ld ≥ H·HD).
+// With ragged offsets cuDNN places sequence b at its offset and ignores the batch stride.
 std::vector<int64_t> bthd_strides(int T, int HD, int ld) {
   return {(int64_t)T * ld, (int64_t)HD, (int64_t)ld, 1};
 }
@@ -66,15 +82,46 @@ class CudnnAttentionImpl : public CudnnAttention {
 
   bool forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int NH, int NKV,
                int HD, const AttnLd& ld) override {
-    if (HD % 8 != 0 || !vec_ok(q, ld.q) || !vec_ok(k, ld.kv) || !vec_ok(v, ld.kv) || !vec_ok(out, ld.out))
-      return false;
-    // The graph bakes in the strides, so every pitch is part of the key (backward-only pitches are 0 here).
-    const Key key = {B, T, NH, NKV, HD, ld.q, ld.kv, ld.out, 0, 0, 0};
+    return run_forward({B, T, NH, NKV, HD, ld, nullptr}, out, lse, q, k, v);
+  }
+  bool forward_ragged(void* out, float* lse, const void* q, const void* k, const void* v, const RaggedDocs& docs,
+                      int NH, int NKV, int HD, const AttnLd& ld) override {
+    return run_forward({docs.n_seq, docs.max_len, NH, NKV, HD, ld, &docs}, out, lse, q, k, v);
+  }
+  bool backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k, const void* v,
+                const void* out, const float* lse, int B, int T, int NH, int NKV, int HD, const AttnLd& ld) override {
+    return run_backward({B, T, NH, NKV, HD, ld, nullptr}, dq, dk, dv, dout, q, k, v, out, lse);
+  }
+  bool backward_ragged(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k, const void* v,
+                       const void* out, const float* lse, const RaggedDocs& docs, int NH, int NKV, int HD,
+                       const AttnLd& ld) override {
+    return run_backward({docs.n_seq, docs.max_len, NH, NKV, HD, ld, &docs}, dq, dk, dv, dout, q, k, v, out, lse);
+  }
+
+ private:
+  // B, T, NH, NKV, HD, the row pitches q, kv, out, dout, dq, dkv (the last three 0 for forward graphs), then the
+  // token count of a ragged graph (0 for plain rows). The graph bakes in strides and sizes, so all are the key.
+  using Key = std::array<int, 12>;
+  static Key key_of(const Shape& s, bool backward) {
+    const AttnLd& l = s.ld;
+    return {s.B, s.T, s.NH, s.NKV, s.HD, l.q, l.kv, l.out, backward ? l.dout : 0, backward ? l.dq : 0,
+            backward ? l.dkv : 0, s.docs ? s.docs->tokens : 0};
+  }
+  static bool layout_ok(const Shape& s, std::initializer_list<std::pair<const void*, int>> ptr_ld) {
+    if (s.HD % 8 != 0) return false;
+    for (auto& [p, ld] : ptr_ld)
+      if (!vec_ok(p, ld)) return false;
+    return true;
+  }
+
+  bool run_forward(const Shape& s, void* out, float* lse, const void* q, const void* k, const void* v) {
+    if (!layout_ok(s, {{q, s.ld.q}, {k, s.ld.kv}, {v, s.ld.kv}, {out, s.ld.out}})) return false;
+    const Key key = key_of(s, false);
     if (fwd_failed_.count(key)) return false;  // no engine for this shape: don't rebuild on every call
     auto it = fwd_.find(key);
     if (it == fwd_.end()) {
       FwdGraph fg;
-      if (!build_forward(fg, B, T, NH, NKV, HD, ld)) {
+      if (!build_forward(fg, s)) {
         fwd_failed_.insert(key);
         return false;
       }
@@ -85,23 +132,29 @@ class CudnnAttentionImpl : public CudnnAttention {
     std::unordered_map<TensorPtr, void*> pack = {{fg.q, const_cast<void*>(q)}, {fg.k, const_cast<void*>(k)},
                                                  {fg.v, const_cast<void*>(v)}, {fg.o, out},
                                                  {fg.stats, lse}};
+    if (s.docs) {
+      const RaggedDocs& d = *s.docs;
+      bind(pack, {{fg.off.seq_q, d.seq_len}, {fg.off.seq_kv, d.seq_len}, {fg.off.q, d.q}, {fg.off.k, d.kv},
+                  {fg.off.v, d.kv}, {fg.off.o, d.out}, {fg.off.stats, d.lse}});
+    }
     if (!fg.tuned) tune(*fg.g, pack, &fg.workspace, "forward", &fg.tuned);
     auto err = fg.g->execute(handle_, pack, workspace_);
     if (err.is_bad()) throw EngineError("cuDNN SDPA forward failed: " + err.get_message());
     return true;
   }
 
-  bool backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k, const void* v,
-                const void* out, const float* lse, int B, int T, int NH, int NKV, int HD, const AttnLd& ld) override {
-    if (HD % 8 != 0 || !vec_ok(q, ld.q) || !vec_ok(k, ld.kv) || !vec_ok(v, ld.kv) || !vec_ok(out, ld.out) ||
-        !vec_ok(dout, ld.dout) || !vec_ok(dq, ld.dq) || !vec_ok(dk, ld.dkv) || !vec_ok(dv, ld.dkv))
+  bool run_backward(const Shape& s, void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                    const void* v, const void* out, const float* lse) {
+    const AttnLd& ld = s.ld;
+    if (!layout_ok(s, {{q, ld.q}, {k, ld.kv}, {v, ld.kv}, {out, ld.out}, {dout, ld.dout}, {dq, ld.dq}, {dk, ld.dkv},
+                       {dv, ld.dkv}}))
       return false;
-    const Key key = {B, T, NH, NKV, HD, ld.q, ld.kv, ld.out, ld.dout, ld.dq, ld.dkv};
+    const Key key = key_of(s, true);
     if (bwd_failed_.count(key)) return false;
     auto it = bwd_.find(key);
     if (it == bwd_.end()) {
       BwdGraph bg;
-      if (!build_backward(bg, B, T, NH, NKV, HD, ld)) {
+      if (!build_backward(bg, s)) {
         bwd_failed_.insert(key);
         return false;
       }
@@ -113,15 +166,25 @@ class CudnnAttentionImpl : public CudnnAttention {
         {bg.q, const_cast<void*>(q)},       {bg.k, const_cast<void*>(k)},     {bg.v, const_cast<void*>(v)},
         {bg.o, const_cast<void*>(out)},     {bg.dO, const_cast<void*>(dout)}, {bg.stats, const_cast<float*>(lse)},
         {bg.dq, dq},                        {bg.dk, dk},                      {bg.dv, dv}};
+    if (s.docs) {
+      const RaggedDocs& d = *s.docs;
+      bind(pack, {{bg.off.seq_q, d.seq_len}, {bg.off.seq_kv, d.seq_len}, {bg.off.q, d.q}, {bg.off.k, d.kv},
+                  {bg.off.v, d.kv}, {bg.off.o, d.out}, {bg.off.stats, d.lse}, {bg.off.dO, d.dout},
+                  {bg.off.dq, d.dq}, {bg.off.dk, d.dkv}, {bg.off.dv, d.dkv}});
+    }
     if (!bg.tuned) tune(*bg.g, pack, &bg.workspace, "backward", &bg.tuned);
     auto err = bg.g->execute(handle_, pack, workspace_);
     if (err.is_bad()) throw EngineError("cuDNN SDPA backward failed: " + err.get_message());
     return true;
   }
 
- private:
-  // B, T, NH, NKV, HD, then the row pitches q, kv, out, dout, dq, dkv (the last three 0 for forward graphs).
-  using Key = std::array<int, 11>;
+  static void bind(std::unordered_map<TensorPtr, void*>& pack,
+                   std::initializer_list<std::pair<TensorPtr, const int32_t*>> index_tensors) {
+    for (auto& [t, p] : index_tensors) {
+      if (!p) throw EngineError("internal: a ragged attention offset array is missing");
+      pack[t] = const_cast<int32_t*>(p);
+    }
+  }
 
   static bool ok(fe::error_t e, const char* what) {
     if (e.is_bad()) {
@@ -137,16 +200,41 @@ class CudnnAttentionImpl : public CudnnAttention {
         .set_compute_data_type(fe::DataType_t::FLOAT);
     return g;
   }
-  TensorPtr tensor(fe::graph::Graph& g, const char* name, int B, int H, int T, int HD, int ld) {
-    return g.tensor(fe::graph::Tensor_attributes().set_name(name).set_dim({B, H, T, HD}).set_stride(
-        bthd_strides(T, HD, ld)));
-  }
-  TensorPtr stats_tensor(fe::graph::Graph& g, int B, int NH, int T) {
+  // An int32 index tensor of n entries: document lengths (n_seq) or ragged offsets (n_seq + 1).
+  static TensorPtr index_tensor(fe::graph::Graph& g, const char* name, int64_t n) {
     return g.tensor(fe::graph::Tensor_attributes()
-                        .set_name("stats")
-                        .set_dim({B, NH, T, 1})
-                        .set_stride({(int64_t)NH * T, (int64_t)T, 1, 1})
-                        .set_data_type(fe::DataType_t::FLOAT));
+                        .set_name(name)
+                        .set_dim({n, 1, 1, 1})
+                        .set_stride({1, 1, 1, 1})
+                        .set_data_type(fe::DataType_t::INT32));
+  }
+  static TensorPtr ragged(fe::graph::Graph& g, const Shape& s, const char* name) {
+    return s.docs ? index_tensor(g, name, (int64_t)s.B + 1) : nullptr;
+  }
+  // q/k/v/o-like operand: (B, H, T, HD) over token-major rows of pitch ld, ragged when off is set.
+  static void place(const TensorPtr& t, int B, int H, int T, int HD, int ld, const TensorPtr& off) {
+    t->set_dim({B, H, T, HD}).set_stride(bthd_strides(T, HD, ld));
+    if (off) t->set_ragged_offset(off);
+  }
+  TensorPtr tensor(fe::graph::Graph& g, const char* name, int B, int H, int T, int HD, int ld, const TensorPtr& off) {
+    auto t = g.tensor(fe::graph::Tensor_attributes().set_name(name));
+    place(t, B, H, T, HD, ld, off);
+    return t;
+  }
+  // The logsumexp: (B, NH, T) head-major for plain rows (the engine's layout), token-major (tokens, NH) with
+  // ragged offsets for packed documents (what cuDNN's ragged kernels take; the backend converts).
+  static void place_stats(const TensorPtr& t, const Shape& s, const TensorPtr& off) {
+    t->set_data_type(fe::DataType_t::FLOAT).set_dim({s.B, s.NH, s.T, 1});
+    if (off) t->set_stride({(int64_t)s.T * s.NH, 1, s.NH, 1}).set_ragged_offset(off);
+    else t->set_stride({(int64_t)s.NH * s.T, (int64_t)s.T, 1, 1});
+  }
+  // Plain rows: causal. Packed documents: causal within each document, and lengths for the padding mask.
+  template <typename Attrs> void mask(Attrs& a, fe::graph::Graph& g, const Shape& s, RaggedTensors& off) {
+    a.set_causal_mask(true);
+    if (!s.docs) return;
+    off.seq_q = index_tensor(g, "seq_len_q", s.B);
+    off.seq_kv = index_tensor(g, "seq_len_kv", s.B);
+    a.set_padding_mask(true).set_seq_len_q(off.seq_q).set_seq_len_kv(off.seq_kv);
   }
   bool finalize(fe::graph::Graph& g, int64_t* ws) {
     if (!ok(g.validate(), "validate")) return false;
@@ -182,42 +270,68 @@ class CudnnAttentionImpl : public CudnnAttention {
     if (!ensure_workspace(*ws)) return;
     fprintf(stderr, "[cuda] cuDNN SDPA %s: autotuned over %lld plans\n", what, (long long)g.get_execution_plan_count());
   }
-  bool build_forward(FwdGraph& fg, int B, int T, int NH, int NKV, int HD, const AttnLd& ld) {
+  bool build_forward(FwdGraph& fg, const Shape& s) {
     fg.g = new_graph();
     auto& g = *fg.g;
-    fg.q = tensor(g, "q", B, NH, T, HD, ld.q);
-    fg.k = tensor(g, "k", B, NKV, T, HD, ld.kv);
-    fg.v = tensor(g, "v", B, NKV, T, HD, ld.kv);
+    const AttnLd& ld = s.ld;
+    RaggedTensors& off = fg.off;
+    off.q = ragged(g, s, "q_offsets");
+    off.k = ragged(g, s, "k_offsets");
+    off.v = ragged(g, s, "v_offsets");
+    off.o = ragged(g, s, "o_offsets");
+    off.stats = ragged(g, s, "stats_offsets");
+    fg.q = tensor(g, "q", s.B, s.NH, s.T, s.HD, ld.q, off.q);
+    fg.k = tensor(g, "k", s.B, s.NKV, s.T, s.HD, ld.kv, off.k);
+    fg.v = tensor(g, "v", s.B, s.NKV, s.T, s.HD, ld.kv, off.v);
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("sdpa")
                     .set_generate_stats(true)
-                    .set_causal_mask(true)
-                    .set_attn_scale(1.0f / sqrtf((float)HD));
+                    .set_attn_scale(1.0f / sqrtf((float)s.HD));
+    mask(opts, g, s, off);
     auto [o, stats] = g.sdpa(fg.q, fg.k, fg.v, opts);
-    o->set_output(true).set_dim({B, NH, T, HD}).set_stride(bthd_strides(T, HD, ld.out));
-    stats->set_output(true).set_data_type(fe::DataType_t::FLOAT).set_dim({B, NH, T, 1}).set_stride(
-        {(int64_t)NH * T, (int64_t)T, 1, 1});
+    o->set_output(true);
+    place(o, s.B, s.NH, s.T, s.HD, ld.out, off.o);
+    stats->set_output(true);
+    place_stats(stats, s, off.stats);
     fg.o = o;
     fg.stats = stats;
     return finalize(g, &fg.workspace);
   }
-  bool build_backward(BwdGraph& bg, int B, int T, int NH, int NKV, int HD, const AttnLd& ld) {
+  bool build_backward(BwdGraph& bg, const Shape& s) {
     bg.g = new_graph();
     auto& g = *bg.g;
-    bg.q = tensor(g, "q", B, NH, T, HD, ld.q);
-    bg.k = tensor(g, "k", B, NKV, T, HD, ld.kv);
-    bg.v = tensor(g, "v", B, NKV, T, HD, ld.kv);
-    bg.o = tensor(g, "o", B, NH, T, HD, ld.out);
-    bg.dO = tensor(g, "dO", B, NH, T, HD, ld.dout);
-    bg.stats = stats_tensor(g, B, NH, T);
+    const AttnLd& ld = s.ld;
+    RaggedTensors& off = bg.off;
+    off.q = ragged(g, s, "q_offsets");
+    off.k = ragged(g, s, "k_offsets");
+    off.v = ragged(g, s, "v_offsets");
+    off.o = ragged(g, s, "o_offsets");
+    off.stats = ragged(g, s, "stats_offsets");
+    off.dO = ragged(g, s, "dO_offsets");
+    off.dq = ragged(g, s, "dq_offsets");
+    off.dk = ragged(g, s, "dk_offsets");
+    off.dv = ragged(g, s, "dv_offsets");
+    bg.q = tensor(g, "q", s.B, s.NH, s.T, s.HD, ld.q, off.q);
+    bg.k = tensor(g, "k", s.B, s.NKV, s.T, s.HD, ld.kv, off.k);
+    bg.v = tensor(g, "v", s.B, s.NKV, s.T, s.HD, ld.kv, off.v);
+    bg.o = tensor(g, "o", s.B, s.NH, s.T, s.HD, ld.out, off.o);
+    bg.dO = tensor(g, "dO", s.B, s.NH, s.T, s.HD, ld.dout, off.dO);
+    bg.stats = g.tensor(fe::graph::Tensor_attributes().set_name("stats"));
+    place_stats(bg.stats, s, off.stats);
     auto opts = fe::graph::SDPA_backward_attributes()
                     .set_name("sdpa_backward")
-                    .set_causal_mask(true)
-                    .set_attn_scale(1.0f / sqrtf((float)HD));
+                    .set_attn_scale(1.0f / sqrtf((float)s.HD));
+    mask(opts, g, s, off);
+    // Packed documents: size the fp32 dQ accumulator and softmax sums by the real token count, not by
+    // n_seq · max_len (which would be many times larger).
+    if (s.docs) opts.set_max_total_seq_len_q(s.docs->tokens).set_max_total_seq_len_kv(s.docs->tokens);
     auto [dq, dk, dv] = g.sdpa_backward(bg.q, bg.k, bg.v, bg.o, bg.dO, bg.stats, opts);
-    dq->set_output(true).set_dim({B, NH, T, HD}).set_stride(bthd_strides(T, HD, ld.dq));
-    dk->set_output(true).set_dim({B, NKV, T, HD}).set_stride(bthd_strides(T, HD, ld.dkv));
-    dv->set_output(true).set_dim({B, NKV, T, HD}).set_stride(bthd_strides(T, HD, ld.dkv));
+    dq->set_output(true);
+    dk->set_output(true);
+    dv->set_output(true);
+    place(dq, s.B, s.NH, s.T, s.HD, ld.dq, off.dq);
+    place(dk, s.B, s.NKV, s.T, s.HD, ld.dkv, off.dk);
+    place(dv, s.B, s.NKV, s.T, s.HD, ld.dkv, off.dv);
     bg.dq = dq;
     bg.dk = dk;
     bg.dv = dv;

@@ -85,6 +85,8 @@ void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* 
 void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                                const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
                                float* delta, int B, int T, int NH, int NKV, int HD, const AttnLd& ld, cudaStream_t s);
+// lse (B,NH,T) ↔ (B·T,NH): to_token_major writes dst (B·T,NH) from src (B,NH,T); else the reverse.
+void launch_lse_layout(float* dst, const float* src, int B, int T, int NH, bool to_token_major, cudaStream_t s);
 
 // lora_update.cu: D (M,N) = alpha·A (M,K)·op(B) + beta·D for the LoRA rank K ≤ 16, bf16, row-major, D rows of
 // N % 8 == 0 elements, 16-byte aligned (rank_update_applies says when).

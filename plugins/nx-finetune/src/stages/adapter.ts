@@ -5,14 +5,16 @@ import { writeFileAtomic } from "../atomic";
 import { lossCurveSvg, readMetrics } from "../loss-svg";
 import { baseModelDir, engine, stagePath, threads, type StageContext, type StageResult } from "../stage-context";
 
-export async function runAdapter(ctx: StageContext): Promise<StageResult> {
+// The engine's train job (docs/engine-protocol.md) for this recipe, as the adapter stage sends it; also what
+// bench/real-path.ts runs on a GPU machine, so the benchmark measures the job users run.
+export function trainJob(ctx: StageContext): Record<string, unknown> {
   const r = ctx.recipe;
   const shardsDir = stagePath(ctx, "shards");
   const shards = JSON.parse(readFileSync(join(shardsDir, "manifest.json"), "utf8")).shards as Array<{ file: string; split: string }>;
   const pick = (split: string) => shards.filter((s) => s.split === split).map((s) => join(shardsDir, s.file));
   if (pick("train").length === 0) throw new Error(`${join(shardsDir, "manifest.json")}: no train shards (is the dataset empty?)`);
   const base = baseModelDir(ctx);
-  const summary = await engine(ctx, "train", {
+  return {
     base,
     train_shards: pick("train"),
     eval_shards: pick("eval"),
@@ -29,7 +31,11 @@ export async function runAdapter(ctx: StageContext): Promise<StageResult> {
       eval_every: r.train.eval_every, save_every: r.train.save_every, resume: false, shuffle: true,
     },
     base_model_name_or_path: basename(base),
-  });
+  };
+}
+
+export async function runAdapter(ctx: StageContext): Promise<StageResult> {
+  const summary = await engine(ctx, "train", trainJob(ctx));
   const metricsFile = join(ctx.tmp, "metrics.jsonl");
   if (existsSync(metricsFile)) writeFileAtomic(join(ctx.tmp, "loss.svg"), lossCurveSvg(readMetrics(metricsFile), `${ctx.projectName} adapter`));
   ctx.log(`adapter: ${summary.steps} steps, final train loss ${fmt(summary.final_train_loss)}, eval loss ${fmt(summary.final_eval_loss)}, ` +

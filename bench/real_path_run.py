@@ -1,0 +1,63 @@
+# real_path_run.py — runs one real-path train job (bench/real-path.ts wrote it: the adapter stage's job over the
+# shards stage's packed rows) with the engine on the GPU machine, and prints one JSON line of timings.
+#   python3 bench/real_path_run.py ENGINE JOB_DIR BASE_DIR OUT_DIR
+# The job's {BASE}, {SHARDS} and {OUT} become BASE_DIR, JOB_DIR and OUT_DIR; nothing else changes.
+# Times come from the wall clock here as the engine's events arrive: start → weights loaded → step 1 done, then
+# the steady rate over the steps after the first WARM (cuDNN graphs are built and autotuned on first use).
+import json, os, subprocess, sys, time
+
+engine, job_dir, base, out = sys.argv[1:5]
+warm = int(os.environ.get("WARM", "4"))
+job_text = open(os.path.join(job_dir, "train.json")).read()
+job_text = job_text.replace("{BASE}", base).replace("{SHARDS}", job_dir).replace("{OUT}", out)
+os.makedirs(out, exist_ok=True)
+job_file = os.path.join(out, "job.json")
+open(job_file, "w").write(job_text)
+manifest = json.load(open(os.path.join(job_dir, "manifest.json")))
+T = manifest["seq_len"]
+rows = sum(s["rows"] for s in manifest["shards"])
+fill = sum(s["tokens"] for s in manifest["shards"]) / (rows * T)  # real (non-padding) share of row tokens
+
+t0 = time.time()
+p = subprocess.Popen([engine, "train", "--job", job_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+loaded = None
+steps = []  # (wall time, step event)
+summary = None
+for line in p.stdout:
+    try:
+        e = json.loads(line)
+    except json.JSONDecodeError:
+        continue
+    ev = e.get("event")
+    if ev == "progress" and e.get("stage") == "load" and e.get("done") == e.get("total"):
+        loaded = time.time() - t0
+    elif ev == "step":
+        steps.append((time.time() - t0, e))
+    elif ev == "done":
+        summary = e.get("summary")
+    elif ev in ("warning", "error"):
+        print(json.dumps(e), file=sys.stderr, flush=True)
+err = p.stderr.read()
+rc = p.wait()
+if rc != 0 or not steps:
+    print(err[-3000:], file=sys.stderr)
+    print(json.dumps({"job": job_dir, "rc": rc, "error": "engine failed"}))
+    sys.exit(1)
+sys.stderr.write(err[-2000:])
+# steady rate: row tokens of the steps after the first `warm`, over their wall time
+after = steps[warm:] if len(steps) > warm + 1 else steps[1:]
+t_a = steps[steps.index(after[0]) - 1][0]
+dt = after[-1][0] - t_a
+row_tok = sum(e["tokens"] for _, e in after)
+step_times = sorted(steps[i][0] - steps[i - 1][0] for i in range(1, len(steps)))
+print(json.dumps({
+    "job": os.path.basename(job_dir.rstrip("/")), "seq_len": T, "batch": json.loads(job_text)["train"]["batch_size"],
+    "ckpt": json.loads(job_text)["train"]["gradient_checkpointing"], "steps": len(steps),
+    "load_s": loaded, "first_step_done_s": steps[0][0], "first_step_s": steps[0][0] - (loaded or 0),
+    "row_tokens_per_s": row_tok / dt, "real_tokens_per_s": row_tok * fill / dt, "fill": fill,
+    "median_step_s": step_times[len(step_times) // 2], "max_step_s": step_times[-1],
+    "engine_tokens_per_s": summary.get("tokens_per_s") if summary else None,
+    "peak_device_gib": (summary.get("backend_peak_bytes") or 0) / 2**30 if summary else None,
+    "peak_host_gib": (summary.get("peak_memory_bytes") or 0) / 2**30 if summary else None,
+    "first_loss": steps[0][1]["loss"], "last_loss": steps[-1][1]["loss"], "device": summary.get("device") if summary else None,
+}), flush=True)
