@@ -111,6 +111,18 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
       help: { command: `nx run ${name}:chat --prompt="…"`, example: { options: { prompt: recipe.chat.prompt ?? "Hello" } } },
     },
   };
+  targets.publish = {
+    executor: "@nx-finetune/plugin:publish",
+    options: { recipe: "{projectRoot}/recipe.json" },
+    // After eval: a failing quality gate stops the push.
+    dependsOn: ["eval"],
+    cache: false,
+    metadata: {
+      technologies: ["nx-finetune"],
+      description: "Push the adapter, merged model and/or GGUF files to the Hugging Face Hub with a generated model card (HF_TOKEN from .env).",
+      help: { command: `nx run ${name}:publish --repo=<user>/<name>`, example: { options: { repo: recipe.publish.repo ?? "me/" + name, dryRun: true } } },
+    },
+  };
   targets.watch = {
     executor: "@nx-finetune/plugin:watch",
     options: { recipe: "{projectRoot}/recipe.json" },
@@ -130,7 +142,7 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
         metadata: {
           description: recipe.description ?? `Fine-tune recipe ${recipeFile}`,
           technologies: ["nx-finetune"],
-          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"] },
+          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"], share: ["publish"] },
         },
       },
     },

@@ -41,6 +41,7 @@ export interface Recipe {
   chat: { prompt?: string; max_new_tokens: number; temperature: number };
   eval: { prompts?: string[]; samples: number; score_rows: number; max_new_tokens: number; gguf_perplexity: boolean;
           gate: Record<string, { min?: number; max?: number }> };
+  publish: { repo?: string; artifacts: Array<"adapter" | "merged" | "gguf">; private: boolean; branch: string };
 }
 
 export interface RecipeIssue { file: string; line: number; column: number; field: string; message: string }
