@@ -4,16 +4,23 @@
 //     metrics.json whose numbers agree with each other (the merged f16 model and its f16 GGUF score alike), and a
 //     report.html that headless Chromium renders offline into a screenshot with real content;
 //   - `nx run demo-gate:eval` fails naming eval_loss, value and bound, twice (a failing gate is never cached), and
-//     leaves no stage-manifest.json under out/eval/.
+//     leaves no stage-manifest.json under out/eval/;
+//   - `nx run demo:publish` pushes the adapter, GGUF files and model card to a fake Hub on 127.0.0.1 (HF_TOKEN from
+//     .env, never printed), pushes again to the existing repo, and fails clearly when the Hub is unreachable, without
+//     a token, with a bad token, and (demo-gate) when the gate fails.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
 import { countColor, decodePng, pixelStats } from "../support/png";
 import { findChromium, screenshot } from "../support/chromium";
-import { makeWorkspace, repoRoot, runNx, removeTestDirs } from "./temp-workspace";
+import { startFakeHub } from "../support/fake-hub";
+import { makeWorkspace, nxBin, nxEnvironment, repoRoot, runNx, removeTestDirs } from "./temp-workspace";
 
 let ws = "", shared = "", engine = "";
 
@@ -124,4 +131,79 @@ test("a copy of the demo with eval.gate eval_loss ≤ 0.0001 fails naming eval_l
   const runs = readFileSync(join(ws, "recipes", "demo-gate", "out", "runs.log"), "utf8").trim().split("\n").map((l) => l.split(" ")[1]);
   assert.equal(runs.filter((s) => s === "adapter").length, 1);
   assert.equal(runs.filter((s) => s === "eval").length, 0, "a failed eval never commits");
+});
+
+// runNx blocks the event loop (spawnSync), which would starve the fake Hub living in this process.
+function runNxAsync(extra: Record<string, string>, ...args: string[]): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [nxBin(), ...args, "--outputStyle=stream"], { cwd: ws, env: nxEnvironment(ws, { shared, engine, extra }) });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.stderr.on("data", (d) => (out += d));
+    child.on("close", (code) => resolve({ code: code ?? -1, out }));
+  });
+}
+
+const TOKEN = "hf_fake_0123456789abcdefSECRET";
+
+test("nx run demo:publish pushes the adapter, GGUF files and a model card to the Hub, token from .env", async () => {
+  const hub = await startFakeHub(TOKEN);
+  try {
+    writeFileSync(join(ws, ".env"), `HF_TOKEN=${TOKEN}\n`);
+    const r = await runNxAsync({ HF_ENDPOINT: hub.url, HF_TOKEN: "" }, "run", "demo:publish", "--repo=me/demo-lora");
+    assert.equal(r.code, 0, r.out);
+    assert.ok(!r.out.includes(TOKEN), "the token is never printed");
+    const repo = hub.repos.get("me/demo-lora");
+    assert.ok(repo, "the repo was created");
+    assert.equal(repo.private, true, "publish.private defaults to true");
+    const out = (stage: string, f: string) => readFileSync(join(ws, "recipes", "demo", "out", stage, f));
+    const expected: Record<string, Buffer> = {
+      "adapter_config.json": out("adapter", "adapter_config.json"), "adapter_model.safetensors": out("adapter", "adapter_model.safetensors"),
+      "Modelfile": out("gguf", "Modelfile"),
+    };
+    for (const t of ["f16", "q8_0", "q4_k_m", "adapter"]) expected[`demo.${t}.gguf`] = out("gguf", `demo.${t}.gguf`);
+    assert.deepEqual([...repo.files.keys()].sort(), [...Object.keys(expected), "README.md"].sort());
+    const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+    for (const [f, bytes] of Object.entries(expected)) assert.equal(sha(repo.files.get(f)!), sha(bytes), f);
+    // Weights went through LFS (PUT /lfs-upload), small files inline in the commit.
+    assert.equal(hub.requests.filter((q) => q.method === "PUT").length, 5);
+    for (const q of hub.requests.filter((q) => q.path.startsWith("/api/"))) assert.equal(q.authorization, `Bearer ${TOKEN}`);
+    const card = repo.files.get("README.md")!.toString();
+    const metrics = JSON.parse(readFileSync(join(evalDir("demo"), "metrics.json"), "utf8")).metrics;
+    for (const s of ["library_name: peft", "## Evaluation", `| eval loss | ${metrics.base_eval_loss.toFixed(4)} | ${metrics.eval_loss.toFixed(4)} |`,
+                     "`alpaca`", "r 16, alpha 32", "llama-cli --hf-repo me/demo-lora --hf-file demo.q4_k_m.gguf", "ollama run hf.co/me/demo-lora:Q4_K_M",
+                     "ollama create demo -f Modelfile", "`demo.q8_0.gguf`", "datasets/demo/train.jsonl"]) {
+      assert.ok(card.includes(s), `model card lacks ${JSON.stringify(s)}:\n${card}`);
+    }
+    // A second push goes to the existing repo (the Hub answers 409 to create).
+    const again = await runNxAsync({ HF_ENDPOINT: hub.url, HF_TOKEN: "" }, "run", "demo:publish", "--repo=me/demo-lora");
+    assert.equal(again.code, 0, again.out);
+    assert.equal(repo.commits.length, 2);
+    // A wrong token: the Hub's 401, with what to do, and still no token in the output.
+    const bad = await runNxAsync({ HF_ENDPOINT: hub.url, HF_TOKEN: "hf_wrong_SECRET2" }, "run", "demo:publish", "--repo=me/other");
+    assert.notEqual(bad.code, 0, bad.out);
+    assert.match(bad.out, /creating me\/other \(HTTP 401\).*HF_TOKEN must be a token with write access to me\/other/);
+    assert.ok(!bad.out.includes("hf_wrong_SECRET2") && !bad.out.includes(TOKEN));
+  } finally {
+    await hub.close();
+    writeFileSync(join(ws, ".env"), "");
+  }
+});
+
+test("publish fails clearly when the Hub is unreachable, without a token, or when the gate fails", async () => {
+  // A port nothing listens on: take one, then close it.
+  const port = await new Promise<number>((resolve) => { const s = createServer().listen(0, "127.0.0.1", () => { const p = (s.address() as any).port; s.close(() => resolve(p)); }); });
+  const offline = await runNxAsync({ HF_ENDPOINT: `http://127.0.0.1:${port}`, HF_TOKEN: TOKEN }, "run", "demo:publish", "--repo=me/demo-lora");
+  assert.notEqual(offline.code, 0, offline.out);
+  assert.match(offline.out, new RegExp(`cannot reach the Hugging Face Hub at http://127\\.0\\.0\\.1:${port} \\(ECONNREFUSED\\)`));
+  assert.ok(!offline.out.includes(TOKEN));
+  const noToken = await runNxAsync({ HF_TOKEN: "" }, "run", "demo:publish", "--repo=me/demo-lora");
+  assert.notEqual(noToken.code, 0, noToken.out);
+  assert.match(noToken.out, /HF_TOKEN is not set \(environment or \.env\)/);
+  const noRepo = await runNxAsync({ HF_TOKEN: TOKEN }, "run", "demo:publish");
+  assert.match(noRepo.out, /no repo to publish to: pass --repo=<user or org>\/<name> or set publish\.repo/);
+  const gated = await runNxAsync({ HF_TOKEN: TOKEN }, "run", "demo-gate:publish", "--repo=me/demo-lora");
+  assert.notEqual(gated.code, 0, gated.out);
+  assert.match(gated.out, /quality gate failed/);
+  assert.doesNotMatch(gated.out, /publish: uploading/);
 });
