@@ -63,19 +63,23 @@ export async function runEval(ctx: StageContext): Promise<StageResult> {
   const promptCases: PromptCase[] = (r.eval.prompts ?? []).map((p) => ({ messages: [{ role: "user", content: p }], reference: referenceFor(p, rows) }));
   const toGenerate = unique([...scored, ...samplesFromRows, ...promptCases]);
   const generated = new Map<PromptCase, { base: string; tuned: string }>();
-  const maxNew = r.eval.max_new_tokens;
-  for (const [i, c] of toGenerate.entries()) {
-    const chat = renderChat(c.messages, r.template, base);
-    const gen = async (adapterDir: string | null) => {
+  if (toGenerate.length > 0) {
+    // One engine call per model for all prompts (the model loads once), greedy.
+    const chats = toGenerate.map((c) => renderChat(c.messages, r.template, base));
+    const stopIds = chats[0].stopIds;
+    const gen = async (adapterDir: string | null, what: string) => {
+      let done = 0;
       const s = await engine(ctx, "generate", {
-        model: base, adapter: adapterDir, prompt_ids: chat.ids, max_new_tokens: maxNew, temperature: 0, top_k: 0, top_p: 1, seed: 0,
-        stop_ids: chat.stopIds, backend: r.engine.backend, threads: threads(ctx),
-      }, undefined, { quiet: true });
-      const ids = (s.ids as number[]).filter((id) => !chat.stopIds.includes(id));
-      return decode(base, ids, { skipSpecialTokens: true }).trim();
+        model: base, adapter: adapterDir, prompts: chats.map((c) => c.ids), max_new_tokens: r.eval.max_new_tokens, temperature: 0,
+        top_k: 0, top_p: 1, seed: 0, stop_ids: stopIds, backend: r.engine.backend, threads: threads(ctx),
+      }, (e) => {
+        if (e.event === "token" && (e.index === 0) && ++done % 8 === 0) ctx.log(`eval: ${what}: ${done}/${chats.length} prompts`);
+      }, { quiet: true });
+      ctx.log(`eval: ${what}: ${chats.length} generations, ${Math.round(s.tokens_per_s ?? 0)} tokens/s`);
+      return (s.outputs as number[][]).map((ids) => decode(base, ids.filter((id) => !stopIds.includes(id)), { skipSpecialTokens: true }).trim());
     };
-    generated.set(c, { base: await gen(null), tuned: await gen(adapter) });
-    if (i + 1 === toGenerate.length || (i + 1) % 8 === 0) ctx.log(`eval: generations ${i + 1}/${toGenerate.length} (base and tuned)`);
+    const baseOut = await gen(null, "base model"), tunedOut = await gen(adapter, "tuned model");
+    toGenerate.forEach((c, i) => generated.set(c, { base: baseOut[i], tuned: tunedOut[i] }));
   }
   if (scored.length > 0) {
     const score = (f: (a: string, ref: string) => boolean, which: "base" | "tuned") =>
