@@ -83,7 +83,9 @@ test("nx run demo:eval measures base vs tuned, warns about overfitting, writes m
 
   const html = readFileSync(join(evalDir("demo"), "report.html"), "utf8");
   assert.ok(!/(src|href)=["']?https?:/i.test(html), "the report loads nothing from the network");
-  for (const s of ["overfitting", "demo.q4_k_m.gguf", "Sample generations", "<svg", m.samples[0].reference]) assert.ok(html.includes(s), s);
+  // The demo's own gate (eval_loss_delta ≤ 0: the tuned model beats the base on the eval split) passes.
+  assert.deepEqual(m.gate, { bounds: { eval_loss_delta: { max: 0 } }, failures: [] });
+  for (const s of ["gate passed", "overfitting", "demo.q4_k_m.gguf", "Sample generations", "<svg", "base model eval", m.samples[0].reference]) assert.ok(html.includes(s), s);
 });
 
 test("a second nx run demo:eval comes from the cache", () => {

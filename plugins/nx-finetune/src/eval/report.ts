@@ -104,7 +104,7 @@ export function renderReport(r: EvalReport): string {
                        g.delta === null ? "n/a" : `${g.delta >= 0 ? "+" : ""}${(100 * g.delta).toFixed(2)}%`]));
 
   const hasCurve = r.curve.length > 0;
-  const curve = hasCurve ? lossCurveSvg(r.curve, r.project, 720, 300) : `<p class="muted">No training metrics.</p>`;
+  const curve = hasCurve ? lossCurveSvg(r.curve, r.project, 1000, 320, m.base_eval_loss ?? undefined) : `<p class="muted">No training metrics.</p>`;
   const legend = Object.entries(METRICS).map(([k, v]) => `<dt><code>${esc(k)}</code></dt><dd>${esc(v)}</dd>`).join("");
 
   return `<!doctype html>
@@ -135,7 +135,7 @@ ${r.failures.map((x) => `<div class="warn" style="background:#ffebe9;border-colo
 <section><h2>Quality gate</h2>${gateTable}</section>
 <section><h2>Sample generations (greedy)</h2>${samples}</section>
 <section><h2>Loss curves</h2>${curve}<div class="muted">Blue: train loss per step. Red dots: eval loss during training.
-Base model eval loss: ${f(m.base_eval_loss)}; tuned: ${f(m.eval_loss)}.</div></section>
+Dashed grey: the base model's eval loss (${f(m.base_eval_loss)}); the tuned model's: ${f(m.eval_loss)}.</div></section>
 <div class="grid"><section><h2>Training: throughput and memory</h2>${trainingTable}</section>
 <section><h2>Data</h2>${dataTable}</section></div>
 <section style="margin-top:16px"><h2>GGUF files</h2>${ggufTable}</section>
