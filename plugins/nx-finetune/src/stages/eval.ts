@@ -50,6 +50,7 @@ export async function runEval(ctx: StageContext): Promise<StageResult> {
     metrics.eval_perplexity = expOrNull(metrics.eval_loss);
     metrics.eval_loss_delta = diff(metrics.eval_loss, metrics.base_eval_loss);
     metrics.eval_perplexity_delta = diff(metrics.eval_perplexity, metrics.base_eval_perplexity);
+    if (r.quantize_base) notes.push(`QLoRA: eval losses use the full-precision base + adapter; training's eval events used the ${r.quantize_base} base`);
   } else {
     notes.push("no eval split (data.eval_fraction / data.eval_rows): eval losses and GGUF perplexities are not measured");
   }
