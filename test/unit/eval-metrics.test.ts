@@ -6,6 +6,11 @@ import { checkGate, containsAnswer, dataWarnings, exactMatch, isKnownMetric, ove
 import { renderReport, type EvalReport } from "../../plugins/nx-finetune/src/eval/report";
 import { parseRecipe, RecipeError } from "../../plugins/nx-finetune/src/recipe";
 import type { MetricPoint } from "../../plugins/nx-finetune/src/loss-svg";
+import { shardDocuments } from "../../plugins/nx-finetune/src/eval/gguf-perplexity";
+import { encodeShard } from "../../plugins/nx-finetune/src/data/shard-format";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 test("a gate passes inside its bounds and fails outside, naming metric, value and bound", () => {
   const m = { eval_loss: 1.2, eval_loss_delta: -0.3, exact_match: 0.5 };
@@ -116,4 +121,17 @@ test("the report escapes recipe text and generations and embeds everything it sh
   assert.ok(!html.includes("<script>") && !html.includes("<img src=x>") && !html.includes("w <b>"));
   assert.ok(html.includes("&lt;script&gt;") && html.includes("gate FAILED") && html.includes("3.0 MiB") && html.includes("+1.00%"));
   assert.ok(html.includes("<svg") && !/(src|href)=["']?https?:/.test(html));
+});
+
+test("GGUF perplexity documents: packed rows split where positions restart, padding dropped, capped by whole documents", () => {
+  const T = 8, X = -100;
+  // Row 0: two packed documents (3 + 3 tokens) and padding; row 1: one document with no target (prompt only).
+  const tokens = [1, 5, 6, 1, 7, 8, 0, 0, /**/ 1, 9, 9, 9, 0, 0, 0, 0];
+  const targets = [X, 6, X, X, 8, X, X, X, /**/ X, X, X, X, X, X, X, X];
+  const positions = [0, 1, 2, 0, 1, 2, 0, 1, /**/ 0, 1, 2, 3, 0, 1, 2, 3];
+  const dir = mkdtempSync(join(tmpdir(), "nxft-docs-"));
+  const file = join(dir, "a.tokens.bin");
+  writeFileSync(file, encodeShard({ seqLen: T, nRows: 2, tokens: Int32Array.from(tokens), targets: Int32Array.from(targets), positions: Int32Array.from(positions) }));
+  assert.deepEqual(shardDocuments([file]), [{ ids: [1, 5, 6], targets: [X, 6, X] }, { ids: [1, 7, 8], targets: [X, 8, X] }]);
+  assert.deepEqual(shardDocuments([file], 1), [{ ids: [1, 5, 6], targets: [X, 6, X] }]);
 });

@@ -33,15 +33,25 @@ export async function loadLlama(why: (reason: string) => void): Promise<any | nu
   }
 }
 
-// Documents with at least one target: token ids from the document start, and target[t] for each position.
-export function shardDocuments(shardFiles: string[]): Array<{ ids: number[]; targets: number[] }> {
+// llama.cpp hands back the whole next-token distribution (a Map of vocab size) for every scored position, so the
+// GGUF perplexity is taken over the first documents holding up to this many target tokens (every type scores the
+// same ones, so the comparison between types holds; the demo's eval split has 41).
+export const GGUF_MAX_TARGET_TOKENS = 4096;
+
+// Documents with at least one target: token ids from the document start, and target[t] for each position; whole
+// documents, in shard order, until `maxTargetTokens` targets are reached.
+export function shardDocuments(shardFiles: string[], maxTargetTokens = Infinity): Array<{ ids: number[]; targets: number[] }> {
   const docs: Array<{ ids: number[]; targets: number[] }> = [];
+  let targets = 0;
   for (const file of shardFiles) {
     const s = parseShard(readFileSync(file), file);
     const T = s.seqLen;
     for (let r = 0; r < s.nRows; r++) {
       let cur: { ids: number[]; targets: number[] } | undefined;
-      const flush = () => { if (cur && cur.targets.some((t) => t !== IGNORE_INDEX)) docs.push(cur); };
+      const flush = () => {
+        const n = cur ? cur.targets.filter((t) => t !== IGNORE_INDEX).length : 0;
+        if (n > 0 && (docs.length === 0 || targets + n <= maxTargetTokens)) { docs.push(cur!); targets += n; }
+      };
       for (let t = 0; t < T; t++) {
         const i = r * T + t;
         if (s.positions[i] === 0) { flush(); cur = { ids: [], targets: [] }; }

@@ -14,7 +14,7 @@ import { writeFileAtomic, writeJsonAtomic } from "../atomic";
 import { decode, renderChat } from "../data";
 import type { DatasetManifest, Message, NormalizedRow, ShardsManifest } from "../data/types";
 import { readMetrics } from "../loss-svg";
-import { loadLlama, ggufPerplexity, shardDocuments } from "../eval/gguf-perplexity";
+import { GGUF_MAX_TARGET_TOKENS, loadLlama, ggufPerplexity, shardDocuments } from "../eval/gguf-perplexity";
 import { checkGate, containsAnswer, dataWarnings, exactMatch, formatMetric, METRICS, overfittingWarning, type Metrics } from "../eval/metrics";
 import { renderReport, type EvalReport, type Sample } from "../eval/report";
 import { readManifest } from "../stage-dir";
@@ -112,7 +112,10 @@ export async function runEval(ctx: StageContext): Promise<StageResult> {
   else if (evalShards.length > 0 && modelTypes.length > 0) {
     const llama = await loadLlama((why) => notes.push(`GGUF perplexity skipped: ${why}`));
     if (llama) {
-      const docs = shardDocuments(evalShards);
+      const docs = shardDocuments(evalShards, GGUF_MAX_TARGET_TOKENS);
+      const scoredTargets = docs.reduce((s, d) => s + d.targets.filter((t) => t !== -100).length, 0);
+      const allTargets = sumBy(shards.shards.filter((s) => s.split === "eval"), "target_tokens");
+      if (scoredTargets < allTargets) notes.push(`GGUF perplexity over the first ${scoredTargets} of ${allTargets} eval target tokens (the same ones for every type)`);
       // llama.cpp's threads spin at a barrier: with every core busy (Node's own thread included) a 2-core machine
       // took 7 s instead of 0.35 s for the demo. Leave one core free unless engine.threads says otherwise.
       const llamaThreads = threads(ctx) || Math.max(1, availableParallelism() - 1);
