@@ -6,7 +6,7 @@ import { checkGate, containsAnswer, dataWarnings, exactMatch, isKnownMetric, ove
 import { renderReport, type EvalReport } from "../../plugins/nx-finetune/src/eval/report";
 import { parseRecipe, RecipeError } from "../../plugins/nx-finetune/src/recipe";
 import type { MetricPoint } from "../../plugins/nx-finetune/src/loss-svg";
-import { shardDocuments } from "../../plugins/nx-finetune/src/eval/gguf-perplexity";
+import { loadLlama, shardDocuments } from "../../plugins/nx-finetune/src/eval/gguf-perplexity";
 import { encodeShard } from "../../plugins/nx-finetune/src/data/shard-format";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -134,4 +134,14 @@ test("GGUF perplexity documents: packed rows split where positions restart, padd
   writeFileSync(file, encodeShard({ seqLen: T, nRows: 2, tokens: Int32Array.from(tokens), targets: Int32Array.from(targets), positions: Int32Array.from(positions) }));
   assert.deepEqual(shardDocuments([file]), [{ ids: [1, 5, 6], targets: [X, 6, X] }, { ids: [1, 7, 8], targets: [X, 8, X] }]);
   assert.deepEqual(shardDocuments([file], 1), [{ ids: [1, 5, 6], targets: [X, 6, X] }]);
+});
+
+test("without node-llama-cpp the GGUF perplexity is skipped with a note saying how to get it", async () => {
+  const notes: string[] = [];
+  const missing = async () => { throw Object.assign(new Error("Cannot find package 'node-llama-cpp'"), { code: "ERR_MODULE_NOT_FOUND" }); };
+  assert.equal(await loadLlama((n) => notes.push(n), missing), null);
+  assert.deepEqual(notes, ["node-llama-cpp is not installed (npm i -D node-llama-cpp@3.21.1 to measure GGUF perplexity)"]);
+  const broken = async () => { throw new Error("binary for this platform not found\nmore"); };
+  assert.equal(await loadLlama((n) => notes.push(n), broken), null);
+  assert.equal(notes[1], "node-llama-cpp could not be loaded: binary for this platform not found");
 });

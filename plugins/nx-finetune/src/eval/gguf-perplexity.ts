@@ -14,10 +14,10 @@ export interface GgufPerplexity { loss: number; perplexity: number; tokens: numb
 const importEsm = new Function("specifier", "return import(specifier)") as (specifier: string) => Promise<any>;
 
 // null when node-llama-cpp is not installed (or has no binary for this machine); the reason goes to `why`.
-export async function loadLlama(why: (reason: string) => void): Promise<any | null> {
+export async function loadLlama(why: (reason: string) => void, importer = importEsm): Promise<any | null> {
   let mod: any;
   try {
-    mod = await importEsm("node-llama-cpp");
+    mod = await importer("node-llama-cpp");
   } catch (e: any) {
     why(e?.code === "ERR_MODULE_NOT_FOUND" || e?.code === "MODULE_NOT_FOUND"
       ? "node-llama-cpp is not installed (npm i -D node-llama-cpp@3.21.1 to measure GGUF perplexity)"
