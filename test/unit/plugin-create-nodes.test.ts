@@ -45,7 +45,7 @@ test("one project per recipe with the pipeline targets", async () => {
   const project = result.projects!["recipes/chat-a"];
   assert.equal(project.name, "chat-a");
   const targets = project.targets!;
-  assert.deepEqual(Object.keys(targets), ["base", "dataset", "shards", "adapter", "merged", "gguf", "pipeline", "chat", "watch"]);
+  assert.deepEqual(Object.keys(targets), ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval", "pipeline", "chat", "publish", "watch"]);
   const deps = (t: string) => targets[t].dependsOn;
   assert.deepEqual(deps("dataset"), []);
   assert.deepEqual(deps("shards"), ["dataset", "base"]);
@@ -53,17 +53,21 @@ test("one project per recipe with the pipeline targets", async () => {
   assert.deepEqual(deps("merged"), ["adapter", "base"]);
   assert.deepEqual(deps("gguf"), ["merged", "adapter"]);
   assert.deepEqual(deps("pipeline"), ["gguf"]);
+  assert.deepEqual(deps("eval"), ["gguf"]);
+  // Publishing waits for eval, so a failing quality gate stops it; a push is never cached.
+  assert.deepEqual(deps("publish"), ["eval"]);
+  assert.equal(targets.publish.cache, false);
   assert.equal(targets.pipeline.executor, "nx:noop");
   assert.equal(targets.chat.cache, false);
   assert.equal(targets.watch.continuous, true);
-  assert.deepEqual(project.metadata!.targetGroups, { "fine-tune": ["base", "dataset", "shards", "adapter", "merged", "gguf", "pipeline"], try: ["chat", "watch"] });
+  assert.deepEqual(project.metadata!.targetGroups, { "fine-tune": ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval", "pipeline"], try: ["chat", "watch"], share: ["publish"] });
 });
 
 test("stage targets: stable options, cache, small outputs, per-stage inputs", async () => {
   const root = workspace({ "recipes/r/recipe.json": recipe });
   const [[, result]] = await run(root, ["recipes/r/recipe.json"]);
   const targets = result.projects!["recipes/r"].targets!;
-  for (const stage of ["base", "dataset", "shards", "adapter", "merged", "gguf"]) {
+  for (const stage of ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval"]) {
     const t = targets[stage] as TargetConfiguration;
     assert.equal(t.executor, "@nx-finetune/plugin:stage");
     // Options are identical in shape for every recipe and every edit: they go into every task's hash.
@@ -82,6 +86,9 @@ test("stage targets: stable options, cache, small outputs, per-stage inputs", as
   assert.deepEqual(fields("adapter").fields, ["lora", "train", "quantize_base", "engine.backend"]);
   assert.deepEqual(fields("merged").fields, ["export.merged_dtype"]);
   assert.deepEqual(fields("gguf").fields, ["export.gguf", "export.adapter_gguf", "export.ollama", "template.name", "name"]);
+  assert.deepEqual(fields("eval").fields, ["eval", "template", "engine.backend", "name"]);
+  // eval reads the eval shards and dataset rows too, which can change while gguf's manifest does not.
+  assert.ok((targets.eval.inputs as any[]).some((i) => i.dependentTasksOutputFiles === "**/stage-manifest.json" && i.transitive === true));
   // Upstream manifests (early cutoff) for every stage with dependencies, and nothing else of the upstream outputs.
   for (const stage of ["shards", "adapter", "merged", "gguf"]) {
     assert.ok((targets[stage].inputs as any[]).some((i) => i.dependentTasksOutputFiles === "**/stage-manifest.json"), stage);

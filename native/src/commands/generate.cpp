@@ -5,6 +5,9 @@
 // top-k, then top-p (smallest set of most likely tokens whose probability reaches top_p), then a draw from a
 // seeded RNG. The adapter is applied unmerged (y = Wx + scale·B(Ax)). Streams one `token` event per token;
 // a token in stop_ids is emitted and ends generation.
+// "prompts": [[...], ...] instead of "prompt_ids" runs several prompts one after another on one loaded model (the
+// eval stage's samples): each starts from an empty KV cache and a fresh RNG stream, so its output equals a
+// single-prompt run; `token` events carry `prompt` (its index) and `done` has `outputs` (one id list per prompt).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -69,7 +72,26 @@ int cmd_generate(const Json& job, const std::string& job_path) {
   JobReader r(job, job_path);
   const std::string model_dir = r.path("model");
   const std::string adapter_dir = r.opt_path("adapter");
-  const std::vector<int64_t> prompt = r.int_list("prompt_ids");
+  std::vector<std::vector<int64_t>> prompts;
+  const bool batch = r.present("prompts");
+  if (batch == r.present("prompt_ids")) r.fail("prompt_ids", "give exactly one of prompt_ids / prompts");
+  if (batch) {
+    const Json& list = r.any("prompts");
+    if (!list.is_array() || list.as_array().empty()) r.fail("prompts", "must be a non-empty array of id arrays");
+    for (size_t p = 0; p < list.as_array().size(); p++) {
+      const Json& ids = list.as_array()[p];
+      if (!ids.is_array()) r.fail("prompts[" + std::to_string(p) + "]", "must be an array of integers");
+      std::vector<int64_t> v;
+      for (const Json& e : ids.as_array()) {
+        if (!e.is_number() || e.as_number() != std::floor(e.as_number()))
+          r.fail("prompts[" + std::to_string(p) + "]", "must be an array of integers");
+        v.push_back(int64_t(e.as_number()));
+      }
+      prompts.push_back(std::move(v));
+    }
+  } else {
+    prompts.push_back(r.int_list("prompt_ids"));
+  }
   const int max_new = int(r.integer_in("max_new_tokens", 0, 1 << 20, 64));
   const double temperature = r.num_in("temperature", 0.0, 100.0, 0.0);
   const int top_k = int(r.integer_in("top_k", 0, 1 << 30, 0));
@@ -79,51 +101,65 @@ int cmd_generate(const Json& job, const std::string& job_path) {
   const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
   const int threads = int(r.integer_in("threads", 0, 4096, 0));
   r.finish();
-  if (prompt.empty()) r.fail("prompt_ids", "must not be empty");
   if (top_p <= 0) r.fail("top_p", "must be in (0, 1]");
 
   const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
-  for (size_t i = 0; i < prompt.size(); i++)
-    if (prompt[i] < 0 || prompt[i] >= cfg.vocab_size)
-      r.fail("prompt_ids", "id " + std::to_string(prompt[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
-                               std::to_string(cfg.vocab_size) + ")");
+  size_t longest = 0;
+  for (size_t p = 0; p < prompts.size(); p++) {
+    const std::string field = batch ? "prompts[" + std::to_string(p) + "]" : "prompt_ids";
+    const std::vector<int64_t>& prompt = prompts[p];
+    if (prompt.empty()) r.fail(field, "must not be empty");
+    for (size_t i = 0; i < prompt.size(); i++)
+      if (prompt[i] < 0 || prompt[i] >= cfg.vocab_size)
+        r.fail(field, "id " + std::to_string(prompt[i]) + " at index " + std::to_string(i) + " is outside the vocabulary [0, " +
+                          std::to_string(cfg.vocab_size) + ")");
+    longest = std::max(longest, prompt.size());
+  }
   InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
   Transformer& model = *im.model;
 
   emit_event("start", start_event_fields("generate", *im.backend)
-                          .set("prompt_tokens", Json::number(double(prompt.size())))
+                          .set("prompt_tokens", Json::number(double(prompts[0].size())))
+                          .set("prompts", Json::number(double(prompts.size())))
                           .set("max_new_tokens", Json::number(max_new)));
   model.load_weights(model_dir, [](size_t done, size_t total) {
     if (done == total || done % 16 == 0) emit_progress("load", double(done), double(total), "tensors");
   });   // streamed tensor by tensor into the backend
 
-  const int total = int(prompt.size()) + max_new;
-  model.reset_cache(std::max(1, total));
-  std::vector<int32_t> ids(prompt.begin(), prompt.end());
   std::vector<float> logits(size_t(cfg.vocab_size));
-  Rng rng = Rng::stream(uint64_t(seed), "generate");
-  Json out_ids = Json::array();
+  Json outputs = Json::array();
   const auto t_gen = std::chrono::steady_clock::now();
   int produced = 0;
-  if (max_new > 0) model.decode(ids.data(), int(ids.size()), logits.data());
-  for (int i = 0; i < max_new; i++) {
-    for (float x : logits)
-      if (!std::isfinite(x)) throw EngineError("non-finite logits at generated token " + std::to_string(i));
-    const int next = sample_token(logits, temperature, top_k, top_p, rng);
-    emit_event("token", Json::object().set("id", Json::number(next)).set("index", Json::number(i)));
-    out_ids.push(Json::number(next));
-    produced++;
-    if (std::find(stop_ids.begin(), stop_ids.end(), int64_t(next)) != stop_ids.end()) break;
-    if (i + 1 < max_new) {
-      int32_t tok = next;
-      model.decode(&tok, 1, logits.data());
+  for (size_t p = 0; p < prompts.size(); p++) {
+    model.reset_cache(std::max(1, int(longest) + max_new));
+    std::vector<int32_t> ids(prompts[p].begin(), prompts[p].end());
+    Rng rng = Rng::stream(uint64_t(seed), "generate");
+    Json out_ids = Json::array();
+    if (max_new > 0) model.decode(ids.data(), int(ids.size()), logits.data());
+    for (int i = 0; i < max_new; i++) {
+      for (float x : logits)
+        if (!std::isfinite(x)) throw EngineError("non-finite logits at generated token " + std::to_string(i));
+      const int next = sample_token(logits, temperature, top_k, top_p, rng);
+      Json ev = Json::object().set("id", Json::number(next)).set("index", Json::number(i));
+      if (batch) ev.set("prompt", Json::number(double(p)));
+      emit_event("token", ev);
+      out_ids.push(Json::number(next));
+      produced++;
+      if (std::find(stop_ids.begin(), stop_ids.end(), int64_t(next)) != stop_ids.end()) break;
+      if (i + 1 < max_new) {
+        int32_t tok = next;
+        model.decode(&tok, 1, logits.data());
+      }
     }
+    outputs.push(out_ids);
   }
   const auto t1 = std::chrono::steady_clock::now();
   const double gen_s = std::chrono::duration<double>(t1 - t_gen).count();
+  Json summary = Json::object();
+  if (batch) summary.set("outputs", outputs);
+  else summary.set("ids", outputs.as_array()[0]);
   emit_event("done", Json::object().set(
-                         "summary", Json::object()
-                                        .set("ids", out_ids)
+                         "summary", summary
                                         .set("tokens", Json::number(produced))
                                         .set("tokens_per_s", Json::number(gen_s > 0 ? produced / gen_s : 0))
                                         .set("wall_s", Json::number(std::chrono::duration<double>(t1 - t0).count()))

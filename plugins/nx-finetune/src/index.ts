@@ -2,6 +2,7 @@
 //
 //   base ─┐
 //   dataset → shards → adapter → merged → gguf → pipeline        (+ chat, watch)
+//                                                  └→ eval (reads every stage: losses, generations, report, gate)
 //
 // Each stage target is cached by exactly what it reads (nx.md §2.1):
 //   - its own recipe fields through a `json` input (editing export.gguf doesn't touch `adapter`'s hash),
@@ -27,7 +28,7 @@ export interface NxFinetunePluginOptions {
   storeDir?: string;
 }
 
-export const STAGES = ["base", "dataset", "shards", "adapter", "merged", "gguf"] as const;
+export const STAGES = ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval"] as const;
 const EXECUTOR = "@nx-finetune/plugin:stage";
 const PLUGIN_DIR = resolve(__dirname, "..");
 
@@ -38,6 +39,8 @@ const stageDescriptions: Record<StageName, string> = {
   adapter: "Train the LoRA/QLoRA adapter with the native engine (metrics.jsonl + loss.svg).",
   merged: "Merge the adapter into the base weights (W + scale·B·A) and save in export.merged_dtype.",
   gguf: "Export GGUF files (one per export.gguf type), adapter GGUF and Ollama Modelfile.",
+  eval: "Did it help? Base vs tuned eval loss/perplexity, sample generations, exact-match/contains, GGUF perplexity, " +
+        "warnings, eval.gate; writes out/eval/report.html.",
 };
 
 // The recipe fields each stage reads — the only part of the recipe in its hash.
@@ -48,6 +51,7 @@ const stageFields: Record<StageName, string[]> = {
   adapter: ["lora", "train", "quantize_base", "engine.backend"],
   merged: ["export.merged_dtype"],
   gguf: ["export.gguf", "export.adapter_gguf", "export.ollama", "template.name", "name"],
+  eval: ["eval", "template", "engine.backend", "name"],
 };
 
 const stageDependsOn: Record<StageName, StageName[]> = {
@@ -57,6 +61,7 @@ const stageDependsOn: Record<StageName, StageName[]> = {
   adapter: ["shards", "base"],
   merged: ["adapter", "base"],
   gguf: ["merged", "adapter"],
+  eval: ["gguf"],
 };
 
 // Small files Nx caches for each stage (big files are in the store, listed by stage-manifest.json).
@@ -67,6 +72,7 @@ export const stageOutputs: Record<StageName, string[]> = {
   adapter: ["stage-manifest.json", "run.json", "metrics.jsonl", "loss.svg"],
   merged: ["stage-manifest.json", "run.json"],
   gguf: ["stage-manifest.json", "run.json"],
+  eval: ["stage-manifest.json", "run.json", "metrics.json", "report.html"],
 };
 
 export const createNodes: CreateNodes<NxFinetunePluginOptions> = [
@@ -105,6 +111,18 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
       help: { command: `nx run ${name}:chat --prompt="…"`, example: { options: { prompt: recipe.chat.prompt ?? "Hello" } } },
     },
   };
+  targets.publish = {
+    executor: "@nx-finetune/plugin:publish",
+    options: { recipe: "{projectRoot}/recipe.json" },
+    // After eval: a failing quality gate stops the push.
+    dependsOn: ["eval"],
+    cache: false,
+    metadata: {
+      technologies: ["nx-finetune"],
+      description: "Push the adapter, merged model and/or GGUF files to the Hugging Face Hub with a generated model card (HF_TOKEN from .env).",
+      help: { command: `nx run ${name}:publish --repo=<user>/<name>`, example: { options: { repo: recipe.publish.repo ?? "me/" + name, dryRun: true } } },
+    },
+  };
   targets.watch = {
     executor: "@nx-finetune/plugin:watch",
     options: { recipe: "{projectRoot}/recipe.json" },
@@ -124,7 +142,7 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
         metadata: {
           description: recipe.description ?? `Fine-tune recipe ${recipeFile}`,
           technologies: ["nx-finetune"],
-          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"] },
+          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"], share: ["publish"] },
         },
       },
     },
@@ -133,7 +151,9 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
 
 function stageTarget(stage: StageName, recipe: Recipe, recipeFile: string, options: NxFinetunePluginOptions, workspaceRoot: string): TargetConfiguration {
   const inputs: TargetConfiguration["inputs"] = [{ json: "{projectRoot}/recipe.json", fields: stageFields[stage] }];
-  if (stageDependsOn[stage].length > 0) inputs.push({ dependentTasksOutputFiles: "**/stage-manifest.json" });
+  // eval reads every upstream stage (eval shards, dataset rows), not only gguf: an eval-split edit that leaves the
+  // adapter byte-identical must still rerun it, so its manifest input is transitive.
+  if (stageDependsOn[stage].length > 0) inputs.push({ dependentTasksOutputFiles: "**/stage-manifest.json", ...(stage === "eval" ? { transitive: true } : {}) });
   // Recipe paths are relative to the recipe's folder. Small files inside the workspace are hashed by Nx itself
   // (includeIgnored: also when git-ignored); big or outside ones by a fingerprint command (runtime input).
   const paths = externalPaths(stage, recipe).map((p) => relativeOrAbsolute(workspaceRoot, resolve(workspaceRoot, dirname(recipeFile), p)));
@@ -155,7 +175,7 @@ function stageTarget(stage: StageName, recipe: Recipe, recipeFile: string, optio
     inputs,
     outputs: stageOutputs[stage].map((f) => `{projectRoot}/out/${stage}/${f}`),
     // One accelerator: training and merging run alone.
-    parallelism: !(stage === "adapter" || stage === "merged"),
+    parallelism: !(stage === "adapter" || stage === "merged" || stage === "eval"),
     metadata: {
       technologies: ["nx-finetune"],
       description: stageDescriptions[stage],
@@ -166,7 +186,7 @@ function stageTarget(stage: StageName, recipe: Recipe, recipeFile: string, optio
 
 function usesEngine(stage: StageName, recipe: Recipe): boolean {
   if (stage === "base") return baseSpec(recipe).kind === "init";
-  return stage === "adapter" || stage === "merged" || stage === "gguf";
+  return stage === "adapter" || stage === "merged" || stage === "gguf" || stage === "eval";
 }
 
 // Paths read by a stage that Nx can't hash cheaply (outside the workspace, ignored, or huge): fingerprinted.
@@ -211,8 +231,9 @@ function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguratio
     inputs.push(`{workspaceRoot}/${p}/src/*.ts`, `{workspaceRoot}/${p}/src/*.cjs`, `{workspaceRoot}/${p}/src/stages/${stage}.ts`);
     if (stage === "dataset" || stage === "shards") inputs.push(`{workspaceRoot}/${p}/src/data/**/*`);
     if (stage === "gguf") inputs.push(`{workspaceRoot}/${p}/src/gguf/**/*`);
+    if (stage === "eval") inputs.push(`{workspaceRoot}/${p}/src/eval/**/*`, `{workspaceRoot}/${p}/src/data/**/*`);
   }
-  if (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf") {
+  if (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf" || stage === "eval") {
     inputs.push("{workspaceRoot}/native/src/**/*", "{workspaceRoot}/native/cmake/**/*", "{workspaceRoot}/native/CMakeLists.txt");
   }
   const npm: Record<StageName, string[]> = {
@@ -222,12 +243,19 @@ function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguratio
     adapter: ["execa"],
     merged: ["execa"],
     gguf: ["execa"],
+    // node-llama-cpp measures GGUF perplexity when installed (optional): hashed only when it is there.
+    eval: ["execa", "@huggingface/tokenizers", ...(hasPackage(workspaceRoot, "node-llama-cpp") ? ["node-llama-cpp"] : [])],
   };
   // Installed from npm, the plugin is an external node whose version Nx can hash; a linked checkout elsewhere
   // (development) has no stable identity to hash.
   const installed = !inWorkspace && PLUGIN_DIR.split(sep).includes("node_modules");
   inputs.push({ externalDependencies: installed ? [...npm[stage], "@nx-finetune/plugin"] : npm[stage] });
   return inputs;
+}
+
+// Whether the workspace has an npm package (Nx hashes externalDependencies from the workspace's lock file).
+function hasPackage(workspaceRoot: string, pkg: string): boolean {
+  return existsSync(join(workspaceRoot, "node_modules", pkg, "package.json"));
 }
 
 function relativeOrAbsolute(from: string, to: string): string {

@@ -7,6 +7,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { findNodeAtLocation, parseTree, printParseErrorCode, type Node as JsonNode, type ParseError } from "jsonc-parser";
+import { isKnownMetric, METRICS } from "./eval/metrics";
 
 // The schema file ships next to package.json (editors resolve "$schema" to it).
 export const recipeSchemaPath = join(__dirname, "..", "recipe.schema.json");
@@ -38,6 +39,9 @@ export interface Recipe {
   export: { merged_dtype: "f32" | "f16" | "bf16"; gguf: GgufType[]; adapter_gguf: boolean; ollama: boolean };
   engine: { backend: "auto" | "cpu" | "cuda"; threads: number };
   chat: { prompt?: string; max_new_tokens: number; temperature: number };
+  eval: { prompts?: string[]; samples: number; score_rows: number; max_new_tokens: number; gguf_perplexity: boolean;
+          gate: Record<string, { min?: number; max?: number }> };
+  publish: { repo?: string; artifacts: Array<"adapter" | "merged" | "gguf">; private: boolean; branch: string };
 }
 
 export interface RecipeIssue { file: string; line: number; column: number; field: string; message: string }
@@ -208,6 +212,11 @@ function checkSemantics(r: any, issueAt: (path: Path, message: string) => void, 
     issueAt(["export", "gguf"], "nothing to export: list at least one GGUF type");
   }
   if (r.export.ollama && r.export.gguf.length === 0) issueAt(["export", "ollama"], "an Ollama Modelfile needs at least one export.gguf type");
+  for (const [metric, bound] of Object.entries<{ min?: number; max?: number }>(r.eval.gate)) {
+    if (!isKnownMetric(metric)) issueAt(["eval", "gate", metric], `unknown metric (expected one of: ${Object.keys(METRICS).join(", ")}, gguf_<type>_perplexity, gguf_<type>_perplexity_delta)`);
+    else if (bound.min === undefined && bound.max === undefined) issueAt(["eval", "gate", metric], "give min, max or both");
+    else if (bound.min !== undefined && bound.max !== undefined && bound.min > bound.max) issueAt(["eval", "gate", metric, "min"], `must be ≤ max (${bound.max})`);
+  }
   if (!recipeDir) return;
 
   const mustExist = (path: Path, p: string, kind: "file" | "dir", inside?: string) => {

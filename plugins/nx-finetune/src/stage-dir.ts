@@ -12,7 +12,7 @@ import { listFiles } from "./fingerprint.cjs";
 import { materialize, putDir, type StoredFile } from "./store";
 import { writeJsonAtomic } from "./atomic";
 
-export type StageName = "base" | "dataset" | "shards" | "adapter" | "merged" | "gguf";
+export type StageName = "base" | "dataset" | "shards" | "adapter" | "merged" | "gguf" | "eval";
 
 export interface StageManifest {
   stage: StageName;
@@ -24,7 +24,9 @@ export interface StageManifest {
 // (index.ts stageOutputs) but not part of the manifest, so they never break early cutoff. The shards stage's own
 // manifest.json counts how many shards this run tokenized vs reused, which depends on what was cached before.
 const REPORT_FILES = ["stage-manifest.json", "run.json", "metrics.jsonl", "loss.svg", "summary.json"];
+// The eval stage's metrics.json and report.html carry times and throughput; its manifest's info holds the metrics.
 export function reportFiles(stage: StageName): Set<string> {
+  if (stage === "eval") return new Set([...REPORT_FILES, "metrics.json", "report.html"]);
   return new Set(stage === "shards" ? [...REPORT_FILES, "manifest.json"] : REPORT_FILES);
 }
 

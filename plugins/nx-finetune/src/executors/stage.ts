@@ -13,11 +13,12 @@ import { runShards } from "../stages/shards";
 import { runAdapter } from "../stages/adapter";
 import { runMerged } from "../stages/merged";
 import { runGguf } from "../stages/gguf";
+import { GateFailed, runEval } from "../stages/eval";
 
 export interface StageExecutorOptions { recipe: string; stage: StageName }
 
 const RUNNERS: Record<StageName, (ctx: StageContext) => Promise<StageResult>> = {
-  base: runBase, dataset: runDataset, shards: runShards, adapter: runAdapter, merged: runMerged, gguf: runGguf,
+  base: runBase, dataset: runDataset, shards: runShards, adapter: runAdapter, merged: runMerged, gguf: runGguf, eval: runEval,
 };
 
 // Upstream stage folders a stage reads (all of them, not only direct dependencies): relinked from the store first,
@@ -25,6 +26,7 @@ const RUNNERS: Record<StageName, (ctx: StageContext) => Promise<StageResult>> = 
 const READS: Record<StageName, StageName[]> = {
   base: [], dataset: [], shards: ["dataset", "base"], adapter: ["shards", "base"], merged: ["adapter", "base"],
   gguf: ["merged", "adapter", "base"],
+  eval: ["gguf", "merged", "adapter", "shards", "dataset", "base"],
 };
 
 export function pluginOptions(context: Pick<ExecutorContext, "nxJsonConfiguration">): { storeDir?: string } {
@@ -63,7 +65,7 @@ export default async function stageExecutor(options: StageExecutorOptions, conte
     return { success: true };
   } catch (e) {
     console.error(e instanceof RecipeError ? e.message : `${context.projectName}:${stage} failed: ${(e as Error).message}`);
-    if (process.env.NXFT_DEBUG && !(e instanceof RecipeError)) console.error((e as Error).stack);
+    if (process.env.NXFT_DEBUG && !(e instanceof RecipeError) && !(e instanceof GateFailed)) console.error((e as Error).stack);
     return { success: false };
   } finally {
     if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
