@@ -1,8 +1,8 @@
 // attention.cu — the portable flash-style causal GQA attention with packed documents (FlashAttention-2's
 // algorithm, native.md §6.1, on CUDA cores): one warp per query row with an online softmax in registers, the
 // backward recomputes P from the saved logsumexp. Memory is O(T): no (T, T) buffer ever exists. This is the
-// path for packed multi-document rows, KV-cache generation and devices without cuDNN; the cuDNN SDPA path
-// (cudnn_attention.cpp) is the fast one for plain causal rows.
+// path for KV-cache generation, builds without cuDNN and layouts cuDNN declines; the cuDNN SDPA path
+// (cudnn_attention.cpp) is the fast one for plain causal rows and for packed documents (a ragged batch).
 // Query i of row b attends keys j with doc_start[b,i] ≤ j ≤ q_offset + i.
 // Every operand is token-major with its own row pitch (AttnLd, kernels.cuh): q|k|v may be column blocks of the one
 // q|k|v projection output and dq|dk|dv of one gradient buffer, so a head row is found as
