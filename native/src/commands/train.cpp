@@ -19,6 +19,7 @@
 #include "commands/command.h"
 #include "commands/inference_model.h"
 #include "model/lora.h"
+#include "model/quant4.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "train/checkpoint.h"
@@ -230,7 +231,10 @@ int cmd_train(const Json& job, const std::string& job_path) {
   TransformerOptions opt;
   opt.gradient_checkpointing = grad_ckpt;
   opt.offload_checkpoints = offload_ckpt;
-  opt.quantize_nf4 = quantize == "nf4";
+  // A pre-quantized bitsandbytes base (config.json quantization_config) is QLoRA whatever quantize_base says:
+  // its weights stay 4-bit as stored.
+  const bool prequantized = bnb_4bit_config(cfg.raw, path_join(base, "config.json"));
+  opt.quantize_nf4 = quantize == "nf4" || prequantized;
   // On a GPU a bigger logits block (2048 rows × a whole 128K vocabulary, 0.5 GB in bf16) keeps the head GEMMs
   // large; the CPU default (32M elements) is plenty there.
   if (be->name() == "cuda") opt.ce_max_logits = int64_t(2048) * 131072;
@@ -280,6 +284,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
       .set("train_rows", Json::number(double(train.rows())))
       .set("seq_len", Json::number(T))
       .set("start_step", Json::number(double(state.step)));
+  if (opt.quantize_nf4) start.set("base_4bit", Json::string(prequantized ? "bitsandbytes" : "nf4"));
   if (!resumed_from.empty()) start.set("resumed_from", Json::string(resumed_from));
   emit_event("start", start);
   model.load_weights(base, [](size_t done, size_t total) {
