@@ -45,8 +45,8 @@ namespace nxft {
 // How a tensor's elements are stored. Plain tensors use `dtype`. 4-bit tensors (QLoRA base weights, only as
 // the B operand of matmul) hold packed 4-bit codes (`ptr`, 2 per byte, element 2k in the high nibble: bitsandbytes'
 // layout) and one scale per 64 consecutive elements of the row-major weight in `scales` (fp32 on CPU); element i is
-// code[q_i]·scales[i/64] with the NF4 or FP4 code table (model/quant4.h), rounded to `dequant` (F32, BF16, F16:
-// bitsandbytes dequantizes to its quant_state dtype; the CUDA backend always dequantizes to bf16).
+// code[q_i]·scales[i/64] (fp32) with the NF4 or FP4 code table (model/quant4.h), in the backend's compute dtype (fp32
+// on CPU, bf16 on CUDA) like bitsandbytes' gemm_4bit, which dequantizes to its input's dtype.
 enum class Quant { None, NF4, FP4 };
 
 struct Tensor {
@@ -55,7 +55,6 @@ struct Tensor {
   size_t n = 0;             // element count
   Quant quant = Quant::None;
   void* scales = nullptr;   // 4-bit only: absmax per 64-element block
-  DType dequant = DType::F32;   // 4-bit only: the dtype a dequantized element is rounded to
 
   bool empty() const { return ptr == nullptr || n == 0; }
   // Elements [offset, offset+count) as a tensor of their own (plain tensors only).
@@ -164,9 +163,8 @@ class Backend {
   virtual Tensor upload_nf4(const float* w, int rows, int cols) = 0;
   // A weight (rows, cols) already quantized on the host (a pre-quantized bitsandbytes checkpoint, or
   // quantize_nf4 in model/quant4.h): packed codes ((rows·cols+1)/2 bytes), absmax per 64 elements, quant NF4 or
-  // FP4, dequantized values rounded to `dequant`. Backends without QLoRA (or without FP4) throw EngineError.
-  virtual Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, DType dequant, int rows,
-                             int cols) = 0;
+  // FP4. Backends without QLoRA (or without FP4) throw EngineError.
+  virtual Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) = 0;
 
   // ---- matmul: the workhorse ---------------------------------------------------------------------------
   // D (M,N) = alpha · op(A) · op(B) + beta · C, row-major, accumulated in fp32 (f64 in the double variant).

@@ -12,8 +12,10 @@
 //   W.weight.quant_state.bitsandbytes__nf4 uint8: UTF-8 JSON {quant_type, blocksize, dtype, shape,
 //                                          nested_blocksize, nested_dtype, nested_offset} (or __fp4)
 // Dequantization: absmax_j = nested_quant_map[absmax_q[j]]·nested_absmax[j / nested_blocksize] + nested_offset
-// (fp32; without nesting absmax is stored), then w_i = dtype(code[q_i]·absmax[i / blocksize]) — the CUDA kernel's
-// order (kDequantizeBlockwise: fp32 product, then one rounding to the quant_state dtype).
+// (fp32; without nesting absmax is stored), then w_i = code[q_i]·absmax[i / blocksize] in fp32, rounded once to a
+// dtype (kDequantizeBlockwise's order). Which dtype: bitsandbytes' dequantize_4bit (merge, export: bnb_dequantize
+// here) rounds to the quant_state dtype; its gemm_4bit (training) to the input's dtype, i.e. the compute dtype —
+// the backends' 4-bit matmul does that (fp32 on CPU, bf16 on CUDA).
 #pragma once
 #include <cstdint>
 #include <optional>

@@ -258,7 +258,7 @@ void Transformer::load_weights(const std::string& dir, const std::function<void(
       if (w.nf4) {
         const std::vector<float> absmax = bnb_absmax_per64(*q);
         if (!w.t->empty()) be_.free(*w.t);
-        *w.t = be_.upload_4bit(q->packed, absmax.data(), q->fp4 ? Quant::FP4 : Quant::NF4, q->dtype, w.rows, w.cols);
+        *w.t = be_.upload_4bit(q->packed, absmax.data(), q->fp4 ? Quant::FP4 : Quant::NF4, w.rows, w.cols);
       } else {
         buf.resize(size_t(q->numel));
         parallel_ranges(buf.size(), 1 << 16, [&](size_t a, size_t b) { bnb_dequantize(*q, int64_t(a), int64_t(b - a), buf.data() + a); });

@@ -27,15 +27,11 @@ namespace nxft {
 
 namespace {
 
-// Element idx of a 4-bit weight (backend.h): code[q]·absmax in fp32, rounded to the weight's dequant dtype
-// (bitsandbytes' kDequantizeBlockwise order).
-inline float q4_value(const float* code, const uint8_t* codes, const float* scales, size_t idx, DType dequant) {
+// Element idx of a 4-bit weight (backend.h): code[q]·absmax in fp32, as bitsandbytes dequantizes for an fp32 input.
+inline float q4_value(const float* code, const uint8_t* codes, const float* scales, size_t idx) {
   uint8_t byte = codes[idx >> 1];
   int q = (idx & 1) ? (byte & 0xF) : (byte >> 4);   // element 2k in the high nibble
-  float v = code[q] * scales[idx >> 6];
-  if (dequant == DType::BF16) return bf16_to_f32(f32_to_bf16(v));
-  if (dequant == DType::F16) return f16_to_f32(f32_to_f16(v));
-  return v;
+  return code[q] * scales[idx >> 6];
 }
 
 // Matmul micro-kernel (register tiled): C_tile (4 × W) += A_panel (4 × kc) · B_panel (kc × W), W = two
@@ -229,18 +225,16 @@ class CpuBackend final : public Backend {
     std::vector<uint8_t> packed((n + 1) / 2);
     std::vector<float> absmax((n + 63) / 64);
     quantize_nf4(w, n, packed.data(), absmax.data(), pool_.size());
-    return upload_4bit(packed.data(), absmax.data(), Quant::NF4, DType::F32, rows, cols);
+    return upload_4bit(packed.data(), absmax.data(), Quant::NF4, rows, cols);
   }
 
-  Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, DType dequant, int rows,
-                     int cols) override {
+  Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) override {
     if (quant == Quant::None) throw EngineError("internal: upload_4bit without a 4-bit type");
     const size_t n = size_t(rows) * cols, nblocks = (n + 63) / 64;
     Tensor t;
     t.dtype = DType::U8;
     t.n = n;
     t.quant = quant;
-    t.dequant = dequant;
     const size_t code_bytes = std::max<size_t>(64, ((n + 1) / 2 + 63) / 64 * 64);
     const size_t scale_bytes = std::max<size_t>(64, (nblocks * 4 + 63) / 64 * 64);
     t.ptr = std::aligned_alloc(64, code_bytes);
@@ -318,7 +312,7 @@ class CpuBackend final : public Backend {
               for (int jj = 0; jj < w; jj++) {
                 const int j = j0 + jp + jj;
                 const size_t idx = trans_b ? size_t(j) * K + (k0 + k) : size_t(k0 + k) * N + j;
-                panel[size_t(k) * W + jj] = T(q4_value(Bcode, Bcodes, Bscales, idx, b.dequant));
+                panel[size_t(k) * W + jj] = T(q4_value(Bcode, Bcodes, Bscales, idx));
               }
           } else if (trans_b) {   // B stored (N, K): column j of op(B) is row j of B, contiguous in k
             for (int jj = 0; jj < w; jj++) {

@@ -380,12 +380,10 @@ class CudaBackend : public Backend {
     std::vector<uint8_t> packed((n + 1) / 2);
     std::vector<float> absmax((n + 63) / 64);
     quantize_nf4(w, n, packed.data(), absmax.data(), 0);
-    return upload_4bit(packed.data(), absmax.data(), Quant::NF4, DType::BF16, rows, cols);
+    return upload_4bit(packed.data(), absmax.data(), Quant::NF4, rows, cols);
   }
-  // Codes and absmax as they are (bitsandbytes' layout); the dequantizing GEMM rounds to bf16 whatever `dequant`.
-  Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, DType dequant, int rows,
-                     int cols) override {
-    (void)dequant;
+  // Codes and absmax as they are (bitsandbytes' layout); the dequantizing GEMM computes code·absmax → bf16.
+  Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) override {
     const size_t n = (size_t)rows * cols;
     if (quant != Quant::NF4) throw EngineError("cuda backend: only NF4 4-bit weights are supported (FP4 bases train on the CPU backend)");
     if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
@@ -393,7 +391,6 @@ class CudaBackend : public Backend {
     t.dtype = DType::U8;
     t.n = n;
     t.quant = Quant::NF4;
-    t.dequant = DType::BF16;
     t.ptr = mem_.get(n / 2);
     t.scales = mem_.get(n / 64 * 4);
     CUDA_CHECK(cudaMemcpy(t.ptr, packed, n / 2, cudaMemcpyHostToDevice));
