@@ -2,14 +2,14 @@
 // test/fixtures/bnb-nf4-tiny (saved by transformers + bitsandbytes: nf4, double quantization, bf16 quant_state; see
 // test/parity/make_bnb_fixture.py) as a recipe's local base → dataset → shards → adapter (QLoRA on the 4-bit
 // weights) → merged (dequantized + LoRA, f16, no quantization_config) → gguf, and llama.cpp (node-llama-cpp) loads
-// and runs every GGUF file. A base with a quantization the engine cannot read fails recipe validation first.
+// and runs both GGUF files. A base with a quantization the engine cannot read fails recipe validation first.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureEngine } from "../../plugins/nx-finetune/src/engine";
-import { greedy } from "../gguf/gguf-helpers";
+import { greedy, logprobs } from "../gguf/gguf-helpers";
 import { makeWorkspace, repoRoot, runNx, removeTestDirs } from "./temp-workspace";
 
 const FIXTURE = join(repoRoot, "test", "fixtures", "bnb-nf4-tiny");
@@ -55,7 +55,7 @@ test("a bitsandbytes 4-bit base runs recipe → adapter → merged → gguf, and
   assert.equal(steps.length, 24);
   assert.ok(steps.at(-1).loss < steps[0].loss, `loss ${steps[0].loss} → ${steps.at(-1).loss}`);
   const run = JSON.parse(readFileSync(join(out, "adapter", "run.json"), "utf8"));
-  assert.match(JSON.stringify(run), /"base_4bit":"bitsandbytes"/, "the engine trained QLoRA on the stored 4-bit weights");
+  assert.equal(run.summary.base_4bit, "bitsandbytes", "the engine trained QLoRA on the stored 4-bit weights");
 
   // merged: a plain f16 HF model (the quant-state tensors gone, config without quantization_config)
   const cfg = JSON.parse(readFileSync(join(out, "merged", "config.json"), "utf8"));
@@ -67,13 +67,21 @@ test("a bitsandbytes 4-bit base runs recipe → adapter → merged → gguf, and
   assert.ok(!names.some((k) => /absmax|quant_map|quant_state/.test(k)), names.join(" "));
   assert.deepEqual(header["model.layers.0.mlp.up_proj.weight"], { ...header["model.layers.0.mlp.up_proj.weight"], dtype: "F16", shape: [128, 64] });
 
-  // gguf: both files load in llama.cpp and generate
+  // gguf: both files load in llama.cpp and run; their next-token distributions agree (the same model, q8_0 vs f16)
   const gguf = join(out, "gguf");
   assert.deepEqual(readdirSync(gguf).filter((f) => f.endsWith(".gguf")).sort(), ["bnb.f16.gguf", "bnb.q8_0.gguf"]);
-  for (const f of ["bnb.f16.gguf", "bnb.q8_0.gguf"]) {
-    const g = await greedy(join(gguf, f), "What is the capital of France?", 8);
-    assert.ok(g.ids.length > 0, `${f}: llama.cpp generated nothing`);
+  const ids = [1, 17, 99, 4, 250, 31, 7, 402];
+  const [f16, q8] = [await logprobs(join(gguf, "bnb.f16.gguf"), ids), await logprobs(join(gguf, "bnb.q8_0.gguf"), ids)];
+  assert.equal(f16.length, ids.length);
+  let worst = 0;
+  for (let i = 0; i < ids.length; i++) {
+    const mass = f16[i].reduce((s, lp) => s + Math.exp(lp), 0);
+    assert.ok(Math.abs(mass - 1) < 1e-3, `row ${i}: probabilities sum to ${mass}`);
+    for (let t = 0; t < f16[i].length; t++) worst = Math.max(worst, Math.abs(f16[i][t] - q8[i][t]));
   }
+  assert.ok(worst < 0.1, `q8_0 vs f16 log-probabilities differ by ${worst}`);
+  const g = await greedy(join(gguf, "bnb.q8_0.gguf"), "What is the capital of France?", 8);
+  assert.equal(typeof g.text, "string");
 });
 
 test("a base whose quantization_config the engine cannot read fails recipe validation, naming the field", () => {

@@ -216,3 +216,74 @@ def test_committed_fixture_is_what_transformers_bitsandbytes_save(workdir):
     cw, cg = json.loads((fresh / "config.json").read_text()), json.loads((F.FIXTURE / "config.json").read_text())
     cw.pop("transformers_version", None), cg.pop("transformers_version", None)
     assert cw == cg
+
+
+@pytest.mark.parametrize("save_dtype", ["f32", "bf16"])
+def test_quantize_command_writes_what_bitsandbytes_quantize_4bit_computes(engine, workdir, save_dtype):
+    """`finetune-engine quantize` (streaming, multi-threaded) on a 16/32-bit base: packed codes and absmax equal
+    bitsandbytes.functional.quantize_4bit (nf4, blocksize 64) bit for bit; with double quantization the nested map
+    equals create_dynamic_map, the offset the mean of the absmax, nested absmax and codes bitsandbytes'
+    quantize_blockwise (its torch kernel: nearest map value) of absmax − offset. transformers loads the result."""
+    import bitsandbytes.functional as F
+    base = base_model("llama-mha-llama3", workdir, save_dtype)
+    orig = load_file(str(base / "model.safetensors"))
+    for dq in (False, True):
+        out = workdir / "bnb-quantize-cmd" / f"{save_dtype}-{int(dq)}"
+        ev = R.run_engine("quantize", {"command": "quantize", "base": str(base), "out": str(out), "double_quant": dq,
+                                       "threads": 2}, workdir / "bnb-quantize-cmd.json")
+        assert ev[-1]["summary"]["quantized_params"] > 0
+        ours = load_file(str(out / "model.safetensors"))
+        cpu_kernel_diffs = 0
+        for name in [k for k in orig if k.endswith("proj.weight")]:
+            packed, st = F.quantize_4bit(orig[name], blocksize=64, quant_type="nf4", compress_statistics=False)
+            assert torch.equal(packed.view(-1), ours[name].view(-1)), name
+            assert torch.equal(st.code, ours[name + ".quant_map"])
+            qs = json.loads(bytes(ours[name + ".quant_state.bitsandbytes__nf4"].tolist()).decode())
+            assert qs["dtype"] == {"f32": "float32", "bf16": "bfloat16"}[save_dtype] and qs["shape"] == list(orig[name].shape)
+            if not dq:
+                assert torch.equal(st.absmax, ours[name + ".absmax"]), name
+                continue
+            _, st2 = F.quantize_4bit(orig[name], blocksize=64, quant_type="nf4", compress_statistics=True)
+            assert torch.equal(st2.state2.code, ours[name + ".nested_quant_map"])
+            offset = torch.tensor(qs["nested_offset"], dtype=torch.float32)
+            # ours is the exactly rounded mean; torch's fp32 mean (cascade sum) may be a few ulps off it
+            ulps = abs(float(offset) - float(st2.offset)) / float(np.spacing(np.float32(st2.offset)))
+            assert ulps <= 4, (offset, st2.offset)
+            x = st.absmax - offset
+            absmax2 = x.view(-1, 256).abs().max(dim=1).values if x.numel() % 256 == 0 else None
+            if absmax2 is None:
+                absmax2 = torch.stack([c.abs().max() for c in x.split(256)])
+            assert torch.equal(absmax2, ours[name + ".nested_absmax"]), name
+            scaled = torch.clamp(x * (1 / absmax2.repeat_interleave(256)[: x.numel()]), -1, 1)
+            nearest = torch.argmin((scaled.unsqueeze(-1) - st2.state2.code).abs(), dim=-1).to(torch.uint8)
+            assert torch.equal(nearest, ours[name + ".absmax"]), name
+            q_cpu, _ = F.quantize_blockwise(x, blocksize=256)   # bitsandbytes' CPU kernel: a LUT approximation
+            cpu_kernel_diffs += int((q_cpu != nearest).sum())
+        if dq:
+            print(f"\n[quantize {save_dtype}] nested codes differing from bitsandbytes' CPU kernel: {cpu_kernel_diffs}")
+        qmodel = load_4bit(out)
+        assert len(R.bnb4bit_linear_modules(qmodel)) == 7 * qmodel.config.num_hidden_layers
+
+
+def test_double_quant_training_equals_training_on_the_double_quantized_checkpoint(engine, workdir):
+    """quantize_base "nf4" + double_quant on the base trains bit-identically to QLoRA on the checkpoint `quantize`
+    wrote with double quantization (the same weights), and differently from quantize_base "nf4" without it."""
+    arch = "llama-mha-llama3"
+    base = base_model(arch, workdir)
+    work = workdir / "bnb-dq-train"
+    work.mkdir(parents=True, exist_ok=True)
+    q = work / "bnb"
+    R.run_engine("quantize", {"command": "quantize", "base": str(base), "out": str(q), "double_quant": True}, work / "q.json")
+    V = R.TINY_ARCHS[arch][1]["vocab_size"]
+    tok, tgt, pos = R.make_training_rows(V, 32, 16, seed=1, n_distinct=8)
+    shard = R.write_shard(work / "train-000.tokens.bin", tok, tgt, pos)
+    init = R.make_peft_adapter(base, work / "init", 8, 16, R.LORA_TARGETS_ALL, False, seed=3, random_b=True)
+    runs = {}
+    for name, b, quant, dq in (("dq", base, "nf4", True), ("checkpoint", q, None, False), ("no-dq", base, "nf4", False)):
+        job = R.train_job(b, [shard], work / name, r=8, alpha=16, targets=R.LORA_TARGETS_ALL, init_adapter=init, steps=6)
+        job["quantize_base"] = quant
+        if dq:
+            job["double_quant"] = True
+        runs[name] = [e["loss"] for e in R.run_engine("train", job, work / f"{name}.json") if e.get("event") == "step"]
+    assert runs["dq"] == runs["checkpoint"], runs
+    assert runs["dq"] != runs["no-dq"]

@@ -152,29 +152,6 @@ void add_lora_delta(float* W, const LoraPair& p, size_t row0, size_t row1, int r
   }, threads);
 }
 
-// Files of an HF folder that are not weights or config: tokenizer files, generation_config.json, README, …
-std::vector<std::string> companion_files(const std::string& dir) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) throw EngineError(dir + ": cannot list folder", dir);
-  while (dirent* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n.empty() || n[0] == '.') continue;
-    auto ends = [&](const char* suf) {
-      size_t m = std::strlen(suf);
-      return n.size() >= m && n.compare(n.size() - m, m, suf) == 0;
-    };
-    if (n == "config.json" || ends(".safetensors") || ends(".safetensors.index.json") || ends(".bin") || ends(".pt") ||
-        ends(".pth") || ends(".gguf") || ends(".bin.index.json") || n.find(".tmp-") != std::string::npos)
-      continue;
-    std::string full = path_join(dir, n);
-    struct stat st;
-    if (::stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(n);
-  }
-  ::closedir(d);
-  std::sort(out.begin(), out.end());
-  return out;
-}
 
 }  // namespace
 
@@ -371,7 +348,7 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
     ::unlink(path_join(out, index_name).c_str());  // stale index from an earlier, sharded output
   }
 
-  for (const auto& f : companion_files(base)) {
+  for (const auto& f : hf_companion_files(base)) {
     copy_file_atomic(path_join(base, f), path_join(out, f));
     files.push(Json::string(path_join(out, f)));
   }

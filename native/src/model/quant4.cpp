@@ -57,6 +57,62 @@ void quantize_nf4(const float* w, size_t n, uint8_t* packed, float* absmax, int 
   }, threads);
 }
 
+const std::vector<float>& dynamic_map_signed() {
+  // For exponent i = 0..6: the midpoints of linspace(0.1, 1, 2^i + 1) (torch fp32: start + step·k with one rounding,
+  // from the upper end in the upper half) scaled by ±10^(i−6) in fp32; then 0 and 1; 254 + 2 = 256 values, sorted.
+  static const std::vector<float> map = [] {
+    std::vector<float> v;
+    for (int i = 0; i < 7; i++) {
+      const int n = (1 << i) + 1;
+      const float start = 0.1f, end = 1.0f, step = (end - start) / float(n - 1);
+      std::vector<float> b(static_cast<size_t>(n));
+      for (int k = 0; k < n; k++) b[size_t(k)] = k < n / 2 ? std::fma(step, float(k), start) : std::fma(-step, float(n - k - 1), end);
+      const float scale = float(std::pow(10.0, double(i - 6)));
+      for (int k = 0; k + 1 < n; k++) {
+        const float mean = (b[size_t(k)] + b[size_t(k + 1)]) / 2.0f;
+        v.push_back(scale * mean);
+        v.push_back(-scale * mean);
+      }
+    }
+    v.push_back(0.0f);
+    v.push_back(1.0f);
+    std::sort(v.begin(), v.end());
+    return v;
+  }();
+  return map;
+}
+
+NestedAbsmax double_quantize(const float* absmax, size_t n, int threads) {
+  NestedAbsmax out;
+  double sum = 0;
+  for (size_t i = 0; i < n; i++) sum += absmax[i];
+  out.offset = n ? float(sum / double(n)) : 0.0f;
+  const std::vector<float>& map = dynamic_map_signed();
+  const size_t nb = (n + 255) / 256;
+  out.q.resize(n);
+  out.absmax2.resize(nb);
+  parallel_for(nb, [&](size_t b) {
+    const size_t i0 = b * 256, i1 = std::min(n, i0 + 256);
+    float amax = 0.0f;
+    for (size_t i = i0; i < i1; i++) amax = std::max(amax, std::fabs(absmax[i] - out.offset));
+    out.absmax2[b] = amax;
+    const float inv = 1.0f / amax;
+    for (size_t i = i0; i < i1; i++) {
+      const float x = std::min(1.0f, std::max(-1.0f, (absmax[i] - out.offset) * inv));
+      const size_t hi = size_t(std::upper_bound(map.begin(), map.end(), x) - map.begin());
+      size_t best = hi == 0 ? 0 : hi - 1;
+      if (hi > 0 && hi < map.size() && std::fabs(x - map[hi]) < std::fabs(x - map[hi - 1])) best = hi;
+      out.q[i] = uint8_t(best);
+    }
+  }, threads);
+  return out;
+}
+
+void double_dequantize(const NestedAbsmax& nq, float* absmax) {
+  const std::vector<float>& map = dynamic_map_signed();
+  for (size_t i = 0; i < nq.q.size(); i++) absmax[i] = map[nq.q[i]] * nq.absmax2[i / 256] + nq.offset;
+}
+
 // ---- pre-quantized bitsandbytes checkpoints --------------------------------------------------------------
 
 bool bnb_4bit_config(const Json& raw, const std::string& path) {

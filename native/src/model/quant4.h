@@ -38,6 +38,22 @@ extern const float kFP4Code[16];   // bitsandbytes get_4bit_type("fp4"): {0, .06
 // (0 = all cores); the result does not depend on the thread count.
 void quantize_nf4(const float* w, size_t n, uint8_t* packed, float* absmax, int threads);
 
+// Double quantization (quantize_4bit(compress_statistics=True), QLoRA's bnb_4bit_use_double_quant): offset =
+// mean(absmax), then quantize_blockwise(absmax − offset, blocksize 256) with the signed 8-bit dynamic map:
+// absmax2_b = max |x| over each 256-block, q = the nearest map value to clamp(x·(1/absmax2_b), −1, 1) (lowest index on
+// a tie: bitsandbytes' torch kernel). The offset is the exact mean rounded to fp32; torch's fp32 mean may differ
+// from it in the last bit.
+struct NestedAbsmax {
+  float offset = 0;
+  std::vector<uint8_t> q;        // one per absmax
+  std::vector<float> absmax2;    // one per 256 absmax
+};
+// bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), sorted, fp32.
+const std::vector<float>& dynamic_map_signed();
+NestedAbsmax double_quantize(const float* absmax, size_t n, int threads);
+// absmax_j = map[q_j]·absmax2[j/256] + offset in fp32, as bitsandbytes restores it.
+void double_dequantize(const NestedAbsmax& nested, float* absmax);
+
 // ---- pre-quantized bitsandbytes checkpoints --------------------------------------------------------------
 // True when config.json's quantization_config declares a bitsandbytes 4-bit checkpoint. Throws EngineError
 // naming the file and field for quantization the engine cannot read (8-bit, other methods).
