@@ -6,6 +6,7 @@
 // when double_quant); embeddings, norms, biases and lm_head are copied unchanged, as transformers does. Streaming:
 // one tensor at a time in host fp32 (never the whole model), its pages dropped once done; each tensor is quantized
 // over all threads. Events: start, progress per tensor, done {summary: {files, seconds, quantize_seconds, …}}.
+#include <sys/resource.h>
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -159,11 +160,15 @@ static int cmd_quantize(const Json& job, const std::string& job_path) {
   files.push(Json::string(path_join(out, "config.json")));
 
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  const double peak_rss = double(ru.ru_maxrss) * 1024.0;   // streaming: far below the model size
   emit_event("done", Json::object().set("summary", Json::object()
                                                        .set("files", files)
                                                        .set("quantized_params", Json::number(double(quantized_params)))
                                                        .set("quantize_seconds", Json::number(quantize_s))
                                                        .set("wall_s", Json::number(wall))
+                                                       .set("peak_memory_bytes", Json::number(peak_rss))
                                                        .set("threads", Json::number(threads))));
   return 0;
 }

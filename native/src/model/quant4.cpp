@@ -24,35 +24,63 @@ const float kFP4Code[16] = {0.0f,          0.0625f / 12.0f,  8.0f / 12.0f,  12.0
 
 // ---- quantize_base "nf4" ----------------------------------------------------------------------------------
 
-// Index of the NF4 value nearest to x ∈ [−1, 1], lowest index on a tie (torch.argmin over |x − code|).
-// The code is sorted, so the answer is one of the two neighbours of x's position.
-static inline int nearest_nf4(float x) {
-  int hi = int(std::upper_bound(kNF4Code, kNF4Code + 16, x) - kNF4Code);   // first code > x
-  if (hi == 0) return 0;
-  if (hi == 16) return 15;
-  const float dl = std::fabs(x - kNF4Code[hi - 1]), dh = std::fabs(x - kNF4Code[hi]);
-  return dh < dl ? hi : hi - 1;
+// One block (n ≤ 64 values) of quantize_4bit: absmax = max |w|, then each code = the nearest NF4 value to
+// w·(1/absmax), the first on a tie — torch.argmin over |x − code| in fp32, as bitsandbytes computes it. Written so that
+// the compiler vectorizes it (code by code over the block, branch-free) and compiled twice (generic, AVX2).
+// bitsandbytes clamps x to [−1, 1] first; x can only leave it by an ulp (|w| ≤ absmax), where ±1 stays the nearest
+// code either way, so the clamp is left out.
+static inline __attribute__((always_inline)) float nf4_block(const float* w, int n, uint8_t* q) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0}, amax = 0.0f;
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) {
+      const float v = std::fabs(w[i + k]);
+      lane[k] = v > lane[k] ? v : lane[k];
+    }
+  for (; i < n; i++) amax = std::max(amax, std::fabs(w[i]));
+  for (int k = 0; k < 8; k++) amax = std::max(amax, lane[k]);
+  if (amax == 0.0f) {   // a zero block is code 7 = 0.0 (bitsandbytes: 0·(1/0) = NaN; any code gives ±0 there)
+    std::memset(q, 7, size_t(n));
+    return amax;
+  }
+  const float inv = 1.0f / amax;   // bitsandbytes multiplies by the reciprocal: A·(1/absmax)
+  float x[64], best_d[64];
+  int32_t best[64];
+  for (int j = 0; j < n; j++) {
+    x[j] = w[j] * inv;
+    best_d[j] = std::fabs(x[j] - kNF4Code[0]);
+    best[j] = 0;
+  }
+  for (int c = 1; c < 16; c++) {
+    const float code = kNF4Code[c];
+    for (int j = 0; j < n; j++) {   // branch-free: the choice is data-dependent and would mispredict
+      const float d = std::fabs(x[j] - code);
+      const int32_t closer = -int32_t(d < best_d[j]);   // all ones when strictly closer
+      best[j] = (best[j] & ~closer) | (c & closer);
+      best_d[j] = std::min(d, best_d[j]);
+    }
+  }
+  for (int j = 0; j < n; j++) q[j] = uint8_t(best[j]);
+  return amax;
 }
+static float nf4_block_generic(const float* w, int n, uint8_t* q) { return nf4_block(w, n, q); }
+__attribute__((target("avx2"))) static float nf4_block_avx2(const float* w, int n, uint8_t* q) { return nf4_block(w, n, q); }
 
 void quantize_nf4(const float* w, size_t n, uint8_t* packed, float* absmax, int threads) {
   const size_t nblocks = (n + 63) / 64;
+  const auto block = __builtin_cpu_supports("avx2") ? nf4_block_avx2 : nf4_block_generic;
   // Work items of 256 blocks (16K elements): each writes whole bytes of `packed` (64 is even), so no two
   // threads touch the same byte.
   const size_t per_item = 256;
   parallel_for((nblocks + per_item - 1) / per_item, [&](size_t item) {
     const size_t b_end = std::min(nblocks, (item + 1) * per_item);
+    uint8_t q[64];
     for (size_t b = item * per_item; b < b_end; b++) {
-      const size_t i0 = b * 64, i1 = std::min(n, i0 + 64);
-      float amax = 0.0f;
-      for (size_t i = i0; i < i1; i++) amax = std::max(amax, std::fabs(w[i]));
-      absmax[b] = amax;
-      const float inv = 1.0f / amax;   // bitsandbytes multiplies by the reciprocal: A·(1/absmax)
-      for (size_t i = i0; i < i1; i += 2) {
-        int q[2] = {7, 7};   // a zero block (and the pad element of an odd tail) is code 7 = 0.0
-        for (size_t h = 0; h < 2 && i + h < i1; h++)
-          if (amax > 0.0f) q[h] = nearest_nf4(std::min(1.0f, std::max(-1.0f, w[i + h] * inv)));
-        packed[i >> 1] = uint8_t((q[0] << 4) | q[1]);
-      }
+      const size_t i0 = b * 64;
+      const int m = int(std::min<size_t>(64, n - i0));
+      absmax[b] = block(w + i0, m, q);
+      if (m % 2) q[m] = 7;   // the pad element of an odd tail
+      for (int k = 0; k < m; k += 2) packed[(i0 + size_t(k)) >> 1] = uint8_t((q[k] << 4) | q[k + 1]);
     }
   }, threads);
 }
@@ -99,7 +127,8 @@ NestedAbsmax double_quantize(const float* absmax, size_t n, int threads) {
     const float inv = 1.0f / amax;
     for (size_t i = i0; i < i1; i++) {
       const float x = std::min(1.0f, std::max(-1.0f, (absmax[i] - out.offset) * inv));
-      const size_t hi = size_t(std::upper_bound(map.begin(), map.end(), x) - map.begin());
+      size_t hi = 0;   // upper_bound(map, x), branch-free (256 = 2^8 entries): the data would mispredict branches
+      for (size_t step = 128; step >= 1; step /= 2) hi += size_t(map[hi + step - 1] <= x) * step;
       size_t best = hi == 0 ? 0 : hi - 1;
       if (hi > 0 && hi < map.size() && std::fabs(x - map[hi]) < std::fabs(x - map[hi - 1])) best = hi;
       out.q[i] = uint8_t(best);

@@ -34,7 +34,8 @@ extern const float kFP4Code[16];   // bitsandbytes get_4bit_type("fp4"): {0, .06
 // ---- quantize_base "nf4" ----------------------------------------------------------------------------------
 // bitsandbytes quantize_4bit(w, blocksize=64, quant_type="nf4"): absmax_b = max |w| over each 64-block of the
 // flattened tensor, x = clamp(w·(1/absmax_b), −1, 1), code = the nearest NF4 value (lowest index on a tie). A
-// zero block gets code 7 (0.0). packed: (n+1)/2 bytes, absmax: ceil(n/64) floats. Spread over `threads`
+// zero block gets code 7 (0.0; bitsandbytes computes 0·(1/0) = NaN there and picks a code that also dequantizes to
+// ±0). packed: (n+1)/2 bytes, absmax: ceil(n/64) floats. Spread over `threads`
 // (0 = all cores); the result does not depend on the thread count.
 void quantize_nf4(const float* w, size_t n, uint8_t* packed, float* absmax, int threads);
 
