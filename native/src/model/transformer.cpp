@@ -227,13 +227,18 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
   if (v.size() != n)
     throw EngineError("weight " + w.name + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(n));
   if (w.nf4) {
-    // bitsandbytes' quantize_4bit on the host over all cores (model/quant4.h), optionally double-quantized.
-    std::vector<uint8_t> packed((n + 1) / 2);
-    std::vector<float> absmax((n + 63) / 64);
-    quantize_nf4(v.data(), n, packed.data(), absmax.data(), 0);
-    if (opt_.double_quant) double_dequantize(double_quantize(absmax.data(), absmax.size(), 0), absmax.data());
+    // bitsandbytes' quantize_4bit: by the backend (the CPU over all cores, CUDA on the device), or on the host
+    // when the absmax is double-quantized too (model/quant4.h).
     if (!w.t->empty()) be_.free(*w.t);
-    *w.t = be_.upload_4bit(packed.data(), absmax.data(), Quant::NF4, w.rows, w.cols);
+    if (!opt_.double_quant) {
+      *w.t = be_.upload_nf4(v.data(), w.rows, w.cols);
+    } else {
+      std::vector<uint8_t> packed((n + 1) / 2);
+      std::vector<float> absmax((n + 63) / 64);
+      quantize_nf4(v.data(), n, packed.data(), absmax.data(), 0);
+      double_dequantize(double_quantize(absmax.data(), absmax.size(), 0), absmax.data());
+      *w.t = be_.upload_4bit(packed.data(), absmax.data(), Quant::NF4, w.rows, w.cols);
+    }
   } else if (w.ld == w.cols) {
     be_.upload(*w.t, v.data(), n);
   } else {   // folded: rows of [W | zeros]; run() writes the LoRA columns

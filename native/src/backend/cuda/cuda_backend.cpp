@@ -18,7 +18,6 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/gemm.cuh"
 #include "backend/cuda/kernels.cuh"
-#include "model/quant4.h"
 #include "util/backends.h"
 #include "util/events.h"
 #if defined(NXFT_HAVE_CUDNN)
@@ -374,13 +373,24 @@ class CudaBackend : public Backend {
       zero_index_[static_cast<int32_t*>(dst.ptr)] = value == 0.0f ? n : 0;
     } else throw EngineError("cuda fill: unsupported dtype");
   }
-  // quantize_base "nf4": bitsandbytes' quantize_4bit on the host over all cores (model/quant4.h), then upload.
+  // quantize_base "nf4": the fp32 weight goes up once and is quantized on the device (nf4.cu: bitsandbytes'
+  // quantize_4bit, bit for bit the CPU reference quantize_nf4 in model/quant4.cpp); the fp32 copy goes back to the
+  // allocator at once (later stream work only).
   Tensor upload_nf4(const float* w, int rows, int cols) override {
     const size_t n = (size_t)rows * cols;
-    std::vector<uint8_t> packed((n + 1) / 2);
-    std::vector<float> absmax((n + 63) / 64);
-    quantize_nf4(w, n, packed.data(), absmax.data(), 0);
-    return upload_4bit(packed.data(), absmax.data(), Quant::NF4, rows, cols);
+    if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
+    Tensor t;
+    t.dtype = DType::U8;
+    t.n = n;
+    t.quant = Quant::NF4;
+    t.ptr = mem_.get(n / 2);
+    t.scales = mem_.get(n / 64 * 4);
+    void* staged = mem_.get(n * 4);
+    CUDA_CHECK(cudaMemcpyAsync(staged, w, n * 4, cudaMemcpyHostToDevice, stream_));
+    launch_nf4_quantize(static_cast<uint8_t*>(t.ptr), static_cast<float*>(t.scales), static_cast<const float*>(staged), n, stream_);
+    mem_.put(staged);
+    CUDA_CHECK(cudaStreamSynchronize(stream_));   // w is pageable host memory the caller reuses
+    return t;
   }
   // Codes and absmax as they are (bitsandbytes' layout); the dequantizing GEMM computes code·absmax → bf16.
   Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) override {
