@@ -136,6 +136,20 @@ def load_model(model_dir: str | Path, dtype=torch.float32, attn: str = "eager"):
     """Loads an HF folder with eager attention by default (our 4D additive mask is used verbatim; "sdpa" takes the
     same mask and is what the benchmark uses)."""
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation=attn)
+    # A pre-quantized bitsandbytes checkpoint keeps its unquantized tensors (embeddings, norms, lm_head) in the
+    # checkpoint dtype whatever `dtype` says; compute in `dtype` like the engine (the 4-bit weights stay 4-bit).
+    import bitsandbytes as bnb
+    with torch.no_grad():
+        for p in model.parameters():
+            if not isinstance(p, bnb.nn.Params4bit) and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        # bitsandbytes 0.50.2 on the CPU dequantizes a 4-bit weight to the input's dtype in forward (gemm_4bit) but
+        # to quant_state.dtype in backward (MatMul4Bit.backward: dequantize_4bit(B, state)): with a bfloat16
+        # checkpoint and fp32 compute, forward and backward would see different weights (FINDINGS.md). The engine
+        # dequantizes to its compute dtype in both; so does bitsandbytes once quant_state.dtype is that dtype.
+        for m in model.modules():
+            if isinstance(m, bnb.nn.Linear4bit) and m.weight.quant_state.dtype != dtype:
+                m.weight.quant_state.dtype = dtype
     model.eval()
     return model
 
@@ -331,6 +345,78 @@ def nf4_roundtrip_linear_weights(model) -> int:
                 mod.weight.data.copy_(nf4_roundtrip(mod.weight.data).to(mod.weight.dtype))
                 n += 1
     return n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pre-quantized bitsandbytes 4-bit bases ("-bnb-4bit" checkpoints)
+# ---------------------------------------------------------------------------------------------------------
+
+def make_bnb4bit_model(src_dir: str | Path, out_dir: str | Path, quant_type: str = "nf4", double_quant: bool = True,
+                       dtype=torch.float32) -> Path:
+    """Quantizes an HF folder with transformers + bitsandbytes on the CPU (BitsAndBytesConfig load_in_4bit,
+    blocksize 64; lm_head and embeddings stay unquantized) and saves the pre-quantized checkpoint: packed uint8
+    weights with .absmax / .quant_map / (.nested_absmax, .nested_quant_map) / .quant_state.bitsandbytes__<type>,
+    config.json with quantization_config. `dtype` is the model dtype at load: the quant_state dtype bitsandbytes
+    dequantizes to, and the dtype of the unquantized tensors."""
+    from transformers import BitsAndBytesConfig
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
+                             bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(src_dir), quantization_config=cfg, device_map="cpu", dtype=dtype)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def bnb4bit_linear_modules(model) -> dict[str, torch.nn.Module]:
+    """The bitsandbytes Linear4bit modules of a model loaded from a pre-quantized checkpoint, by module name."""
+    import bitsandbytes as bnb
+    return {n: m for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+def bnb4bit_dequantize(weight) -> torch.Tensor:
+    """A Params4bit dequantized by bitsandbytes: the nested absmax as functional.dequantize_4bit restores it
+    (dequantize_blockwise of the 8-bit absmax, + offset, fp32), then bitsandbytes' generic 4-bit dequantize
+    (backends/default/ops.py::_dequantize_4bit_compute: code[q]·absmax in fp32, one rounding to the quant_state
+    dtype — the CUDA kernel's arithmetic). Not the CPU kernel of dequantize_4bit: it is wrong when a block spans two
+    rows (FINDINGS.md); test_bnb4bit.py compares both where the CPU kernel is right."""
+    import bitsandbytes.functional as bnbf
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+    qs = weight.quant_state
+    absmax = qs.absmax
+    if qs.nested:
+        absmax = bnbf.dequantize_blockwise(qs.absmax, qs.state2) + qs.offset
+    absmax = absmax.float()
+    code = _get_4bit_code(qs.quant_type, absmax.device)
+    return _dequantize_4bit_compute(weight.data.view(torch.uint8).reshape(-1), absmax, code, qs.blocksize,
+                                    tuple(qs.shape), qs.dtype)
+
+
+def dequantized_base(bnb_dir: str | Path, out_dir: str | Path) -> Path:
+    """An fp32 HF folder equal to a pre-quantized base as bitsandbytes computes with it: every Linear4bit weight
+    replaced by bnb4bit_dequantize, the other tensors upcast; config.json without quantization_config."""
+    qmodel = AutoModelForCausalLM.from_pretrained(str(bnb_dir), dtype=torch.float32)
+    lin = bnb4bit_linear_modules(qmodel)
+    assert lin, f"{bnb_dir}: no Linear4bit modules"
+    config = AutoConfig.from_pretrained(str(bnb_dir))
+    del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {}
+    for name, t in qmodel.state_dict().items():
+        mod = name.rsplit(".", 1)[0]
+        if mod in lin:
+            if name.endswith(".weight"):
+                state[name] = bnb4bit_dequantize(lin[mod].weight).float()
+            elif name.endswith(".bias"):
+                state[name] = t.float()
+        elif ".weight." not in name:   # not a part of a quantized weight (.weight.absmax, .weight.quant_state…)
+            state[name] = t.float()
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    assert not missing and not unexpected, (missing, unexpected)
+    if config.tie_word_embeddings:
+        plain.tie_weights()
+    plain.save_pretrained(str(out_dir))
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------

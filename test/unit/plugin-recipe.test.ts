@@ -143,6 +143,36 @@ test("loadRecipe checks that referenced files exist, relative to the recipe fold
   assert.equal(loadRecipe("recipes/a/recipe.json", ws).lora.r, 8);
 });
 
+test("a local base with a quantization_config: bitsandbytes 4-bit is accepted, anything else is an error at base", () => {
+  const ws = mkdtempSync(join(tmpdir(), "nxft-recipe-"));
+  mkdirSync(join(ws, "recipes", "q", "base"), { recursive: true });
+  writeFileSync(join(ws, "recipes", "q", "recipe.json"), text({ ...good, base: "base" }));
+  writeFileSync(join(ws, "recipes", "q", "train.jsonl"), "{}\n");
+  const config = (qc: unknown) => writeFileSync(join(ws, "recipes", "q", "base", "config.json"), JSON.stringify({ model_type: "llama", quantization_config: qc }));
+  const issue = () => {
+    try { loadRecipe("recipes/q/recipe.json", ws); } catch (e) { return (e as RecipeError).issues; }
+    return [];
+  };
+  for (const qc of [{ quant_method: "bitsandbytes", load_in_4bit: true, bnb_4bit_quant_type: "nf4", bnb_4bit_use_double_quant: true },
+                    { quant_method: "bitsandbytes", load_in_4bit: true, bnb_4bit_quant_type: "fp4" }]) {
+    config(qc);
+    assert.deepEqual(issue(), []);
+  }
+  const cases: [unknown, RegExp][] = [
+    [{ quant_method: "gptq", bits: 4 }, /quantization_config\.quant_method": "gptq" is not supported/],
+    [{ quant_method: "bitsandbytes", load_in_8bit: true }, /quantization_config\.load_in_8bit": 8-bit/],
+    [{ quant_method: "bitsandbytes", load_in_4bit: true, bnb_4bit_quant_type: "int4" }, /bnb_4bit_quant_type": must be "nf4" or "fp4"/],
+  ];
+  for (const [qc, message] of cases) {
+    config(qc);
+    const issues = issue();
+    assert.equal(issues.length, 1, JSON.stringify(issues));
+    assert.equal(issues[0].field, "base");
+    assert.match(issues[0].message, message);
+    assert.match(issues[0].message, /recipes\/q\/base\/config\.json/);
+  }
+});
+
 test("the demo recipe is valid", () => {
   const root = join(__dirname, "..", "..");
   const r = loadRecipe("recipes/demo/recipe.json", root);

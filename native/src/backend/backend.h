@@ -44,17 +44,19 @@
 
 namespace nxft {
 
-// How a tensor's elements are stored. Plain tensors use `dtype`. NF4 tensors (QLoRA base weights, only as
-// the B operand of matmul) hold packed 4-bit codes (`ptr`, 2 per byte, element 2k in the high nibble) and
-// one scale per 64 consecutive elements of the row-major weight in `scales` (fp32 on CPU).
-enum class Quant { None, NF4 };
+// How a tensor's elements are stored. Plain tensors use `dtype`. 4-bit tensors (QLoRA base weights, only as
+// the B operand of matmul) hold packed 4-bit codes (`ptr`, 2 per byte, element 2k in the high nibble: bitsandbytes'
+// layout) and one scale per 64 consecutive elements of the row-major weight in `scales` (fp32 on CPU); element i is
+// code[q_i]·scales[i/64] (fp32) with the NF4 or FP4 code table (model/quant4.h), in the backend's compute dtype (fp32
+// on CPU, bf16 on CUDA) like bitsandbytes' gemm_4bit, which dequantizes to its input's dtype.
+enum class Quant { None, NF4, FP4 };
 
 struct Tensor {
   void* ptr = nullptr;      // backend memory (host pointer on CPU, device pointer on CUDA)
   DType dtype = DType::F32; // storage type of each element
   size_t n = 0;             // element count
   Quant quant = Quant::None;
-  void* scales = nullptr;   // NF4 only: absmax per 64-element block
+  void* scales = nullptr;   // 4-bit only: absmax per 64-element block
 
   bool empty() const { return ptr == nullptr || n == 0; }
   // Elements [offset, offset+count) as a tensor of their own (plain tensors only).
@@ -174,6 +176,10 @@ class Backend {
   // Quantize fp32 host weights (rows, cols) to NF4 blockwise-64 (native.md §4.1); returns a Quant::NF4
   // tensor usable only as matmul's B operand. Backends without QLoRA throw EngineError.
   virtual Tensor upload_nf4(const float* w, int rows, int cols) = 0;
+  // A weight (rows, cols) already quantized on the host (a pre-quantized bitsandbytes checkpoint, or
+  // quantize_nf4 in model/quant4.h): packed codes ((rows·cols+1)/2 bytes), absmax per 64 elements, quant NF4 or
+  // FP4. Backends without QLoRA (or without FP4) throw EngineError.
+  virtual Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) = 0;
 
   // ---- matmul: the workhorse ---------------------------------------------------------------------------
   // D (M,N) = alpha · op(A) · op(B) + beta · C, row-major, accumulated in fp32 (f64 in the double variant).

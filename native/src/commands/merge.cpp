@@ -10,6 +10,9 @@
 // and a writer thread writes tensor i while tensor i+1 is computed (at most two finished tensors wait in the
 // queue), so an 8B model never sits in memory twice. Converted tensors are processed in chunks of whole rows
 // (kChunkElems values), so even the embedding never exists in fp32 or in the output dtype all at once.
+// A pre-quantized bitsandbytes base (config.json quantization_config, model/quant4.h): its 4-bit weights are
+// dequantized exactly as bitsandbytes does, then merged like any other; the quant-state tensors are not written and
+// config.json loses quantization_config, so the output is an ordinary 16-bit (or f32) HF model.
 // Compute (dequantise, B·A, convert) is spread over all cores. Every file is written atomically; config.json is written last, so a folder with a config.json that
 // matches this run is complete.
 #include <algorithm>
@@ -23,11 +26,13 @@
 #include <sys/stat.h>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unistd.h>
 
 #include "commands/command.h"
 #include "io/safetensors.h"
+#include "model/quant4.h"
 #include "model/lora.h"
 #include "model/weights.h"
 #include "util/events.h"
@@ -147,29 +152,6 @@ void add_lora_delta(float* W, const LoraPair& p, size_t row0, size_t row1, int r
   }, threads);
 }
 
-// Files of an HF folder that are not weights or config: tokenizer files, generation_config.json, README, …
-std::vector<std::string> companion_files(const std::string& dir) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) throw EngineError(dir + ": cannot list folder", dir);
-  while (dirent* e = ::readdir(d)) {
-    std::string n = e->d_name;
-    if (n.empty() || n[0] == '.') continue;
-    auto ends = [&](const char* suf) {
-      size_t m = std::strlen(suf);
-      return n.size() >= m && n.compare(n.size() - m, m, suf) == 0;
-    };
-    if (n == "config.json" || ends(".safetensors") || ends(".safetensors.index.json") || ends(".bin") || ends(".pt") ||
-        ends(".pth") || ends(".gguf") || ends(".bin.index.json") || n.find(".tmp-") != std::string::npos)
-      continue;
-    std::string full = path_join(dir, n);
-    struct stat st;
-    if (::stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(n);
-  }
-  ::closedir(d);
-  std::sort(out.begin(), out.end());
-  return out;
-}
 
 }  // namespace
 
@@ -197,8 +179,23 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
   const float scale = float(ad.spec.scale());  // PEFT multiplies an fp32 tensor by the Python float: fp32 scale
 
   // Validate the whole base against its config before writing anything.
+  const bool prequantized = bnb_4bit_config(cfg.raw, path_join(base, "config.json"));
+  std::map<std::string, Bnb4bitWeight> quantized;   // by weight name
+  for (const auto& name : st->names())
+    if (std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*st, name)) quantized.emplace(name, std::move(*q));
+  if (!quantized.empty() && !prequantized)
+    throw EngineError(path_join(base, "config.json") + ": the checkpoint holds bitsandbytes 4-bit weights (e.g. " +
+                          quantized.begin()->first + ") but config.json has no quantization_config", path_join(base, "config.json"),
+                      "quantization_config");
   std::map<std::string, const LoraPair*> lora_of;
   for (const auto& spec : hf_tensor_specs(cfg)) {
+    auto qit = quantized.find(spec.name);
+    if (qit != quantized.end()) {
+      if (qit->second.shape != spec.shape)
+        throw EngineError(qit->second.file + ": tensor " + spec.name + " has shape " + shape_str(qit->second.shape) +
+                              " (quant_state) but config.json implies " + shape_str(spec.shape), qit->second.file, spec.name);
+      continue;
+    }
     const TensorView* tv = st->find(spec.name);
     if (!tv) throw EngineError(base + ": missing tensor " + spec.name, base, spec.name);
     if (tv->shape != spec.shape) {
@@ -223,13 +220,22 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
   std::vector<Plan> plans;
   std::map<std::string, size_t> plan_of;
   for (const auto& f : st->shard_files()) { plan_of[f] = plans.size(); plans.push_back({f, {}}); }
-  for (const auto& name : st->names()) plans[plan_of[st->shard_of(name)]].tensors.push_back(st->find(name));
+  for (const auto& name : st->names())
+    if (!(prequantized && is_bnb_aux_tensor(name))) plans[plan_of[st->shard_of(name)]].tensors.push_back(st->find(name));
+  // A 4-bit weight is written in D with its unquantized shape.
+  auto quant_of = [&](const TensorView* tv) -> const Bnb4bitWeight* {
+    auto it = quantized.find(tv->name);
+    return it == quantized.end() ? nullptr : &it->second;
+  };
+  auto out_dtype = [&](const TensorView* tv) { return quant_of(tv) || is_float(tv->dtype) ? D : tv->dtype; };
+  auto out_shape = [&](const TensorView* tv) { return quant_of(tv) ? quant_of(tv)->shape : tv->shape; };
+  auto out_numel = [&](const TensorView* tv) { return quant_of(tv) ? quant_of(tv)->numel : tv->numel(); };
   size_t total_tensors = 0;
   uint64_t total_bytes = 0;
   for (auto& pl : plans) {
     std::sort(pl.tensors.begin(), pl.tensors.end(), [](const TensorView* a, const TensorView* b) { return a->data < b->data; });
     total_tensors += pl.tensors.size();
-    for (const TensorView* tv : pl.tensors) total_bytes += uint64_t(tv->numel()) * dtype_size(is_float(tv->dtype) ? D : tv->dtype);
+    for (const TensorView* tv : pl.tensors) total_bytes += uint64_t(out_numel(tv)) * dtype_size(out_dtype(tv));
   }
 
   emit_event("start", Json::object()
@@ -257,15 +263,16 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
   std::vector<float> f32;  // the tensor being merged, fp32
   for (const Plan& pl : plans) {
     std::vector<TensorDecl> decls;
-    for (const TensorView* tv : pl.tensors) decls.push_back({tv->name, is_float(tv->dtype) ? D : tv->dtype, tv->shape});
+    for (const TensorView* tv : pl.tensors) decls.push_back({tv->name, out_dtype(tv), out_shape(tv)});
     const std::string path = path_join(out, pl.file);
     SafetensorsWriter writer(path, decls, {{"format", "pt"}});
     {
       WriteQueue q(&writer);
       for (const TensorView* tv : pl.tensors) {
-        const size_t n = size_t(tv->numel());
+        const Bnb4bitWeight* q4 = quant_of(tv);
+        const size_t n = size_t(out_numel(tv));
         auto it = lora_of.find(tv->name);
-        if (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end())) {
+        if (!q4 && (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end()))) {
           // Unchanged: straight from the mmap, zero-copy, in 64 MB pieces whose pages are dropped once written.
           const size_t piece = size_t(64) << 20;
           for (size_t off = 0; off < tv->nbytes; off += piece) {
@@ -281,21 +288,23 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
           // Converted and/or merged in chunks of whole rows, so memory stays bounded whatever the tensor size
           // (a 128256 x 4096 embedding is 2 GB in fp32): convert the rows to fp32, add their LoRA delta,
           // convert to D, hand the chunk to the writer.
-          const size_t rows = tv->shape.empty() ? 1 : size_t(tv->shape[0]);
+          const std::vector<int64_t> shape = out_shape(tv);
+          const size_t rows = shape.empty() ? 1 : size_t(shape[0]);
           const size_t row_elems = n / rows;
           const size_t chunk_rows = std::max<size_t>(1, chunk_elems() / row_elems);
           for (size_t r0 = 0; r0 < rows; r0 += chunk_rows) {
             const size_t r1 = std::min(rows, r0 + chunk_rows);
             const size_t e0 = r0 * row_elems, ne = (r1 - r0) * row_elems;
-            const uint8_t* src = tv->data + e0 * dtype_size(tv->dtype);
+            const uint8_t* src = q4 ? nullptr : tv->data + e0 * dtype_size(tv->dtype);
             WriteQueue::Item item;
             item.owned.resize(ne * dtype_size(D));
-            if (it != lora_of.end()) {
+            if (it != lora_of.end() || q4) {
               f32.resize(ne);
               parallel_ranges(ne, 1 << 16, [&](size_t a, size_t b) {
-                convert_to_f32(src + a * dtype_size(tv->dtype), tv->dtype, f32.data() + a, b - a);
+                if (q4) bnb_dequantize(*q4, int64_t(e0 + a), int64_t(b - a), f32.data() + a);
+                else convert_to_f32(src + a * dtype_size(tv->dtype), tv->dtype, f32.data() + a, b - a);
               }, threads);
-              add_lora_delta(f32.data(), *it->second, r0, r1, ad.spec.r, scale, threads);
+              if (it != lora_of.end()) add_lora_delta(f32.data(), *it->second, r0, r1, ad.spec.r, scale, threads);
               parallel_ranges(ne, 1 << 16, [&](size_t a, size_t b) {
                 convert_from_f32(f32.data() + a, item.owned.data() + a * dtype_size(D), D, b - a);
               }, threads);
@@ -306,7 +315,7 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
                 convert_from_f32(tmp.data(), item.owned.data() + a * dtype_size(D), D, b - a);
               }, threads);
             }
-            st->release(tv->name, e0 * dtype_size(tv->dtype), ne * dtype_size(tv->dtype));  // source rows done
+            if (!q4) st->release(tv->name, e0 * dtype_size(tv->dtype), ne * dtype_size(tv->dtype));  // source rows done
             q.push(std::move(item));
           }
         }
@@ -339,11 +348,11 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
     ::unlink(path_join(out, index_name).c_str());  // stale index from an earlier, sharded output
   }
 
-  for (const auto& f : companion_files(base)) {
+  for (const auto& f : hf_companion_files(base)) {
     copy_file_atomic(path_join(base, f), path_join(out, f));
     files.push(Json::string(path_join(out, f)));
   }
-  Json config = cfg.raw;
+  Json config = prequantized ? without_quantization_config(cfg.raw) : cfg.raw;
   const char* tdn = torch_dtype_name(D);
   bool set_any = false;
   for (const char* key : {"torch_dtype", "dtype"})

@@ -19,6 +19,7 @@
 #include "commands/command.h"
 #include "commands/inference_model.h"
 #include "model/lora.h"
+#include "model/quant4.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 #include "train/checkpoint.h"
@@ -138,6 +139,9 @@ int cmd_train(const Json& job, const std::string& job_path) {
   const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
   const int threads = int(r.integer_in("threads", 0, 4096, 0));
   const std::string quantize = r.choice("quantize_base", {"nf4"}, "");
+  // quantize_base "nf4" only: double-quantize the absmax (bitsandbytes' bnb_4bit_use_double_quant)
+  const bool double_quant = r.boolean("double_quant", false);
+  if (double_quant && quantize.empty()) r.fail("double_quant", "applies only with quantize_base \"nf4\"");
   const std::string base_name = r.str("base_model_name_or_path", base);
 
   LoraSpec spec;
@@ -230,7 +234,11 @@ int cmd_train(const Json& job, const std::string& job_path) {
   TransformerOptions opt;
   opt.gradient_checkpointing = grad_ckpt;
   opt.offload_checkpoints = offload_ckpt;
-  opt.quantize_nf4 = quantize == "nf4";
+  // A pre-quantized bitsandbytes base (config.json quantization_config) is QLoRA whatever quantize_base says:
+  // its weights stay 4-bit as stored.
+  const bool prequantized = bnb_4bit_config(cfg.raw, path_join(base, "config.json"));
+  opt.quantize_nf4 = quantize == "nf4" || prequantized;
+  opt.double_quant = double_quant;
   // On a GPU a bigger logits block (2048 rows × a whole 128K vocabulary, 0.5 GB in bf16) keeps the head GEMMs
   // large; the CPU default (32M elements) is plenty there.
   if (be->name() == "cuda") opt.ce_max_logits = int64_t(2048) * 131072;
@@ -280,11 +288,13 @@ int cmd_train(const Json& job, const std::string& job_path) {
       .set("train_rows", Json::number(double(train.rows())))
       .set("seq_len", Json::number(T))
       .set("start_step", Json::number(double(state.step)));
+  if (opt.quantize_nf4) start.set("base_4bit", Json::string(prequantized ? "bitsandbytes" : "nf4"));
   if (!resumed_from.empty()) start.set("resumed_from", Json::string(resumed_from));
   emit_event("start", start);
   model.load_weights(base, [](size_t done, size_t total) {
     if (done == total || done % 16 == 0) emit_progress("load", double(done), double(total), "tensors");
   });   // streamed tensor by tensor into the backend
+  const double load_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();   // job start → weights ready
 
   // ---- the loop ----
   RowOrder order(train.rows(), shuffle, seed);
@@ -414,6 +424,8 @@ int cmd_train(const Json& job, const std::string& job_path) {
         .set("trainable_params", Json::number(double(n_params)))
                      .set("backend", Json::string(be->name()))
                      .set("device", Json::string(be->device()));
+  summary.set("load_s", Json::number(load_seconds));
+  if (opt.quantize_nf4) summary.set("base_4bit", Json::string(prequantized ? "bitsandbytes" : "nf4"));
   write_file_atomic(path_join(out, "summary.json"), summary.dump(2) + "\n");
   Json files = Json::array();
   for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "summary.json"})

@@ -5,13 +5,16 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include "gguf/gguf_types_policy.h"
 #include "gguf/quants.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/lora.h"
+#include "model/quant4.h"
 #include "model/weights.h"
 #include "util/dtype.h"
 #include "util/events.h"
@@ -136,18 +139,20 @@ struct SafetensorRows : RowSource {
   int64_t row_len;
   std::vector<int64_t> row_map;   // empty = identity
   float add = 0.0f;
+  std::shared_ptr<const Bnb4bitWeight> q4;   // set: tv is a bitsandbytes 4-bit weight, dequantized as bitsandbytes does
   SafetensorRows(const TensorView* t, int64_t len) : tv(t), row_len(len) {}
   void fill_rows(int64_t first, int64_t n, float* out) const override {
     const size_t es = dtype_size(tv->dtype);
     for (int64_t r = 0; r < n; r++) {
       int64_t src = row_map.empty() ? first + r : row_map[size_t(first + r)];
       float* o = out + r * row_len;
-      convert_to_f32(tv->data + size_t(src * row_len) * es, tv->dtype, o, size_t(row_len));
+      if (q4) bnb_dequantize(*q4, src * row_len, row_len, o);
+      else convert_to_f32(tv->data + size_t(src * row_len) * es, tv->dtype, o, size_t(row_len));
       if (add != 0.0f)
         for (int64_t i = 0; i < row_len; i++) o[i] += add;
     }
     // Rows read in order are not needed again: drop their pages so a multi-GB tensor never becomes resident.
-    if (row_map.empty()) drop(tv->data + size_t(first * row_len) * es, size_t(n * row_len) * es);
+    if (row_map.empty() && !q4) drop(tv->data + size_t(first * row_len) * es, size_t(n * row_len) * es);
   }
   void release() const override { drop(tv->data, tv->nbytes); }
   // Drops the whole pages inside [p, p+n) from our address space (they stay in the page cache; the mapping is
@@ -257,9 +262,19 @@ ExportSummary export_model_gguf(const std::string& model_dir, const std::string&
   const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size, HD = c.head_dim;
   const int64_t QD = int64_t(c.num_heads) * HD, KD = int64_t(c.num_kv_heads) * HD;
   std::set<std::string> used;
+  // A pre-quantized bitsandbytes checkpoint (model/quant4.h): its 4-bit weights by name, dequantized on the fly.
+  std::map<std::string, std::shared_ptr<const Bnb4bitWeight>> q4_of;
 
   // Fetch a tensor, check dtype and shape (PyTorch order), mark it used.
   auto get = [&](const std::string& hf, const std::vector<int64_t>& shape) -> const TensorView* {
+    if (std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*st, hf)) {
+      if (q->shape != shape)
+        throw EngineError(q->file + ": tensor " + hf + " has shape " + shape_str(q->shape) + " (quant_state) but config.json implies " +
+                              shape_str(shape), q->file, hf);
+      used.insert(hf);
+      q4_of[hf] = std::make_shared<const Bnb4bitWeight>(std::move(*q));
+      return st->find(hf);
+    }
     const TensorView* tv = st->find(hf);
     if (!tv) throw EngineError(model_dir + ": missing tensor " + hf + " (needed for " + c.model_type + ")", model_dir);
     check_float_dtype(*tv, model_dir);
@@ -275,6 +290,7 @@ ExportSummary export_model_gguf(const std::string& model_dir, const std::string&
                         int permute_heads) {
     const TensorView* tv = get(hf, {rows, cols});
     auto src = std::make_shared<SafetensorRows>(tv, cols);
+    if (q4_of.count(hf)) src->q4 = q4_of[hf];
     if (permute_heads > 0) src->row_map = llama_qk_row_permutation(rows, permute_heads);
     plan.push_back({gg, {cols, rows}, layer, src});
   };
@@ -334,6 +350,7 @@ ExportSummary export_model_gguf(const std::string& model_dir, const std::string&
   for (const std::string& n : st->names()) {
     if (used.count(n)) continue;
     if (n.find("rotary_emb.inv_freq") != std::string::npos) continue;   // a buffer, recomputed by llama.cpp
+    if (is_bnb_aux_tensor(n) && bnb_4bit_config(c.raw, config_path)) continue;   // part of a 4-bit weight
     throw EngineError(model_dir + ": tensor " + n + " has no GGUF mapping for " + c.model_type +
                           " (unsupported layer or architecture variant)", model_dir);
   }

@@ -5,10 +5,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 #include "io/safetensors.h"
+#include "model/quant4.h"
 #include "util/events.h"
 #include "util/fs.h"
+#include "util/parallel.h"
 
 namespace nxft {
 
@@ -224,8 +227,18 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
   if (v.size() != n)
     throw EngineError("weight " + w.name + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(n));
   if (w.nf4) {
+    // bitsandbytes' quantize_4bit: by the backend (the CPU over all cores, CUDA on the device), or on the host
+    // when the absmax is double-quantized too (model/quant4.h).
     if (!w.t->empty()) be_.free(*w.t);
-    *w.t = be_.upload_nf4(v.data(), w.rows, w.cols);
+    if (!opt_.double_quant) {
+      *w.t = be_.upload_nf4(v.data(), w.rows, w.cols);
+    } else {
+      std::vector<uint8_t> packed((n + 1) / 2);
+      std::vector<float> absmax((n + 63) / 64);
+      quantize_nf4(v.data(), n, packed.data(), absmax.data(), 0);
+      double_dequantize(double_quantize(absmax.data(), absmax.size(), 0), absmax.data());
+      *w.t = be_.upload_4bit(packed.data(), absmax.data(), Quant::NF4, w.rows, w.cols);
+    }
   } else if (w.ld == w.cols) {
     be_.upload(*w.t, v.data(), n);
   } else {   // folded: rows of [W | zeros]; run() writes the LoRA columns
@@ -239,26 +252,46 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
 void Transformer::load_weights(const std::string& dir, const std::function<void(size_t, size_t)>& on_progress) {
   std::unique_ptr<SafetensorsModel> st = SafetensorsModel::open_dir(dir);
   std::vector<float> buf;
+  auto shape_error = [&](const WeightSlot& w, const std::vector<int64_t>& got_shape, const std::vector<int64_t>& want) {
+    std::string got;
+    for (int64_t d : got_shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
+    throw EngineError(dir + ": tensor " + w.name + " has shape [" + got + "], config.json implies [" +
+                          std::to_string(want[0]) + (want.size() > 1 ? ", " + std::to_string(want[1]) : "") + "]",
+                      path_join(dir, st->shard_of(w.name)), w.name);
+  };
   for (size_t i = 0; i < slots_w_.size(); i++) {
     const WeightSlot& w = slots_w_[i];
-    const TensorView& tv = st->get(w.name);
     const std::vector<int64_t> want = w.rows == 1 ? std::vector<int64_t>{w.cols} : std::vector<int64_t>{w.rows, w.cols};
-    if (tv.shape != want) {
-      std::string got;
-      for (int64_t d : tv.shape) got += (got.empty() ? "" : ", ") + std::to_string(d);
-      throw EngineError(dir + ": tensor " + w.name + " has shape [" + got + "], config.json implies [" +
-                            std::to_string(want[0]) + (want.size() > 1 ? ", " + std::to_string(want[1]) : "") + "]",
-                        path_join(dir, st->shard_of(w.name)), w.name);
+    // A pre-quantized bitsandbytes weight: kept 4-bit when the slot is (QLoRA), else dequantized like bitsandbytes.
+    if (std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*st, w.name)) {
+      if (q->shape != want) shape_error(w, q->shape, want);
+      if (w.nf4) {
+        const std::vector<float> absmax = bnb_absmax_per64(*q);
+        if (!w.t->empty()) be_.free(*w.t);
+        *w.t = be_.upload_4bit(q->packed, absmax.data(), q->fp4 ? Quant::FP4 : Quant::NF4, w.rows, w.cols);
+      } else {
+        buf.resize(size_t(q->numel));
+        parallel_ranges(buf.size(), 1 << 16, [&](size_t a, size_t b) { bnb_dequantize(*q, int64_t(a), int64_t(b - a), buf.data() + a); });
+        set_weight(i, buf);
+      }
+      st->release(w.name);
+      if (on_progress) on_progress(i + 1, slots_w_.size());
+      continue;
     }
+    const TensorView& tv = st->get(w.name);
+    if (tv.shape != want) shape_error(w, tv.shape, want);
     if (tv.dtype == DType::BF16 && !w.nf4) {
       // bf16 checkpoint: no fp32 copy on the host (an 8B base would be 32 GB of it); the backend converts if
       // its weights are not bf16.
       be_.upload_bf16_rows(*w.t, reinterpret_cast<const uint16_t*>(tv.data), w.rows, w.cols, w.ld);
     } else {
+      // One tensor at a time in host fp32 (never the whole model).
       buf.resize(size_t(tv.numel()));
-      convert_to_f32(tv.data, tv.dtype, buf.data(), buf.size());
+      const size_t es = dtype_size(tv.dtype);
+      parallel_ranges(buf.size(), 1 << 16, [&](size_t a, size_t b) { convert_to_f32(tv.data + a * es, tv.dtype, buf.data() + a, b - a); });
       set_weight(i, buf);
     }
+    st->release(w.name);  // its mapped pages are dropped once uploaded
     if (on_progress) on_progress(i + 1, slots_w_.size());
   }
 }

@@ -38,6 +38,9 @@ struct TransformerOptions {
   // layer l's backward runs (double-buffered, async). Saves (L − 1)·N·C activations of device memory.
   bool offload_checkpoints = false;
   bool quantize_nf4 = false;            // QLoRA: store the seven linear weights of every layer as NF4
+  // With quantize_nf4 on a 16-bit base: double-quantize the absmax as bitsandbytes' bnb_4bit_use_double_quant does
+  // (model/quant4.h), so the weights are those of a double-quantized checkpoint of the same base.
+  bool double_quant = false;
   // Fold the LoRA of every adapted input group into its base GEMMs. The group weight is kept as
   //   W_ext = [ W   | s·B_blk ]   (out + g·r, in + g·r): B_blk holds each projection's s·B_t in its own r columns,
   //           [ A_g |    0    ]   A_g the group's stacked A (g·r, in),

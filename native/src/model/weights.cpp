@@ -7,9 +7,11 @@
 #include <cmath>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "io/safetensors.h"
+#include "model/quant4.h"
 #include "util/events.h"
 #include "util/fs.h"
 #include "util/parallel.h"
@@ -104,9 +106,20 @@ ModelWeights ModelWeights::load(const std::string& dir) {
   auto st = SafetensorsModel::open_dir(dir);
   auto specs = hf_tensor_specs(w.config);
 
-  // Check names, shapes and dtypes of everything before converting anything.
+  // Check names, shapes and dtypes of everything before converting anything. A pre-quantized bitsandbytes
+  // checkpoint stores its linear weights 4-bit (model/quant4.h): those are dequantized as bitsandbytes does.
   std::vector<const TensorView*> views;
+  std::vector<std::optional<Bnb4bitWeight>> quantized;
   for (const auto& spec : specs) {
+    std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*st, spec.name);
+    if (q) {
+      if (q->shape != spec.shape)
+        throw EngineError(q->file + ": tensor " + spec.name + " has shape " + shape_str(q->shape) + " (quant_state) but config.json implies " +
+                              shape_str(spec.shape), q->file, spec.name);
+      views.push_back(nullptr);
+      quantized.push_back(std::move(q));
+      continue;
+    }
     const TensorView* tv = st->find(spec.name);
     if (!tv) throw EngineError(dir + ": missing tensor " + spec.name + " (expected shape " + shape_str(spec.shape) + " from config.json)", dir, spec.name);
     std::string file = path_join(dir, st->shard_of(spec.name));
@@ -116,6 +129,7 @@ ModelWeights ModelWeights::load(const std::string& dir) {
     if (tv->dtype != DType::F32 && tv->dtype != DType::F16 && tv->dtype != DType::BF16 && tv->dtype != DType::F64)
       throw EngineError(file + ": tensor " + spec.name + " has dtype " + dtype_name(tv->dtype) + " (expected F32, F16 or BF16)", file, spec.name);
     views.push_back(tv);
+    quantized.push_back(std::nullopt);
   }
   // Tensors we do not use: old Llama checkpoints carry rotary_emb.inv_freq buffers (recomputed from the
   // config); a tied checkpoint may also carry a copy of lm_head. Anything else is reported once.
@@ -124,6 +138,7 @@ ModelWeights ModelWeights::load(const std::string& dir) {
     bool known = std::any_of(specs.begin(), specs.end(), [&](const HfTensorSpec& s) { return s.name == name; });
     if (known) continue;
     if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;
+    if (is_bnb_aux_tensor(name)) continue;
     if (name == "lm_head.weight" && w.config.tie_word_embeddings) continue;
     unused.push_back(name);
   }
@@ -134,7 +149,8 @@ ModelWeights ModelWeights::load(const std::string& dir) {
   parallel_for(specs.size(), [&](size_t i) {
     std::vector<float>* dst = w.tensor_by_name(specs[i].name);
     dst->resize(size_t(specs[i].numel()));
-    convert_to_f32(views[i]->data, views[i]->dtype, dst->data(), dst->size());
+    if (quantized[i]) bnb_dequantize(*quantized[i], 0, int64_t(dst->size()), dst->data());
+    else convert_to_f32(views[i]->data, views[i]->dtype, dst->data(), dst->size());
     done++;
   });
   return w;

@@ -5,8 +5,10 @@
 #endif
 #include "util/fs.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -201,6 +203,29 @@ void AtomicFileWriter::commit() {
     throw EngineError(path_ + ": cannot rename temp file into place: " + errno_text(), path_);
   committed_ = true;
   fsync_dir_of(path_);
+}
+
+std::vector<std::string> hf_companion_files(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) throw EngineError(dir + ": cannot list folder", dir);
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n.empty() || n[0] == '.') continue;
+    auto ends = [&](const char* suf) {
+      size_t m = std::strlen(suf);
+      return n.size() >= m && n.compare(n.size() - m, m, suf) == 0;
+    };
+    if (n == "config.json" || ends(".safetensors") || ends(".safetensors.index.json") || ends(".bin") || ends(".pt") ||
+        ends(".pth") || ends(".gguf") || ends(".bin.index.json") || n.find(".tmp-") != std::string::npos)
+      continue;
+    std::string full = path_join(dir, n);
+    struct stat st;
+    if (::stat(full.c_str(), &st) == 0 && S_ISREG(st.st_mode)) out.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace nxft

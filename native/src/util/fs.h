@@ -15,6 +15,9 @@ std::string path_join(const std::string& a, const std::string& b);
 std::string dirname_of(const std::string& path);
 std::string basename_of(const std::string& path);
 void copy_file_atomic(const std::string& from, const std::string& to);
+// Files of an HF folder that are not weights or config (tokenizer files, generation_config.json, README, …), sorted:
+// what a derived model folder (merged, quantized) copies from its base.
+std::vector<std::string> hf_companion_files(const std::string& dir);
 
 // Streaming atomic writer for big files (safetensors, GGUF): write() appends, commit() fsyncs and renames,
 // the destructor removes the temp file unless committed.

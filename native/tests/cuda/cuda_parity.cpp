@@ -3,15 +3,18 @@
 // (rounded to bf16 first wherever the CUDA backend stores bf16, so both see identical values); we report the
 // max abs error and ‖cuda − cpu‖/‖cpu‖ per op and fail above a per-op threshold (bf16 outputs: 1e-2 relative;
 // fp32 optimizer math: 1e-5). Needs a GPU: run by bench/cuda-train.sh, not by ctest.
+#include <cuda_runtime.h>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "model/quant4.h"
 #include "util/dtype.h"
 
 using namespace nxft;
@@ -708,6 +711,40 @@ void test_optimizer(Harness& h) {
 
 }  // namespace
 
+// quantize_base "nf4" on the device (CudaBackend::upload_nf4 → nf4.cu) against the CPU reference quantize_nf4
+// (model/quant4.cpp, itself bit for bit bitsandbytes' quantize_4bit, test/parity/test_bnb4bit.py): codes and absmax
+// must be identical bytes. The weight mixes N(0, 0.05) values with awkward blocks: all zeros, values exactly at
+// code·absmax, at the midpoints between neighbouring codes, a block of one sign, and a lone outlier.
+void test_nf4_quantize(Harness& h) {
+  const int rows = 96, cols = 320;   // 480 blocks; rows not a multiple of 64 wide: blocks span rows
+  const size_t n = (size_t)rows * cols;
+  std::vector<float> w = randn(n, 0.05f, false);
+  std::fill(w.begin(), w.begin() + 64, 0.0f);                                                   // block 0: zeros
+  for (int i = 0; i < 64; i++) w[64 + i] = 0.37f * kNF4Code[i % 16];                              // block 1: on codes
+  for (int i = 0; i < 64; i++) w[128 + i] = 0.5f * 0.5f * (kNF4Code[i % 15] + kNF4Code[i % 15 + 1]);   // block 2: midpoints
+  w[128 + 63] = 0.5f;
+  for (int i = 0; i < 64; i++) w[192 + i] = std::fabs(w[192 + i]);                                 // block 3: one sign
+  w[256 + 17] = 40.0f;                                                                             // block 4: outlier
+  std::vector<uint8_t> codes_cpu(n / 2), codes_gpu(n / 2);
+  std::vector<float> absmax_cpu(n / 64), absmax_gpu(n / 64);
+  quantize_nf4(w.data(), n, codes_cpu.data(), absmax_cpu.data(), 0);
+  Tensor t = h.gpu.upload_nf4(w.data(), rows, cols);
+  if (cudaMemcpy(codes_gpu.data(), t.ptr, n / 2, cudaMemcpyDeviceToHost) != cudaSuccess ||
+      cudaMemcpy(absmax_gpu.data(), t.scales, n / 64 * 4, cudaMemcpyDeviceToHost) != cudaSuccess) {
+    std::printf("| %-44s | cudaMemcpy failed |\n", "nf4 quantize (device) = CPU reference");
+    failures++;
+    return;
+  }
+  h.gpu.free(t);
+  size_t code_diff = 0, absmax_diff = 0;
+  for (size_t i = 0; i < n / 2; i++) code_diff += codes_cpu[i] != codes_gpu[i];
+  for (size_t i = 0; i < n / 64; i++) absmax_diff += std::memcmp(&absmax_cpu[i], &absmax_gpu[i], 4) != 0;
+  const bool ok = code_diff == 0 && absmax_diff == 0;
+  if (!ok) failures++;
+  std::printf("| %-44s | %10zu | %10zu | %8.0e | %s |\n", "nf4 quantize (device) = CPU reference: bytes, absmax differing",
+              code_diff, absmax_diff, 0.0, ok ? "ok" : "FAIL");
+}
+
 int main() {
   std::unique_ptr<Backend> gpu = make_cuda_backend();
   if (!gpu) {
@@ -744,6 +781,7 @@ int main() {
   test_cross_entropy(h, 1, 5008);
   test_cross_entropy(h, 2, 5008);
   test_optimizer(h);
+  test_nf4_quantize(h);
   std::printf("\n%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
   return failures ? 1 : 0;
 }

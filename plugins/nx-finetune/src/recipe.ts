@@ -7,6 +7,7 @@
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { findNodeAtLocation, parseTree, printParseErrorCode, type Node as JsonNode, type ParseError } from "jsonc-parser";
+import { baseQuantization } from "./base-quantization";
 import { isKnownMetric, METRICS } from "./eval/metrics";
 
 // The schema file ships next to package.json (editors resolve "$schema" to it).
@@ -228,8 +229,14 @@ function checkSemantics(r: any, issueAt: (path: Path, message: string) => void, 
     if (inside && !existsSync(join(abs, inside))) issueAt(path, `${inside} not found in ${abs}`);
   };
   const base = r.base;
-  if (typeof base === "string") mustExist(["base"], base, "dir", "config.json");
-  else if ("init" in base) {
+  if (typeof base === "string") {
+    mustExist(["base"], base, "dir", "config.json");
+    try {
+      baseQuantization(join(resolve(recipeDir, base), "config.json"));   // a pre-quantized base must be bitsandbytes 4-bit
+    } catch (e) {
+      issueAt(["base"], (e as Error).message);
+    }
+  } else if ("init" in base) {
     mustExist(["base", "init"], base.init, "file");
     mustExist(["base", "tokenizer"], base.tokenizer, "dir", "tokenizer.json");
   }

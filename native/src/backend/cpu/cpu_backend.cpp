@@ -11,6 +11,7 @@
 #include <vector>
 #include "backend/backend.h"
 #include "backend/cpu/thread_pool.h"
+#include "model/quant4.h"
 #include "util/events.h"
 
 // The kernels below rely on loop vectorization: ask GCC for -O3 here whatever the build type says.
@@ -26,16 +27,11 @@ namespace nxft {
 
 namespace {
 
-// NF4 code values (bitsandbytes get_4bit_type("nf4"), native.md §4.1).
-const float kNF4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-                        -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-                        0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-                        0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
-
-inline float nf4_value(const uint8_t* codes, const float* scales, size_t idx) {
+// Element idx of a 4-bit weight (backend.h): code[q]·absmax in fp32, as bitsandbytes dequantizes for an fp32 input.
+inline float q4_value(const float* code, const uint8_t* codes, const float* scales, size_t idx) {
   uint8_t byte = codes[idx >> 1];
-  int code = (idx & 1) ? (byte & 0xF) : (byte >> 4);   // element 2k in the high nibble
-  return kNF4[code] * scales[idx >> 6];
+  int q = (idx & 1) ? (byte & 0xF) : (byte >> 4);   // element 2k in the high nibble
+  return code[q] * scales[idx >> 6];
 }
 
 // Matmul micro-kernel (register tiled): C_tile (4 × W) += A_panel (4 × kc) · B_panel (kc × W), W = two
@@ -223,36 +219,31 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // quantize_base "nf4": bitsandbytes' quantize_4bit on the host, over this backend's threads (model/quant4.h).
   Tensor upload_nf4(const float* w, int rows, int cols) override {
-    size_t n = size_t(rows) * cols;
-    size_t nblocks = (n + 63) / 64;
+    const size_t n = size_t(rows) * cols;
+    std::vector<uint8_t> packed((n + 1) / 2);
+    std::vector<float> absmax((n + 63) / 64);
+    quantize_nf4(w, n, packed.data(), absmax.data(), pool_.size());
+    return upload_4bit(packed.data(), absmax.data(), Quant::NF4, rows, cols);
+  }
+
+  Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) override {
+    if (quant == Quant::None) throw EngineError("internal: upload_4bit without a 4-bit type");
+    const size_t n = size_t(rows) * cols, nblocks = (n + 63) / 64;
     Tensor t;
     t.dtype = DType::U8;
     t.n = n;
-    t.quant = Quant::NF4;
-    size_t code_bytes = std::max<size_t>(64, ((n + 1) / 2 + 63) / 64 * 64);
-    size_t scale_bytes = std::max<size_t>(64, (nblocks * 4 + 63) / 64 * 64);
+    t.quant = quant;
+    const size_t code_bytes = std::max<size_t>(64, ((n + 1) / 2 + 63) / 64 * 64);
+    const size_t scale_bytes = std::max<size_t>(64, (nblocks * 4 + 63) / 64 * 64);
     t.ptr = std::aligned_alloc(64, code_bytes);
     t.scales = std::aligned_alloc(64, scale_bytes);
-    if (!t.ptr || !t.scales) throw EngineError("out of memory quantizing a weight to NF4");
+    if (!t.ptr || !t.scales) throw EngineError("out of memory for a 4-bit weight");
     track_alloc(t.ptr, code_bytes);
     track_alloc(t.scales, scale_bytes);
-    uint8_t* codes = static_cast<uint8_t*>(t.ptr);
-    float* scales = static_cast<float*>(t.scales);
-    std::memset(codes, 0, code_bytes);
-    for (size_t blk = 0; blk < nblocks; blk++) {
-      size_t b0 = blk * 64, b1 = std::min(n, b0 + 64);
-      float amax = 0;
-      for (size_t i = b0; i < b1; i++) amax = std::max(amax, std::fabs(w[i]));
-      scales[blk] = amax;
-      for (size_t i = b0; i < b1; i++) {
-        float x = amax > 0 ? w[i] / amax : 0.0f;
-        int best = 0;   // nearest code value (ties → lower index, like a midpoint decision tree)
-        for (int c = 1; c < 16; c++)
-          if (std::fabs(kNF4[c] - x) < std::fabs(kNF4[best] - x)) best = c;
-        codes[i >> 1] |= (i & 1) ? uint8_t(best) : uint8_t(best << 4);
-      }
-    }
+    std::memcpy(t.ptr, packed, (n + 1) / 2);
+    std::memcpy(t.scales, absmax64, nblocks * 4);
     return t;
   }
 
@@ -269,8 +260,8 @@ class CpuBackend final : public Backend {
     check_range(d, lay.span_d, 0, "matmul D");
     if (beta != 0.0f) check_range(c, lay.span_d, 0, "matmul C");
     check_range(a, lay.span_a, 0, "matmul A");
-    const bool b_nf4 = b.quant == Quant::NF4;
-    if (b_nf4 && ldb != lay.b_cols) throw EngineError("cpu backend: an NF4 matmul operand must be packed");
+    const bool b_nf4 = b.quant != Quant::None;   // NF4 or FP4
+    if (b_nf4 && ldb != lay.b_cols) throw EngineError("cpu backend: a 4-bit matmul operand must be packed");
     check_range(b, b_nf4 ? size_t(K) * N : lay.span_b, 0, "matmul B");
     if (M <= 4 && !trans_a && trans_b && !b_nf4) {
       gemv_rows(d, c, a, b, M, N, K, alpha, beta, lda, ldb, ldd);   // decode: y = x·Wᵀ for a few tokens, no packing
@@ -284,6 +275,7 @@ class CpuBackend final : public Backend {
     const T* Bm = b_nf4 ? nullptr : p(b);
     const uint8_t* Bcodes = b_nf4 ? static_cast<const uint8_t*>(b.ptr) : nullptr;
     const float* Bscales = b_nf4 ? static_cast<const float*>(b.scales) : nullptr;
+    const float* Bcode = b.quant == Quant::FP4 ? kFP4Code : kNF4Code;
     const int mblocks = (M + MB - 1) / MB, nblocks = (N + NB - 1) / NB;
     const bool avx2 = cpu_has_avx2();
     pool_.parallel_for(int64_t(mblocks) * nblocks, [&](int64_t task) {
@@ -320,7 +312,7 @@ class CpuBackend final : public Backend {
               for (int jj = 0; jj < w; jj++) {
                 const int j = j0 + jp + jj;
                 const size_t idx = trans_b ? size_t(j) * K + (k0 + k) : size_t(k0 + k) * N + j;
-                panel[size_t(k) * W + jj] = T(nf4_value(Bcodes, Bscales, idx));
+                panel[size_t(k) * W + jj] = T(q4_value(Bcode, Bcodes, Bscales, idx));
               }
           } else if (trans_b) {   // B stored (N, K): column j of op(B) is row j of B, contiguous in k
             for (int jj = 0; jj < w; jj++) {
@@ -364,7 +356,7 @@ class CpuBackend final : public Backend {
     });
   }
 
-  static bool b_nf4_of(const Tensor& b) { return b.quant == Quant::NF4; }
+  static bool b_nf4_of(const Tensor& b) { return b.quant != Quant::None; }
   // C (M,N) = alpha·A·Bᵀ + beta·C for M ≤ 4 with B stored (N,K): one dot product per output, rows of B read once
   // (memory-bound generation steps; the tiled path would repack all of B for a single token).
   void gemv_rows(const Tensor& d, const Tensor& c, const Tensor& a, const Tensor& b, int M, int N, int K, float alpha,

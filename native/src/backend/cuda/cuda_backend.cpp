@@ -120,12 +120,6 @@ struct OpStats {
   long calls = 0;
 };
 
-const float kNF4Host[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-                            -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-                            0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
-                            0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
-                            0.7229568362236023f, 1.0f};
-
 class CudaBackend : public Backend {
  public:
   CudaBackend() {
@@ -429,35 +423,38 @@ class CudaBackend : public Backend {
       zero_index_[static_cast<int32_t*>(dst.ptr)] = value == 0.0f ? n : 0;
     } else throw EngineError("cuda fill: unsupported dtype");
   }
+  // quantize_base "nf4": the fp32 weight goes up once and is quantized on the device (nf4.cu: bitsandbytes'
+  // quantize_4bit, bit for bit the CPU reference quantize_nf4 in model/quant4.cpp); the fp32 copy goes back to the
+  // allocator at once (later stream work only).
   Tensor upload_nf4(const float* w, int rows, int cols) override {
-    size_t n = (size_t)rows * cols;
+    const size_t n = (size_t)rows * cols;
     if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
-    std::vector<uint8_t> codes(n / 2);
-    std::vector<float> scales(n / 64);
-    for (size_t blk = 0; blk < n / 64; blk++) {
-      float amax = 0.0f;
-      for (int i = 0; i < 64; i++) amax = std::max(amax, std::fabs(w[blk * 64 + i]));
-      scales[blk] = amax;
-      for (int i = 0; i < 64; i += 2) {
-        uint8_t q[2];
-        for (int h = 0; h < 2; h++) {
-          float x = amax > 0 ? w[blk * 64 + i + h] / amax : 0.0f;
-          int best = 0;
-          for (int c = 1; c < 16; c++)
-            if (std::fabs(kNF4Host[c] - x) < std::fabs(kNF4Host[best] - x)) best = c;
-          q[h] = uint8_t(best);
-        }
-        codes[(blk * 64 + i) / 2] = uint8_t((q[0] << 4) | q[1]);
-      }
-    }
     Tensor t;
     t.dtype = DType::U8;
     t.n = n;
     t.quant = Quant::NF4;
     t.ptr = mem_.get(n / 2);
-    t.scales = mem_.get(scales.size() * 4);
-    CUDA_CHECK(cudaMemcpy(t.ptr, codes.data(), codes.size(), cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(t.scales, scales.data(), scales.size() * 4, cudaMemcpyHostToDevice));
+    t.scales = mem_.get(n / 64 * 4);
+    void* staged = mem_.get(n * 4);
+    CUDA_CHECK(cudaMemcpyAsync(staged, w, n * 4, cudaMemcpyHostToDevice, stream_));
+    launch_nf4_quantize(static_cast<uint8_t*>(t.ptr), static_cast<float*>(t.scales), static_cast<const float*>(staged), n, stream_);
+    mem_.put(staged);
+    CUDA_CHECK(cudaStreamSynchronize(stream_));   // w is pageable host memory the caller reuses
+    return t;
+  }
+  // Codes and absmax as they are (bitsandbytes' layout); the dequantizing GEMM computes code·absmax → bf16.
+  Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) override {
+    const size_t n = (size_t)rows * cols;
+    if (quant != Quant::NF4) throw EngineError("cuda backend: only NF4 4-bit weights are supported (FP4 bases train on the CPU backend)");
+    if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
+    Tensor t;
+    t.dtype = DType::U8;
+    t.n = n;
+    t.quant = Quant::NF4;
+    t.ptr = mem_.get(n / 2);
+    t.scales = mem_.get(n / 64 * 4);
+    CUDA_CHECK(cudaMemcpy(t.ptr, packed, n / 2, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(t.scales, absmax64, n / 64 * 4, cudaMemcpyHostToDevice));
     return t;
   }
 

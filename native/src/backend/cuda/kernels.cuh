@@ -96,6 +96,9 @@ void launch_rank_update(bf16* D, const bf16* A, const bf16* B, int M, int N, int
 
 // nf4.cu: codes (rows·cols/2 bytes, element 2k high nibble), scales fp32 per 64 elements → bf16 (rows, cols).
 void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, size_t n, cudaStream_t s);
+// nf4.cu: w (n fp32, n % 64 == 0, 8-byte aligned) → codes (n/2 bytes) + absmax (n/64 fp32), bitsandbytes'
+// quantize_4bit (nf4, blocksize 64) bit for bit the CPU reference quantize_nf4 (model/quant4.h).
+void launch_nf4_quantize(uint8_t* codes, float* absmax, const float* w, size_t n, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace nxft

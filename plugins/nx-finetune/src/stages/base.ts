@@ -4,6 +4,7 @@
 //   {init, tokenizer, seed} → `finetune-engine init` writes a deterministic random model (the demo)
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { baseQuantization } from "../base-quantization";
 import { fingerprint } from "../fingerprint.cjs";
 import { ensureHubModel } from "../hub";
 import { baseSpec } from "../recipe";
@@ -18,13 +19,16 @@ export async function runBase(ctx: StageContext): Promise<StageResult> {
     const dir = recipePath(ctx, spec.path);
     mustExist(join(dir, "config.json"), "base model config.json");
     const fp = fingerprint(dir, fingerprintCachePath(ctx.store));
-    ctx.log(`base: ${dir} (${fp.files} files, ${(fp.size / 1e6).toFixed(1)} MB, ${fp.hashed} hashed this run)`);
-    return { info: { kind: "local", path: spec.path, sha256: fp.sha256 } };
+    const quantization = baseQuantization(join(dir, "config.json"));   // pre-quantized (bitsandbytes 4-bit) or null
+    ctx.log(`base: ${dir} (${fp.files} files, ${(fp.size / 1e6).toFixed(1)} MB, ${fp.hashed} hashed this run)` +
+      (quantization ? `, bitsandbytes 4-bit ${quantization.quant_type}${quantization.double_quant ? " double-quantized" : ""}` : ""));
+    return { info: { kind: "local", path: spec.path, sha256: fp.sha256, ...(quantization ? { quantization } : {}) } };
   }
   if (spec.kind === "hub") {
     const dir = await ensureHubModel(ctx.store, ctx.workspaceRoot, spec.hub, spec.revision, ctx.log);
     const fp = fingerprint(dir, fingerprintCachePath(ctx.store));
-    return { info: { kind: "hub", hub: spec.hub, revision: spec.revision, sha256: fp.sha256 } };
+    const quantization = baseQuantization(join(dir, "config.json"));
+    return { info: { kind: "hub", hub: spec.hub, revision: spec.revision, sha256: fp.sha256, ...(quantization ? { quantization } : {}) } };
   }
   const config = mustExist(recipePath(ctx, spec.init), "base.init config");
   const tokenizerDir = recipePath(ctx, spec.tokenizer);
