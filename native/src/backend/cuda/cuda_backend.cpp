@@ -631,8 +631,22 @@ class CudaBackend : public Backend {
     } else if (PackedDocs* docs = cudnn_ ? packed_docs(doc_start, B, T) : nullptr) {
       float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * T * NH * 4));
       launch_lse_layout(lse_tokens, static_cast<const float*>(lse.ptr), B, T, NH, true, stream_);
-      if (cudnn_->backward_ragged(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse_tokens,
-                                  docs->ragged(ld, NH, true, stream_), NH, NKV, HD, ld)) {
+      // cuDNN 9.19's ragged backward writes a wrong dq when dq's rows are wider than NH·HD (its fp32 dq
+      // accumulator is read back as if packed; cuda_parity's "packed docs, pitched" case): dq then goes through
+      // a packed scratch and one pitched copy (N·NH·HD bf16, about 1% of the layer's time).
+      const int qd = NH * HD;
+      const bool dq_pitched = ld.dq != qd;
+      AttnLd ld_run = ld;
+      void* dq_out = dq.ptr;
+      if (dq_pitched) {
+        ld_run.dq = qd;
+        dq_out = scratch(6, (size_t)B * T * qd * 2);
+      }
+      if (cudnn_->backward_ragged(dq_out, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse_tokens,
+                                  docs->ragged(ld_run, NH, true, stream_), NH, NKV, HD, ld_run)) {
+        if (dq_pitched)
+          CUDA_CHECK(cudaMemcpy2DAsync(dq.ptr, size_t(ld.dq) * 2, dq_out, size_t(qd) * 2, size_t(qd) * 2, size_t(B) * T,
+                                       cudaMemcpyDeviceToDevice, stream_));
         tm.rename("attention_backward (cudnn packed)");
         return;
       }
