@@ -631,24 +631,44 @@ class CudaBackend : public Backend {
     } else if (PackedDocs* docs = cudnn_ ? packed_docs(doc_start, B, T) : nullptr) {
       float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * T * NH * 4));
       launch_lse_layout(lse_tokens, static_cast<const float*>(lse.ptr), B, T, NH, true, stream_);
-      // cuDNN 9.19's ragged backward writes a wrong dq when dq's rows are wider than NH·HD (its fp32 dq
-      // accumulator is read back as if packed; cuda_parity's "packed docs, pitched" case): dq then goes through
-      // a packed scratch and one pitched copy (N·NH·HD bf16, about 1% of the layer's time).
-      const int qd = NH * HD;
-      const bool dq_pitched = ld.dq != qd;
-      AttnLd ld_run = ld;
-      void* dq_out = dq.ptr;
-      if (dq_pitched) {
-        ld_run.dq = qd;
-        dq_out = scratch(6, (size_t)B * T * qd * 2);
-      }
-      if (cudnn_->backward_ragged(dq_out, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse_tokens,
-                                  docs->ragged(ld_run, NH, true, stream_), NH, NKV, HD, ld_run)) {
-        if (dq_pitched)
-          CUDA_CHECK(cudaMemcpy2DAsync(dq.ptr, size_t(ld.dq) * 2, dq_out, size_t(qd) * 2, size_t(qd) * 2, size_t(B) * T,
-                                       cudaMemcpyDeviceToDevice, stream_));
-        tm.rename("attention_backward (cudnn packed)");
-        return;
+      // cuDNN 9.19's ragged backward is right only when each gradient has its operand's layout (dO as O, dq|dk|dv
+      // as q|k|v: the layouts Transformer Engine gives it); with other pitches dq and dk came out wrong
+      // (cuda_parity "packed docs, pitched"). The model's are interleaved q|k|v and dq|dk|dv blocks of different
+      // pitches, and dO packed beside O with spare columns: dO is copied to O's pitch and the gradients go to a
+      // scratch of q's pitch, then one pitched copy (two N·qd-sized copies, about 1% of the layer's time).
+      const int qd = NH * HD, kvd = NKV * HD;
+      const bool same = ld.dout == ld.out && ld.dq == ld.q && ld.dkv == ld.kv;
+      const bool interleaved = ld.q == ld.kv && ld.dq == ld.dkv &&
+                               k.ptr == static_cast<const bf16*>(q.ptr) + qd && v.ptr == static_cast<const bf16*>(q.ptr) + qd + kvd &&
+                               dk.ptr == static_cast<bf16*>(dq.ptr) + qd && dv.ptr == static_cast<bf16*>(dq.ptr) + qd + kvd;
+      if (same || interleaved) {
+        const size_t N = size_t(B) * T;
+        AttnLd run = ld;
+        const void* dout_run = dout.ptr;
+        bf16* grads = static_cast<bf16*>(dq.ptr);
+        if (!same) {
+          if (ld.dout != ld.out) {
+            bf16* d = static_cast<bf16*>(scratch(6, N * ld.out * 2));
+            CUDA_CHECK(cudaMemcpy2DAsync(d, size_t(ld.out) * 2, dout.ptr, size_t(ld.dout) * 2, size_t(qd) * 2, N,
+                                         cudaMemcpyDeviceToDevice, stream_));
+            dout_run = d;
+            run.dout = ld.out;
+          }
+          if (ld.dq != ld.q) {
+            grads = static_cast<bf16*>(scratch(7, N * ld.q * 2));
+            run.dq = run.dkv = ld.q;
+          }
+        }
+        void* dk_run = grads == dq.ptr ? dk.ptr : grads + qd;
+        void* dv_run = grads == dq.ptr ? dv.ptr : grads + qd + kvd;
+        if (cudnn_->backward_ragged(grads, dk_run, dv_run, dout_run, q.ptr, k.ptr, v.ptr, out.ptr, lse_tokens,
+                                    docs->ragged(run, NH, true, stream_), NH, NKV, HD, run)) {
+          if (grads != dq.ptr)
+            CUDA_CHECK(cudaMemcpy2DAsync(dq.ptr, size_t(ld.dq) * 2, grads, size_t(ld.q) * 2, size_t(qd + 2 * kvd) * 2, N,
+                                         cudaMemcpyDeviceToDevice, stream_));
+          tm.rename("attention_backward (cudnn packed)");
+          return;
+        }
       }
     }
 #endif
