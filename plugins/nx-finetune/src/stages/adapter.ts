@@ -26,6 +26,7 @@ export async function runAdapter(ctx: StageContext): Promise<StageResult> {
   if (pick("train").length === 0) throw new Error(`${join(shardsDir, "manifest.json")}: no train shards (is the dataset empty?)`);
   const base = baseModelDir(ctx);
   const job = {
+    base,
     train_shards: pick("train"),
     eval_shards: pick("eval"),
     out: ctx.tmp,
