@@ -21,6 +21,7 @@ import {
 import { baseSpec, dataPaths, parseRecipe, type Recipe } from "./recipe";
 import type { StageName } from "./stage-dir";
 import { ensureStage } from "./stage-run";
+import { updateLock } from "./lock";
 import { storeRoot } from "./store";
 
 export interface NxFinetunePluginOptions {
@@ -250,11 +251,17 @@ export const postTasksExecution: PostTasksExecution<NxFinetunePluginOptions> = a
   const results = Object.values(context.taskResults)
     .filter((r) => ok.has(r.status) && (STAGES as readonly string[]).includes(r.task.target.target) && r.task.projectRoot)
     .sort((a, b) => STAGES.indexOf(a.task.target.target as StageName) - STAGES.indexOf(b.task.target.target as StageName));
+  const locks = new Set<string>();
   for (const result of results) {
     const stage = result.task.target.target as StageName;
     const recipeFile = join(context.workspaceRoot, result.task.projectRoot!, "recipe.json");
     if (!existsSync(join(dirname(recipeFile), "out", stage, "stage-manifest.json")) || !existsSync(recipeFile)) continue;
     await ensureStage({ workspaceRoot: context.workspaceRoot, recipeFile, projectName: result.task.target.project, store,
                         log: (line) => console.log(line) }, stage);
+    if (stage === "base" || stage === "dataset") locks.add(recipeFile);
+  }
+  // nxft.lock.json (lock.ts): the data and base digests that make `nx affected` see data and base changes.
+  for (const recipeFile of locks) {
+    if (updateLock(context.workspaceRoot, recipeFile, store)) console.log(`nx-finetune: updated ${relative(context.workspaceRoot, join(dirname(recipeFile), "nxft.lock.json"))} (commit it)`);
   }
 };
