@@ -114,7 +114,15 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
     cache: false,
     metadata: { technologies: ["nx-finetune"], description: "Rerun the pipeline (up to gguf) whenever the recipe or its data change." },
   };
-
+  targets.gc = {
+    executor: "@nx-finetune/plugin:gc",
+    cache: false,
+    metadata: {
+      technologies: ["nx-finetune"],
+      description: "Prune content-store blobs no out/ folder or Nx cache entry references (the store is shared: covers every recipe).",
+      help: { command: `nx run ${name}:gc --dry-run`, example: { options: { dryRun: true } } },
+    },
+  };
   return {
     projects: {
       [projectRoot]: {
@@ -126,7 +134,7 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
         metadata: {
           description: recipe.description ?? `Fine-tune recipe ${recipeFile}`,
           technologies: ["nx-finetune"],
-          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"] },
+          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"], store: ["gc"] },
         },
       },
     },
