@@ -40,10 +40,10 @@ after(async () => {
 });
 
 // Points this process's remote store at the test server, as `who`, under `prefix`.
-function useRemote(who: "writer" | "reader", prefix: string, readonly = false): void {
-  Object.assign(process.env, server![who], {
+function useRemote(who: "writer" | "reader" | "anonymous", prefix: string, readonly = false): void {
+  Object.assign(process.env, who === "anonymous" ? { AWS_ACCESS_KEY_ID: "", AWS_SECRET_ACCESS_KEY: "" } : server![who], {
     NXFT_STORE_REMOTE: `s3://${server!.bucket}/${prefix}`, NXFT_STORE_REMOTE_ENDPOINT: server!.endpoint,
-    NXFT_STORE_REMOTE_READONLY: readonly ? "1" : "",
+    NXFT_STORE_REMOTE_READONLY: readonly ? "1" : "", NXFT_STORE_REMOTE_ANONYMOUS: who === "anonymous" ? "1" : "",
   });
 }
 
@@ -114,15 +114,23 @@ test("an interrupted fetch resumes from the parts it finished; wrong bytes under
   assert.ok(lines.some((l) => /not [0-9a-f]{64}: ignored/.test(l)), lines.join("\n"));
 });
 
-test("read-only mode never writes; the server refuses the reader identity's writes anyway", { skip }, async () => {
+test("read-only mode never writes; the server refuses the reader identity's writes anyway; anonymous reads", { skip }, async () => {
   const dir = join(root, "ro");
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, "y.bin"), "y");
   const y = await putFile(join(dir, "store"), join(dir, "y.bin"));
+  useRemote("writer", "unit-ro");
+  assert.equal(await uploadBlobs(remoteStore()!, join(dir, "store"), [{ path: "y.bin", ...y }], () => {}), 1);
+  useRemote("anonymous", "unit-ro");
+  assert.equal(remoteStore()!.readonly, true);
+  assert.deepEqual(await fetchBlobs(remoteStore()!, join(dir, "anon-store"), [{ path: "y.bin", ...y }], () => {}), []);
+  assert.equal(readFileSync(blobPath(join(dir, "anon-store"), y.sha256), "utf8"), "y");
+  writeFileSync(join(dir, "z.bin"), "z");
+  const z = await putFile(join(dir, "store"), join(dir, "z.bin"));
   useRemote("reader", "unit-ro", true);
-  await assert.rejects(uploadBlobs(remoteStore()!, join(dir, "store"), [{ path: "y.bin", ...y }], () => {}), /read-only/);
+  await assert.rejects(uploadBlobs(remoteStore()!, join(dir, "store"), [{ path: "z.bin", ...z }], () => {}), /read-only/);
   useRemote("reader", "unit-ro", false);
-  await assert.rejects(uploadBlobs(remoteStore()!, join(dir, "store"), [{ path: "y.bin", ...y }], () => {}), /uploading y\.bin/);
+  await assert.rejects(uploadBlobs(remoteStore()!, join(dir, "store"), [{ path: "z.bin", ...z }], () => {}), /uploading z\.bin/);
 });
 
 test("a new runner: empty clone + restored Nx cache folder + read-only remote store → fully cached demo:gguf, GGUFs, no training", { skip }, () => {

@@ -1,5 +1,5 @@
 // s3-server.ts — a real S3-compatible server for tests: SeaweedFS `weed mini` on 127.0.0.1 (built by
-// install-seaweedfs.sh), with two identities: a writer and a read-only reader, and one bucket.
+// install-seaweedfs.sh), with a writer, a read-only reader and anonymous read access, and one bucket.
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, openSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
@@ -54,6 +54,8 @@ export async function startS3Server(weed: string, dir: string, bucket = "nxft"):
     identities: [
       { name: "writer", credentials: [{ accessKey: writer.AWS_ACCESS_KEY_ID, secretKey: writer.AWS_SECRET_ACCESS_KEY }], actions: ["Admin", "Read", "Write", "List", "Tagging"] },
       { name: "reader", credentials: [{ accessKey: reader.AWS_ACCESS_KEY_ID, secretKey: reader.AWS_SECRET_ACCESS_KEY }], actions: ["Read", "List"] },
+      // Unsigned requests may read (a bucket with public reads, for CI runs of forks).
+      { name: "anonymous", actions: ["Read", "List"] },
     ],
   }));
   const [master, volume, filer, s3] = [await portPair(), await portPair(), await portPair(), await portPair()];

@@ -4,6 +4,8 @@
 //   NXFT_STORE_REMOTE=s3://bucket/prefix      blobs at s3://bucket/prefix/blobs/<sha[0:2]>/<sha>
 //   NXFT_STORE_REMOTE_ENDPOINT=http://…       an S3-compatible server (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS)
 //   NXFT_STORE_REMOTE_READONLY=1              fetch only, never upload (untrusted CI: pull requests from forks)
+//   NXFT_STORE_REMOTE_ANONYMOUS=1             unsigned requests, read-only (a bucket that allows public reads; forks
+//                                             get no secrets)
 // Credentials and region come from the standard AWS chain (env, ~/.aws, SSO, instance roles …).
 //
 // Content-addressed: a key names its bytes, so an object is written once and never changes; an upload is visible
@@ -37,8 +39,10 @@ let cached: { key: string; remote: RemoteStore | undefined } | undefined;
 export function remoteStore(): RemoteStore | undefined {
   const url = process.env.NXFT_STORE_REMOTE?.trim();
   const endpoint = process.env.NXFT_STORE_REMOTE_ENDPOINT || process.env.AWS_ENDPOINT_URL_S3 || process.env.AWS_ENDPOINT_URL;
-  const readonly = ["1", "true", "yes"].includes((process.env.NXFT_STORE_REMOTE_READONLY ?? "").toLowerCase());
-  const key = `${url}|${endpoint}|${readonly}`;
+  const flag = (v: string | undefined) => ["1", "true", "yes"].includes((v ?? "").toLowerCase());
+  const anonymous = flag(process.env.NXFT_STORE_REMOTE_ANONYMOUS);
+  const readonly = anonymous || flag(process.env.NXFT_STORE_REMOTE_READONLY);
+  const key = `${url}|${endpoint}|${readonly}|${anonymous}|${process.env.AWS_ACCESS_KEY_ID ?? ""}`;
   if (cached?.key === key) return cached.remote;
   let remote: RemoteStore | undefined;
   if (url) {
@@ -51,6 +55,8 @@ export function remoteStore(): RemoteStore | undefined {
       // Many S3-compatible servers reject the SDK's default CRC32 trailers; we check sha256 ourselves.
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
+      // Anonymous: no credential lookup, requests go out unsigned.
+      ...(anonymous ? { credentials: { accessKeyId: "", secretAccessKey: "" }, signer: { sign: async (request: any) => request } } : {}),
     });
     const prefix = m[2].replace(/\/+$/, "");
     remote = { url, bucket: m[1], prefix: prefix ? `${prefix}/` : "", readonly, client, s3 };
