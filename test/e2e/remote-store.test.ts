@@ -160,7 +160,8 @@ test("a new runner: empty clone + restored Nx cache folder + read-only remote st
   assert.equal(r.code, 0, r.out);
   assert.match(r.out, /for 6 out of 6 tasks/);
   assert.match(r.out, /remote store: fetched \d+ blob\(s\)/);
-  assert.doesNotMatch(r.out, /rerunning|step \d+\/20/);
+  assert.doesNotMatch(r.out, /rerunning/);
+  // (Nx replays the first runner's cached terminal output, training steps included: what ran is in runs.log.)
   assert.ok(!existsSync(join(clone, "recipes", "demo", "out", "runs.log")), "no stage ran");
   const gguf = (d: string) => join(d, "recipes", "demo", "out", "gguf");
   const files = readdirSync(gguf(clone)).filter((f) => f.endsWith(".gguf")).sort();

@@ -20,7 +20,7 @@ dir=$("$GO" mod download -json "github.com/seaweedfs/seaweedfs@$VERSION" | sed -
 mkdir -p "$CACHE/$VERSION"
 echo "install-seaweedfs: building weed $VERSION (once; cached in $CACHE)" >&2
 start=$(date +%s)
-(cd "$dir" && nice "$GO" build -trimpath -o "$BIN.tmp" ./weed) >&2
+(cd "$dir" && nice "$GO" build -o "$BIN.tmp" ./weed) >&2
 mv "$BIN.tmp" "$BIN"
 echo "install-seaweedfs: built in $(( $(date +%s) - start )) s" >&2
 echo "$BIN"
