@@ -48,6 +48,8 @@ export function remoteStore(): RemoteStore | undefined {
   if (url) {
     const m = /^s3:\/\/([^/]+)\/?(.*)$/.exec(url);
     if (!m) throw new Error(`NXFT_STORE_REMOTE=${url}: expected s3://bucket/prefix`);
+    // The SDK warns on Node < 22 about versions published after January 2027; package.json pins one that supports 20.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
     const s3: S3 = require("@aws-sdk/client-s3");
     const client = new s3.S3Client({
       region: process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || "us-east-1",

@@ -56,7 +56,12 @@ export async function runStage(env: StageEnv, stage: StageName): Promise<StageMa
     const manifest = await commitStage(env.store, projectDir, stage, tmp, result.info, { stage, wall_s, ...(result.run ?? {}) });
     await result.afterCommit?.();
     const remote = remoteStore();
-    if (remote && !remote.readonly) await uploadBlobs(remote, env.store, manifest.files, env.log);
+    // A failed upload doesn't fail the stage: its output is committed locally, and a runner that misses the blobs
+    // reruns the stage.
+    if (remote && !remote.readonly) {
+      await uploadBlobs(remote, env.store, manifest.files, env.log)
+        .catch((e) => env.log(`nx-finetune: warning: ${(e as Error).message}; ${stage}'s files stay in the local store only`));
+    }
     appendRunLog(projectDir, stage, wall_s);
     env.log(`${env.projectName}:${stage} done in ${wall_s.toFixed(1)} s`);
     return manifest;
