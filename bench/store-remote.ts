@@ -104,10 +104,11 @@ async function main() {
     if (fresh.code !== 0) throw new Error(fresh.out.slice(-3000));
     const padding = join(clone, "recipes", "demo", "out", "merged", "bench-padding.bin");
     const ok = /for 6 out of 6 tasks/.test(fresh.out) && !existsSync(join(clone, "recipes", "demo", "out", "runs.log")) && statSync(padding).size === modelGiB * 2 ** 30;
-    const fetched = /remote store: fetched (\d+) blob\(s\), ([\d.]+) MB in ([\d.]+) s/.exec(fresh.out);
+    const fetches = [...fresh.out.matchAll(/remote store: fetched (\d+) blob\(s\), ([\d.]+) MB in ([\d.]+) s/g)];
+    const fetched = fetches.length ? fetches.reduce((t, m) => [t[0] + Number(m[1]), t[1] + Number(m[2]), t[2] + Number(m[3])], [0, 0, 0]) : undefined;
     rows.push([`runner B (empty clone + restored ~/.nx + empty store): fully cached demo:gguf`, `${fresh.wall_s.toFixed(1)} s`,
                `${ok ? "6/6 cached, no stage ran, GGUFs + merged present" : "NOT fully cached"}` +
-               (fetched ? `; fetched ${fetched[1]} blobs, ${(Number(fetched[2]) / 1000).toFixed(2)} GB` : "")]);
+               (fetched ? `; fetched ${fetched[0]} blobs, ${(fetched[1] / 1000).toFixed(2)} GB in ${fetched[2].toFixed(1)} s (${(fetched[1] / fetched[2]).toFixed(0)} MB/s)` : "")]);
     const again = runNx(clone, b, "run", "demo:gguf");
     rows.push([`runner B again (store now local)`, `${again.wall_s.toFixed(2)} s`, /for 6 out of 6 tasks/.test(again.out) ? "6/6 cached" : "NOT cached"]);
     removeTestDirs(sharedA);

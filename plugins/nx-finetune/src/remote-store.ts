@@ -86,11 +86,12 @@ export async function remoteSize(remote: RemoteStore, sha256: string): Promise<n
 function progress(label: string, total: number, log: (l: string) => void): (done: number) => void {
   if (total < PROGRESS_MIN_BYTES) return () => {};
   const t0 = Date.now();
-  let last = 0;
+  let last = 0, shown = -1;
   return (done) => {
     const now = Date.now();
-    if (done < total && now - last < 2000) return;
+    if (done === shown || (done < total && now - last < 2000)) return;
     last = now;
+    shown = done;
     const mbs = done / 1e6 / Math.max(1e-3, (now - t0) / 1000);
     log(`${label}: ${(done / 1e9).toFixed(2)}/${(total / 1e9).toFixed(2)} GB, ${mbs.toFixed(0)} MB/s`);
   };
