@@ -86,7 +86,11 @@ export async function ensureStage(env: StageEnv, stage: StageName): Promise<void
   }
   if (missing.length > 0) {
     const remote = remoteStore();
-    if (remote) missing = await fetchBlobs(remote, env.store, missing, env.log);
+    // An unreachable remote store is no error either: the stage reruns.
+    if (remote) {
+      missing = await fetchBlobs(remote, env.store, missing, env.log)
+        .catch((e) => { env.log(`nx-finetune: warning: ${(e as Error).message}`); return missing; });
+    }
     if (missing.length > 0) {
       const bytes = missing.reduce((n, f) => n + f.size, 0);
       env.log(`nx-finetune: ${env.projectName}:${stage} came from the Nx cache, but ${missing.length} of its files ` +
