@@ -100,15 +100,20 @@ export function completeCheckpoints(dir: string): Array<{ name: string; step: nu
     .sort((a, b) => a.step - b.step);
 }
 
+// Renamed out of the way first (atomic), then deleted: a kill mid-delete never leaves a step-N folder that still
+// has trainer_state.json but lost its weights.
 function pruneCheckpoints(dir: string, keep: number): void {
-  for (const c of completeCheckpoints(dir).slice(0, -keep)) void fsp.rm(join(dir, c.name), { recursive: true, force: true });
+  for (const c of completeCheckpoints(dir).slice(0, -keep)) {
+    const trash = join(dir, `.${c.name}.trash-${process.pid}`);
+    void fsp.rename(join(dir, c.name), trash).then(() => fsp.rm(trash, { recursive: true, force: true }), () => {});
+  }
 }
 
-// .step-N.tmp-<pid> folders of engines that were killed while writing a checkpoint.
+// .step-N.tmp-<pid> folders of engines killed while writing a checkpoint, .step-N.trash-<pid> of pruning cut short.
 async function sweepTornCheckpoints(dir: string): Promise<void> {
   if (!existsSync(dir)) return;
   for (const name of readdirSync(dir)) {
-    const m = /^\.step-\d+\.tmp-(\d+)$/.exec(name);
+    const m = /^\.step-\d+\.(?:tmp|trash)-(\d+)$/.exec(name);
     if (!m) continue;
     let alive = false;
     try { process.kill(Number(m[1]), 0); alive = true; } catch { alive = false; }
