@@ -114,6 +114,44 @@ test("an interrupted fetch resumes from the parts it finished; wrong bytes under
   assert.ok(lines.some((l) => /not [0-9a-f]{64}: ignored/.test(l)), lines.join("\n"));
 });
 
+test("an interrupted multipart upload resumes: only the parts the server lacks are sent", { skip }, async () => {
+  useRemote("writer", "unit-upload-resume");
+  const remote = remoteStore()!;
+  const dir = join(root, "upload-resume"), storeA = join(dir, "a"), storeB = join(dir, "b");
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "u.bin"), randomBytes((4 << 20) * 16 + 12345)); // 5 parts of 16 MiB, the last one short
+  const u = await putFile(storeA, join(dir, "u.bin"));
+  const files = [{ path: "u.bin", ...u }];
+  let parts = 0;
+  const send = remote.client.send.bind(remote.client);
+  // A network that dies after two parts went through.
+  (remote.client as any).send = (cmd: any, ...rest: any[]) => {
+    if (cmd.constructor.name === "UploadPartCommand" && ++parts > 2) return Promise.reject(new Error("connection reset"));
+    return send(cmd, ...rest);
+  };
+  try {
+    await assert.rejects(uploadBlobs(remote, storeA, files, () => {}), /connection reset.*rerun to resume/);
+  } finally {
+    (remote.client as any).send = send;
+  }
+  assert.equal(await remoteSize(remote, u.sha256), undefined, "no object before the upload completes");
+  parts = 0;
+  (remote.client as any).send = (cmd: any, ...rest: any[]) => {
+    if (cmd.constructor.name === "UploadPartCommand") parts++;
+    return send(cmd, ...rest);
+  };
+  const lines: string[] = [];
+  try {
+    assert.equal(await uploadBlobs(remote, storeA, files, (l) => lines.push(l)), 1);
+  } finally {
+    (remote.client as any).send = send;
+  }
+  assert.equal(parts, 3, "the two parts the server held were not sent again");
+  assert.ok(lines.some((l) => /resuming the upload of u\.bin: 2 of 5 parts already there/.test(l)), lines.join("\n"));
+  assert.deepEqual(await fetchBlobs(remote, storeB, files, () => {}), []);
+  assert.equal(sha(readFileSync(blobPath(storeB, u.sha256))), u.sha256);
+});
+
 test("read-only mode never writes; the server refuses the reader identity's writes anyway; anonymous reads", { skip }, async () => {
   const dir = join(root, "ro");
   mkdirSync(dir, { recursive: true });

@@ -9,7 +9,8 @@
 // Credentials and region come from the standard AWS chain (env, ~/.aws, SSO, instance roles …).
 //
 // Content-addressed: a key names its bytes, so an object is written once and never changes; an upload is visible
-// only when complete (a PUT or a completed multipart upload), so readers never see a partial object. A fetch
+// only when complete (a PUT or a completed multipart upload), so readers never see a partial object. A big upload
+// resumes from the parts the server already holds (<store>/tmp/<sha>.upload.json keeps its upload id). A fetch
 // downloads ranged parts in parallel into <store>/tmp/<sha>.part, remembering finished parts in <sha>.part.json
 // (an interrupted fetch resumes), then checks the sha256 before the blob enters the store.
 import { createHash } from "node:crypto";
@@ -103,36 +104,106 @@ function partSize(size: number): number {
   return part;
 }
 
-// Uploads each blob the remote store lacks. Parallel multipart for big blobs (lib-storage); a failed upload is
-// aborted (no half object becomes visible).
+// Uploads each blob the remote store lacks; see uploadBlob.
 export async function uploadBlobs(remote: RemoteStore, store: string, files: StoredFile[], log: (l: string) => void): Promise<number> {
   if (remote.readonly) throw new Error(`remote store ${remote.url} is read-only (NXFT_STORE_REMOTE_READONLY)`);
-  const { Upload } = require("@aws-sdk/lib-storage") as typeof import("@aws-sdk/lib-storage");
   let uploaded = 0;
   const seen = new Set<string>();
   for (const f of files) {
     if (seen.has(f.sha256)) continue;
     seen.add(f.sha256);
-    const have = await remoteSize(remote, f.sha256);
-    if (have === f.size) continue;
-    const show = progress(`remote store: uploading ${f.path}`, f.size, log);
-    const upload = new Upload({
-      client: remote.client,
-      params: { Bucket: remote.bucket, Key: remoteKey(remote, f.sha256), Body: createReadStream(blobPath(store, f.sha256)),
-                ContentLength: f.size, Metadata: { sha256: f.sha256 } },
-      partSize: partSize(f.size), queueSize: CONCURRENCY, leavePartsOnError: false,
-    });
-    upload.on("httpUploadProgress", (p) => show(p.loaded ?? 0));
+    if ((await remoteSize(remote, f.sha256)) === f.size) continue;
     try {
-      await upload.done();
+      await uploadBlob(remote, store, f, log);
     } catch (e: any) {
-      throw new Error(`remote store ${remote.url}: uploading ${f.path} (${f.sha256}): ${e?.message ?? e}`);
+      throw new Error(`remote store ${remote.url}: uploading ${f.path} (${f.sha256}): ${e?.message ?? e} (rerun to resume)`);
     }
-    show(f.size);
     uploaded++;
   }
   if (uploaded) log(`remote store: uploaded ${uploaded} blob(s) to ${remote.url}`);
   return uploaded;
+}
+
+// One blob: a PUT when it fits in one part, else a multipart upload, CONCURRENCY parts at a time, resumable: its
+// upload id is kept in <store>/tmp/<sha>.upload.json, and a later call asks the server which parts it holds
+// (ListParts; a part counts when its size and, where the ETag is an MD5, its MD5 match) and sends only the rest.
+// The object appears only when CompleteMultipartUpload succeeds. (lib-storage's Upload cannot resume.)
+async function uploadBlob(remote: RemoteStore, store: string, f: StoredFile, log: (l: string) => void): Promise<void> {
+  const { s3, client, bucket } = remote;
+  const Key = remoteKey(remote, f.sha256), file = blobPath(store, f.sha256);
+  const step = partSize(f.size);
+  const show = progress(`remote store: uploading ${f.path}`, f.size, log);
+  if (f.size <= step) {
+    await client.send(new s3.PutObjectCommand({ Bucket: bucket, Key, Body: await fsp.readFile(file), ContentLength: f.size, Metadata: { sha256: f.sha256 } }));
+    show(f.size);
+    return;
+  }
+  const nParts = Math.ceil(f.size / step);
+  const partLength = (n: number) => Math.min(step, f.size - (n - 1) * step);   // parts are numbered from 1
+  await fsp.mkdir(join(store, "tmp"), { recursive: true });
+  const stateFile = join(store, "tmp", `${f.sha256}.upload.json`);
+  const fh = await fsp.open(file, "r");
+  const readPart = async (n: number) => {
+    const buf = Buffer.alloc(partLength(n));
+    await fh.read(buf, 0, buf.length, (n - 1) * step);
+    return buf;
+  };
+  try {
+    const etags = new Map<number, string>();
+    let uploadId: string | undefined;
+    try {
+      const state = JSON.parse(readFileSync(stateFile, "utf8"));
+      if (state.part === step && state.size === f.size) uploadId = state.uploadId;
+    } catch { /* no upload to resume */ }
+    if (uploadId) {
+      try {
+        let marker: string | undefined;
+        do {
+          const page = await client.send(new s3.ListPartsCommand({ Bucket: bucket, Key, UploadId: uploadId, PartNumberMarker: marker }));
+          for (const p of page.Parts ?? []) {
+            const n = p.PartNumber!, etag = (p.ETag ?? "").replace(/"/g, "");
+            if (Number(p.Size) !== partLength(n)) continue;
+            if (/^[0-9a-f]{32}$/.test(etag) && createHash("md5").update(await readPart(n)).digest("hex") !== etag) continue;
+            etags.set(n, p.ETag!);
+          }
+          marker = page.IsTruncated ? String(page.NextPartNumberMarker) : undefined;
+        } while (marker);
+        if (etags.size) log(`remote store: resuming the upload of ${f.path}: ${etags.size} of ${nParts} parts already there`);
+      } catch {
+        uploadId = undefined;   // the server forgot it (aborted, expired): start over
+        etags.clear();
+      }
+    }
+    if (!uploadId) {
+      const created = await client.send(new s3.CreateMultipartUploadCommand({ Bucket: bucket, Key, Metadata: { sha256: f.sha256 } }));
+      uploadId = created.UploadId!;
+      writeJsonAtomic(stateFile, { uploadId, part: step, size: f.size });
+    }
+    let sent = [...etags.keys()].reduce((t, n) => t + partLength(n), 0);
+    const todo = [...Array(nParts).keys()].map((i) => i + 1).filter((n) => !etags.has(n));
+    let failed = false;
+    const worker = async () => {
+      for (let n = todo.shift(); n !== undefined && !failed; n = todo.shift()) {
+        const body = await readPart(n);
+        const r = await client.send(new s3.UploadPartCommand({ Bucket: bucket, Key, UploadId: uploadId, PartNumber: n, Body: body, ContentLength: body.length }))
+          .catch((e) => { failed = true; throw e; });
+        etags.set(n, r.ETag!);
+        sent += body.length;
+        show(sent);
+      }
+    };
+    // Parts in flight when one fails are let finish (the server keeps them for the resume); then the error.
+    const settled = await Promise.allSettled(Array.from({ length: Math.min(CONCURRENCY, todo.length) }, worker));
+    const error = settled.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (error) throw error.reason;
+    await client.send(new s3.CompleteMultipartUploadCommand({
+      Bucket: bucket, Key, UploadId: uploadId,
+      MultipartUpload: { Parts: [...etags.entries()].sort((x, y) => x[0] - y[0]).map(([PartNumber, ETag]) => ({ PartNumber, ETag })) },
+    }));
+    await fsp.rm(stateFile, { force: true });
+  } finally {
+    await fh.close();
+  }
 }
 
 // Fetches each listed blob into the local store; returns those the remote store does not have (or has with other
