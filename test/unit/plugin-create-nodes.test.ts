@@ -45,7 +45,7 @@ test("one project per recipe with the pipeline targets", async () => {
   const project = result.projects!["recipes/chat-a"];
   assert.equal(project.name, "chat-a");
   const targets = project.targets!;
-  assert.deepEqual(Object.keys(targets), ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval", "pipeline", "chat", "publish", "watch"]);
+  assert.deepEqual(Object.keys(targets), ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval", "pipeline", "chat", "publish", "watch", "gc"]);
   const deps = (t: string) => targets[t].dependsOn;
   assert.deepEqual(deps("dataset"), []);
   assert.deepEqual(deps("shards"), ["dataset", "base"]);
@@ -60,7 +60,7 @@ test("one project per recipe with the pipeline targets", async () => {
   assert.equal(targets.pipeline.executor, "nx:noop");
   assert.equal(targets.chat.cache, false);
   assert.equal(targets.watch.continuous, true);
-  assert.deepEqual(project.metadata!.targetGroups, { "fine-tune": ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval", "pipeline"], try: ["chat", "watch"], share: ["publish"] });
+  assert.deepEqual(project.metadata!.targetGroups, { "fine-tune": ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval", "pipeline"], try: ["chat", "watch"], share: ["publish"], store: ["gc"] });
 });
 
 test("stage targets: stable options, cache, small outputs, per-stage inputs", async () => {

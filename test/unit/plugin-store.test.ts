@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { blobPath, linkFromStore, materialize, putFile, storeRoot } from "../../plugins/nx-finetune/src/store";
+import { blobPath, linkFromStore, materialize, missingBlobs, MissingBlobError, putFile, storeRoot } from "../../plugins/nx-finetune/src/store";
 import { beginStage, commitStage, materializeStage, readManifest, stageDir, sweepTemp } from "../../plugins/nx-finetune/src/stage-dir";
 
 const sha = (s: string) => createHash("sha256").update(s).digest("hex");
@@ -92,4 +92,23 @@ test("a killed stage leaves no output: only a temp folder, swept later; the prev
   await sweepTemp(project);
   assert.ok(!existsSync(dead));
   assert.throws(() => readManifest(project, "adapter"), /run the 'adapter' target first/);
+});
+
+test("missingBlobs: only entries in neither the store nor (with that content) the output folder; a typed error names them", async () => {
+  const dir = tmp(), store = join(dir, "store"), out = join(dir, "out");
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, "kept.bin"), "kept");
+  writeFileSync(join(dir, "in-store.bin"), "in store");
+  const inStore = await putFile(store, join(dir, "in-store.bin"));
+  writeFileSync(join(out, "stale.bin"), "other bytes");
+  const files = [
+    { path: "in-store.bin", ...inStore },
+    { path: "kept.bin", sha256: sha("kept"), size: 4 },          // not in the store, but the output has it
+    { path: "stale.bin", sha256: sha("wanted!!!!!"), size: 11 }, // same size, other content
+    { path: "gone.bin", sha256: sha("gone"), size: 4 },
+  ];
+  assert.deepEqual((await missingBlobs(store, out, files)).map((f) => f.path), ["stale.bin", "gone.bin"]);
+  const err = await materialize(store, out, files).catch((e) => e);
+  assert.ok(err instanceof MissingBlobError);
+  assert.equal(err.sha256, sha("wanted!!!!!"));
 });

@@ -136,6 +136,9 @@ int cmd_train(const Json& job, const std::string& job_path) {
   const std::vector<std::string> train_files = r.path_list("train_shards");
   const std::vector<std::string> eval_files = r.path_list("eval_shards", {});
   const std::string out = r.path("out");
+  // Where checkpoints/step-N/ folders go: <out>/checkpoints unless `checkpoint_dir` names a folder outside `out`
+  // (the plugin keys it by the adapter stage's inputs, so a killed run's checkpoints outlive its temp output).
+  const std::string ckpt_dir = r.opt_path("checkpoint_dir").empty() ? path_join(out, "checkpoints") : r.opt_path("checkpoint_dir");
   const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
   const int threads = int(r.integer_in("threads", 0, 4096, 0));
   const std::string quantize = r.choice("quantize_base", {"nf4"}, "");
@@ -259,9 +262,9 @@ int cmd_train(const Json& job, const std::string& job_path) {
   state.fingerprint = fp.str();
   std::string resumed_from;
   if (resume) {
-    const std::string ck = find_latest_checkpoint(out);
+    const std::string ck = find_latest_checkpoint(ckpt_dir);
     if (ck.empty()) {
-      emit_warning("resume: no checkpoint under " + path_join(out, "checkpoints") + "; starting from step 0");
+      emit_warning("resume: no checkpoint under " + ckpt_dir + "; starting from step 0");
     } else {
       std::vector<float> m, v;
       TrainerState loaded;
@@ -381,7 +384,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
       host_v.resize(n_params);
       be->download(adam_m, host_m.data(), n_params);
       be->download(adam_v, host_v.data(), n_params);
-      const std::string dir = save_checkpoint(out, adapter, base_name, host_m, host_v, state);
+      const std::string dir = save_checkpoint(ckpt_dir, adapter, base_name, host_m, host_v, state);
       emit_event("checkpoint", Json::object().set("step", Json::number(double(state.step))).set("path", Json::string(dir)));
     }
   }

@@ -11,9 +11,8 @@ namespace nxft {
 
 namespace fsys = std::filesystem;
 
-std::string save_checkpoint(const std::string& out, const LoraAdapter& adapter, const std::string& base_name,
+std::string save_checkpoint(const std::string& root, const LoraAdapter& adapter, const std::string& base_name,
                             const std::vector<float>& adam_m, const std::vector<float>& adam_v, const TrainerState& st) {
-  const std::string root = path_join(out, "checkpoints");
   make_dirs(root);
   const std::string name = "step-" + std::to_string(st.step);
   const std::string final_dir = path_join(root, name);
@@ -48,8 +47,7 @@ std::string save_checkpoint(const std::string& out, const LoraAdapter& adapter, 
   return final_dir;
 }
 
-std::string find_latest_checkpoint(const std::string& out) {
-  const std::string root = path_join(out, "checkpoints");
+std::string find_latest_checkpoint(const std::string& root) {
   std::error_code ec;
   if (!fsys::is_directory(root, ec)) return "";
   int64_t best = -1;

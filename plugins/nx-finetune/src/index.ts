@@ -20,7 +20,9 @@ import {
   type CreateNodes, type CreateNodesContext, type CreateNodesResult, type PostTasksExecution, type TargetConfiguration,
 } from "@nx/devkit";
 import { baseSpec, dataPaths, parseRecipe, type Recipe } from "./recipe";
-import { materializeStage, type StageName } from "./stage-dir";
+import type { StageName } from "./stage-dir";
+import { ensureStage } from "./stage-run";
+import { updateLock } from "./lock";
 import { storeRoot } from "./store";
 
 export interface NxFinetunePluginOptions {
@@ -130,7 +132,15 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
     cache: false,
     metadata: { technologies: ["nx-finetune"], description: "Rerun the pipeline (up to gguf) whenever the recipe or its data change." },
   };
-
+  targets.gc = {
+    executor: "@nx-finetune/plugin:gc",
+    cache: false,
+    metadata: {
+      technologies: ["nx-finetune"],
+      description: "Prune content-store blobs no out/ folder or Nx cache entry references (the store is shared: covers every recipe).",
+      help: { command: `nx run ${name}:gc --dry-run`, example: { options: { dryRun: true } } },
+    },
+  };
   return {
     projects: {
       [projectRoot]: {
@@ -142,7 +152,7 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
         metadata: {
           description: recipe.description ?? `Fine-tune recipe ${recipeFile}`,
           technologies: ["nx-finetune"],
-          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"], share: ["publish"] },
+          targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"], share: ["publish"], store: ["gc"] },
         },
       },
     },
@@ -268,15 +278,26 @@ function shellQuote(s: string): string {
 }
 
 // After every `nx run`, relink the big files of each of our stages that succeeded — including those Nx restored
-// from its cache, whose executor never ran (Nx restored only stage-manifest.json). Cheap: a stat per file.
+// from its cache, whose executor never ran (Nx restored only stage-manifest.json). Cheap: a stat per file. Blobs the
+// store lacks come from the remote store, or the stage reruns (stage-run.ts ensureStage). Pipeline order, so a
+// rerun finds its upstream in place.
 export const postTasksExecution: PostTasksExecution<NxFinetunePluginOptions> = async (options, context) => {
   const store = storeRoot(context.workspaceRoot, options?.storeDir);
-  for (const result of Object.values(context.taskResults)) {
+  const ok = new Set(["success", "local-cache", "local-cache-kept-existing", "remote-cache"]);
+  const results = Object.values(context.taskResults)
+    .filter((r) => ok.has(r.status) && (STAGES as readonly string[]).includes(r.task.target.target) && r.task.projectRoot)
+    .sort((a, b) => STAGES.indexOf(a.task.target.target as StageName) - STAGES.indexOf(b.task.target.target as StageName));
+  const locks = new Set<string>();
+  for (const result of results) {
     const stage = result.task.target.target as StageName;
-    if (result.status !== "success" && result.status !== "local-cache" && result.status !== "local-cache-kept-existing" && result.status !== "remote-cache") continue;
-    if (!(STAGES as readonly string[]).includes(stage) || !result.task.projectRoot) continue;
-    const manifestPath = join(context.workspaceRoot, result.task.projectRoot, "out", stage, "stage-manifest.json");
-    if (!existsSync(manifestPath) || !existsSync(join(context.workspaceRoot, result.task.projectRoot, "recipe.json"))) continue;
-    await materializeStage(store, join(context.workspaceRoot, result.task.projectRoot), stage);
+    const recipeFile = join(context.workspaceRoot, result.task.projectRoot!, "recipe.json");
+    if (!existsSync(join(dirname(recipeFile), "out", stage, "stage-manifest.json")) || !existsSync(recipeFile)) continue;
+    await ensureStage({ workspaceRoot: context.workspaceRoot, recipeFile, projectName: result.task.target.project, store,
+                        log: (line) => console.log(line) }, stage);
+    if (stage === "base" || stage === "dataset") locks.add(recipeFile);
+  }
+  // nxft.lock.json (lock.ts): the data and base digests that make `nx affected` see data and base changes.
+  for (const recipeFile of locks) {
+    if (updateLock(context.workspaceRoot, recipeFile, store)) console.log(`nx-finetune: updated ${relative(context.workspaceRoot, join(dirname(recipeFile), "nxft.lock.json"))} (commit it)`);
   }
 };

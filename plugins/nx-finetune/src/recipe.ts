@@ -34,7 +34,7 @@ export interface Recipe {
   train: {
     lr: number; schedule: string; warmup_steps: number; steps?: number; epochs?: number; batch_size: number;
     grad_accum: number; seed: number; optimizer: string; weight_decay: number; max_grad_norm: number;
-    gradient_checkpointing: boolean | "offload"; save_every: number; eval_every: number;
+    gradient_checkpointing: boolean | "offload"; save_every: number; resume: boolean; eval_every: number;
   };
   quantize_base: null | "nf4";
   export: { merged_dtype: "f32" | "f16" | "bf16"; gguf: GgufType[]; adapter_gguf: boolean; ollama: boolean };

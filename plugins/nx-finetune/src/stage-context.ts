@@ -21,7 +21,8 @@ export interface StageContext {
 }
 
 // Deterministic facts for the manifest (no times, no absolute paths), and run facts (times, speeds) for run.json.
-export interface StageResult { info: Record<string, unknown>; run?: Record<string, unknown> }
+// `afterCommit` runs once out/<stage>/ is in place (the adapter stage drops its checkpoints then).
+export interface StageResult { info: Record<string, unknown>; run?: Record<string, unknown>; afterCommit?: () => Promise<void> }
 
 export const recipePath = (ctx: StageContext, p: string): string => resolve(ctx.projectDir, p);
 

@@ -13,6 +13,14 @@ import { dirname, join, resolve } from "node:path";
 
 export interface StoredFile { path: string; sha256: string; size: number }
 
+// A blob a manifest lists is neither in the store nor in the output folder (e.g. the Nx cache came from another
+// clone or runner, the store did not). Callers recover: fetch it from the remote store, or rerun the stage.
+export class MissingBlobError extends Error {
+  constructor(readonly store: string, readonly sha256: string, readonly size: number, readonly dest: string) {
+    super(`content store ${store} lacks blob ${sha256} (${size} bytes) needed for ${dest}`);
+  }
+}
+
 // Where the store lives: $NXFT_STORE, else the plugin option, else <workspace>/.nxft/store.
 export function storeRoot(workspaceRoot: string, option?: string): string {
   const configured = process.env.NXFT_STORE || option;
@@ -88,7 +96,7 @@ export async function linkFromStore(store: string, sha256: string, size: number,
       await putFile(store, dest); // the store lost it but the output still has it: put it back
       return "kept";
     }
-    throw new Error(`content store ${store} lacks blob ${sha256} (${size} bytes) needed for ${dest}; rerun the stage with --skip-nx-cache`);
+    throw new MissingBlobError(store, sha256, size, dest);
   }
   await fsp.mkdir(dirname(dest), { recursive: true });
   await linkOrCopy(blob, dest);
@@ -103,6 +111,18 @@ export async function putDir(store: string, dir: string, relPaths: string[]): Pr
     out.push({ path: rel, sha256, size });
   }
   return out;
+}
+
+// Manifest entries whose blob is in neither the store nor (with that content) the output folder.
+export async function missingBlobs(store: string, dir: string, files: StoredFile[]): Promise<StoredFile[]> {
+  const missing: StoredFile[] = [];
+  for (const f of files) {
+    if (await fsp.stat(blobPath(store, f.sha256)).then(() => true, () => false)) continue;
+    const d = await fsp.stat(join(dir, f.path)).catch(() => undefined);
+    if (d && d.size === f.size && (await sha256OfFile(join(dir, f.path))) === f.sha256) continue;
+    missing.push(f);
+  }
+  return missing;
 }
 
 // Relinks every file of a manifest into `dir`. Returns how many files had to be (re)linked.

@@ -4,7 +4,7 @@
 import { dirname, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
 import { loadRecipe, RecipeError } from "../recipe";
-import { materializeStage } from "../stage-dir";
+import { ensureStage } from "../stage-run";
 import { baseModelDir, engine, stagePath, type StageContext } from "../stage-context";
 import { storeRoot } from "../store";
 import { pluginOptions } from "./stage";
@@ -25,7 +25,8 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
   try {
     const recipe = loadRecipe(recipeFile, workspaceRoot);
     const store = storeRoot(workspaceRoot, pluginOptions(context).storeDir);
-    for (const stage of ["base", "adapter"] as const) await materializeStage(store, projectDir, stage);
+    const env = { workspaceRoot, recipeFile, projectName: context.projectName ?? "recipe", store, log: (line: string) => console.error(line) };
+    for (const stage of ["base", "adapter"] as const) await ensureStage(env, stage);
     const ctx: StageContext = {
       workspaceRoot, projectName: context.projectName ?? "recipe", projectDir, recipeFile, recipe, store, tmp: "",
       log: (line) => console.error(line),

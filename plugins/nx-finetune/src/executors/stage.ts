@@ -1,33 +1,14 @@
 // stage.ts — the `stage` executor: runs one pipeline stage of a recipe. Options are only {recipe, stage} (the same
 // for every run, so they never widen any task's hash); everything else comes from the recipe file.
-import { appendFileSync, mkdirSync, promises as fsp } from "node:fs";
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
-import { loadRecipe, RecipeError } from "../recipe";
-import { beginStage, commitStage, materializeStage, type StageName } from "../stage-dir";
-import type { StageContext, StageResult } from "../stage-context";
+import { RecipeError } from "../recipe";
+import type { StageName } from "../stage-dir";
+import { RUNNERS, runStage } from "../stage-run";
 import { storeRoot } from "../store";
-import { runBase } from "../stages/base";
-import { runDataset } from "../stages/dataset";
-import { runShards } from "../stages/shards";
-import { runAdapter } from "../stages/adapter";
-import { runMerged } from "../stages/merged";
-import { runGguf } from "../stages/gguf";
-import { GateFailed, runEval } from "../stages/eval";
+import { GateFailed } from "../stages/eval";
 
 export interface StageExecutorOptions { recipe: string; stage: StageName }
-
-const RUNNERS: Record<StageName, (ctx: StageContext) => Promise<StageResult>> = {
-  base: runBase, dataset: runDataset, shards: runShards, adapter: runAdapter, merged: runMerged, gguf: runGguf, eval: runEval,
-};
-
-// Upstream stage folders a stage reads (all of them, not only direct dependencies): relinked from the store first,
-// since Nx may have restored them from its cache (manifest only).
-const READS: Record<StageName, StageName[]> = {
-  base: [], dataset: [], shards: ["dataset", "base"], adapter: ["shards", "base"], merged: ["adapter", "base"],
-  gguf: ["merged", "adapter", "base"],
-  eval: ["gguf", "merged", "adapter", "shards", "dataset", "base"],
-};
 
 export function pluginOptions(context: Pick<ExecutorContext, "nxJsonConfiguration">): { storeDir?: string } {
   for (const p of context.nxJsonConfiguration?.plugins ?? []) {
@@ -44,37 +25,14 @@ export default async function stageExecutor(options: StageExecutorOptions, conte
   }
   const workspaceRoot = context.root;
   const recipeFile = resolve(workspaceRoot, options.recipe);
-  const projectDir = dirname(recipeFile);
-  const started = Date.now();
-  let tmp: string | undefined;
   try {
-    const recipe = loadRecipe(recipeFile, workspaceRoot);
     const store = storeRoot(workspaceRoot, pluginOptions(context).storeDir);
-    for (const upstream of READS[stage]) await materializeStage(store, projectDir, upstream);
-    tmp = await beginStage(projectDir, stage);
-    const ctx: StageContext = {
-      workspaceRoot, projectName: context.projectName ?? recipe.name ?? "recipe", projectDir, recipeFile, recipe, store, tmp,
-      log: (line) => console.log(line),
-    };
-    const result = await RUNNERS[stage](ctx);
-    const wall_s = (Date.now() - started) / 1000;
-    await commitStage(store, projectDir, stage, tmp, result.info, { stage, wall_s, ...(result.run ?? {}) });
-    tmp = undefined;
-    appendRunLog(projectDir, stage, wall_s);
-    console.log(`${context.projectName}:${stage} done in ${wall_s.toFixed(1)} s`);
+    const projectName = context.projectName ?? dirname(recipeFile).split("/").at(-1)!;
+    await runStage({ workspaceRoot, recipeFile, projectName, store, log: (line) => console.log(line) }, stage);
     return { success: true };
   } catch (e) {
     console.error(e instanceof RecipeError ? e.message : `${context.projectName}:${stage} failed: ${(e as Error).message}`);
     if (process.env.NXFT_DEBUG && !(e instanceof RecipeError) && !(e instanceof GateFailed)) console.error((e as Error).stack);
     return { success: false };
-  } finally {
-    if (tmp) await fsp.rm(tmp, { recursive: true, force: true });
   }
-}
-
-// out/runs.log: one line per stage that actually ran (cache hits don't run the executor) — what tests and people
-// read to see what reran.
-function appendRunLog(projectDir: string, stage: StageName, wall_s: number): void {
-  mkdirSync(join(projectDir, "out"), { recursive: true });
-  appendFileSync(join(projectDir, "out", "runs.log"), `${new Date().toISOString()} ${stage} ${wall_s.toFixed(2)}s\n`);
 }
