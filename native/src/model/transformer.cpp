@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 #include "io/safetensors.h"
+#include "model/validate.h"
 #include "util/events.h"
 #include "util/fs.h"
 
@@ -238,6 +239,7 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
 
 void Transformer::load_weights(const std::string& dir, const std::function<void(size_t, size_t)>& on_progress) {
   std::unique_ptr<SafetensorsModel> st = SafetensorsModel::open_dir(dir);
+  validate_checkpoint(cfg_, *st, dir);
   std::vector<float> buf;
   for (size_t i = 0; i < slots_w_.size(); i++) {
     const WeightSlot& w = slots_w_[i];
@@ -252,6 +254,7 @@ void Transformer::load_weights(const std::string& dir, const std::function<void(
     }
     buf.resize(size_t(tv.numel()));
     convert_to_f32(tv.data, tv.dtype, buf.data(), buf.size());
+    check_finite(buf.data(), buf.size(), path_join(dir, st->shard_of(w.name)), w.name);
     set_weight(i, buf);
     if (on_progress) on_progress(i + 1, slots_w_.size());
   }

@@ -16,6 +16,11 @@ export interface DatasetStageOptions {
   hubCacheDir?: string; // default <workspaceRoot>/.nxft/hub-cache (or $NXFT_HUB_CACHE)
 }
 
+// A row's canonical JSON may be at most this long. Every row is cut at template.max_seq_len tokens anyway, and
+// tokenizing one multi-megabyte word (no spaces for the pre-tokenizer to split at) takes minutes; 4 MiB is about a
+// million tokens of ordinary text, beyond any context length the engine trains.
+export const MAX_ROW_CHARS = 4 << 20;
+
 // The row id: first 16 hex digits of the sha256 of the row's canonical JSON line.
 export function rowId(line: string): string {
   return sha256Hex(line).slice(0, 16);
@@ -79,12 +84,24 @@ export async function runDatasetStage(opts: DatasetStageOptions): Promise<Datase
         if (skippedExamples.length < 20) skippedExamples.push({ file: err.file, line: err.line ?? 0, field: err.field ?? "", message: err.message });
         continue;
       }
-      lines.push(JSON.stringify(row)); // canonical: normalizeRecord always builds keys in the same order
+      const line = JSON.stringify(row); // canonical: normalizeRecord always builds keys in the same order
+      if (line.length > MAX_ROW_CHARS) {
+        const tooLong = new DataError(rec.file, rec.line, null, `row is ${(line.length / (1 << 20)).toFixed(1)} M characters long; ` +
+          `rows are limited to ${MAX_ROW_CHARS >> 20} M (split the document, or set data.skip_bad_rows to skip such rows)`);
+        if (!data.skip_bad_rows) throw tooLong;
+        skipped++;
+        if (skippedExamples.length < 20) skippedExamples.push({ file: rec.file, line: rec.line, field: "", message: tooLong.message });
+        continue;
+      }
+      lines.push(line);
       kept++;
     }
     sources.push({ file: f.label, sha256: sha256File(f.path), rows: kept });
   }
-  if (lines.length === 0) throw new Error(`${opts.recipePath}: the dataset has no valid rows${skipped ? ` (${skipped} skipped as bad)` : ""}`);
+  if (lines.length === 0) {
+    const where = files.map((f) => f.label).join(", ");
+    throw new Error(`${where}: the dataset has no valid rows${skipped ? ` (${skipped} skipped as bad)` : " (the file holds no rows)"} (${data.path !== undefined ? "data.path" : "data.hub"} in ${opts.recipePath})`);
+  }
 
   const seed = data.split_seed ?? 0;
   const fraction = data.eval_rows !== undefined ? Math.min(data.eval_rows / lines.length, 1) : data.eval_fraction ?? 0;

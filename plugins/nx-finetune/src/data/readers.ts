@@ -21,12 +21,58 @@ export class DataError extends Error {
 export async function readRecords(path: string, displayPath = path): Promise<RawRecord[]> {
   const ext = extname(path).toLowerCase();
   switch (ext) {
-    case ".jsonl": case ".ndjson": return readJsonl(readFileSync(path, "utf8"), displayPath);
-    case ".json": return readJsonArray(readFileSync(path, "utf8"), displayPath);
-    case ".csv": return readCsv(readFileSync(path, "utf8"), displayPath);
+    case ".jsonl": case ".ndjson": return readJsonlBytes(readFileSync(path), displayPath);
+    case ".json": return readJsonArray(decodeUtf8(readFileSync(path), displayPath), displayPath);
+    case ".csv": return readCsv(decodeUtf8(readFileSync(path), displayPath), displayPath);
     case ".parquet": return readParquet(path, displayPath);
     default: throw new DataError(displayPath, null, null, `unsupported file type "${ext}" (expected .jsonl, .json, .csv or .parquet)`);
   }
+}
+
+// Text must be valid UTF-8: a lenient decode would silently train on U+FFFD in place of the damaged bytes.
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+function decodeUtf8(bytes: Uint8Array, file: string): string {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    throw new DataError(file, firstInvalidUtf8Line(bytes), null, INVALID_UTF8);
+  }
+}
+
+const INVALID_UTF8 = "invalid UTF-8 (the file must be UTF-8 text; re-encode it, e.g. iconv -f latin1 -t utf-8)";
+
+// 1-based line holding the first byte sequence that is not UTF-8 (only called once a decode failed).
+function firstInvalidUtf8Line(bytes: Uint8Array): number {
+  let line = 1;
+  for (let start = 0; start < bytes.length; line++) {
+    let end = bytes.indexOf(10, start);
+    if (end < 0) end = bytes.length;
+    try { strictUtf8.decode(bytes.subarray(start, end)); } catch { return line; }
+    start = end + 1;
+  }
+  return line;
+}
+
+// JSON lines from bytes: a line that is not UTF-8 becomes a bad row of its own (skip_bad_rows can skip it).
+export function readJsonlBytes(bytes: Uint8Array, file: string): RawRecord[] {
+  let text: string | undefined;
+  try { text = strictUtf8.decode(bytes); } catch { /* some line is not UTF-8: decode line by line below */ }
+  if (text !== undefined) return readJsonl(text, file);
+  const out: RawRecord[] = [];
+  let line = 1;
+  for (let start = 0; start < bytes.length; line++) {
+    let end = bytes.indexOf(10, start);
+    if (end < 0) end = bytes.length;
+    try {
+      const lineText = strictUtf8.decode(bytes.subarray(start, end));
+      for (const rec of readJsonl(lineText, file)) out.push({ ...rec, line });
+    } catch {
+      out.push({ file, line, value: new DataError(file, line, null, INVALID_UTF8) });
+    }
+    start = end + 1;
+  }
+  return out;
 }
 
 function stripBom(text: string): string {
