@@ -121,19 +121,26 @@ test("data outside the workspace or too big for Nx to read is fingerprinted by a
   assert.ok(!(project.targets!.dataset.inputs as any[]).some((i) => i.includeIgnored));
 });
 
-test("recipe.json files of other tools are ignored; a bad recipe fails with file:line", async () => {
+test("recipe.json files of other tools are ignored; a bad recipe becomes a project whose targets fail with file:line", async () => {
   const root = workspace({
     "tools/other/recipe.json": { cake: true },
     "recipes/bad/recipe.json": { ...recipe, lora: { r: -1 } },
+    "recipes/broken/recipe.json": '{ "base": "x", ',
     "recipes/good/recipe.json": recipe,
   });
   const [[, other]] = await run(root, ["tools/other/recipe.json"]);
   assert.deepEqual(other, {});
-  await assert.rejects(run(root, ["recipes/bad/recipe.json", "recipes/good/recipe.json"]), (e: any) => {
-    const text = [e.message, ...(e.errors ?? []).map((x: any) => String(x[1]?.message ?? x))].join("\n");
-    assert.match(text, /recipes\/bad\/recipe\.json:\d+:\d+ lora\.r: must be > 0 \(got -1\)/);
-    // The good recipe's project is still produced (AggregateCreateNodesError carries partial results).
-    assert.ok((e.partialResults ?? []).some(([f]: [string]) => f === "recipes/good/recipe.json"));
-    return true;
-  });
+  // No error escapes createNodes: one typo must not fail every Nx command of the workspace.
+  const results = new Map(await run(root, ["recipes/bad/recipe.json", "recipes/broken/recipe.json", "recipes/good/recipe.json"]));
+  assert.ok(results.get("recipes/good/recipe.json")!.projects!["recipes/good"].targets!.gguf.cache);
+  for (const [name, error] of [["bad", /recipes\/bad\/recipe\.json:\d+:\d+ lora\.r: must be > 0 \(got -1\)/], ["broken", /recipes\/broken\/recipe\.json:1:\d+ \(recipe\): invalid JSON/]] as const) {
+    const project = results.get(`recipes/${name}/recipe.json`)!.projects![`recipes/${name}`];
+    assert.equal(project.name, name);
+    assert.deepEqual(Object.keys(project.targets!).sort(), ["adapter", "base", "dataset", "gguf", "merged", "pipeline", "shards"]);
+    // The stage executor reloads the recipe and fails with its errors; nothing of a broken recipe is cached.
+    assert.deepEqual(project.targets!.dataset.options, { recipe: "{projectRoot}/recipe.json", stage: "dataset" });
+    assert.equal(project.targets!.dataset.executor, "@nx-finetune/plugin:stage");
+    assert.equal(project.targets!.dataset.cache, false);
+    assert.match(project.metadata!.description!, error);
+  }
 });

@@ -18,7 +18,7 @@ import {
   createNodesFromFiles,
   type CreateNodes, type CreateNodesContext, type CreateNodesResult, type PostTasksExecution, type TargetConfiguration,
 } from "@nx/devkit";
-import { baseSpec, dataPaths, parseRecipe, type Recipe } from "./recipe";
+import { baseSpec, dataPaths, parseRecipe, RecipeError, type Recipe } from "./recipe";
 import { materializeStage, type StageName } from "./stage-dir";
 import { storeRoot } from "./store";
 
@@ -83,7 +83,13 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
   const text = readFileSync(join(context.workspaceRoot, recipeFile), "utf8");
   if (!text.includes("recipe.schema.json") && !`/${recipeFile}`.includes("/recipes/")) return {};
   // Structure only at graph time; missing files are reported when a stage runs (the data may not exist yet).
-  const recipe = parseRecipe(text, recipeFile);
+  let recipe: Recipe;
+  try {
+    recipe = parseRecipe(text, recipeFile);
+  } catch (e) {
+    if (!(e instanceof RecipeError)) throw e;
+    return brokenRecipeProject(projectRoot, e);
+  }
   const name = recipe.name ?? basename(projectRoot);
   const targets: Record<string, TargetConfiguration> = {};
   for (const stage of STAGES) targets[stage] = stageTarget(stage, recipe, recipeFile, options ?? {}, context.workspaceRoot);
@@ -127,6 +133,30 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
           targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"] },
         },
       },
+    },
+  };
+}
+
+// A recipe with mistakes still becomes a project, so that one typo fails only its own targets (each reports the
+// recipe's errors, file:line field, when it runs) and every other project of the workspace still builds. Throwing
+// here would fail every Nx command in the workspace ("Failed to process project graph").
+function brokenRecipeProject(projectRoot: string, error: RecipeError): CreateNodesResult {
+  const name = basename(projectRoot);
+  const description = `recipe.json has errors (run any target to see them):\n${error.message}`;
+  const targets: Record<string, TargetConfiguration> = {};
+  for (const stage of STAGES) {
+    targets[stage] = {
+      executor: EXECUTOR,
+      options: { recipe: "{projectRoot}/recipe.json", stage },
+      dependsOn: [...stageDependsOn[stage]],
+      cache: false,
+      metadata: { technologies: ["nx-finetune"], description },
+    };
+  }
+  targets.pipeline = { executor: "nx:noop", dependsOn: ["gguf"], cache: false, metadata: { technologies: ["nx-finetune"], description } };
+  return {
+    projects: {
+      [projectRoot]: { name, root: projectRoot, projectType: "application", tags: ["nx-finetune"], targets, metadata: { description, technologies: ["nx-finetune"] } },
     },
   };
 }
