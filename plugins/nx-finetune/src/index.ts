@@ -102,8 +102,8 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
   };
   targets.chat = {
     executor: "@nx-finetune/plugin:chat",
+    // No dependsOn: the executor brings the adapter up to date itself, quietly (src/executors/chat.ts).
     options: { recipe: "{projectRoot}/recipe.json" },
-    dependsOn: ["adapter", "base"],
     cache: false,
     metadata: {
       technologies: ["nx-finetune"],

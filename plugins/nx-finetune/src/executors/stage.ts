@@ -56,7 +56,8 @@ export default async function stageExecutor(options: StageExecutorOptions, conte
     };
     const result = await RUNNERS[stage](ctx);
     const wall_s = (Date.now() - started) / 1000;
-    await commitStage(store, projectDir, stage, tmp, result.info, { stage, wall_s, ...(result.run ?? {}) });
+    const run = withoutAbsolutePaths({ stage, wall_s, ...(result.run ?? {}) }, tmp, workspaceRoot);
+    await commitStage(store, projectDir, stage, tmp, result.info, run);
     tmp = undefined;
     appendRunLog(projectDir, stage, wall_s);
     console.log(`${context.projectName}:${stage} done in ${wall_s.toFixed(1)} s`);
@@ -75,4 +76,22 @@ export default async function stageExecutor(options: StageExecutorOptions, conte
 function appendRunLog(projectDir: string, stage: StageName, wall_s: number): void {
   mkdirSync(join(projectDir, "out"), { recursive: true });
   appendFileSync(join(projectDir, "out", "runs.log"), `${new Date().toISOString()} ${stage} ${wall_s.toFixed(2)}s\n`);
+}
+
+// run.json is for people and diffs: the engine's summary names its files by absolute path in the stage's temp
+// folder, which is renamed on commit (and differs per machine). Paths become relative to the stage folder, or to
+// the workspace root.
+export function withoutAbsolutePaths<T>(value: T, tmp: string, workspaceRoot: string): T {
+  const fix = (v: unknown): unknown => {
+    if (typeof v === "string") {
+      if (v === tmp) return ".";
+      if (v.startsWith(tmp + "/")) return v.slice(tmp.length + 1);
+      if (v.startsWith(workspaceRoot + "/")) return v.slice(workspaceRoot.length + 1);
+      return v;
+    }
+    if (Array.isArray(v)) return v.map(fix);
+    if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, fix(x)]));
+    return v;
+  };
+  return fix(value) as T;
 }
