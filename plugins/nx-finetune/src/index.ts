@@ -242,7 +242,9 @@ function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguratio
     if (stage === "dataset" || stage === "shards") inputs.push(`{workspaceRoot}/${p}/src/data/**/*`);
     if (stage === "gguf") inputs.push(`{workspaceRoot}/${p}/src/gguf/**/*`);
   }
-  if (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf") {
+  // The engine's sources are the workspace's native/ only in this repository; an installed plugin's engine is
+  // identified by the package version (externalDependencies below).
+  if (inWorkspace && (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf")) {
     inputs.push("{workspaceRoot}/native/src/**/*", "{workspaceRoot}/native/cmake/**/*", "{workspaceRoot}/native/CMakeLists.txt");
   }
   const npm: Record<StageName, string[]> = {
