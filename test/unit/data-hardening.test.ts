@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { MAX_ROW_CHARS, runDatasetStage } from "../../plugins/nx-finetune/src/data/dataset-stage";
+import { MAX_ROW_CHARS, runDatasetStage } from "../../plugins/nx-finetune/src/stages/dataset";
 import type { DataSpec } from "../../plugins/nx-finetune/src/data";
 
 function workspace(files: Record<string, string | Buffer>): string {

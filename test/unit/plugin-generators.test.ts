@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createTreeWithEmptyWorkspace } from "@nx/devkit/testing";
 import { readNxJson, updateNxJson } from "@nx/devkit";
 import { initGenerator } from "../../plugins/nx-finetune/src/generators/init/init";
-import { recipeGenerator } from "../../plugins/nx-finetune/src/generators/recipe/recipe";
+import { recipeGenerator } from "../../plugins/nx-finetune/src/generators/recipe/recipe-generator";
 import { parseRecipe } from "../../plugins/nx-finetune/src/recipe";
 
 test("init registers the plugin once, turns analytics off only when unset, git-ignores the store and out/ once", async () => {

@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } fro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { AddressInfo } from "node:net";
-import { ensureHubModel, hfToken, hubModelDir } from "../../plugins/nx-finetune/src/hub";
+import { ensureHubModel, hfToken, hubModelDir } from "../../plugins/nx-finetune/src/hub-model";
 
 const TOKEN = "hf_secretsecretsecret";
 

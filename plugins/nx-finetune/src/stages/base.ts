@@ -5,7 +5,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fingerprint } from "../fingerprint.cjs";
-import { ensureHubModel } from "../hub";
+import { ensureHubModel } from "../hub-model";
 import { baseSpec } from "../recipe";
 import { engine, mustExist, recipePath, type StageContext, type StageResult } from "../stage-context";
 import { fingerprintCachePath } from "../store";

@@ -1,11 +1,13 @@
-// hub.ts — a base model from the Hugging Face Hub, downloaded once into <store>/hub/<org>/<name>/<revision>/.
+// hub-model.ts — a base model from the Hugging Face Hub, downloaded once into <store>/hub/<org>/<name>/<revision>/.
 // HF_TOKEN comes from the environment or the workspace's .env (dotenv); it is sent only as an Authorization
 // header — never logged, never part of a hash, a job file or an artifact.
 import { existsSync, mkdirSync, readFileSync, promises as fsp, createWriteStream } from "node:fs";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import type { Log } from "./stage-context";
+
+// A line of progress for people (the stage's log); declared here so this module imports nothing of the stages.
+type Log = (line: string) => void;
 
 // Files a model folder needs; other repo files (README, onnx, original/ …) are skipped.
 const WANTED = /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|tokenizer\.model|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json)$/;

@@ -1,4 +1,4 @@
-// recipe.ts — the `recipe` generator: `nx g @nx-finetune/plugin:recipe my-tune` writes recipes/my-tune/recipe.json,
+// recipe-generator.ts — the `recipe` generator: `nx g @nx-finetune/plugin:recipe my-tune` writes recipes/my-tune/recipe.json,
 // a recipe that runs as generated. Without options it is the demo's shape: a tiny Llama the engine initializes
 // (base/ holds its config.json and tokenizer), a sample alpaca dataset (data/train.jsonl), settings that train it
 // on a CPU in a minute. --base (a local HF folder or a Hub id[@revision]) and --data (a file, or a Hub dataset id)
