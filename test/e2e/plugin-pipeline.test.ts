@@ -129,6 +129,18 @@ test("changing only export.gguf reruns only gguf", () => {
   assert.deepEqual(ranSince(ws), ["gguf"], r.out);
   assert.deepEqual(readdirSync(ggufDir(ws)).filter((f) => f.endsWith(".gguf")).sort(), ["demo.adapter.gguf", "demo.q8_0.gguf"]);
   assert.match(readFileSync(join(ggufDir(ws), "Modelfile"), "utf8"), /^FROM \.\/demo\.q8_0\.gguf/m);
+  assert.deepEqual(JSON.parse(readFileSync(join(ggufDir(ws), "run.json"), "utf8")).exported, [], "q8_0 comes from the store");
+
+  // Adding a type never exported before exports only that type; the others come from the store.
+  recipe.export.gguf = ["q8_0", "q4_0"];
+  writeFileSync(file, JSON.stringify(recipe, null, 2) + "\n");
+  const added = nx(ws, "run", "demo:gguf");
+  assert.equal(added.code, 0, added.out);
+  assert.deepEqual(ranSince(ws), ["gguf"], added.out);
+  const run = JSON.parse(readFileSync(join(ggufDir(ws), "run.json"), "utf8"));
+  assert.deepEqual([run.exported, run.reused], [["q4_0"], ["q8_0"]]);
+  recipe.export.gguf = ["q8_0"];
+  writeFileSync(file, JSON.stringify(recipe, null, 2) + "\n");
 });
 
 test("editing one dataset row reruns dataset, the affected shard and downstream stages, not base", () => {
