@@ -57,3 +57,15 @@ test("an empty dataset names its file", async () => {
   const bad = workspace({ "bad.jsonl": '{"instruction":"q"}\n' });
   await assert.rejects(run(bad, { path: "bad.jsonl", format: "alpaca", skip_bad_rows: true }), /^Error: bad\.jsonl: the dataset has no valid rows \(1 skipped as bad\)/);
 });
+
+test("invalid UTF-8 in a parquet string cell: an error naming the row and the column", async () => {
+  // The golden file stores its strings uncompressed: damage "Translate" in place (same length).
+  const bytes = readFileSync(join(__dirname, "data-golden", "alpaca.parquet"));
+  const at = bytes.indexOf("Translate");
+  assert.ok(at > 0);
+  for (let i = at; i >= 0; i = bytes.indexOf("Translate", i + 1)) bytes[i + 2] = 0xff;
+  const dir = workspace({ "d.parquet": bytes });
+  await assert.rejects(run(dir, { path: "d.parquet", format: "alpaca" }), /d\.parquet:2: field "instruction": invalid UTF-8/);
+  const m = await run(dir, { path: "d.parquet", format: "alpaca", skip_bad_rows: true });
+  assert.equal(m.rows, 2);
+});

@@ -211,15 +211,32 @@ export function readCsv(text: string, file: string): RawRecord[] {
   return out;
 }
 
+// A string cell whose bytes are not UTF-8 (hyparquet's own decoder would put U+FFFD in their place).
+const NOT_UTF8 = Symbol("not UTF-8");
+
 async function readParquet(path: string, file: string): Promise<RawRecord[]> {
   const { asyncBufferFromFile, parquetReadObjects } = await import("hyparquet");
+  const stringFromBytes = (bytes: Uint8Array | undefined): unknown => {
+    if (!bytes) return bytes;
+    try { return strictUtf8.decode(bytes); } catch { return NOT_UTF8; }
+  };
   let rows: Record<string, unknown>[];
   try {
-    rows = await parquetReadObjects({ file: await asyncBufferFromFile(path) });
+    rows = await parquetReadObjects({ file: await asyncBufferFromFile(path), parsers: { stringFromBytes: stringFromBytes as (b: Uint8Array) => string } });
   } catch (err) {
     throw new DataError(file, null, null, `cannot read parquet: ${(err as Error).message}`);
   }
-  return rows.map((value, k) => ({ file, line: k + 1, value: plainValue(value) }));
+  return rows.map((value, k) => {
+    const bad = Object.entries(value).find(([, v]) => holdsNotUtf8(v));
+    return { file, line: k + 1, value: bad ? new DataError(file, k + 1, bad[0], INVALID_UTF8) : plainValue(value) };
+  });
+}
+
+function holdsNotUtf8(v: unknown): boolean {
+  if (v === NOT_UTF8) return true;
+  if (Array.isArray(v)) return v.some(holdsNotUtf8);
+  if (v && typeof v === "object" && !ArrayBuffer.isView(v) && !(v instanceof Date)) return Object.values(v).some(holdsNotUtf8);
+  return false;
 }
 
 // Parquet values as plain JSON values: bigint → number, Date → ISO string, typed arrays → arrays.
