@@ -60,7 +60,8 @@ test("one project per recipe with the pipeline targets", async () => {
 });
 
 test("stage targets: stable options, cache, small outputs, per-stage inputs", async () => {
-  const root = workspace({ "recipes/r/recipe.json": recipe });
+  // A workspace that holds the engine's sources (as this repository does).
+  const root = workspace({ "recipes/r/recipe.json": recipe, "native/CMakeLists.txt": "project(finetune_engine VERSION 0.1.0 LANGUAGES CXX)\n" });
   const [[, result]] = await run(root, ["recipes/r/recipe.json"]);
   const targets = result.projects!["recipes/r"].targets!;
   for (const stage of ["base", "dataset", "shards", "adapter", "merged", "gguf"]) {
@@ -99,6 +100,9 @@ test("stage targets: stable options, cache, small outputs, per-stage inputs", as
   // Engine sources matter to the engine stages only.
   assert.ok((targets.adapter.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
   assert.ok(!(targets.dataset.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
+  // A workspace without them (the plugin installed from npm) hashes no native/ of its own.
+  const [[, other]] = await run(workspace({ "recipes/r/recipe.json": recipe }), ["recipes/r/recipe.json"]);
+  assert.ok(!(other.projects!["recipes/r"].targets!.adapter.inputs as any[]).some((i) => typeof i === "string" && i.includes("native")));
   assert.equal(targets.adapter.parallelism, false);
   assert.equal(targets.dataset.parallelism, true);
 });

@@ -2,7 +2,7 @@
 // write the job file, run `<engine> <command> --job <file>`, parse its JSON-lines events, fail with the engine's
 // own error message.
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
-import { join, relative, resolve, sep } from "node:path";
+import { join, resolve } from "node:path";
 import { availableParallelism, homedir } from "node:os";
 import { writeJsonAtomic } from "./atomic";
 
@@ -11,30 +11,39 @@ export interface EngineEvent { event: string; [key: string]: any }
 export class EngineFailure extends Error {}
 
 // Where the engine's sources are and where it is built:
-//   - this repository (the plugin inside the workspace, native/ beside it): native/ → native/build, rebuilt
-//     incrementally so the binary matches the sources (which are part of every engine stage's hash);
+//   - a workspace that holds the engine (this repository: native/CMakeLists.txt of project finetune_engine):
+//     native/ → native/build, rebuilt incrementally so the binary matches the sources (which are part of every
+//     engine stage's hash);
 //   - an installed package: the package ships native/ (sources only; see plugins/nx-finetune/README.md for why not
 //     prebuilt binaries) and builds it once into a cache folder keyed by the package version and a hash of those
-//     sources ($NXFT_ENGINE_CACHE, else $XDG_CACHE_HOME or ~/.cache /nx-finetune/), shared by every workspace.
-// $NXFT_ENGINE (a prebuilt binary) wins over both.
+//     sources ($NXFT_ENGINE_CACHE, else $XDG_CACHE_HOME or ~/.cache /nx-finetune/), shared by every workspace;
+//   - a plugin linked from a checkout of this repository into another workspace: the checkout's native/.
+// $NXFT_ENGINE (a prebuilt binary) wins over all.
 const PLUGIN_DIR = resolve(__dirname, "..");
 
 export interface EngineBuild { source: string; build: string; incremental: boolean }
 
+// Whether `dir` is the engine's source folder (not some other project's native/).
+export function isEngineSource(dir: string): boolean {
+  const cmake = join(dir, "CMakeLists.txt");
+  return existsSync(cmake) && /project\(finetune_engine\b/.test(readFileSync(cmake, "utf8"));
+}
+
 export function engineBuild(workspaceRoot: string): EngineBuild {
-  const inRepo = join(workspaceRoot, "native");
-  if (existsSync(join(inRepo, "CMakeLists.txt")) && !relative(workspaceRoot, PLUGIN_DIR).startsWith("..") && !PLUGIN_DIR.split(sep).includes("node_modules")) {
-    return { source: inRepo, build: join(inRepo, "build"), incremental: true };
-  }
+  const inWorkspace = join(workspaceRoot, "native");
+  if (isEngineSource(inWorkspace)) return { source: inWorkspace, build: join(inWorkspace, "build"), incremental: true };
   const shipped = join(PLUGIN_DIR, "native");
-  if (!existsSync(join(shipped, "CMakeLists.txt"))) {
-    throw new EngineFailure(`no engine sources: neither ${join(inRepo, "CMakeLists.txt")} nor ${join(shipped, "CMakeLists.txt")} exists; set NXFT_ENGINE to a finetune-engine binary`);
+  if (isEngineSource(shipped)) {
+    const version = JSON.parse(readFileSync(join(PLUGIN_DIR, "package.json"), "utf8")).version as string;
+    const hashFile = join(shipped, "SOURCE_SHA256");
+    const sourceHash = existsSync(hashFile) ? readFileSync(hashFile, "utf8").trim().slice(0, 12) : "dev";
+    const cacheRoot = process.env.NXFT_ENGINE_CACHE || join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "nx-finetune");
+    return { source: shipped, build: join(cacheRoot, `engine-${version}-${sourceHash}`), incremental: false };
   }
-  const version = JSON.parse(readFileSync(join(PLUGIN_DIR, "package.json"), "utf8")).version as string;
-  const hashFile = join(shipped, "SOURCE_SHA256");
-  const sourceHash = existsSync(hashFile) ? readFileSync(hashFile, "utf8").trim().slice(0, 12) : "dev";
-  const cacheRoot = process.env.NXFT_ENGINE_CACHE || join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "nx-finetune");
-  return { source: shipped, build: join(cacheRoot, `engine-${version}-${sourceHash}`), incremental: false };
+  const checkout = resolve(PLUGIN_DIR, "..", "..", "native");
+  if (isEngineSource(checkout)) return { source: checkout, build: join(checkout, "build"), incremental: true };
+  throw new EngineFailure(`no engine sources: none of ${[inWorkspace, shipped, checkout].join(", ")} holds the engine's CMakeLists.txt; ` +
+    `set NXFT_ENGINE to a finetune-engine binary`);
 }
 
 export function enginePath(workspaceRoot: string): string {

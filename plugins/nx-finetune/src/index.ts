@@ -21,6 +21,7 @@ import {
 import { baseSpec, dataPaths, parseRecipe, RecipeError, type Recipe } from "./recipe";
 import { materializeStage, type StageName } from "./stage-dir";
 import { storeRoot } from "./store";
+import { isEngineSource } from "./engine";
 
 export interface NxFinetunePluginOptions {
   // Content store for big artifacts; relative to the workspace root. $NXFT_STORE wins. Default .nxft/store.
@@ -242,9 +243,9 @@ function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguratio
     if (stage === "dataset" || stage === "shards") inputs.push(`{workspaceRoot}/${p}/src/data/**/*`);
     if (stage === "gguf") inputs.push(`{workspaceRoot}/${p}/src/gguf/**/*`);
   }
-  // The engine's sources are the workspace's native/ only in this repository; an installed plugin's engine is
-  // identified by the package version (externalDependencies below).
-  if (inWorkspace && (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf")) {
+  // The engine's sources are hashed where the workspace holds them (this repository); an installed plugin's
+  // engine is identified by the package version (externalDependencies below).
+  if (isEngineSource(join(workspaceRoot, "native")) && (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf")) {
     inputs.push("{workspaceRoot}/native/src/**/*", "{workspaceRoot}/native/cmake/**/*", "{workspaceRoot}/native/CMakeLists.txt");
   }
   const npm: Record<StageName, string[]> = {
