@@ -79,6 +79,12 @@ test("cold: nx run demo:gguf runs every stage and writes the GGUF files, adapter
   assert.match(readFileSync(join(adapter, "loss.svg"), "utf8"), /<polyline/);
   assert.equal(readFileSync(join(adapter, "metrics.jsonl"), "utf8").split("\n").filter((l) => /"event":\s*"step"/.test(l)).length, 30);
   assert.match(r.out, /step 30\/30 {2}loss \d/);
+  // run.json names files relative to the stage folder, never by the temp folder's absolute path.
+  for (const stage of STAGES) {
+    const run = readFileSync(join(ws, "recipes", "demo", "out", stage, "run.json"), "utf8");
+    assert.ok(!run.includes(ws) && !run.includes(".tmp-"), `${stage}/run.json: ${run}`);
+  }
+  assert.ok(JSON.parse(readFileSync(join(adapter, "run.json"), "utf8")).summary.files.includes("adapter_model.safetensors"));
 });
 
 test("warm: a second run runs nothing", () => {
@@ -123,6 +129,18 @@ test("changing only export.gguf reruns only gguf", () => {
   assert.deepEqual(ranSince(ws), ["gguf"], r.out);
   assert.deepEqual(readdirSync(ggufDir(ws)).filter((f) => f.endsWith(".gguf")).sort(), ["demo.adapter.gguf", "demo.q8_0.gguf"]);
   assert.match(readFileSync(join(ggufDir(ws), "Modelfile"), "utf8"), /^FROM \.\/demo\.q8_0\.gguf/m);
+  assert.deepEqual(JSON.parse(readFileSync(join(ggufDir(ws), "run.json"), "utf8")).exported, [], "q8_0 comes from the store");
+
+  // Adding a type never exported before exports only that type; the others come from the store.
+  recipe.export.gguf = ["q8_0", "q4_0"];
+  writeFileSync(file, JSON.stringify(recipe, null, 2) + "\n");
+  const added = nx(ws, "run", "demo:gguf");
+  assert.equal(added.code, 0, added.out);
+  assert.deepEqual(ranSince(ws), ["gguf"], added.out);
+  const run = JSON.parse(readFileSync(join(ggufDir(ws), "run.json"), "utf8"));
+  assert.deepEqual([run.exported, run.reused], [["q4_0"], ["q8_0"]]);
+  recipe.export.gguf = ["q8_0"];
+  writeFileSync(file, JSON.stringify(recipe, null, 2) + "\n");
 });
 
 test("editing one dataset row reruns dataset, the affected shard and downstream stages, not base", () => {
@@ -142,7 +160,11 @@ test("editing one dataset row reruns dataset, the affected shard and downstream 
 test("chat streams a reply from the trained adapter", () => {
   const r = nx(ws, "run", "demo:chat", "--prompt=What is the capital of Italy?");
   assert.equal(r.code, 0, r.out);
-  assert.match(r.out, /> What is the capital of Italy\?\n\S/);
+  // Only the reply: one line between Nx's task header and its summary, no replayed logs of the cached stages.
+  const reply = /> nx run demo:chat[^\n]*\n+([\s\S]*?)\n+ NX {3}Successfully ran/.exec(r.out);
+  assert.ok(reply, r.out);
+  assert.match(reply[1].replace(/^demo: /gm, "").trim(), /^\S[^\n]*$/, r.out);
+  assert.doesNotMatch(r.out, /nx run demo:adapter|adapter: \d+ steps/);
   assert.deepEqual(ranSince(ws), [], "chat reads the cached stages");
 });
 

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createServer } from "node:http";
 import { runDatasetStage, isEvalRow } from "../../plugins/nx-finetune/src/data";
-import { pathMatchesSplit } from "../../plugins/nx-finetune/src/data/hub";
+import { pathMatchesSplit } from "../../plugins/nx-finetune/src/data/hub-dataset";
 import type { DataSpec } from "../../plugins/nx-finetune/src/data";
 
 const GOLDEN = resolve(__dirname, "data-golden");

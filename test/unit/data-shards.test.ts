@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import { runDatasetStage, runShardsStage, parseShard, encodeShard, tokenizerFor, rowId, IGNORE_INDEX } from "../../plugins/nx-finetune/src/data";
-import { isCutRow } from "../../plugins/nx-finetune/src/data/shards-stage";
+import { isCutRow } from "../../plugins/nx-finetune/src/stages/shards";
 import type { DataSpec, ShardsManifest, TemplateSpec } from "../../plugins/nx-finetune/src/data";
 
 const ROOT = resolve(__dirname, "../..");

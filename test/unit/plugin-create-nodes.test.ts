@@ -64,7 +64,8 @@ test("one project per recipe with the pipeline targets", async () => {
 });
 
 test("stage targets: stable options, cache, small outputs, per-stage inputs", async () => {
-  const root = workspace({ "recipes/r/recipe.json": recipe });
+  // A workspace that holds the engine's sources (as this repository does).
+  const root = workspace({ "recipes/r/recipe.json": recipe, "native/CMakeLists.txt": "project(finetune_engine VERSION 0.1.0 LANGUAGES CXX)\n" });
   const [[, result]] = await run(root, ["recipes/r/recipe.json"]);
   const targets = result.projects!["recipes/r"].targets!;
   for (const stage of ["base", "dataset", "shards", "adapter", "merged", "gguf", "eval"]) {
@@ -106,6 +107,9 @@ test("stage targets: stable options, cache, small outputs, per-stage inputs", as
   // Engine sources matter to the engine stages only.
   assert.ok((targets.adapter.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
   assert.ok(!(targets.dataset.inputs as any[]).includes("{workspaceRoot}/native/src/**/*"));
+  // A workspace without them (the plugin installed from npm) hashes no native/ of its own.
+  const [[, other]] = await run(workspace({ "recipes/r/recipe.json": recipe }), ["recipes/r/recipe.json"]);
+  assert.ok(!(other.projects!["recipes/r"].targets!.adapter.inputs as any[]).some((i) => typeof i === "string" && i.includes("native")));
   assert.equal(targets.adapter.parallelism, false);
   assert.equal(targets.dataset.parallelism, true);
 });
@@ -128,19 +132,26 @@ test("data outside the workspace or too big for Nx to read is fingerprinted by a
   assert.ok(!(project.targets!.dataset.inputs as any[]).some((i) => i.includeIgnored));
 });
 
-test("recipe.json files of other tools are ignored; a bad recipe fails with file:line", async () => {
+test("recipe.json files of other tools are ignored; a bad recipe becomes a project whose targets fail with file:line", async () => {
   const root = workspace({
     "tools/other/recipe.json": { cake: true },
     "recipes/bad/recipe.json": { ...recipe, lora: { r: -1 } },
+    "recipes/broken/recipe.json": '{ "base": "x", ',
     "recipes/good/recipe.json": recipe,
   });
   const [[, other]] = await run(root, ["tools/other/recipe.json"]);
   assert.deepEqual(other, {});
-  await assert.rejects(run(root, ["recipes/bad/recipe.json", "recipes/good/recipe.json"]), (e: any) => {
-    const text = [e.message, ...(e.errors ?? []).map((x: any) => String(x[1]?.message ?? x))].join("\n");
-    assert.match(text, /recipes\/bad\/recipe\.json:\d+:\d+ lora\.r: must be > 0 \(got -1\)/);
-    // The good recipe's project is still produced (AggregateCreateNodesError carries partial results).
-    assert.ok((e.partialResults ?? []).some(([f]: [string]) => f === "recipes/good/recipe.json"));
-    return true;
-  });
+  // No error escapes createNodes: one typo must not fail every Nx command of the workspace.
+  const results = new Map(await run(root, ["recipes/bad/recipe.json", "recipes/broken/recipe.json", "recipes/good/recipe.json"]));
+  assert.ok(results.get("recipes/good/recipe.json")!.projects!["recipes/good"].targets!.gguf.cache);
+  for (const [name, error] of [["bad", /recipes\/bad\/recipe\.json:\d+:\d+ lora\.r: must be > 0 \(got -1\)/], ["broken", /recipes\/broken\/recipe\.json:1:\d+ \(recipe\): invalid JSON/]] as const) {
+    const project = results.get(`recipes/${name}/recipe.json`)!.projects![`recipes/${name}`];
+    assert.equal(project.name, name);
+    assert.deepEqual(Object.keys(project.targets!).sort(), ["adapter", "base", "dataset", "gguf", "merged", "pipeline", "shards"]);
+    // The stage executor reloads the recipe and fails with its errors; nothing of a broken recipe is cached.
+    assert.deepEqual(project.targets!.dataset.options, { recipe: "{projectRoot}/recipe.json", stage: "dataset" });
+    assert.equal(project.targets!.dataset.executor, "@nx-finetune/plugin:stage");
+    assert.equal(project.targets!.dataset.cache, false);
+    assert.match(project.metadata!.description!, error);
+  }
 });

@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } fro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { AddressInfo } from "node:net";
-import { ensureHubModel, hfToken, hubModelDir } from "../../plugins/nx-finetune/src/hub";
+import { ensureHubModel, hfToken, hubModelDir, resolveHubRevision } from "../../plugins/nx-finetune/src/hub-model";
 
 const TOKEN = "hf_secretsecretsecret";
 
@@ -69,4 +69,35 @@ test("errors: denied without a token, unknown revision, offline", async (t) => {
   process.env.HF_HUB_OFFLINE = "1";
   await assert.rejects(ensureHubModel(store, ws, "org/tiny", "abc123", () => {}), /HF_HUB_OFFLINE=1/);
   assert.ok(!existsSync(hubModelDir(store, "org/tiny", "abc123")));
+});
+
+test("a branch revision is resolved to its commit, remembered for offline runs, and a move is noted", async (t) => {
+  const ws = mkdtempSync(join(tmpdir(), "nxft-hub-")), store = join(ws, "store");
+  let head = "a".repeat(40);
+  const server = createServer((req, res) => {
+    if (req.url === "/api/models/org/tiny/revision/main") {
+      res.setHeader("content-type", "application/json");
+      return res.end(JSON.stringify({ sha: head, siblings: [] }));
+    }
+    res.statusCode = 404;
+    res.end();
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  t.after(() => server.close());
+  const saved = { endpoint: process.env.HF_ENDPOINT, offline: process.env.HF_HUB_OFFLINE };
+  t.after(() => { process.env.HF_ENDPOINT = saved.endpoint; if (saved.offline === undefined) delete process.env.HF_HUB_OFFLINE; else process.env.HF_HUB_OFFLINE = saved.offline; });
+  process.env.HF_ENDPOINT = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  delete process.env.HF_HUB_OFFLINE;
+
+  const logs: string[] = [];
+  assert.equal(await resolveHubRevision(store, ws, "org/tiny", "main", (l) => logs.push(l)), head);
+  assert.match(logs.join("\n"), /org\/tiny@main is commit a{40} \(pinned in the base manifest\)/);
+  const sha = "b".repeat(40);
+  assert.equal(await resolveHubRevision(store, ws, "org/tiny", sha, () => assert.fail("a commit is not resolved")), sha);
+  head = "c".repeat(40);
+  assert.equal(await resolveHubRevision(store, ws, "org/tiny", "main", (l) => logs.push(l)), head);
+  assert.match(logs.at(-1)!, /note: org\/tiny@main moved from commit a{40} to c{40}/);
+  process.env.HF_HUB_OFFLINE = "1";
+  assert.equal(await resolveHubRevision(store, ws, "org/tiny", "main", () => {}), head, "offline: the commit resolved last");
+  await assert.rejects(resolveHubRevision(store, ws, "org/tiny", "dev", () => {}), /HF_HUB_OFFLINE=1 and the revision was never resolved/);
 });

@@ -34,6 +34,7 @@
 #include "io/safetensors.h"
 #include "model/quant4.h"
 #include "model/lora.h"
+#include "model/validate.h"
 #include "model/weights.h"
 #include "util/events.h"
 #include "util/fs.h"
@@ -175,6 +176,7 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
 
   ModelConfig cfg = ModelConfig::load(path_join(base, "config.json"));
   auto st = SafetensorsModel::open_dir(base);
+  validate_checkpoint(cfg, *st, base);
   LoraAdapter ad = LoraAdapter::load_peft(adapter, cfg);
   const float scale = float(ad.spec.scale());  // PEFT multiplies an fp32 tensor by the Python float: fp32 scale
 

@@ -2,6 +2,7 @@
 // (llm.c style); every op is a Backend call, so the CPU and CUDA backends share this file.
 #include "model/transformer.h"
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -9,6 +10,7 @@
 #include <string>
 #include "io/safetensors.h"
 #include "model/quant4.h"
+#include "model/validate.h"
 #include "util/events.h"
 #include "util/fs.h"
 #include "util/parallel.h"
@@ -251,6 +253,7 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
 
 void Transformer::load_weights(const std::string& dir, const std::function<void(size_t, size_t)>& on_progress) {
   std::unique_ptr<SafetensorsModel> st = SafetensorsModel::open_dir(dir);
+  validate_checkpoint(cfg_, *st, dir);
   std::vector<float> buf;
   auto shape_error = [&](const WeightSlot& w, const std::vector<int64_t>& got_shape, const std::vector<int64_t>& want) {
     std::string got;
@@ -280,15 +283,28 @@ void Transformer::load_weights(const std::string& dir, const std::function<void(
     }
     const TensorView& tv = st->get(w.name);
     if (tv.shape != want) shape_error(w, tv.shape, want);
+    const std::string file = path_join(dir, st->shard_of(w.name));
     if (tv.dtype == DType::BF16 && !w.nf4) {
       // bf16 checkpoint: no fp32 copy on the host (an 8B base would be 32 GB of it); the backend converts if
-      // its weights are not bf16.
-      be_.upload_bf16_rows(*w.t, reinterpret_cast<const uint16_t*>(tv.data), w.rows, w.cols, w.ld);
+      // its weights are not bf16. Non-finite values (all-ones exponent) are found on the bits.
+      const uint16_t* bits = reinterpret_cast<const uint16_t*>(tv.data);
+      std::atomic<bool> finite{true};
+      parallel_ranges(size_t(tv.numel()), 1 << 20, [&](size_t a, size_t b) {
+        for (size_t k = a; k < b; k++)
+          if ((bits[k] & 0x7F80u) == 0x7F80u) { finite = false; return; }
+      });
+      if (!finite) {  // the shared error, naming the file and tensor
+        buf.resize(size_t(tv.numel()));
+        convert_to_f32(tv.data, tv.dtype, buf.data(), buf.size());
+        check_finite(buf.data(), buf.size(), file, w.name);
+      }
+      be_.upload_bf16_rows(*w.t, bits, w.rows, w.cols, w.ld);
     } else {
       // One tensor at a time in host fp32 (never the whole model).
       buf.resize(size_t(tv.numel()));
       const size_t es = dtype_size(tv.dtype);
       parallel_ranges(buf.size(), 1 << 16, [&](size_t a, size_t b) { convert_to_f32(tv.data + a * es, tv.dtype, buf.data() + a, b - a); });
+      check_finite(buf.data(), buf.size(), file, w.name);
       set_weight(i, buf);
     }
     st->release(w.name);  // its mapped pages are dropped once uploaded

@@ -2,41 +2,78 @@
 // write the job file, run `<engine> <command> --job <file>`, parse its JSON-lines events, fail with the engine's
 // own error message.
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import { availableParallelism } from "node:os";
+import { join, resolve } from "node:path";
+import { availableParallelism, homedir } from "node:os";
 import { writeJsonAtomic } from "./atomic";
 
 export interface EngineEvent { event: string; [key: string]: any }
 
 export class EngineFailure extends Error {}
 
-// $NXFT_ENGINE points to a prebuilt binary; otherwise <workspace>/native/build/finetune-engine, built on demand.
-export function enginePath(workspaceRoot: string): string {
-  return process.env.NXFT_ENGINE || join(workspaceRoot, "native", "build", "finetune-engine");
+// Where the engine's sources are and where it is built:
+//   - a workspace that holds the engine (this repository: native/CMakeLists.txt of project finetune_engine):
+//     native/ → native/build, rebuilt incrementally so the binary matches the sources (which are part of every
+//     engine stage's hash);
+//   - an installed package: the package ships native/ (sources only; see plugins/nx-finetune/README.md for why not
+//     prebuilt binaries) and builds it once into a cache folder keyed by the package version and a hash of those
+//     sources ($NXFT_ENGINE_CACHE, else $XDG_CACHE_HOME or ~/.cache /nx-finetune/), shared by every workspace;
+//   - a plugin linked from a checkout of this repository into another workspace: the checkout's native/.
+// $NXFT_ENGINE (a prebuilt binary) wins over all.
+const PLUGIN_DIR = resolve(__dirname, "..");
+
+export interface EngineBuild { source: string; build: string; incremental: boolean }
+
+// Whether `dir` is the engine's source folder (not some other project's native/).
+export function isEngineSource(dir: string): boolean {
+  const cmake = join(dir, "CMakeLists.txt");
+  return existsSync(cmake) && /project\(finetune_engine\b/.test(readFileSync(cmake, "utf8"));
 }
 
-// Builds the engine with CMake (configure once, then an incremental build so the binary matches native/ sources,
-// which are part of every engine stage's hash). A lock file serializes concurrent builds (parallel stages).
+export function engineBuild(workspaceRoot: string): EngineBuild {
+  const inWorkspace = join(workspaceRoot, "native");
+  if (isEngineSource(inWorkspace)) return { source: inWorkspace, build: join(inWorkspace, "build"), incremental: true };
+  const shipped = join(PLUGIN_DIR, "native");
+  if (isEngineSource(shipped)) {
+    const version = JSON.parse(readFileSync(join(PLUGIN_DIR, "package.json"), "utf8")).version as string;
+    const hashFile = join(shipped, "SOURCE_SHA256");
+    const sourceHash = existsSync(hashFile) ? readFileSync(hashFile, "utf8").trim().slice(0, 12) : "dev";
+    const cacheRoot = process.env.NXFT_ENGINE_CACHE || join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "nx-finetune");
+    return { source: shipped, build: join(cacheRoot, `engine-${version}-${sourceHash}`), incremental: false };
+  }
+  const checkout = resolve(PLUGIN_DIR, "..", "..", "native");
+  if (isEngineSource(checkout)) return { source: checkout, build: join(checkout, "build"), incremental: true };
+  throw new EngineFailure(`no engine sources: none of ${[inWorkspace, shipped, checkout].join(", ")} holds the engine's CMakeLists.txt; ` +
+    `set NXFT_ENGINE to a finetune-engine binary`);
+}
+
+export function enginePath(workspaceRoot: string): string {
+  return process.env.NXFT_ENGINE || join(engineBuild(workspaceRoot).build, "finetune-engine");
+}
+
+// Builds the engine with CMake (configure once, then a build). A lock file serializes concurrent builds (parallel
+// stages, several workspaces sharing the cache folder). A shipped engine is built once: its sources never change.
 export async function ensureEngine(workspaceRoot: string, log: (line: string) => void): Promise<string> {
   const binary = enginePath(workspaceRoot);
   if (process.env.NXFT_ENGINE) {
     if (!existsSync(binary)) throw new EngineFailure(`NXFT_ENGINE=${binary}: no such file`);
     return binary;
   }
-  const buildDir = join(workspaceRoot, "native", "build");
+  const { source, build: buildDir, incremental } = engineBuild(workspaceRoot);
+  if (!incremental && existsSync(binary)) return binary;
   mkdirSync(buildDir, { recursive: true });
   const release = await acquireLock(join(buildDir, ".nxft-build.lock"));
   try {
+    if (!incremental && existsSync(binary)) return binary; // built while we waited for the lock
     const { execa } = await import("execa");
     const run = async (args: string[]) => {
       const r = await execa("cmake", args, { cwd: workspaceRoot, all: true, reject: false });
       if (r.exitCode !== 0) throw new EngineFailure(`engine build failed: cmake ${args.join(" ")}\n${(r.all ?? "").split("\n").slice(-30).join("\n")}`);
     };
     if (!existsSync(join(buildDir, "CMakeCache.txt"))) {
-      log("building the engine (first run): cmake -S native -B native/build -DCMAKE_BUILD_TYPE=Release");
-      await run(["-S", "native", "-B", "native/build", "-DCMAKE_BUILD_TYPE=Release"]);
+      log(`building the engine (first run, about a minute): cmake -S ${source} -B ${buildDir} -DCMAKE_BUILD_TYPE=Release`);
+      await run(["-S", source, "-B", buildDir, "-DCMAKE_BUILD_TYPE=Release"]);
     }
-    await run(["--build", "native/build", "-j", String(Math.max(1, availableParallelism())), "--target", "finetune-engine"]);
+    await run(["--build", buildDir, "-j", String(Math.max(1, availableParallelism())), "--target", "finetune-engine"]);
   } finally {
     release();
   }

@@ -19,11 +19,12 @@ import {
   createNodesFromFiles,
   type CreateNodes, type CreateNodesContext, type CreateNodesResult, type PostTasksExecution, type TargetConfiguration,
 } from "@nx/devkit";
-import { baseSpec, dataPaths, parseRecipe, type Recipe } from "./recipe";
+import { baseSpec, dataPaths, parseRecipe, RecipeError, type Recipe } from "./recipe";
 import type { StageName } from "./stage-dir";
 import { ensureStage } from "./stage-run";
 import { updateLock } from "./lock";
 import { storeRoot } from "./store";
+import { isEngineSource } from "./engine";
 
 export interface NxFinetunePluginOptions {
   // Content store for big artifacts; relative to the workspace root. $NXFT_STORE wins. Default .nxft/store.
@@ -91,7 +92,13 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
   const text = readFileSync(join(context.workspaceRoot, recipeFile), "utf8");
   if (!text.includes("recipe.schema.json") && !`/${recipeFile}`.includes("/recipes/")) return {};
   // Structure only at graph time; missing files are reported when a stage runs (the data may not exist yet).
-  const recipe = parseRecipe(text, recipeFile);
+  let recipe: Recipe;
+  try {
+    recipe = parseRecipe(text, recipeFile);
+  } catch (e) {
+    if (!(e instanceof RecipeError)) throw e;
+    return brokenRecipeProject(projectRoot, e);
+  }
   const name = recipe.name ?? basename(projectRoot);
   const targets: Record<string, TargetConfiguration> = {};
   for (const stage of STAGES) targets[stage] = stageTarget(stage, recipe, recipeFile, options ?? {}, context.workspaceRoot);
@@ -104,8 +111,8 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
   };
   targets.chat = {
     executor: "@nx-finetune/plugin:chat",
+    // No dependsOn: the executor brings the adapter up to date itself, quietly (src/executors/chat.ts).
     options: { recipe: "{projectRoot}/recipe.json" },
-    dependsOn: ["adapter", "base"],
     cache: false,
     metadata: {
       technologies: ["nx-finetune"],
@@ -155,6 +162,30 @@ function createRecipeProject(recipeFile: string, options: NxFinetunePluginOption
           targetGroups: { "fine-tune": [...STAGES, "pipeline"], try: ["chat", "watch"], share: ["publish"], store: ["gc"] },
         },
       },
+    },
+  };
+}
+
+// A recipe with mistakes still becomes a project, so that one typo fails only its own targets (each reports the
+// recipe's errors, file:line field, when it runs) and every other project of the workspace still builds. Throwing
+// here would fail every Nx command in the workspace ("Failed to process project graph").
+function brokenRecipeProject(projectRoot: string, error: RecipeError): CreateNodesResult {
+  const name = basename(projectRoot);
+  const description = `recipe.json has errors (run any target to see them):\n${error.message}`;
+  const targets: Record<string, TargetConfiguration> = {};
+  for (const stage of STAGES) {
+    targets[stage] = {
+      executor: EXECUTOR,
+      options: { recipe: "{projectRoot}/recipe.json", stage },
+      dependsOn: [...stageDependsOn[stage]],
+      cache: false,
+      metadata: { technologies: ["nx-finetune"], description },
+    };
+  }
+  targets.pipeline = { executor: "nx:noop", dependsOn: ["gguf"], cache: false, metadata: { technologies: ["nx-finetune"], description } };
+  return {
+    projects: {
+      [projectRoot]: { name, root: projectRoot, projectType: "application", tags: ["nx-finetune"], targets, metadata: { description, technologies: ["nx-finetune"] } },
     },
   };
 }
@@ -243,7 +274,9 @@ function codeInputs(stage: StageName, workspaceRoot: string): TargetConfiguratio
     if (stage === "gguf") inputs.push(`{workspaceRoot}/${p}/src/gguf/**/*`);
     if (stage === "eval") inputs.push(`{workspaceRoot}/${p}/src/eval/**/*`, `{workspaceRoot}/${p}/src/data/**/*`);
   }
-  if (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf" || stage === "eval") {
+  // The engine's sources are hashed where the workspace holds them (this repository); an installed plugin's
+  // engine is identified by the package version (externalDependencies below).
+  if (isEngineSource(join(workspaceRoot, "native")) && (stage === "base" || stage === "adapter" || stage === "merged" || stage === "gguf" || stage === "eval")) {
     inputs.push("{workspaceRoot}/native/src/**/*", "{workspaceRoot}/native/cmake/**/*", "{workspaceRoot}/native/CMakeLists.txt");
   }
   const npm: Record<StageName, string[]> = {

@@ -29,7 +29,7 @@ export interface Recipe {
           format: "alpaca" | "sharegpt" | "messages" | "text"; columns?: Record<string, string>; skip_bad_rows?: boolean;
           eval_fraction?: number; eval_rows?: number; split_seed?: number; max_rows?: number };
   template: { name: "alpaca" | "chatml" | "llama3" | "base" | "text"; max_seq_len: number; packing: boolean;
-              train_on: "responses" | "all"; system?: string; rows_per_shard: number };
+              train_on: "responses" | "all"; system?: string; rows_per_shard: number; allow_beyond_max_positions?: boolean };
   lora: { r: number; alpha: number; dropout: number; targets: string[]; rslora: boolean };
   train: {
     lr: number; schedule: string; warmup_steps: number; steps?: number; epochs?: number; batch_size: number;

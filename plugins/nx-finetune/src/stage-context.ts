@@ -5,7 +5,7 @@ import { ensureEngine, runEngine, type EngineEvent } from "./engine";
 import { ProgressRenderer } from "./progress";
 import type { Recipe } from "./recipe";
 import { readManifest, stageDir, type StageName } from "./stage-dir";
-import { hubModelDir } from "./hub";
+import { hubModelDir } from "./hub-model";
 
 export type Log = (line: string) => void;
 

@@ -55,7 +55,8 @@ export async function runStage(env: StageEnv, stage: StageName): Promise<StageMa
     };
     const result = await RUNNERS[stage](ctx);
     const wall_s = (Date.now() - started) / 1000;
-    const manifest = await commitStage(env.store, projectDir, stage, tmp, result.info, { stage, wall_s, ...(result.run ?? {}) });
+    const run = withoutAbsolutePaths({ stage, wall_s, ...(result.run ?? {}) }, tmp, env.workspaceRoot);
+    const manifest = await commitStage(env.store, projectDir, stage, tmp, result.info, run);
     await result.afterCommit?.();
     const remote = remoteStore();
     // A failed upload doesn't fail the stage: its output is committed locally, and a runner that misses the blobs
@@ -111,4 +112,22 @@ export async function ensureStage(env: StageEnv, stage: StageName): Promise<void
 function appendRunLog(projectDir: string, stage: StageName, wall_s: number): void {
   mkdirSync(join(projectDir, "out"), { recursive: true });
   appendFileSync(join(projectDir, "out", "runs.log"), `${new Date().toISOString()} ${stage} ${wall_s.toFixed(2)}s\n`);
+}
+
+// run.json is for people and diffs: the engine's summary names its files by absolute path in the stage's temp
+// folder, which is renamed on commit (and differs per machine). Paths become relative to the stage folder, or to
+// the workspace root.
+export function withoutAbsolutePaths<T>(value: T, tmp: string, workspaceRoot: string): T {
+  const fix = (v: unknown): unknown => {
+    if (typeof v === "string") {
+      if (v === tmp) return ".";
+      if (v.startsWith(tmp + "/")) return v.slice(tmp.length + 1);
+      if (v.startsWith(workspaceRoot + "/")) return v.slice(workspaceRoot.length + 1);
+      return v;
+    }
+    if (Array.isArray(v)) return v.map(fix);
+    if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, fix(x)]));
+    return v;
+  };
+  return fix(value) as T;
 }

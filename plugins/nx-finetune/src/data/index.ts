@@ -20,12 +20,12 @@
 //     new StreamDecoder(tokenizerFor(dir), promptIds) .push(id) → newly completed text (UTF-8 safe), .flush()
 //
 //   Shard files: encodeShard / parseShard (shard-format.ts).
-export { runDatasetStage, rowId, isEvalRow, type DatasetStageOptions } from "./dataset-stage";
-export { runShardsStage, normalizeTemplateSpec, type ShardsStageOptions } from "./shards-stage";
+export { runDatasetStage, rowId, isEvalRow, type DatasetStageOptions } from "../stages/dataset";
+export { runShardsStage, normalizeTemplateSpec, type ShardsStageOptions } from "../stages/shards";
 export { tokenizerFor, decode, StreamDecoder, type LoadedTokenizer } from "./tokenizer";
 export { renderRow, tokenizeRow, stopIds, checkTemplate, ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, TEMPLATE_NAMES } from "./templates";
 export { encodeShard, parseShard, SHARD_MAGIC, IGNORE_INDEX, type ShardRows } from "./shard-format";
 export { DataError } from "./readers";
 export { FORMATS } from "./formats";
-export { renderChat } from "./chat";
+export { renderChat } from "./chat-prompt";
 export type * from "./types";

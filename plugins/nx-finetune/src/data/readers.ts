@@ -21,12 +21,58 @@ export class DataError extends Error {
 export async function readRecords(path: string, displayPath = path): Promise<RawRecord[]> {
   const ext = extname(path).toLowerCase();
   switch (ext) {
-    case ".jsonl": case ".ndjson": return readJsonl(readFileSync(path, "utf8"), displayPath);
-    case ".json": return readJsonArray(readFileSync(path, "utf8"), displayPath);
-    case ".csv": return readCsv(readFileSync(path, "utf8"), displayPath);
+    case ".jsonl": case ".ndjson": return readJsonlBytes(readFileSync(path), displayPath);
+    case ".json": return readJsonArray(decodeUtf8(readFileSync(path), displayPath), displayPath);
+    case ".csv": return readCsv(decodeUtf8(readFileSync(path), displayPath), displayPath);
     case ".parquet": return readParquet(path, displayPath);
     default: throw new DataError(displayPath, null, null, `unsupported file type "${ext}" (expected .jsonl, .json, .csv or .parquet)`);
   }
+}
+
+// Text must be valid UTF-8: a lenient decode would silently train on U+FFFD in place of the damaged bytes.
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+function decodeUtf8(bytes: Uint8Array, file: string): string {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    throw new DataError(file, firstInvalidUtf8Line(bytes), null, INVALID_UTF8);
+  }
+}
+
+const INVALID_UTF8 = "invalid UTF-8 (the file must be UTF-8 text; re-encode it, e.g. iconv -f latin1 -t utf-8)";
+
+// 1-based line holding the first byte sequence that is not UTF-8 (only called once a decode failed).
+function firstInvalidUtf8Line(bytes: Uint8Array): number {
+  let line = 1;
+  for (let start = 0; start < bytes.length; line++) {
+    let end = bytes.indexOf(10, start);
+    if (end < 0) end = bytes.length;
+    try { strictUtf8.decode(bytes.subarray(start, end)); } catch { return line; }
+    start = end + 1;
+  }
+  return line;
+}
+
+// JSON lines from bytes: a line that is not UTF-8 becomes a bad row of its own (skip_bad_rows can skip it).
+export function readJsonlBytes(bytes: Uint8Array, file: string): RawRecord[] {
+  let text: string | undefined;
+  try { text = strictUtf8.decode(bytes); } catch { /* some line is not UTF-8: decode line by line below */ }
+  if (text !== undefined) return readJsonl(text, file);
+  const out: RawRecord[] = [];
+  let line = 1;
+  for (let start = 0; start < bytes.length; line++) {
+    let end = bytes.indexOf(10, start);
+    if (end < 0) end = bytes.length;
+    try {
+      const lineText = strictUtf8.decode(bytes.subarray(start, end));
+      for (const rec of readJsonl(lineText, file)) out.push({ ...rec, line });
+    } catch {
+      out.push({ file, line, value: new DataError(file, line, null, INVALID_UTF8) });
+    }
+    start = end + 1;
+  }
+  return out;
 }
 
 function stripBom(text: string): string {
@@ -165,15 +211,32 @@ export function readCsv(text: string, file: string): RawRecord[] {
   return out;
 }
 
+// A string cell whose bytes are not UTF-8 (hyparquet's own decoder would put U+FFFD in their place).
+const NOT_UTF8 = Symbol("not UTF-8");
+
 async function readParquet(path: string, file: string): Promise<RawRecord[]> {
   const { asyncBufferFromFile, parquetReadObjects } = await import("hyparquet");
+  const stringFromBytes = (bytes: Uint8Array | undefined): unknown => {
+    if (!bytes) return bytes;
+    try { return strictUtf8.decode(bytes); } catch { return NOT_UTF8; }
+  };
   let rows: Record<string, unknown>[];
   try {
-    rows = await parquetReadObjects({ file: await asyncBufferFromFile(path) });
+    rows = await parquetReadObjects({ file: await asyncBufferFromFile(path), parsers: { stringFromBytes: stringFromBytes as (b: Uint8Array) => string } });
   } catch (err) {
     throw new DataError(file, null, null, `cannot read parquet: ${(err as Error).message}`);
   }
-  return rows.map((value, k) => ({ file, line: k + 1, value: plainValue(value) }));
+  return rows.map((value, k) => {
+    const bad = Object.entries(value).find(([, v]) => holdsNotUtf8(v));
+    return { file, line: k + 1, value: bad ? new DataError(file, k + 1, bad[0], INVALID_UTF8) : plainValue(value) };
+  });
+}
+
+function holdsNotUtf8(v: unknown): boolean {
+  if (v === NOT_UTF8) return true;
+  if (Array.isArray(v)) return v.some(holdsNotUtf8);
+  if (v && typeof v === "object" && !ArrayBuffer.isView(v) && !(v instanceof Date)) return Object.values(v).some(holdsNotUtf8);
+  return false;
 }
 
 // Parquet values as plain JSON values: bigint → number, Date → ISO string, typed arrays → arrays.

@@ -49,10 +49,18 @@ export function checkTemplate(spec: TemplateSpec, tok: LoadedTokenizer): void {
   if (!TEMPLATE_NAMES.includes(spec.name as any)) {
     throw new Error(`template: field "name": unknown template ${JSON.stringify(spec.name)} (expected ${TEMPLATE_NAMES.join(", ")})`);
   }
-  for (const s of TEMPLATE_SPECIALS[spec.name] ?? []) {
-    if (tok.tokenId(s) === undefined) {
-      throw new Error(`template "${spec.name}" needs the special token ${s}, which the tokenizer in ${tok.dir} does not have`);
+  const missing = (TEMPLATE_SPECIALS[spec.name] ?? []).filter((s) => tok.tokenId(s) === undefined);
+  if (missing.length > 0) {
+    // Rendered as plain text these markers would be split into ordinary pieces, and the model would never learn a
+    // single end-of-turn token to stop at: refuse, and say what works with this base.
+    const ways = [`template "alpaca" (plain-text markers, ends each response with the tokenizer's EOS)`];
+    if (tok.chatTemplate !== null) ways.push(`template "base" (the base's own chat_template)`);
+    for (const [name, specials] of Object.entries(TEMPLATE_SPECIALS)) {
+      if (name !== spec.name && specials.length > 0 && specials.every((x) => tok.tokenId(x) !== undefined)) ways.push(`template "${name}"`);
     }
+    ways.push(`a base whose tokenizer has ${missing.join(" and ")} (e.g. an instruct model trained with this template)`);
+    throw new Error(`template "${spec.name}" needs the special token${missing.length > 1 ? "s" : ""} ${missing.join(", ")}, which the tokenizer in ${tok.dir} ` +
+      `does not have (template.name). With this base use ${ways.join("; or ")}`);
   }
   if ((spec.name === "alpaca" || spec.name === "text") && tok.eosToken === null) {
     throw new Error(`template "${spec.name}" appends EOS after each response, but ${tok.dir}/tokenizer_config.json has no eos_token`);

@@ -1,7 +1,7 @@
 // chat.ts — the `chat` executor: try the trained model. Renders the prompt with the recipe's template (the same
 // code the shards stage uses), runs `finetune-engine generate` with base + adapter, and streams decoded text as
 // the engine streams token ids.   nx run demo:chat --prompt="What is the capital of France?"
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
 import { loadRecipe, RecipeError } from "../recipe";
 import { ensureStage } from "../stage-run";
@@ -16,6 +16,42 @@ export interface ChatExecutorOptions {
   maxNewTokens?: number;
   temperature?: number;
   seed?: number;
+  skipBuild?: boolean;
+}
+
+// Brings the adapter (and what it needs) up to date with a nested `nx run <project>:adapter`, instead of a
+// dependsOn on the chat target: Nx replays the whole cached log of every dependency in the same project, ~75
+// lines before a one-line answer. Here a cached stage prints nothing, a stage that runs shows its own output (on
+// stderr, so stdout holds only the reply), and a failure shows everything Nx printed.
+async function buildAdapter(workspaceRoot: string, project: string): Promise<void> {
+  const { execa } = await import("execa");
+  const nxPackage = require.resolve("nx/package.json", { paths: [workspaceRoot] });
+  const nxBin = join(dirname(nxPackage), require(nxPackage).bin.nx);
+  const child = execa(process.execPath, [nxBin, "run", `${project}:adapter`, "--outputStyle=static"],
+                      { cwd: workspaceRoot, env: { NX_TUI: "false" }, all: true, reject: false, buffer: false });
+  const lines: string[] = [];
+  let showing = false, pending = "";
+  child.all!.setEncoding("utf8");
+  child.all!.on("data", (chunk: string) => {
+    pending += chunk;
+    let nl: number;
+    while ((nl = pending.indexOf("\n")) >= 0) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      lines.push(line);
+      const plain = line.replace(/\x1b\[[0-9;]*m/g, "");
+      // "> nx run demo:base  [local cache]" starts a replay; "> nx run demo:adapter" a task that runs now.
+      const header = /^> nx run \S+(.*)$/.exec(plain);
+      if (header) showing = !/cache/.test(header[1]);
+      else if (/^\s*(NX\s|Run duration)/.test(plain)) showing = false;
+      if (showing) process.stderr.write(line + "\n");
+    }
+  });
+  const r = await child;
+  if (r.exitCode !== 0) {
+    if (!showing) process.stderr.write(lines.join("\n") + pending + "\n");
+    throw new Error(`nx run ${project}:adapter failed (exit code ${r.exitCode})`);
+  }
 }
 
 export default async function chatExecutor(options: ChatExecutorOptions, context: ExecutorContext): Promise<{ success: boolean }> {
@@ -24,6 +60,7 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
   const projectDir = dirname(recipeFile);
   try {
     const recipe = loadRecipe(recipeFile, workspaceRoot);
+    if (context.projectName && !options.skipBuild) await buildAdapter(context.root, context.projectName);
     const store = storeRoot(workspaceRoot, pluginOptions(context).storeDir);
     const env = { workspaceRoot, recipeFile, projectName: context.projectName ?? "recipe", store, log: (line: string) => console.error(line) };
     for (const stage of ["base", "adapter"] as const) await ensureStage(env, stage);
@@ -47,7 +84,6 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
       const cut = end ? pending.length : pending.lastIndexOf("\n") + 1;
       if (cut > 0) { process.stdout.write(pending.slice(0, cut)); pending = pending.slice(cut); }
     };
-    process.stdout.write(`> ${prompt}\n`);
     const summary = await engine(ctx, "generate", {
       model: baseDir, adapter: stagePath(ctx, "adapter"), prompt_ids: promptIds,
       max_new_tokens: options.maxNewTokens ?? recipe.chat.max_new_tokens, temperature: options.temperature ?? recipe.chat.temperature,

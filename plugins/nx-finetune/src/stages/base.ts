@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { baseQuantization } from "../base-quantization";
 import { fingerprint } from "../fingerprint.cjs";
-import { ensureHubModel } from "../hub";
+import { ensureHubModel, resolveHubRevision } from "../hub-model";
 import { baseSpec } from "../recipe";
 import { engine, mustExist, recipePath, type StageContext, type StageResult } from "../stage-context";
 import { fingerprintCachePath } from "../store";
@@ -25,10 +25,13 @@ export async function runBase(ctx: StageContext): Promise<StageResult> {
     return { info: { kind: "local", path: spec.path, sha256: fp.sha256, ...(quantization ? { quantization } : {}) } };
   }
   if (spec.kind === "hub") {
-    const dir = await ensureHubModel(ctx.store, ctx.workspaceRoot, spec.hub, spec.revision, ctx.log);
+    // A branch or tag is pinned to the commit it names now: `revision` in the manifest is that commit.
+    const commit = await resolveHubRevision(ctx.store, ctx.workspaceRoot, spec.hub, spec.revision, ctx.log);
+    const dir = await ensureHubModel(ctx.store, ctx.workspaceRoot, spec.hub, commit, ctx.log);
     const fp = fingerprint(dir, fingerprintCachePath(ctx.store));
     const quantization = baseQuantization(join(dir, "config.json"));
-    return { info: { kind: "hub", hub: spec.hub, revision: spec.revision, sha256: fp.sha256, ...(quantization ? { quantization } : {}) } };
+    return { info: { kind: "hub", hub: spec.hub, revision: commit, ...(commit !== spec.revision ? { ref: spec.revision } : {}), sha256: fp.sha256,
+                     ...(quantization ? { quantization } : {}) } };
   }
   const config = mustExist(recipePath(ctx, spec.init), "base.init config");
   const tokenizerDir = recipePath(ctx, spec.tokenizer);

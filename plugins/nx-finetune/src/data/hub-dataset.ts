@@ -1,7 +1,8 @@
-// hub.ts — fetches a Hugging Face Hub dataset split once into a local cache and returns its local files.
+// hub-dataset.ts — fetches a Hugging Face Hub dataset split once into a local cache and returns its local files.
 // Files are chosen from the repo listing at the requested revision (data files whose path names the split, e.g.
 // train.jsonl, data/train-00000-of-00001.parquet); when there are none, the datasets-server's parquet conversion
-// (refs/convert/parquet) is used. HF_TOKEN is sent when set (gated/private datasets). HF_HUB_OFFLINE=1 never touches
+// (refs/convert/parquet) is used. HF_TOKEN (from the environment or the workspace's .env, as for base models: hub-model.ts hfToken) is sent when
+// given (gated/private datasets). HF_HUB_OFFLINE=1 never touches
 // the network. Later runs read the cache only. HF_ENDPOINT (as in huggingface_hub) replaces https://huggingface.co.
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -23,19 +24,19 @@ const DATA_EXTS = [".parquet", ".jsonl", ".json", ".csv"];
 
 const endpoint = () => (process.env.HF_ENDPOINT ?? "https://huggingface.co").replace(/\/+$/, "");
 
-function headers(): Record<string, string> {
-  const token = process.env.HF_TOKEN ?? process.env.HUGGING_FACE_HUB_TOKEN;
-  return token ? { authorization: `Bearer ${token}` } : {};
+function headers(token: string | undefined): Record<string, string> {
+  const t = token ?? process.env.HF_TOKEN ?? process.env.HUGGING_FACE_HUB_TOKEN;
+  return t ? { authorization: `Bearer ${t}` } : {};
 }
 
-async function getJson(url: string): Promise<any> {
-  const res = await fetch(url, { headers: headers() });
+async function getJson(url: string, token: string | undefined): Promise<any> {
+  const res = await fetch(url, { headers: headers(token) });
   if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}${res.status === 401 || res.status === 403 ? " (set HF_TOKEN for gated or private datasets)" : ""}`);
   return res.json();
 }
 
-async function download(url: string, dest: string): Promise<void> {
-  const res = await fetch(url, { headers: headers(), redirect: "follow" });
+async function download(url: string, dest: string, token: string | undefined): Promise<void> {
+  const res = await fetch(url, { headers: headers(token), redirect: "follow" });
   if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status}`);
   const buf = new Uint8Array(await res.arrayBuffer());
   writeFileAtomic(dest, buf);
@@ -52,7 +53,7 @@ export function pathMatchesSplit(path: string, split: string, config: string): b
   return parts.slice(0, -1).includes(s) || name === `${s}${name.slice(name.indexOf("."))}` || name.startsWith(`${s}-`) || name.startsWith(`${s}.`) || name.startsWith(`${s}_`);
 }
 
-export async function fetchHubDataset(spec: HubSpec, cacheRoot: string): Promise<HubFiles> {
+export async function fetchHubDataset(spec: HubSpec, cacheRoot: string, token?: string): Promise<HubFiles> {
   const split = spec.split ?? "train";
   const revision = spec.revision ?? "main";
   const config = spec.config ?? "default";
@@ -68,7 +69,7 @@ export async function fetchHubDataset(spec: HubSpec, cacheRoot: string): Promise
     throw new Error(`${what} is not in the local cache ${dir} and HF_HUB_OFFLINE=1: run once with network access, or point data.path at local files`);
   }
   try {
-    const info = await getJson(`${endpoint()}/api/datasets/${spec.hub}/revision/${encodeURIComponent(revision)}`);
+    const info = await getJson(`${endpoint()}/api/datasets/${spec.hub}/revision/${encodeURIComponent(revision)}`, token);
     const sha: string = info.sha ?? revision;
     let remote: Array<{ url: string; label: string }> = (info.siblings ?? [])
       .map((s: any) => String(s.rfilename))
@@ -76,7 +77,7 @@ export async function fetchHubDataset(spec: HubSpec, cacheRoot: string): Promise
       .sort()
       .map((p: string) => ({ url: `${endpoint()}/datasets/${spec.hub}/resolve/${sha}/${p}`, label: `hub:${spec.hub}@${sha}/${p}` }));
     if (remote.length === 0) {
-      const pq = await getJson(`https://datasets-server.huggingface.co/parquet?dataset=${encodeURIComponent(spec.hub)}`);
+      const pq = await getJson(`https://datasets-server.huggingface.co/parquet?dataset=${encodeURIComponent(spec.hub)}`, token);
       remote = (pq.parquet_files ?? [])
         .filter((f: any) => f.split === split && (config === "default" ? true : f.config === config))
         .filter((f: any, _: number, all: any[]) => f.config === (config === "default" ? all[0].config : config))
@@ -89,7 +90,7 @@ export async function fetchHubDataset(spec: HubSpec, cacheRoot: string): Promise
     for (const [i, r] of remote.entries()) {
       const ext = DATA_EXTS.find((e) => r.url.toLowerCase().split("?")[0].endsWith(e)) ?? ".parquet";
       const name = `${String(i).padStart(5, "0")}${ext}`;
-      await download(r.url, join(dir, name));
+      await download(r.url, join(dir, name), token);
       names.push(name);
     }
     writeFileAtomic(index, JSON.stringify({ files: names, label: remote.map((r) => r.label) }, null, 2) + "\n");

@@ -1,6 +1,6 @@
-// chat.ts — builds the prompt for generation: a conversation (ending with a user message) rendered with the recipe's
+// chat-prompt.ts — builds the prompt for generation: a conversation (ending with a user message) rendered with the recipe's
 // template up to the next assistant turn, tokenized exactly as the shards stage tokenizes training rows.
-import { normalizeTemplateSpec } from "./shards-stage";
+import { normalizeTemplateSpec } from "../stages/shards";
 import { checkTemplate, renderRow, stopIds, tokenizeRow } from "./templates";
 import { tokenizerFor } from "./tokenizer";
 import type { Message, TemplateSpec } from "./types";
