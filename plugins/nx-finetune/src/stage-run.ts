@@ -7,7 +7,7 @@
 // A missing blob is never an error.
 import { appendFileSync, existsSync, mkdirSync, promises as fsp } from "node:fs";
 import { dirname, join } from "node:path";
-import { hubModelDir } from "./hub";
+import { hubModelDir } from "./hub-model";
 import { loadRecipe } from "./recipe";
 import { beginStage, commitStage, readManifest, stageDir, type StageManifest, type StageName } from "./stage-dir";
 import type { StageContext, StageResult } from "./stage-context";

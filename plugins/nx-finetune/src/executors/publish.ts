@@ -9,7 +9,7 @@ import { dirname, join, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic";
 import type { DatasetManifest } from "../data/types";
-import { hfToken } from "../hub";
+import { hfToken } from "../hub-model";
 import { modelCard } from "../publish/model-card";
 import { pushToHub, PublishError, type PublishFile } from "../publish/hub-publish";
 import { loadRecipe, RecipeError } from "../recipe";
