@@ -631,44 +631,45 @@ class CudaBackend : public Backend {
     } else if (PackedDocs* docs = cudnn_ ? packed_docs(doc_start, B, T) : nullptr) {
       float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * T * NH * 4));
       launch_lse_layout(lse_tokens, static_cast<const float*>(lse.ptr), B, T, NH, true, stream_);
-      // cuDNN 9.19's ragged backward is right only when each gradient has its operand's layout (dO as O, dq|dk|dv
-      // as q|k|v: the layouts Transformer Engine gives it); with other pitches dq and dk came out wrong
-      // (cuda_parity "packed docs, pitched"). The model's are interleaved q|k|v and dq|dk|dv blocks of different
-      // pitches, and dO packed beside O with spare columns: dO is copied to O's pitch and the gradients go to a
-      // scratch of q's pitch, then one pitched copy (two N·qd-sized copies, about 1% of the layer's time).
+      // cuDNN 9.19's ragged backward gave wrong dq and dk whenever operands had pitched rows (the model's
+      // interleaved q|k|v, dq|dk|dv and spare-column O; cuda_parity "packed docs, pitched"), and right ones for
+      // separate packed buffers (every other packed case there). So each pitched operand is copied to packed
+      // rows of one scratch first and each pitched gradient copied back: at 8B about 1% of a step.
       const int qd = NH * HD, kvd = NKV * HD;
-      const bool same = ld.dout == ld.out && ld.dq == ld.q && ld.dkv == ld.kv;
-      const bool interleaved = ld.q == ld.kv && ld.dq == ld.dkv &&
-                               k.ptr == static_cast<const bf16*>(q.ptr) + qd && v.ptr == static_cast<const bf16*>(q.ptr) + qd + kvd &&
-                               dk.ptr == static_cast<bf16*>(dq.ptr) + qd && dv.ptr == static_cast<bf16*>(dq.ptr) + qd + kvd;
-      if (same || interleaved) {
-        const size_t N = size_t(B) * T;
-        AttnLd run = ld;
-        const void* dout_run = dout.ptr;
-        bf16* grads = static_cast<bf16*>(dq.ptr);
-        if (!same) {
-          if (ld.dout != ld.out) {
-            bf16* d = static_cast<bf16*>(scratch(6, N * ld.out * 2));
-            CUDA_CHECK(cudaMemcpy2DAsync(d, size_t(ld.out) * 2, dout.ptr, size_t(ld.dout) * 2, size_t(qd) * 2, N,
-                                         cudaMemcpyDeviceToDevice, stream_));
-            dout_run = d;
-            run.dout = ld.out;
-          }
-          if (ld.dq != ld.q) {
-            grads = static_cast<bf16*>(scratch(7, N * ld.q * 2));
-            run.dq = run.dkv = ld.q;
-          }
-        }
-        void* dk_run = grads == dq.ptr ? dk.ptr : grads + qd;
-        void* dv_run = grads == dq.ptr ? dv.ptr : grads + qd + kvd;
-        if (cudnn_->backward_ragged(grads, dk_run, dv_run, dout_run, q.ptr, k.ptr, v.ptr, out.ptr, lse_tokens,
-                                    docs->ragged(run, NH, true, stream_), NH, NKV, HD, run)) {
-          if (grads != dq.ptr)
-            CUDA_CHECK(cudaMemcpy2DAsync(dq.ptr, size_t(ld.dq) * 2, grads, size_t(ld.q) * 2, size_t(qd + 2 * kvd) * 2, N,
-                                         cudaMemcpyDeviceToDevice, stream_));
-          tm.rename("attention_backward (cudnn packed)");
-          return;
-        }
+      const size_t N = size_t(B) * T;
+      bf16* pk = static_cast<bf16*>(scratch(6, N * size_t(4 * qd + 4 * kvd) * 2));  // q k v out dout, then dq dk dv
+      bf16* at = pk;
+      auto packed_in = [&](const void* src, int ld, int width) -> const void* {
+        bf16* d = at;
+        at += N * width;
+        if (ld == width) return src;
+        CUDA_CHECK(cudaMemcpy2DAsync(d, size_t(width) * 2, src, size_t(ld) * 2, size_t(width) * 2, N,
+                                     cudaMemcpyDeviceToDevice, stream_));
+        return d;
+      };
+      const void* q_p = packed_in(q.ptr, ld.q, qd);
+      const void* k_p = packed_in(k.ptr, ld.kv, kvd);
+      const void* v_p = packed_in(v.ptr, ld.kv, kvd);
+      const void* o_p = packed_in(out.ptr, ld.out, qd);
+      const void* do_p = packed_in(dout.ptr, ld.dout, qd);
+      bf16* dq_p = ld.dq == qd ? static_cast<bf16*>(dq.ptr) : at;
+      bf16* dk_p = ld.dkv == kvd ? static_cast<bf16*>(dk.ptr) : at + N * qd;
+      bf16* dv_p = ld.dkv == kvd ? static_cast<bf16*>(dv.ptr) : at + N * (qd + kvd);
+      AttnLd packed;
+      packed.q = packed.out = packed.dout = packed.dq = qd;
+      packed.kv = packed.dkv = kvd;
+      if (cudnn_->backward_ragged(dq_p, dk_p, dv_p, do_p, q_p, k_p, v_p, o_p, lse_tokens,
+                                  docs->ragged(packed, NH, true, stream_), NH, NKV, HD, packed)) {
+        auto back = [&](void* dst, int ld, const bf16* src, int width) {
+          if (dst == src) return;
+          CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(ld) * 2, src, size_t(width) * 2, size_t(width) * 2, N,
+                                       cudaMemcpyDeviceToDevice, stream_));
+        };
+        back(dq.ptr, ld.dq, dq_p, qd);
+        back(dk.ptr, ld.dkv, dk_p, kvd);
+        back(dv.ptr, ld.dkv, dv_p, kvd);
+        tm.rename("attention_backward (cudnn packed)");
+        return;
       }
     }
 #endif
