@@ -147,7 +147,7 @@ test("recipe.json files of other tools are ignored; a bad recipe becomes a proje
   for (const [name, error] of [["bad", /recipes\/bad\/recipe\.json:\d+:\d+ lora\.r: must be > 0 \(got -1\)/], ["broken", /recipes\/broken\/recipe\.json:1:\d+ \(recipe\): invalid JSON/]] as const) {
     const project = results.get(`recipes/${name}/recipe.json`)!.projects![`recipes/${name}`];
     assert.equal(project.name, name);
-    assert.deepEqual(Object.keys(project.targets!).sort(), ["adapter", "base", "dataset", "gguf", "merged", "pipeline", "shards"]);
+    assert.deepEqual(Object.keys(project.targets!).sort(), ["adapter", "base", "dataset", "eval", "gguf", "merged", "pipeline", "shards"]);
     // The stage executor reloads the recipe and fails with its errors; nothing of a broken recipe is cached.
     assert.deepEqual(project.targets!.dataset.options, { recipe: "{projectRoot}/recipe.json", stage: "dataset" });
     assert.equal(project.targets!.dataset.executor, "@nx-finetune/plugin:stage");

@@ -1,8 +1,8 @@
-// gc.ts — the `gc` executor: prune the content store (src/gc.ts).   nx run demo:gc --dry-run
+// gc.ts — the `gc` executor: prune the content store (src/store-gc.ts).   nx run demo:gc --dry-run
 // The store is shared by every recipe of the workspace, so any recipe's gc target collects for all of them.
 import { join } from "node:path";
 import { cacheDir, type ExecutorContext } from "@nx/devkit";
-import { collectGarbage } from "../gc";
+import { collectGarbage } from "../store-gc";
 import { storeRoot } from "../store";
 import { pluginOptions } from "./stage";
 

@@ -4,7 +4,7 @@
 // bytes depend on (the job without its paths, the shards' and the base's content, the engine binary), never to the
 // stage's temp folder, which the next run deletes. So a killed run's next `nx run` (same inputs, same task hash)
 // finds them and sends `resume: true`; the engine continues bit-identically (docs/engine-protocol.md). The folder
-// is dropped once the adapter is committed; GC (gc.ts) removes those of runs never finished.
+// is dropped once the adapter is committed; GC (store-gc.ts) removes those of runs never finished.
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, promises as fsp } from "node:fs";
 import { basename, join } from "node:path";

@@ -1,4 +1,4 @@
-// gc.ts — garbage collection of the content store: `nx run <recipe>:gc` (or `--dry-run` to list what it would free).
+// store-gc.ts — garbage collection of the content store: `nx run <recipe>:gc` (or `--dry-run` to list what it would free).
 //
 // A blob is live while any stage manifest references it: in a recipe's out/<stage>/ folder (every recipe of the
 // workspace, the store is shared) or in an Nx cache entry (a later cache hit relinks from it). A shard-cache entry
