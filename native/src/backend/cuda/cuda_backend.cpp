@@ -426,8 +426,8 @@ class CudaBackend : public Backend {
   // quantize_base "nf4": the fp32 weight goes up once and is quantized on the device (nf4.cu: bitsandbytes'
   // quantize_4bit, bit for bit the CPU reference quantize_nf4 in model/quant4.cpp); the fp32 copy goes back to the
   // allocator at once (later stream work only).
-  Tensor upload_nf4(const float* w, int rows, int cols) override {
-    const size_t n = (size_t)rows * cols;
+  // An NF4 weight of n values on the device: packed codes (n/2 bytes) and fp32 absmax per block of 64.
+  Tensor alloc_nf4(size_t n) {
     if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
     Tensor t;
     t.dtype = DType::U8;
@@ -435,6 +435,11 @@ class CudaBackend : public Backend {
     t.quant = Quant::NF4;
     t.ptr = mem_.get(n / 2);
     t.scales = mem_.get(n / 64 * 4);
+    return t;
+  }
+  Tensor upload_nf4(const float* w, int rows, int cols) override {
+    const size_t n = (size_t)rows * cols;
+    Tensor t = alloc_nf4(n);
     void* staged = mem_.get(n * 4);
     CUDA_CHECK(cudaMemcpyAsync(staged, w, n * 4, cudaMemcpyHostToDevice, stream_));
     launch_nf4_quantize(static_cast<uint8_t*>(t.ptr), static_cast<float*>(t.scales), static_cast<const float*>(staged), n, stream_);
@@ -446,13 +451,7 @@ class CudaBackend : public Backend {
   Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) override {
     const size_t n = (size_t)rows * cols;
     if (quant != Quant::NF4) throw EngineError("cuda backend: only NF4 4-bit weights are supported (FP4 bases train on the CPU backend)");
-    if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
-    Tensor t;
-    t.dtype = DType::U8;
-    t.n = n;
-    t.quant = Quant::NF4;
-    t.ptr = mem_.get(n / 2);
-    t.scales = mem_.get(n / 64 * 4);
+    Tensor t = alloc_nf4(n);
     CUDA_CHECK(cudaMemcpy(t.ptr, packed, n / 2, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(t.scales, absmax64, n / 64 * 4, cudaMemcpyHostToDevice));
     return t;

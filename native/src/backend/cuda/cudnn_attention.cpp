@@ -270,19 +270,24 @@ class CudnnAttentionImpl : public CudnnAttention {
     if (!ensure_workspace(*ws)) return;
     fprintf(stderr, "[cuda] cuDNN SDPA %s: autotuned over %lld plans\n", what, (long long)g.get_execution_plan_count());
   }
-  bool build_forward(FwdGraph& fg, const Shape& s) {
-    fg.g = new_graph();
-    auto& g = *fg.g;
-    const AttnLd& ld = s.ld;
-    RaggedTensors& off = fg.off;
+  // What forward and backward graphs share: the offsets of q, k, v, o and stats (ragged graphs only) and the
+  // q, k, v inputs.
+  void qkv_inputs(fe::graph::Graph& g, const Shape& s, RaggedTensors& off, TensorPtr* q, TensorPtr* k, TensorPtr* v) {
     off.q = ragged(g, s, "q_offsets");
     off.k = ragged(g, s, "k_offsets");
     off.v = ragged(g, s, "v_offsets");
     off.o = ragged(g, s, "o_offsets");
     off.stats = ragged(g, s, "stats_offsets");
-    fg.q = tensor(g, "q", s.B, s.NH, s.T, s.HD, ld.q, off.q);
-    fg.k = tensor(g, "k", s.B, s.NKV, s.T, s.HD, ld.kv, off.k);
-    fg.v = tensor(g, "v", s.B, s.NKV, s.T, s.HD, ld.kv, off.v);
+    *q = tensor(g, "q", s.B, s.NH, s.T, s.HD, s.ld.q, off.q);
+    *k = tensor(g, "k", s.B, s.NKV, s.T, s.HD, s.ld.kv, off.k);
+    *v = tensor(g, "v", s.B, s.NKV, s.T, s.HD, s.ld.kv, off.v);
+  }
+  bool build_forward(FwdGraph& fg, const Shape& s) {
+    fg.g = new_graph();
+    auto& g = *fg.g;
+    const AttnLd& ld = s.ld;
+    RaggedTensors& off = fg.off;
+    qkv_inputs(g, s, off, &fg.q, &fg.k, &fg.v);
     auto opts = fe::graph::SDPA_attributes()
                     .set_name("sdpa")
                     .set_generate_stats(true)
@@ -302,18 +307,11 @@ class CudnnAttentionImpl : public CudnnAttention {
     auto& g = *bg.g;
     const AttnLd& ld = s.ld;
     RaggedTensors& off = bg.off;
-    off.q = ragged(g, s, "q_offsets");
-    off.k = ragged(g, s, "k_offsets");
-    off.v = ragged(g, s, "v_offsets");
-    off.o = ragged(g, s, "o_offsets");
-    off.stats = ragged(g, s, "stats_offsets");
+    qkv_inputs(g, s, off, &bg.q, &bg.k, &bg.v);
     off.dO = ragged(g, s, "dO_offsets");
     off.dq = ragged(g, s, "dq_offsets");
     off.dk = ragged(g, s, "dk_offsets");
     off.dv = ragged(g, s, "dv_offsets");
-    bg.q = tensor(g, "q", s.B, s.NH, s.T, s.HD, ld.q, off.q);
-    bg.k = tensor(g, "k", s.B, s.NKV, s.T, s.HD, ld.kv, off.k);
-    bg.v = tensor(g, "v", s.B, s.NKV, s.T, s.HD, ld.kv, off.v);
     bg.o = tensor(g, "o", s.B, s.NH, s.T, s.HD, ld.out, off.o);
     bg.dO = tensor(g, "dO", s.B, s.NH, s.T, s.HD, ld.dout, off.dO);
     bg.stats = g.tensor(fe::graph::Tensor_attributes().set_name("stats"));
