@@ -8,19 +8,10 @@
 #include <map>
 #include <vector>
 #include "backend/cuda/cudnn_attention.h"
+#include "backend/packed_documents.h"
 
 namespace nxft {
 namespace cuda {
-
-// Documents of a (B, T) doc_start: the flat index of each document's first token, in order, and the longest
-// document. False when doc_start does not describe contiguous documents (a token whose document start is not
-// the start of the run it sits in): the caller then keeps the portable kernels, which take any doc_start.
-bool find_documents(const int32_t* doc_start, int B, int T, std::vector<int32_t>* starts, int* longest);
-
-// Graph sizes: the sequence count and length rounded up to powers of two (at least 8 sequences, at least 64
-// tokens, at most T), so a handful of cuDNN graphs serve every batch of a dataset.
-int ragged_batch_size(int documents);
-int ragged_max_len(int longest, int T);
 
 class PackedDocs {
  public:

@@ -1,0 +1,37 @@
+// packed_documents.cpp — see packed_documents.h.
+#include "backend/packed_documents.h"
+#include <algorithm>
+
+namespace nxft {
+
+bool find_documents(const int32_t* ds, int B, int T, std::vector<int32_t>* starts, int* longest) {
+  starts->clear();
+  *longest = 0;
+  for (int b = 0; b < B; b++) {
+    int begin = 0;  // the current document's first key index in this row
+    for (int t = 0; t < T; t++) {
+      const int32_t d = ds[size_t(b) * T + t];
+      if (t == 0 || d == t) {  // a document starts here (position 0 or the row's start)
+        if (d != t) return false;
+        if (t > 0) *longest = std::max(*longest, t - begin);
+        begin = t;
+        starts->push_back(int32_t(b * T + t));
+      } else if (d != begin) {
+        return false;  // not the run's own start: not contiguous documents
+      }
+    }
+    *longest = std::max(*longest, T - begin);
+  }
+  starts->push_back(int32_t(B * T));
+  return true;
+}
+
+static int pow2_at_least(int n) {
+  int p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+int ragged_batch_size(int documents) { return std::max(8, pow2_at_least(documents)); }
+int ragged_max_len(int longest, int T) { return std::min(T, std::max(64, pow2_at_least(longest))); }
+
+}  // namespace nxft

@@ -1,0 +1,21 @@
+// packed_documents.h — the documents of packed rows, found from doc_start (backend.h, attention), and the
+// graph sizes of a ragged batch. Plain C++ so the CPU tests check what the CUDA backend uses to drive cuDNN's
+// ragged attention (backend/cuda/packed_docs.h).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace nxft {
+
+// Documents of a (B, T) doc_start (doc_start[b,t] = the key index in row b where token t's document begins):
+// the flat index of each document's first token, in order, then B·T; and the longest document. False when
+// doc_start does not describe contiguous documents (a token whose document start is not the start of the run it
+// sits in): callers then keep kernels that take any doc_start.
+bool find_documents(const int32_t* doc_start, int B, int T, std::vector<int32_t>* starts, int* longest);
+
+// Graph sizes: the sequence count and length rounded up to powers of two (at least 8 sequences, at least 64
+// tokens, at most T), so a handful of cuDNN graphs serve every batch of a dataset.
+int ragged_batch_size(int documents);
+int ragged_max_len(int longest, int T);
+
+}  // namespace nxft

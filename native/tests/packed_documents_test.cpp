@@ -1,0 +1,70 @@
+// packed_documents_test.cpp — the documents the CUDA backend hands to cuDNN's ragged attention, found from doc_start
+// as the model writes it (a token with position 0 starts a document; so does each row): packed rows, 1-token
+// documents, a document filling its row, rows of many tiny documents, and doc_start arrays that are not contiguous
+// documents (refused, so the portable kernels keep them). Also the graph sizes.
+#include <vector>
+#include "backend/packed_documents.h"
+#include "test_util.h"
+
+using namespace nxft;
+
+// doc_start for B rows of T from per-row document lengths (the row's last document takes what is left), the way
+// the model derives it from positions.
+static std::vector<int32_t> doc_start_of(int B, int T, const std::vector<std::vector<int>>& rows) {
+  std::vector<int32_t> ds(size_t(B) * T);
+  for (int b = 0; b < B; b++) {
+    int start = 0, next = 0;
+    size_t d = 0;
+    for (int t = 0; t < T; t++) {
+      if (t == next) {
+        start = t;
+        next = d < rows[size_t(b)].size() ? t + rows[size_t(b)][d++] : T;
+      }
+      ds[size_t(b) * T + t] = start;
+    }
+  }
+  return ds;
+}
+
+int main() {
+  std::vector<int32_t> starts;
+  int longest = 0;
+
+  // Two rows of 300: documents of 37, 100 and 163; then one document.
+  std::vector<int32_t> ds = doc_start_of(2, 300, {{37, 100}, {}});
+  CHECK(find_documents(ds.data(), 2, 300, &starts, &longest));
+  CHECK(starts == (std::vector<int32_t>{0, 37, 137, 300, 600}));
+  CHECK(longest == 300);
+
+  // 1-token documents, and a row that is one document of its own length.
+  ds = doc_start_of(2, 8, {{1, 1, 1, 5}, {1}});
+  CHECK(find_documents(ds.data(), 2, 8, &starts, &longest));
+  CHECK(starts == (std::vector<int32_t>{0, 1, 2, 3, 8, 9, 16}));
+  CHECK(longest == 7);
+
+  // Many tiny documents: every start found, the longest is the largest length.
+  std::vector<int> tiny;
+  int used = 0;
+  for (int i = 0; used + 1 + i % 5 < 600; i++) {
+    tiny.push_back(1 + i % 5);
+    used += tiny.back();
+  }
+  ds = doc_start_of(1, 600, {tiny});
+  CHECK(find_documents(ds.data(), 1, 600, &starts, &longest));
+  CHECK(starts.size() == tiny.size() + 2);  // the listed documents, the rest of the row, then the end
+  CHECK(longest == 5);
+
+  // Not contiguous documents: a token pointing into another document, or a row not starting at 0.
+  ds = doc_start_of(1, 10, {{4}});
+  ds[6] = 0;  // token 6 belongs to the document starting at 4, but says 0
+  CHECK(!find_documents(ds.data(), 1, 10, &starts, &longest));
+  ds = doc_start_of(1, 10, {{4}});
+  ds[0] = 3;
+  CHECK(!find_documents(ds.data(), 1, 10, &starts, &longest));
+
+  // Graph sizes: powers of two, at least 8 sequences and 64 tokens, never past T.
+  CHECK(ragged_batch_size(1) == 8 && ragged_batch_size(8) == 8 && ragged_batch_size(9) == 16 && ragged_batch_size(1366) == 2048);
+  CHECK(ragged_max_len(5, 2048) == 64 && ragged_max_len(300, 2048) == 512 && ragged_max_len(1500, 1500) == 1500 &&
+        ragged_max_len(2048, 2048) == 2048);
+  return test_result("packed_documents_test");
+}
