@@ -13,13 +13,10 @@ import { tmpdir, cpus } from "node:os";
 import { join } from "node:path";
 import { ensureEngine } from "../plugins/nx-finetune/src/engine";
 import { cloneWorkspace, makeWorkspace, removeTestDirs, repoRoot, runNx } from "../test/e2e/temp-workspace";
+import { flag } from "./args";
 
-const arg = (name: string, fallback: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
-};
-const bigGiB = arg("big-gib", 4);
-const runs = arg("runs", 3);
+const bigGiB = Number(flag("big-gib", "4"));
+const runs = Number(flag("runs", "3"));
 
 function bigEngineWrapper(dir: string, engine: string): string {
   const path = join(dir, "engine-with-big-merge.sh");

@@ -15,16 +15,13 @@ import { tmpdir, cpus, loadavg } from "node:os";
 import { join, resolve } from "node:path";
 import { ggufTokenizerMetadata } from "../plugins/nx-finetune/src/gguf";
 import { writeSyntheticLlama1B } from "./synthetic-llama";
+import { flag } from "./args";
 
 const ROOT = resolve(__dirname, "..");
 const ENGINE = process.env.NXFT_ENGINE ?? join(ROOT, "native/build/finetune-engine");
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : fallback;
-};
-const threads = Number(arg("threads", "2"));
-const layers = Number(arg("layers", "16"));
-const types = arg("types", "f32,f16,bf16,q8_0,q4_0,q4_k_m,q5_k_m,q6_k").split(",");
+const threads = Number(flag("threads", "2"));
+const layers = Number(flag("layers", "16"));
+const types = flag("types", "f32,f16,bf16,q8_0,q4_0,q4_k_m,q5_k_m,q6_k").split(",");
 const keep = process.argv.includes("--keep");
 const reference = !process.argv.includes("--no-reference");
 const LIBLLAMA = join(ROOT, "node_modules/@node-llama-cpp/linux-x64/bins/linux-x64/libllama.v0.4.0.so");

@@ -13,15 +13,12 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { writeSyntheticLlama1B } from "./synthetic-llama";
+import { flag } from "./args";
 
 const ROOT = resolve(__dirname, "..");
 const ENGINE = process.env.NXFT_ENGINE ?? join(ROOT, "native/build/finetune-engine");
-const arg = (name: string, fallback: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? process.argv[i + 1] : fallback;
-};
-const threadCounts = arg("threads", "1,2").split(",").map(Number);
-const layers = Number(arg("layers", "16"));
+const threadCounts = flag("threads", "1,2").split(",").map(Number);
+const layers = Number(flag("layers", "16"));
 
 const dir = mkdtempSync(join(tmpdir(), "nxft-quantize-bench-"));
 try {

@@ -17,13 +17,10 @@ import { putFile } from "../plugins/nx-finetune/src/store";
 import { fetchBlobs, remoteStore, uploadBlobs } from "../plugins/nx-finetune/src/remote-store";
 import { startS3Server, weedBinary } from "../test/support/s3-server";
 import { cloneWorkspace, makeWorkspace, nxEnvironment, removeTestDirs, repoRoot, runNx, type NxEnv } from "../test/e2e/temp-workspace";
+import { flag } from "./args";
 
-const arg = (name: string, fallback: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
-};
-const blobGiB = arg("blob-gib", 2);
-const modelGiB = arg("model-gib", 4);
+const blobGiB = Number(flag("blob-gib", "2"));
+const modelGiB = Number(flag("model-gib", "4"));
 
 function randomFile(path: string, bytes: number): void {
   const fd = openSync(path, "w");
