@@ -138,9 +138,10 @@ std::vector<double> grads_of(Backend& be, Transformer& m, const Rows& r, double*
   return mt::download(be, m.lora_grads(), m.num_lora_params());
 }
 
-// Gradient checkpointing (its recompute skips the down GEMM) and checkpointing with the layer inputs offloaded
-// to host memory (two device slots) give bit-identical losses and gradients, with and without LoRA dropout
-// (the unfolded and the folded paths); offloading holds fewer backend bytes.
+// Gradient checkpointing (its recompute skips the down GEMM), checkpointing with the layer inputs offloaded
+// to host memory (two device slots) and keeping every layer's group inputs (keep_group_inputs, instead of the
+// default lean sets that backward refills) give bit-identical losses and gradients, with and without LoRA dropout
+// (the unfolded and the folded paths); offloading holds fewer backend bytes, and lean sets fewer than kept inputs.
 void checkpointing_identical(const std::string& family) {
   ModelConfig cfg = tiny_config(family);
   cfg.num_layers = 5;   // odd, and deep enough that both offload slots are reused
@@ -148,15 +149,16 @@ void checkpointing_identical(const std::string& family) {
   Rows rows = sample_rows(cfg.vocab_size);
   for (double dropout : {0.1, 0.0}) {
     LoraSpec spec = all_targets(dropout);
-    std::vector<double> g[3];
-    double loss[3], eval[3];
-    size_t held[3];
-    for (int v = 0; v < 3; v++) {   // 0 plain, 1 checkpointing, 2 checkpointing + offload
+    std::vector<double> g[4];
+    double loss[4], eval[4];
+    size_t held[4];
+    for (int v = 0; v < 4; v++) {   // 0 plain (lean), 1 checkpointing, 2 checkpointing + offload, 3 plain, kept inputs
       auto be = make_cpu_backend(2);
       {
         TransformerOptions opt;
-        opt.gradient_checkpointing = v >= 1;
+        opt.gradient_checkpointing = v == 1 || v == 2;
         opt.offload_checkpoints = v == 2;
+        opt.keep_group_inputs = v == 3;
         Transformer m(*be, w, &spec, opt);
         randomize_lora(*be, m, 5);
         g[v] = grads_of(*be, m, rows, &loss[v]);
@@ -169,12 +171,14 @@ void checkpointing_identical(const std::string& family) {
       }
       MT_CHECK(be->bytes_in_use() == 0, "%s: Transformer leaked %zu backend bytes", family.c_str(), be->bytes_in_use());
     }
-    for (int v = 1; v < 3; v++)
+    for (int v = 1; v < 4; v++)
       MT_CHECK(loss[v] == loss[0] && g[v] == g[0] && eval[v] == eval[0],
                "%s (dropout %.1f): %s changed the loss or gradients", family.c_str(), dropout,
-               v == 1 ? "gradient checkpointing" : "offloading the checkpoints");
+               v == 1 ? "gradient checkpointing" : v == 2 ? "offloading the checkpoints" : "keeping the group inputs");
     MT_CHECK(held[2] < held[1], "%s: offloading did not lower the backend bytes (%zu vs %zu)", family.c_str(), held[2],
              held[1]);
+    MT_CHECK(held[0] < held[3], "%s: lean activation sets did not lower the backend bytes (%zu vs %zu)", family.c_str(),
+             held[0], held[3]);
   }
 }
 

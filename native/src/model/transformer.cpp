@@ -318,6 +318,8 @@ void Transformer::release(Tensor& t) {
 }
 
 void Transformer::free_layer_acts(LayerActs& a) {
+  if (&a != &shared_inputs_ && !a.xn1.empty() && a.xn1.ptr == shared_inputs_.xn1.ptr)
+    a.xn1 = a.xn2 = a.h = Tensor();   // the shared inputs of a lean set: freed once, with shared_inputs_
   for (Tensor* t : {&a.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.res_mid, &a.xn2, &a.rstd2, &a.gu, &a.h})
     release(*t);
   for (Tensor& t : a.xa) release(t);
@@ -325,6 +327,7 @@ void Transformer::free_layer_acts(LayerActs& a) {
 
 Transformer::~Transformer() {
   for (LayerActs& a : acts_) free_layer_acts(a);
+  free_layer_acts(shared_inputs_);
   for (Tensor& t : res_) release(t);
   if (res_host_) be_.free_host(res_host_);
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
@@ -377,16 +380,23 @@ uint64_t Transformer::lora_seed(uint64_t seed, int layer, int target) const {
 
 // ---- buffers ------------------------------------------------------------------------------------------------
 
-void Transformer::alloc_layer_acts(LayerActs& a, int N) {
+void Transformer::alloc_layer_acts(LayerActs& a, int N, bool own_inputs) {
   const ModelConfig& c = cfg_;
   const int C = c.hidden_size, F = c.intermediate_size, qd = c.num_heads * c.head_dim,
             kvd = c.num_kv_heads * c.head_dim;
-  // xn1, xn2 and h are kept (2·C + F values per token) so backward recomputes nothing: the LoRA backward of
-  // q/k/v, gate/up and down reads them.
+  // xn1, xn2 and h (2·C + F values per token): the LoRA backward of q/k/v, gate/up and down reads them. Their
+  // own copies, or (own_inputs false: lean sets, TransformerOptions::keep_group_inputs) the shared ones that
+  // backward refills (recompute_group_inputs).
   // A folded group's input has its LoRA down-projections as extra columns: [xn1 | xa_q xa_k xa_v] etc.
-  a.xn1 = be_.alloc(size_t(N) * input_ld(kGroupQKV), Role::Activation);
-  a.xn2 = be_.alloc(size_t(N) * input_ld(kGroupGateUp), Role::Activation);
-  a.h = be_.alloc(size_t(N) * input_ld(kGroupDown), Role::Activation);
+  if (own_inputs) {
+    a.xn1 = be_.alloc(size_t(N) * input_ld(kGroupQKV), Role::Activation);
+    a.xn2 = be_.alloc(size_t(N) * input_ld(kGroupGateUp), Role::Activation);
+    a.h = be_.alloc(size_t(N) * input_ld(kGroupDown), Role::Activation);
+  } else {
+    a.xn1 = shared_inputs_.xn1;
+    a.xn2 = shared_inputs_.xn2;
+    a.h = shared_inputs_.h;
+  }
   a.rstd1 = be_.alloc(size_t(N), Role::Stat);
   a.qkv = be_.alloc(size_t(N) * (qd + 2 * kvd), Role::Activation);
   a.att = be_.alloc(size_t(N) * input_ld(kGroupO), Role::Activation);
@@ -410,6 +420,7 @@ void Transformer::ensure_buffers(int N, bool training) {
   // free everything sized by N, then allocate for `cap`
   for (LayerActs& a : acts_) free_layer_acts(a);
   acts_.clear();
+  for (Tensor* t : {&shared_inputs_.xn1, &shared_inputs_.xn2, &shared_inputs_.h}) release(*t);
   for (Tensor& t : res_) release(t);
   res_.clear();
   if (res_host_) be_.free_host(res_host_);
@@ -422,7 +433,13 @@ void Transformer::ensure_buffers(int N, bool training) {
   const bool train_bufs = training || have_train;
   const size_t n_acts = std::max(want_acts, (train_bufs && !opt_.gradient_checkpointing) ? size_t(L) : size_t(1));
   acts_.resize(n_acts);
-  for (LayerActs& a : acts_) alloc_layer_acts(a, cap);
+  lean_acts_ = n_acts > 1 && !opt_.keep_group_inputs;
+  if (lean_acts_) {
+    shared_inputs_.xn1 = be_.alloc(size_t(cap) * input_ld(kGroupQKV), Role::Activation);
+    shared_inputs_.xn2 = be_.alloc(size_t(cap) * input_ld(kGroupGateUp), Role::Activation);
+    shared_inputs_.h = be_.alloc(size_t(cap) * input_ld(kGroupDown), Role::Activation);
+  }
+  for (LayerActs& a : acts_) alloc_layer_acts(a, cap, !lean_acts_);
   res_.resize(offloading() ? 2 : size_t(L) + 1);
   for (Tensor& t : res_) t = be_.alloc(size_t(cap) * C, Role::Activation);
   if (offloading() && L > 1) {   // inputs of layers 0 … L−2 (layer L−1's stays in its device slot)
@@ -435,7 +452,8 @@ void Transformer::ensure_buffers(int N, bool training) {
   xf_ = be_.alloc(size_t(cap) * C, Role::Activation);
   rstdf_ = be_.alloc(size_t(cap), Role::Stat);
   const int in_max = std::max(std::max(C, F), qd);
-  scratch_in_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
+  const bool dropout = has_lora_ && dropout_p() > 0;   // the scratch holds the masked inputs of LoRA dropout only
+  if (dropout) scratch_in_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   if (train_bufs) {
     dres_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupO), Role::Activation);
     dxn_ = be_.alloc(size_t(cap) * C, Role::Activation);
@@ -447,7 +465,7 @@ void Transformer::ensure_buffers(int N, bool training) {
     for (int g = 0; g < 4; g++)
       if (!fold_[g]) widest = std::max(widest, group_width_[g]);
     if (widest > 0) dxa_ = be_.alloc(size_t(cap) * widest, Role::Activation);
-    scratch_dx_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
+    if (dropout) scratch_dx_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   }
   ce_vc_ = std::min(V, std::max(1, opt_.ce_vocab_chunk));
   ce_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(cap, opt_.ce_max_logits / ce_vc_)));
@@ -729,6 +747,35 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
   group_forward(l, kGroupDown, a.h, N, x_next, C, &a.res_mid, xa, ld_xa, seed, !recompute);
 }
 
+// Lean sets (TransformerOptions::keep_group_inputs false): layer l's xn1, xn2 and h into the shared set, from the
+// layer's kept input x, res_mid and gate|up (the rmsnorms rewrite rstd1/rstd2 with the values they hold); a
+// folded group's xa (its input's tail columns) with the forward's x·Aᵀ GEMM. An unfolded group's xa is kept per layer (a.xa) and needs nothing.
+void Transformer::recompute_group_inputs(int l, const Tensor& x, LayerActs& a, int N, uint64_t seed) {
+  const ModelConfig& c = cfg_;
+  const LayerW& W = layers_[size_t(l)];
+  const int C = c.hidden_size, F = c.intermediate_size;
+  be_.side_join();   // the side work issued so far (layer l+1's LoRA weight gradients) reads the shared inputs
+  int ld_xa = 0;
+  Tensor xa;
+  be_.rmsnorm_forward(a.xn1, a.rstd1, x, W.attn_norm, N, C, c.rms_norm_eps, c.norm_plus_one, input_ld(kGroupQKV));
+  if (fold_[kGroupQKV]) {
+    xa = xa_of(a, kGroupQKV, &ld_xa);
+    group_forward(l, kGroupQKV, a.xn1, N, Tensor(), 0, nullptr, xa, ld_xa, seed, false);
+  }
+  be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, c.rms_norm_eps, c.norm_plus_one,
+                      input_ld(kGroupGateUp));
+  if (fold_[kGroupGateUp]) {
+    xa = xa_of(a, kGroupGateUp, &ld_xa);
+    group_forward(l, kGroupGateUp, a.xn2, N, Tensor(), 0, nullptr, xa, ld_xa, seed, false);
+  }
+  const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
+  if (fold_[kGroupDown]) {
+    xa = xa_of(a, kGroupDown, &ld_xa);
+    group_forward(l, kGroupDown, a.h, N, Tensor(), 0, nullptr, xa, ld_xa, seed, false);
+  }
+}
+
 // dres_ holds d(x_next) on entry and d(x) on exit (not for layer 0, see below). Everything the layer's forward
 // produced is still in `a` (per-layer sets, or the shared set that the checkpointing recompute has just filled).
 void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, int T, uint64_t seed) {
@@ -855,6 +902,8 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
       be_.side_join();  // the last layer's side work still reads the shared activations
       const AttnCtx ctx;
       layer_forward(l, res(l), res(l + 1), a, ctx, B, T, positions_, doc_start_, seed, true);
+    } else if (lean_acts_) {
+      recompute_group_inputs(l, res(l), a, N, seed);
     }
     layer_backward(l, res(l), a, B, T, seed);
   }

@@ -49,6 +49,12 @@ struct TransformerOptions {
   // (a full write of y / dx each) disappear. Needs plain (not NF4) weights and LoRA dropout 0 (the base input
   // and the LoRA input must be the same x); otherwise the unfolded path runs.
   bool fold_lora = true;
+  // Training without checkpointing keeps every layer's activations, but not the inputs of the q|k|v, gate|up and
+  // down groups (xn1, xn2, h: 2·C + F of a layer's ≈ 7·C + 3·F values per token, a third of them): all layers write
+  // those into one shared set and backward recomputes them from what is kept (layer input, res_mid, gate|up) with
+  // two rmsnorms, one GLU and the folded groups' x·Aᵀ — about 1% of a layer's FLOPs, and the same values as the
+  // forward's (same kernels, same inputs). true keeps them per layer instead (A/B benchmarks).
+  bool keep_group_inputs = false;
   // Cross-entropy head: logits are computed for (rows × vocab chunk) at a time, never (N × V).
   // V ≤ ce_vocab_chunk (every vocabulary up to Gemma's 256K by default) → one fused pass per row block (loss and
   // dlogits from the same buffer); bigger V → online logsumexp over chunks plus a recompute pass.
@@ -175,6 +181,9 @@ class Transformer {
   std::vector<Tensor> res_;        // L+1 residual streams (N, C); 2 device slots when offloading (see res())
   void* res_host_ = nullptr;       // offload: layer inputs 0 … L−2 in host memory, cap_n_·C elements each
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
+  // Lean per-layer sets (keep_group_inputs false): the one xn1, xn2, h that every set's own point to.
+  LayerActs shared_inputs_;
+  bool lean_acts_ = false;
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
   // dres_: d(residual stream) with spare columns for o/down's dxa when folded (row pitch group_dy_ld(kGroupO));
@@ -194,8 +203,9 @@ class Transformer {
   const Tensor& res(int l) const { return res_[offloading() ? size_t(l % 2) : size_t(l)]; }
   size_t res_bytes() const { return size_t(cap_n_) * cfg_.hidden_size * dtype_size(be_.dtype_of(Role::Activation)); }
   void* res_host(int l) const { return static_cast<char*>(res_host_) + size_t(l) * res_bytes(); }
-  void alloc_layer_acts(LayerActs& a, int N);
+  void alloc_layer_acts(LayerActs& a, int N, bool own_inputs = true);
   void free_layer_acts(LayerActs& a);
+  void recompute_group_inputs(int l, const Tensor& x, LayerActs& a, int N, uint64_t seed);
   void upload_batch(const Batch& batch);
   void release(Tensor& t);
 

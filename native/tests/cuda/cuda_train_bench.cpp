@@ -98,8 +98,8 @@ struct Trainer {
   Tensor m, v;
   int64_t step = 0;
   Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt,
-          bool fold = true, bool offload = false)
-      : be(b), model(b, w, &spec, options(ckpt, fold, offload)) {
+          bool fold = true, bool offload = false, bool keep_inputs = false)
+      : be(b), model(b, w, &spec, options(ckpt, fold, offload, keep_inputs)) {
     model.set_lora(init);
     size_t n = model.num_lora_params();
     m = be.alloc(n, Role::Param);
@@ -111,15 +111,16 @@ struct Trainer {
     be.free(m);
     be.free(v);
   }
-  static TransformerOptions options(bool ckpt, bool fold, bool offload) {
+  static TransformerOptions options(bool ckpt, bool fold, bool offload, bool keep_inputs) {
     TransformerOptions o;
     o.gradient_checkpointing = ckpt;
     o.offload_checkpoints = offload;
     o.fold_lora = fold;
-    // One vocabulary chunk (fused forward+backward CE, no logits recompute) over up to 2048 token rows: the
-    // logits buffer is 2048 × 128256 bf16 = 0.5 GB for Llama 3.
+    o.keep_group_inputs = keep_inputs;
+    // One vocabulary chunk (fused forward+backward CE, no logits recompute) over up to 512 token rows, as the
+    // train command sets it on CUDA: the logits buffer is 512 × 128256 bf16 = 125 MiB for Llama 3.
     o.ce_vocab_chunk = 1 << 20;
-    o.ce_max_logits = int64_t(2048) * 131072;
+    o.ce_max_logits = int64_t(512) * 131072;
     return o;
   }
   // One optimizer step on one micro-batch; returns mean loss; *gnorm gets the pre-clip grad norm.
@@ -299,7 +300,8 @@ int run_bench(int argc, char** argv) {
     // ":noside" = NXFT_SIDE_STREAM=0 (LoRA weight gradients on the main stream), ":offload" = checkpointed layer
     // inputs in page-locked host memory (TransformerOptions::offload_checkpoints; with CKPT 1), ":packed" = rows
     // of several documents (make_data's packed rows; attention per document), ":portable" = NXFT_CUDNN_PACKED=0
-    // (packed documents through the portable kernels, the engine before cuDNN's ragged path).
+    // (packed documents through the portable kernels, the engine before cuDNN's ragged path), ":keep" = every
+    // layer keeps its group inputs (TransformerOptions::keep_group_inputs; the engine before lean activation sets).
     auto has = [&](const char* sfx) { return plans[pi].find(sfx) != std::string::npos; };
     if (has(":ru")) setenv("NXFT_RANK_UPDATE", "1", 1);
     else unsetenv("NXFT_RANK_UPDATE");
@@ -322,7 +324,7 @@ int run_bench(int argc, char** argv) {
     size_t peak = 0, live_end = 0, used_end = 0;
     {
       auto t1 = std::chrono::steady_clock::now();
-      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"));
+      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), has(":keep"));
       double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       std::fprintf(stderr, "[bench] %s: upload %.1f s, attention %s\n", plans[pi].c_str(), up_s,
                    cuda_attention_path(*be).c_str());
