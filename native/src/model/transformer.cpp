@@ -229,18 +229,10 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
   if (v.size() != n)
     throw EngineError("weight " + w.name + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(n));
   if (w.nf4) {
-    // bitsandbytes' quantize_4bit: by the backend (the CPU over all cores, CUDA on the device), or on the host
-    // when the absmax is double-quantized too (model/quant4.h).
+    // bitsandbytes' quantize_4bit (+ double quantization of the absmax): by the backend, the CPU over all cores,
+    // CUDA on the device.
     if (!w.t->empty()) be_.free(*w.t);
-    if (!opt_.double_quant) {
-      *w.t = be_.upload_nf4(v.data(), w.rows, w.cols);
-    } else {
-      std::vector<uint8_t> packed((n + 1) / 2);
-      std::vector<float> absmax((n + 63) / 64);
-      quantize_nf4(v.data(), n, packed.data(), absmax.data(), 0);
-      double_dequantize(double_quantize(absmax.data(), absmax.size(), 0), absmax.data());
-      *w.t = be_.upload_4bit(packed.data(), absmax.data(), Quant::NF4, w.rows, w.cols);
-    }
+    *w.t = be_.upload_nf4(v.data(), w.rows, w.cols, opt_.double_quant);
   } else if (w.ld == w.cols) {
     be_.upload(*w.t, v.data(), n);
   } else {   // folded: rows of [W | zeros]; run() writes the LoRA columns
@@ -269,9 +261,15 @@ void Transformer::load_weights(const std::string& dir, const std::function<void(
     if (std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*st, w.name)) {
       if (q->shape != want) shape_error(w, q->shape, want);
       if (w.nf4) {
-        const std::vector<float> absmax = bnb_absmax_per64(*q);
         if (!w.t->empty()) be_.free(*w.t);
-        *w.t = be_.upload_4bit(q->packed, absmax.data(), q->fp4 ? Quant::FP4 : Quant::NF4, w.rows, w.cols);
+        const Quant quant = q->fp4 ? Quant::FP4 : Quant::NF4;
+        if (q->nested && q->blocksize == 64 && q->nested_blocksize == 256 && q->nested_map_is_dynamic) {
+          // QLoRA's usual double-quantized checkpoint: kept so (the CUDA backend holds 1 absmax byte per 64 values)
+          *w.t = be_.upload_4bit_nested(q->packed, q->absmax_q, q->nested_absmax, q->nested_offset, quant, w.rows, w.cols);
+        } else {
+          const std::vector<float> absmax = bnb_absmax_per64(*q);
+          *w.t = be_.upload_4bit(q->packed, absmax.data(), quant, w.rows, w.cols);
+        }
       } else {
         buf.resize(size_t(q->numel));
         parallel_ranges(buf.size(), 1 << 16, [&](size_t a, size_t b) { bnb_dequantize(*q, int64_t(a), int64_t(b - a), buf.data() + a); });
