@@ -128,6 +128,10 @@ class Backend {
   virtual DType dtype_of(Role role) const = 0;   // storage dtype the backend uses for a role
   virtual Tensor alloc(size_t n, Role role) = 0; // uninitialized; freed by free() or at backend destruction
   virtual void free(Tensor& t) = 0;              // sets t to empty
+  // A Weight-role table that only embedding_forward reads (the token embedding when it is not the head too). A
+  // device backend may keep it in page-locked host memory that its kernel reads over the bus: a step reads N rows,
+  // not the V×C table (1 GiB of device memory at Llama-3-8B, a sixth of QLoRA's). Default: alloc(n, Role::Weight).
+  virtual Tensor alloc_gather_table(size_t n) { return alloc(n, Role::Weight); }
   virtual size_t bytes_in_use() const = 0;       // backend memory currently allocated
   virtual size_t peak_bytes() const = 0;         // high-water mark of bytes_in_use (device memory on GPU)
   virtual void synchronize() = 0;                // wait for all queued work

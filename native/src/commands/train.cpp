@@ -245,6 +245,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   // On a GPU a bigger logits block (2048 rows × a whole 128K vocabulary, 0.5 GB in bf16) keeps the head GEMMs
   // large; the CPU default (32M elements) is plenty there.
   if (be->name() == "cuda") opt.ce_max_logits = int64_t(2048) * 131072;
+  apply_memory_saving(opt);
   Transformer model(*be, cfg, &spec, opt);
   const size_t n_params = model.num_lora_params();
   Tensor adam_m = be->alloc(n_params, Role::Param), adam_v = be->alloc(n_params, Role::Param);

@@ -113,7 +113,8 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
   // refresh_folded_lora(), the blocks of the group's other projections stay zero.
   for (WeightSlot& w : slots_w_) {
     if (w.nf4 || w.view) continue;
-    *w.t = be_.alloc(size_t(w.rows) * w.ld, Role::Weight);
+    const size_t n = size_t(w.rows) * w.ld;
+    *w.t = w.t == &embed_ && !tied_ && opt_.embedding_in_host_memory ? be_.alloc_gather_table(n) : be_.alloc(n, Role::Weight);
   }
   for (LayerW& L : layers_) {
     if (merged_) {

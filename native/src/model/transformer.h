@@ -16,6 +16,7 @@
 // shares one x·Aᵀ GEMM; with fold_lora the up-projection rides in the base GEMM as extra K columns and the LoRA
 // input gradient in the dX GEMM as extra K rows (TransformerOptions, group_forward, group_backward).
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -41,6 +42,9 @@ struct TransformerOptions {
   // With quantize_nf4 on a 16-bit base: double-quantize the absmax as bitsandbytes' bnb_4bit_use_double_quant does
   // (model/quant4.h), so the weights are those of a double-quantized checkpoint of the same base.
   bool double_quant = false;
+  // The token embedding (when not tied to the head) in host memory on a device backend (Backend::alloc_gather_table):
+  // −1 GiB of device memory at Llama-3-8B for a PCIe read of the batch's rows each step.
+  bool embedding_in_host_memory = false;
   // Fold the LoRA of every adapted input group into its base GEMMs. The group weight is kept as
   //   W_ext = [ W   | s·B_blk ]   (out + g·r, in + g·r): B_blk holds each projection's s·B_t in its own r columns,
   //           [ A_g |    0    ]   A_g the group's stacked A (g·r, in),
@@ -55,6 +59,15 @@ struct TransformerOptions {
   int64_t ce_max_logits = int64_t(1) << 25;   // elements of the logits buffer (rows × vocab chunk)
   int ce_vocab_chunk = 1 << 18;               // vocabulary columns per chunk
 };
+
+// The memory-first settings of QLoRA and of checkpoint offload (both are chosen to fit a card, not for speed):
+// the token embedding in host memory, and logits blocks of 512 rows (128K vocabulary: 128 MB instead of 0.5 GB).
+// docs/qlora-memory.md has the arithmetic. `train` and cuda_train_bench apply it alike.
+inline void apply_memory_saving(TransformerOptions& o) {
+  if (!o.quantize_nf4 && !o.offload_checkpoints) return;
+  o.embedding_in_host_memory = true;
+  o.ce_max_logits = std::min<int64_t>(o.ce_max_logits, int64_t(512) * 131072);
+}
 
 // One micro-batch in host memory: (B, T) int32 arrays, as in a token shard row.
 struct Batch {

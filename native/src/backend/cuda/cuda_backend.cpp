@@ -133,7 +133,34 @@ class CudaBackend : public Backend {
     t.ptr = mem_.get(n * dtype_size(t.dtype));
     return t;
   }
+  // Page-locked, mapped host memory: the embedding kernel reads the batch's rows over the bus. Transfers to and
+  // from it work because uploads and downloads pass cudaMemcpyDefault (UVA tells host from device memory).
+  Tensor alloc_gather_table(size_t n) override {
+    Tensor t;
+    t.dtype = DType::BF16;
+    t.n = n;
+    if (n == 0) return t;
+    void* host = nullptr;
+    if (cudaHostAlloc(&host, n * 2, cudaHostAllocMapped) != cudaSuccess) {
+      cudaGetLastError();
+      throw EngineError("cuda: cannot allocate " + std::to_string((n * 2) >> 20) + " MiB of page-locked host memory for "
+                        "the embedding table (embedding_in_host_memory)");
+    }
+    void* dev = nullptr;
+    CUDA_CHECK(cudaHostGetDevicePointer(&dev, host, 0));
+    host_tables_[dev] = host;
+    t.ptr = dev;
+    return t;
+  }
   void free(Tensor& t) override {
+    auto host = t.ptr ? host_tables_.find(t.ptr) : host_tables_.end();
+    if (host != host_tables_.end()) {
+      synchronize();   // queued kernels may still read it
+      cudaFreeHost(host->second);
+      host_tables_.erase(host);
+      t = Tensor();
+      return;
+    }
     if (t.ptr) {
       // the stream may still use the memory: the allocator hands it out again only to later stream work,
       // which is ordered after the current work on the same stream.
@@ -232,7 +259,7 @@ class CudaBackend : public Backend {
     }
     if (dst.dtype == DType::F32) invalidate_bf16_cache(static_cast<char*>(dst.ptr) + offset * es, n * es);
     CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.ptr) + offset * es, staging_.data(), n * es,
-                               cudaMemcpyHostToDevice, stream_));
+                               cudaMemcpyDefault, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void upload(const Tensor& dst, const float* src, size_t n, size_t offset) override {
@@ -277,7 +304,7 @@ class CudaBackend : public Backend {
       }
       for (auto& th : pool) th.join();
       CUDA_CHECK(cudaMemcpy2DAsync(static_cast<uint16_t*>(dst.ptr) + size_t(r0) * ld, size_t(ld) * 2, to, row_bytes,
-                                   row_bytes, size_t(nr), cudaMemcpyHostToDevice, stream_));
+                                   row_bytes, size_t(nr), cudaMemcpyDefault, stream_));
       CUDA_CHECK(cudaEventRecord(stage_ev_[buf], stream_));
     }
     CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller may unmap src
@@ -301,7 +328,7 @@ class CudaBackend : public Backend {
     size_t es = dtype_size(src.dtype);
     staging_.resize(n * es);
     CUDA_CHECK(cudaMemcpyAsync(staging_.data(), static_cast<const char*>(src.ptr) + offset * es, n * es,
-                               cudaMemcpyDeviceToHost, stream_));
+                               cudaMemcpyDefault, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (src.dtype == DType::BF16) {
       const uint16_t* s = reinterpret_cast<const uint16_t*>(staging_.data());
@@ -1034,6 +1061,7 @@ class CudaBackend : public Backend {
   size_t scratch_bytes_[8] = {};
   double* d_sum_ = nullptr;
   std::map<const void*, Bf16Copy> bf16_cache_;
+  std::map<void*, void*> host_tables_;     // alloc_gather_table: device pointer → its page-locked host allocation
   std::map<int32_t*, size_t> zero_index_;  // start of an uploaded Index range → its length if all zero, else 0
   struct IndexCopy {
     std::vector<int32_t> values;
