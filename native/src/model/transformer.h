@@ -53,6 +53,11 @@ struct TransformerOptions {
   // (a full write of y / dx each) disappear. Needs plain (not NF4) weights and LoRA dropout 0 (the base input
   // and the LoRA input must be the same x); otherwise the unfolded path runs.
   bool fold_lora = true;
+  // With gradient_checkpointing and LoRA dropout 0: the MLP (gate|up → act → down) runs over this many tokens at a
+  // time, forward and backward (it is token-wise), so gate|up, h and their gradients exist for one chunk, not for
+  // all N tokens: at long context they were most of the activation memory (6F of the ~11C + 6F values per token).
+  // 0 = whole micro-batch. Chunks of 16K tokens keep every GEMM large.
+  int mlp_chunk_tokens = 16384;
   // Cross-entropy head: logits are computed for (rows × vocab chunk) at a time, never (N × V).
   // V ≤ ce_vocab_chunk (every vocabulary up to Gemma's 256K by default) → one fused pass per row block (loss and
   // dlogits from the same buffer); bigger V → online logsumexp over chunks plus a recompute pass.
@@ -201,6 +206,12 @@ class Transformer {
   std::vector<Tensor> k_cache_, v_cache_;
 
   void ensure_buffers(int N, bool training);
+  int mlp_rows_ = 0;   // rows of the MLP chunk buffers (TransformerOptions::mlp_chunk_tokens); 0 = not chunked
+  // The MLP of a layer over chunks of mlp_rows_ tokens: forward writes x_next; backward recomputes gate|up, h and
+  // down's xa per chunk, then back-propagates d(x_next) in dres_ into dxn_ (the norm's backward follows).
+  void mlp_forward_chunked(int l, LayerActs& a, const Tensor& x_next, int N, uint64_t seed);
+  void mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed);
+  Tensor mlp_xa(LayerActs& a, int group, int r0, int* ld) const;   // rows [r0, …) of gate|up's or down's xa
   bool offloading() const { return opt_.gradient_checkpointing && opt_.offload_checkpoints; }
   // The residual stream entering layer l (l = L: the final norm's input). Offloading keeps two device slots,
   // l even / l odd: layer l reads slot l % 2 and writes slot (l + 1) % 2.
