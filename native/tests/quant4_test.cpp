@@ -1,12 +1,16 @@
 // quant4_test.cpp — the NF4 quantizer and the bitsandbytes 4-bit reader (model/quant4.h) on their own: the
 // vectorized quantizer equals a plain argmin over |x − code| (bitsandbytes' definition) on awkward blocks and does
 // not depend on the thread count; double quantization restores absmax closely; a checkpoint with a bad quant state
-// is an error naming the shard and tensor. Bit-exactness against bitsandbytes itself: test/parity/test_bnb4bit.py.
+// is an error naming the shard and tensor; the CPU backend's double-quantized uploads and the bitsandbytes fixture's
+// nested absmax restore exactly. Bit-exactness against bitsandbytes itself: test/parity/test_bnb4bit.py.
 #include <cmath>
+#include <memory>
+#include <optional>
 #include <cstring>
 #include <random>
 #include <vector>
 
+#include "backend/backend.h"
 #include "io/safetensors.h"
 #include "model/quant4.h"
 #include "test_util.h"
@@ -71,6 +75,57 @@ int main() {
   for (size_t i = 0; i < restored.size(); i++)
     CHECK_MSG(std::fabs(restored[i] - want_absmax[i]) <= 0.02f * nested.absmax2[i / 256] + 1e-7f, "absmax %zu: %g vs %g", i,
               double(restored[i]), double(want_absmax[i]));
+
+  // the offset is the mean of the absmax: within one fp32 ulp of the exact mean (long double over few values)
+  {
+    long double exact = 0;
+    for (float a : want_absmax) exact += a;
+    exact /= (long double)want_absmax.size();
+    const float ulp = std::nextafter(nested.offset, INFINITY) - nested.offset;
+    CHECK_MSG(std::fabs((long double)nested.offset - exact) <= ulp, "offset %.9g vs exact mean %.12Lg", double(nested.offset), exact);
+  }
+
+  // Backends that keep fp32 absmax (the CPU) expand a nested absmax with double_dequantize's arithmetic:
+  // upload_nf4(…, double_quant) = quantize_nf4 + double_quantize + double_dequantize, byte for byte.
+  {
+    std::unique_ptr<Backend> cpu = make_cpu_backend(2);
+    const int rows = 40, cols = 64 * 20;   // 800 blocks: a partial last nested block
+    std::vector<float> wq(size_t(rows) * cols);
+    std::mt19937 g2(11);
+    std::normal_distribution<float> nd(0.0f, 0.03f);
+    for (float& x : wq) x = nd(g2);
+    std::vector<uint8_t> codes(wq.size() / 2);
+    std::vector<float> am(wq.size() / 64), restored_am(am.size());
+    quantize_nf4(wq.data(), wq.size(), codes.data(), am.data(), 1);
+    double_dequantize(double_quantize(am.data(), am.size(), 1), restored_am.data());
+    Tensor t = cpu->upload_nf4(wq.data(), rows, cols, true);
+    CHECK(t.quant == Quant::NF4 && t.scales2 == nullptr);
+    CHECK(std::memcmp(t.ptr, codes.data(), codes.size()) == 0);
+    CHECK(std::memcmp(t.scales, restored_am.data(), restored_am.size() * 4) == 0);
+    cpu->free(t);
+  }
+
+  // The bitsandbytes fixture (nf4, double quantization, saved by bitsandbytes): its nested_quant_map is bit for bit
+  // dynamic_map_signed() (so the CUDA backend keeps its weights nested, using its own map), and upload_4bit_nested
+  // restores exactly the absmax the reader computes with bitsandbytes' arithmetic.
+  {
+    auto fx = SafetensorsModel::open_dir("test/fixtures/bnb-nf4-tiny");
+    std::unique_ptr<Backend> cpu = make_cpu_backend(1);
+    int nested_weights = 0;
+    for (const std::string& name : fx->names()) {
+      std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*fx, name);
+      if (!q) continue;
+      CHECK(q->nested && q->blocksize == 64 && q->nested_blocksize == 256);
+      CHECK_MSG(q->nested_map_is_dynamic, "%s: nested_quant_map differs from dynamic_map_signed()", name.c_str());
+      const int rows = int(q->shape[0]), cols = int(q->shape[1]);
+      Tensor t = cpu->upload_4bit_nested(q->packed, q->absmax_q, q->nested_absmax, q->nested_offset, Quant::NF4, rows, cols);
+      const std::vector<float> want = bnb_absmax_per64(*q);
+      CHECK_MSG(std::memcmp(t.scales, want.data(), want.size() * 4) == 0, "%s: restored absmax differ", name.c_str());
+      cpu->free(t);
+      nested_weights++;
+    }
+    CHECK_MSG(nested_weights == 14, "%d quantized weights in the fixture (2 layers × 7)", nested_weights);
+  }
 
   // a checkpoint whose quant state does not match its packed weight: an error naming the shard and the tensor
   const std::string dir = test_tmp_dir("quant4_test");

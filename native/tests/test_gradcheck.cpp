@@ -86,8 +86,9 @@ Rows sample_rows(int V) {
 // targets: empty = all seven. A subset leaves holes in the input groups (q|k|v, gate|up) whose LoRA products
 // the model computes as one GEMM per group.
 // fold: TransformerOptions::fold_lora (applies only without dropout and NF4).
+// mlp_chunk: TransformerOptions::mlp_chunk_tokens (with ckpt and no dropout, chunks of that many of the 14 tokens).
 void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool nf4 = false,
-                      const std::vector<std::string>& targets = {}, bool fold = true) {
+                      const std::vector<std::string>& targets = {}, bool fold = true, int mlp_chunk = 0) {
   auto be = make_cpu_backend_f64(2);
   ModelConfig cfg = tiny_config(family);
   ModelWeights w = random_weights(cfg, 7);
@@ -97,6 +98,7 @@ void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool
   opt.gradient_checkpointing = ckpt;
   opt.quantize_nf4 = nf4;       // QLoRA: frozen linear weights stored as NF4, dequantized inside matmul
   opt.fold_lora = fold;
+  opt.mlp_chunk_tokens = mlp_chunk;
   opt.ce_vocab_chunk = 5;      // 13 = 5 + 5 + 3: exercises the multi-chunk path
   opt.ce_max_logits = 5 * 6;   // 6 rows per chunk: exercises row chunking (N = 14)
   Transformer m(*be, w, &spec, opt);
@@ -128,8 +130,8 @@ void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool
   MT_CHECK(worst < 1e-6, "%s (dropout %.1f, ckpt %d, nf4 %d): LoRA gradient vs finite differences: err %.3g at param %zu",
            family.c_str(), dropout, int(ckpt), int(nf4), worst, worst_i);
   MT_CHECK(nonzero > n / 2, "%s: only %zu of %zu gradients are non-zero", family.c_str(), nonzero, n);
-  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d nf4=%d targets=%zu fold=%d: %zu params, max FD err %.2g\n",
-               family.c_str(), dropout, int(ckpt), int(nf4), spec.targets.size(), int(fold), n, worst);
+  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d nf4=%d targets=%zu fold=%d mlp_chunk=%d: %zu params, max FD err %.2g\n",
+               family.c_str(), dropout, int(ckpt), int(nf4), spec.targets.size(), int(fold), mlp_chunk, n, worst);
 }
 
 std::vector<double> grads_of(Backend& be, Transformer& m, const Rows& r, double* loss) {
@@ -142,6 +144,9 @@ std::vector<double> grads_of(Backend& be, Transformer& m, const Rows& r, double*
 // to host memory (two device slots) and keeping every layer's group inputs (keep_group_inputs, instead of the
 // default lean sets that backward refills) give bit-identical losses and gradients, with and without LoRA dropout
 // (the unfolded and the folded paths); offloading holds fewer backend bytes, and lean sets fewer than kept inputs.
+// The MLP in token chunks (mlp_chunk_tokens 4 of 14 tokens: 4 + 4 + 4 + 2, with and without offload) gives the
+// same loss and gradients up to the order of the LoRA weight gradients' sums over tokens, and holds fewer bytes;
+// with dropout it is off.
 void checkpointing_identical(const std::string& family) {
   ModelConfig cfg = tiny_config(family);
   cfg.num_layers = 5;   // odd, and deep enough that both offload slots are reused
@@ -149,16 +154,19 @@ void checkpointing_identical(const std::string& family) {
   Rows rows = sample_rows(cfg.vocab_size);
   for (double dropout : {0.1, 0.0}) {
     LoraSpec spec = all_targets(dropout);
-    std::vector<double> g[4];
-    double loss[4], eval[4];
-    size_t held[4];
-    for (int v = 0; v < 4; v++) {   // 0 plain (lean), 1 checkpointing, 2 checkpointing + offload, 3 plain, kept inputs
+    std::vector<double> g[6];
+    double loss[6], eval[6];
+    size_t held[6];
+    // 0 plain (lean sets), 1 checkpointing, 2 checkpointing + offload, 3 checkpointing + MLP chunks, 4 … + offload,
+    // 5 plain with every layer's group inputs kept
+    for (int v = 0; v < 6; v++) {
       auto be = make_cpu_backend(2);
       {
         TransformerOptions opt;
-        opt.gradient_checkpointing = v == 1 || v == 2;
-        opt.offload_checkpoints = v == 2;
-        opt.keep_group_inputs = v == 3;
+        opt.gradient_checkpointing = v >= 1 && v <= 4;
+        opt.offload_checkpoints = v == 2 || v == 4;
+        opt.mlp_chunk_tokens = v == 3 || v == 4 ? 4 : 0;
+        opt.keep_group_inputs = v == 5;
         Transformer m(*be, w, &spec, opt);
         randomize_lora(*be, m, 5);
         g[v] = grads_of(*be, m, rows, &loss[v]);
@@ -171,14 +179,29 @@ void checkpointing_identical(const std::string& family) {
       }
       MT_CHECK(be->bytes_in_use() == 0, "%s: Transformer leaked %zu backend bytes", family.c_str(), be->bytes_in_use());
     }
-    for (int v = 1; v < 4; v++)
+    for (int v : {1, 2, 5})
       MT_CHECK(loss[v] == loss[0] && g[v] == g[0] && eval[v] == eval[0],
                "%s (dropout %.1f): %s changed the loss or gradients", family.c_str(), dropout,
                v == 1 ? "gradient checkpointing" : v == 2 ? "offloading the checkpoints" : "keeping the group inputs");
     MT_CHECK(held[2] < held[1], "%s: offloading did not lower the backend bytes (%zu vs %zu)", family.c_str(), held[2],
              held[1]);
-    MT_CHECK(held[0] < held[3], "%s: lean activation sets did not lower the backend bytes (%zu vs %zu)", family.c_str(),
-             held[0], held[3]);
+    MT_CHECK(held[0] < held[5], "%s: lean activation sets did not lower the backend bytes (%zu vs %zu)", family.c_str(),
+             held[0], held[5]);
+    for (int v = 3; v < 5; v++) {
+      double worst = 0, scale = 0;
+      for (size_t i = 0; i < g[0].size(); i++) {
+        worst = std::max(worst, std::fabs(g[v][i] - g[0][i]));
+        scale = std::max(scale, std::fabs(g[0][i]));
+      }
+      const bool same = dropout > 0 ? loss[v] == loss[0] && g[v] == g[0] && eval[v] == eval[0]
+                                    : std::fabs(loss[v] - loss[0]) <= 1e-6 * std::fabs(loss[0]) && worst <= 1e-5 * scale &&
+                                          std::fabs(eval[v] - eval[0]) <= 1e-6 * std::fabs(eval[0]);
+      MT_CHECK(same, "%s (dropout %.1f): MLP chunks%s changed the loss (%.9g vs %.9g) or gradients (max diff %.3g of %.3g)",
+               family.c_str(), dropout, v == 4 ? " + offload" : "", loss[v], loss[0], worst, scale);
+      if (dropout == 0)
+        MT_CHECK(held[v] < held[v - 2], "%s: MLP chunks did not lower the backend bytes (%zu vs %zu)", family.c_str(),
+                 held[v], held[v - 2]);
+    }
   }
 }
 
@@ -238,5 +261,9 @@ int main() {
   gradcheck_family("qwen2", 0.3, true, false, {"k_proj", "v_proj", "gate_proj", "down_proj"});
   gradcheck_family("qwen2", 0.0, true, false, {}, false);
   gradcheck_family("llama", 0.0, false, false, {"q_proj", "v_proj", "up_proj", "down_proj"}, false);
+  // the MLP in token chunks: folded, unfolded with holes in gate|up, NF4 (never folded)
+  gradcheck_family("llama", 0.0, true, false, {}, true, 4);
+  gradcheck_family("gemma", 0.0, true, false, {"q_proj", "up_proj", "down_proj"}, false, 5);
+  gradcheck_family("qwen2", 0.0, true, true, {}, true, 3);
   return mt::finish("test_gradcheck");
 }

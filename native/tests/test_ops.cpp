@@ -123,7 +123,7 @@ void test_matmul(Backend& be, Backend& bf) {
     std::vector<float> W(size_t(Nq) * Kq);
     for (float& w : W) w = float(rng.normal() * 0.05);
     auto X = rng.normals(size_t(Mq) * Kq);
-    Tensor wq = bf.upload_nf4(W.data(), Nq, Kq);
+    Tensor wq = bf.upload_nf4(W.data(), Nq, Kq, false);
     Tensor x = mt::upload(bf, X), y = bf.alloc(size_t(Mq) * Nq, Role::Activation);
     bf.matmul(y, x, wq, Mq, Nq, Kq, false, true, 1.0f, 0.0f);
     auto got = mt::download(bf, y, size_t(Mq) * Nq);

@@ -57,6 +57,11 @@ struct Tensor {
   size_t n = 0;             // element count
   Quant quant = Quant::None;
   void* scales = nullptr;   // 4-bit only: absmax per 64-element block
+  // 4-bit with double-quantized absmax (bitsandbytes' nested absmax, kept so by backends that save memory with it,
+  // CUDA): `scales` holds one uint8 code per 64-block and absmax_j = dynamic_map_signed()[code_j]·scales2[j/256] +
+  // scales_offset in fp32 (model/quant4.h double_dequantize). scales2 == nullptr: `scales` is fp32 absmax.
+  void* scales2 = nullptr;
+  float scales_offset = 0;
 
   bool empty() const { return ptr == nullptr || n == 0; }
   // Elements [offset, offset+count) as a tensor of their own (plain tensors only).
@@ -123,6 +128,10 @@ class Backend {
   virtual DType dtype_of(Role role) const = 0;   // storage dtype the backend uses for a role
   virtual Tensor alloc(size_t n, Role role) = 0; // uninitialized; freed by free() or at backend destruction
   virtual void free(Tensor& t) = 0;              // sets t to empty
+  // A Weight-role table that only embedding_forward reads (the token embedding when it is not the head too). A
+  // device backend may keep it in page-locked host memory that its kernel reads over the bus: a step reads N rows,
+  // not the V×C table (1 GiB of device memory at Llama-3-8B, a sixth of QLoRA's). Default: alloc(n, Role::Weight).
+  virtual Tensor alloc_gather_table(size_t n) { return alloc(n, Role::Weight); }
   virtual size_t bytes_in_use() const = 0;       // backend memory currently allocated
   virtual size_t peak_bytes() const = 0;         // high-water mark of bytes_in_use (device memory on GPU)
   virtual void synchronize() = 0;                // wait for all queued work
@@ -174,12 +183,20 @@ class Backend {
   virtual void copy_2d(const Tensor& dst, int ld_dst, const Tensor& src, int ld_src, int rows, int cols) = 0;
   virtual void fill(const Tensor& dst, float value, size_t n) = 0;      // dst[0..n) = value
   // Quantize fp32 host weights (rows, cols) to NF4 blockwise-64 (native.md §4.1); returns a Quant::NF4
-  // tensor usable only as matmul's B operand. Backends without QLoRA throw EngineError.
-  virtual Tensor upload_nf4(const float* w, int rows, int cols) = 0;
+  // tensor usable only as matmul's B operand. double_quant: the absmax double-quantized too, as bitsandbytes'
+  // bnb_4bit_use_double_quant (model/quant4.h double_quantize), so the weight dequantizes to exactly what a
+  // double-quantized checkpoint of the same base does. Backends without QLoRA throw EngineError.
+  virtual Tensor upload_nf4(const float* w, int rows, int cols, bool double_quant) = 0;
   // A weight (rows, cols) already quantized on the host (a pre-quantized bitsandbytes checkpoint, or
   // quantize_nf4 in model/quant4.h): packed codes ((rows·cols+1)/2 bytes), absmax per 64 elements, quant NF4 or
   // FP4. Backends without QLoRA (or without FP4) throw EngineError.
   virtual Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) = 0;
+  // The same with the absmax double-quantized (a bitsandbytes checkpoint's nested absmax with blocksize 64 and
+  // nested blocksize 256, or double_quantize's result): absmax_j = dynamic_map_signed()[absmax_q[j]]·absmax2[j/256]
+  // + offset. This default expands the absmax (double_dequantize's arithmetic) and calls upload_4bit; the CUDA
+  // backend keeps the 8-bit form on the device (1 byte per 64 values instead of 4) and dequantizes it in the GEMM.
+  virtual Tensor upload_4bit_nested(const uint8_t* packed, const uint8_t* absmax_q, const float* absmax2, float offset,
+                                    Quant quant, int rows, int cols);
 
   // ---- matmul: the workhorse ---------------------------------------------------------------------------
   // D (M,N) = alpha · op(A) · op(B) + beta · C, row-major, accumulated in fp32 (f64 in the double variant).

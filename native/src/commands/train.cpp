@@ -246,6 +246,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   // fused CE pass per block, head GEMMs of 512 × V × C that still run at full speed, and 0.4 GiB less than a
   // 2048-row block (which counts at 8B with checkpointing). The CPU default (32M elements) is plenty there.
   if (be->name() == "cuda") opt.ce_max_logits = int64_t(512) * 131072;
+  apply_memory_saving(opt);   // QLoRA and checkpoint offload: the token embedding in host memory
   Transformer model(*be, cfg, &spec, opt);
   const size_t n_params = model.num_lora_params();
   Tensor adam_m = be->alloc(n_params, Role::Param), adam_v = be->alloc(n_params, Role::Param);

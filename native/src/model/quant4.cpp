@@ -112,8 +112,12 @@ const std::vector<float>& dynamic_map_signed() {
 
 NestedAbsmax double_quantize(const float* absmax, size_t n, int threads) {
   NestedAbsmax out;
-  double sum = 0;
-  for (size_t i = 0; i < n; i++) sum += absmax[i];
+  double sum = 0;   // per 256-block, then over the blocks: the device's order (nf4.cu absmax_block_sums_kernel)
+  for (size_t b0 = 0; b0 < n; b0 += 256) {
+    double block = 0;
+    for (size_t i = b0; i < std::min(n, b0 + 256); i++) block += absmax[i];
+    sum += block;
+  }
   out.offset = n ? float(sum / double(n)) : 0.0f;
   const std::vector<float>& map = dynamic_map_signed();
   const size_t nb = (n + 255) / 256;
@@ -137,9 +141,12 @@ NestedAbsmax double_quantize(const float* absmax, size_t n, int threads) {
   return out;
 }
 
-void double_dequantize(const NestedAbsmax& nq, float* absmax) {
+void double_dequantize(const uint8_t* q, const float* absmax2, float offset, size_t n, float* absmax) {
   const std::vector<float>& map = dynamic_map_signed();
-  for (size_t i = 0; i < nq.q.size(); i++) absmax[i] = map[nq.q[i]] * nq.absmax2[i / 256] + nq.offset;
+  for (size_t i = 0; i < n; i++) absmax[i] = map[q[i]] * absmax2[i / 256] + offset;
+}
+void double_dequantize(const NestedAbsmax& nq, float* absmax) {
+  double_dequantize(nq.q.data(), nq.absmax2.data(), nq.offset, nq.q.size(), absmax);
 }
 
 // ---- pre-quantized bitsandbytes checkpoints --------------------------------------------------------------
@@ -275,6 +282,11 @@ std::optional<Bnb4bitWeight> bnb_4bit_weight(const SafetensorsModel& st, const s
     const TensorView* nq = need(name + ".nested_quant_map", DType::F32, 256);
     const float* a2 = reinterpret_cast<const float*>(na->data);
     const float* code2 = reinterpret_cast<const float*>(nq->data);
+    w.absmax_q = aq->data;
+    w.nested_absmax = a2;
+    w.nested_offset = offset;
+    w.nested_blocksize = nb;
+    w.nested_map_is_dynamic = std::memcmp(code2, dynamic_map_signed().data(), 256 * 4) == 0;
     // dequantize_blockwise(absmax_q, state2) + offset, in fp32 like bitsandbytes (two roundings: product, sum).
     for (int64_t b = 0; b < blocks; b++) {
       const float scaled = code2[aq->data[b]] * a2[b / nb];

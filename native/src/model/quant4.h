@@ -49,11 +49,14 @@ struct NestedAbsmax {
   std::vector<uint8_t> q;        // one per absmax
   std::vector<float> absmax2;    // one per 256 absmax
 };
+// The offset is summed in double over each 256-block in order, then over the blocks in order: an order the CUDA
+// backend reproduces (backend/cuda/nf4.cu), so a weight double-quantized on the device has the same bytes.
 // bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), sorted, fp32.
 const std::vector<float>& dynamic_map_signed();
 NestedAbsmax double_quantize(const float* absmax, size_t n, int threads);
 // absmax_j = map[q_j]·absmax2[j/256] + offset in fp32, as bitsandbytes restores it.
 void double_dequantize(const NestedAbsmax& nested, float* absmax);
+void double_dequantize(const uint8_t* q, const float* absmax2, float offset, size_t n, float* absmax);
 
 // ---- pre-quantized bitsandbytes checkpoints --------------------------------------------------------------
 // True when config.json's quantization_config declares a bitsandbytes 4-bit checkpoint. Throws EngineError
@@ -72,6 +75,14 @@ struct Bnb4bitWeight {
   bool nested = false;              // double-quantized absmax
   const uint8_t* packed = nullptr;  // (numel+1)/2 bytes
   std::vector<float> absmax;        // fp32 per block, nesting already undone (bitsandbytes' arithmetic)
+  // nested only, as stored: 8-bit absmax codes (one per block), the fp32 absmax of each nested block, the offset,
+  // the nested block size and whether the stored nested_quant_map is dynamic_map_signed() (then a backend may keep
+  // the weight double-quantized: Backend::upload_4bit_nested).
+  const uint8_t* absmax_q = nullptr;
+  const float* nested_absmax = nullptr;
+  float nested_offset = 0;
+  int64_t nested_blocksize = 0;
+  bool nested_map_is_dynamic = false;
   const float* code() const { return fp4 ? kFP4Code : kNF4Code; }
 };
 

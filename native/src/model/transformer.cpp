@@ -113,7 +113,8 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
   // refresh_folded_lora(), the blocks of the group's other projections stay zero.
   for (WeightSlot& w : slots_w_) {
     if (w.nf4 || w.view) continue;
-    *w.t = be_.alloc(size_t(w.rows) * w.ld, Role::Weight);
+    const size_t n = size_t(w.rows) * w.ld;
+    *w.t = w.t == &embed_ && !tied_ && opt_.embedding_in_host_memory ? be_.alloc_gather_table(n) : be_.alloc(n, Role::Weight);
   }
   for (LayerW& L : layers_) {
     if (merged_) {
@@ -229,18 +230,10 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
   if (v.size() != n)
     throw EngineError("weight " + w.name + " has " + std::to_string(v.size()) + " values, expected " + std::to_string(n));
   if (w.nf4) {
-    // bitsandbytes' quantize_4bit: by the backend (the CPU over all cores, CUDA on the device), or on the host
-    // when the absmax is double-quantized too (model/quant4.h).
+    // bitsandbytes' quantize_4bit (+ double quantization of the absmax): by the backend, the CPU over all cores,
+    // CUDA on the device.
     if (!w.t->empty()) be_.free(*w.t);
-    if (!opt_.double_quant) {
-      *w.t = be_.upload_nf4(v.data(), w.rows, w.cols);
-    } else {
-      std::vector<uint8_t> packed((n + 1) / 2);
-      std::vector<float> absmax((n + 63) / 64);
-      quantize_nf4(v.data(), n, packed.data(), absmax.data(), 0);
-      double_dequantize(double_quantize(absmax.data(), absmax.size(), 0), absmax.data());
-      *w.t = be_.upload_4bit(packed.data(), absmax.data(), Quant::NF4, w.rows, w.cols);
-    }
+    *w.t = be_.upload_nf4(v.data(), w.rows, w.cols, opt_.double_quant);
   } else if (w.ld == w.cols) {
     be_.upload(*w.t, v.data(), n);
   } else {   // folded: rows of [W | zeros]; run() writes the LoRA columns
@@ -269,9 +262,15 @@ void Transformer::load_weights(const std::string& dir, const std::function<void(
     if (std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*st, w.name)) {
       if (q->shape != want) shape_error(w, q->shape, want);
       if (w.nf4) {
-        const std::vector<float> absmax = bnb_absmax_per64(*q);
         if (!w.t->empty()) be_.free(*w.t);
-        *w.t = be_.upload_4bit(q->packed, absmax.data(), q->fp4 ? Quant::FP4 : Quant::NF4, w.rows, w.cols);
+        const Quant quant = q->fp4 ? Quant::FP4 : Quant::NF4;
+        if (q->nested && q->blocksize == 64 && q->nested_blocksize == 256 && q->nested_map_is_dynamic) {
+          // QLoRA's usual double-quantized checkpoint: kept so (the CUDA backend holds 1 absmax byte per 64 values)
+          *w.t = be_.upload_4bit_nested(q->packed, q->absmax_q, q->nested_absmax, q->nested_offset, quant, w.rows, w.cols);
+        } else {
+          const std::vector<float> absmax = bnb_absmax_per64(*q);
+          *w.t = be_.upload_4bit(q->packed, absmax.data(), quant, w.rows, w.cols);
+        }
       } else {
         buf.resize(size_t(q->numel));
         parallel_ranges(buf.size(), 1 << 16, [&](size_t a, size_t b) { bnb_dequantize(*q, int64_t(a), int64_t(b - a), buf.data() + a); });
@@ -388,10 +387,11 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N, bool own_inputs) {
   // own copies, or (own_inputs false: lean sets, TransformerOptions::keep_group_inputs) the shared ones that
   // backward refills (recompute_group_inputs).
   // A folded group's input has its LoRA down-projections as extra columns: [xn1 | xa_q xa_k xa_v] etc.
+  const int mlp_rows = mlp_rows_ > 0 ? std::min(mlp_rows_, N) : N;   // gate|up and h: one MLP chunk
   if (own_inputs) {
     a.xn1 = be_.alloc(size_t(N) * input_ld(kGroupQKV), Role::Activation);
     a.xn2 = be_.alloc(size_t(N) * input_ld(kGroupGateUp), Role::Activation);
-    a.h = be_.alloc(size_t(N) * input_ld(kGroupDown), Role::Activation);
+    a.h = be_.alloc(size_t(mlp_rows) * input_ld(kGroupDown), Role::Activation);
   } else {
     a.xn1 = shared_inputs_.xn1;
     a.xn2 = shared_inputs_.xn2;
@@ -403,7 +403,7 @@ void Transformer::alloc_layer_acts(LayerActs& a, int N, bool own_inputs) {
   a.lse = be_.alloc(size_t(N) * c.num_heads, Role::Stat);
   a.res_mid = be_.alloc(size_t(N) * C, Role::Activation);
   a.rstd2 = be_.alloc(size_t(N), Role::Stat);
-  a.gu = be_.alloc(size_t(N) * 2 * F, Role::Activation);
+  a.gu = be_.alloc(size_t(mlp_rows) * 2 * F, Role::Activation);
   if (has_lora_)
     for (int g = 0; g < 4; g++)   // every layer adapts the same projections
       if (group_width_[g] > 0 && !fold_[g]) a.xa[g] = be_.alloc(size_t(N) * group_width_[g], Role::Activation);
@@ -431,6 +431,9 @@ void Transformer::ensure_buffers(int N, bool training) {
     release(*t);
   cap_n_ = cap;
   const bool train_bufs = training || have_train;
+  mlp_rows_ = opt_.gradient_checkpointing && opt_.mlp_chunk_tokens > 0 && dropout_p() == 0.0f && cap > opt_.mlp_chunk_tokens
+                  ? opt_.mlp_chunk_tokens : 0;
+  const int mlp_rows = mlp_rows_ > 0 ? mlp_rows_ : cap;
   const size_t n_acts = std::max(want_acts, (train_bufs && !opt_.gradient_checkpointing) ? size_t(L) : size_t(1));
   acts_.resize(n_acts);
   lean_acts_ = n_acts > 1 && !opt_.keep_group_inputs;
@@ -452,20 +455,20 @@ void Transformer::ensure_buffers(int N, bool training) {
   xf_ = be_.alloc(size_t(cap) * C, Role::Activation);
   rstdf_ = be_.alloc(size_t(cap), Role::Stat);
   const int in_max = std::max(std::max(C, F), qd);
-  const bool dropout = has_lora_ && dropout_p() > 0;   // the scratch holds the masked inputs of LoRA dropout only
-  if (dropout) scratch_in_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
+  // the masked inputs and input gradients of LoRA dropout (N·F each: 23 GB at 400K tokens of Llama-3-8B)
+  if (dropout_p() > 0) scratch_in_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   if (train_bufs) {
     dres_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupO), Role::Activation);
     dxn_ = be_.alloc(size_t(cap) * C, Role::Activation);
     dqkv_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupQKV), Role::Activation);
     datt_ = be_.alloc(size_t(cap) * qd, Role::Activation);
-    dh_ = be_.alloc(size_t(cap) * F, Role::Activation);
-    dgu_ = be_.alloc(size_t(cap) * group_dy_ld(kGroupGateUp), Role::Activation);
+    dh_ = be_.alloc(size_t(mlp_rows) * F, Role::Activation);
+    dgu_ = be_.alloc(size_t(mlp_rows) * group_dy_ld(kGroupGateUp), Role::Activation);
     int widest = 0;   // dxa of the unfolded groups (a folded group keeps it in its dy's spare columns)
     for (int g = 0; g < 4; g++)
       if (!fold_[g]) widest = std::max(widest, group_width_[g]);
     if (widest > 0) dxa_ = be_.alloc(size_t(cap) * widest, Role::Activation);
-    if (dropout) scratch_dx_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
+    if (dropout_p() > 0) scratch_dx_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
   }
   ce_vc_ = std::min(V, std::max(1, opt_.ce_vocab_chunk));
   ce_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(cap, opt_.ce_max_logits / ce_vc_)));
@@ -740,6 +743,10 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
   group_forward(l, kGroupO, a.att, N, a.res_mid, C, &x, xa, ld_xa, seed);
   xa = xa_of(a, kGroupGateUp, &ld_xa);
   be_.rmsnorm_forward(a.xn2, a.rstd2, a.res_mid, W.mlp_norm, N, C, eps, p1, input_ld(kGroupGateUp));
+  if (mlp_rows_ > 0) {   // chunked MLP: backward recomputes it chunk by chunk, so the recompute stops here
+    if (!recompute) mlp_forward_chunked(l, a, x_next, N, seed);
+    return;
+  }
   group_forward(l, kGroupGateUp, a.xn2, N, a.gu, 2 * F, nullptr, xa, ld_xa, seed);
   const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
   be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
@@ -788,15 +795,19 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd (+ LoRA)
   const int ld_dres = group_dy_ld(kGroupO);
   int ld_xa = 0;
-  Tensor xa = xa_of(a, kGroupDown, &ld_xa);
-  group_backward(l, kGroupDown, dh_, a.h, N, dres_, ld_dres, xa, ld_xa, seed, true);
-  const int ld_dgu = group_dy_ld(kGroupGateUp);
-  // side_join() before each write of a buffer that the side work issued so far reads (dgu_, dres_, dqkv_)
-  be_.side_join();
-  be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)),
-                   N, F, act, 2 * F, ld_dgu);
-  xa = xa_of(a, kGroupGateUp, &ld_xa);
-  group_backward(l, kGroupGateUp, dxn_, a.xn2, N, dgu_, ld_dgu, xa, ld_xa, seed, true);
+  Tensor xa;
+  if (mlp_rows_ > 0) {
+    mlp_backward_chunked(l, a, N, seed);
+  } else {
+    xa = xa_of(a, kGroupDown, &ld_xa);
+    group_backward(l, kGroupDown, dh_, a.h, N, dres_, ld_dres, xa, ld_xa, seed, true);
+    const int ld_dgu = group_dy_ld(kGroupGateUp);
+    // side_join() before each write of a buffer that the side work issued so far reads (dgu_, dres_, dqkv_)
+    be_.side_join();
+    be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)), N, F, act, 2 * F, ld_dgu);
+    xa = xa_of(a, kGroupGateUp, &ld_xa);
+    group_backward(l, kGroupGateUp, dxn_, a.xn2, N, dgu_, ld_dgu, xa, ld_xa, seed, true);
+  }
   be_.side_join();
   be_.rmsnorm_backward(dres_, dxn_, a.res_mid, W.mlp_norm, a.rstd2, N, C, p1, ld_dres);
   // res_mid = x + att·Woᵀ
@@ -822,6 +833,55 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   if (need_dx) {
     be_.side_join();
     be_.rmsnorm_backward(dres_, dxn_, x, W.attn_norm, a.rstd1, N, C, p1, ld_dres);
+  }
+}
+
+// ---- the MLP in token chunks (TransformerOptions::mlp_chunk_tokens) ------------------------------------------
+// The MLP is token-wise, so rows [r0, r0+n) go through gate|up → act → down on their own; the chunk buffers (a.gu,
+// a.h, dh_, dgu_) hold n rows. LoRA weight gradients accumulate over the chunks (the GEMMs' beta = 1), the input
+// gradient dxn_ and the output x_next are written row block by row block. Dropout is 0 here (its masks index the
+// whole (N, in) input), so the seeds are only passed along.
+
+Tensor Transformer::mlp_xa(LayerActs& a, int group, int r0, int* ld) const {
+  // gate|up's xa lives beside xn2 (folded) or in a.xa (N rows); down's beside the chunk's h (folded: chunk rows)
+  Tensor xa = xa_of(a, group, ld);
+  return group == kGroupDown && fold_[group] ? xa : xa.from(size_t(r0) * *ld);
+}
+
+void Transformer::mlp_forward_chunked(int l, LayerActs& a, const Tensor& x_next, int N, uint64_t seed) {
+  const int C = cfg_.hidden_size, F = cfg_.intermediate_size;
+  const Glu act = cfg_.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  for (int r0 = 0; r0 < N; r0 += mlp_rows_) {
+    const int n = std::min(mlp_rows_, N - r0);
+    int ld_xa = 0;
+    Tensor xa = mlp_xa(a, kGroupGateUp, r0, &ld_xa);
+    group_forward(l, kGroupGateUp, a.xn2.from(size_t(r0) * input_ld(kGroupGateUp)), n, a.gu, 2 * F, nullptr, xa, ld_xa, seed);
+    be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), n, F, act, input_ld(kGroupDown), 2 * F);
+    xa = mlp_xa(a, kGroupDown, r0, &ld_xa);
+    const Tensor res_mid = a.res_mid.from(size_t(r0) * C);
+    group_forward(l, kGroupDown, a.h, n, x_next.from(size_t(r0) * C), C, &res_mid, xa, ld_xa, seed);
+  }
+}
+
+void Transformer::mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed) {
+  const int C = cfg_.hidden_size, F = cfg_.intermediate_size;
+  const Glu act = cfg_.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  const int ld_dres = group_dy_ld(kGroupO), ld_dgu = group_dy_ld(kGroupGateUp), ld_xn2 = input_ld(kGroupGateUp);
+  for (int r0 = 0; r0 < N; r0 += mlp_rows_) {
+    const int n = std::min(mlp_rows_, N - r0);
+    // the previous chunk's side work (LoRA weight gradients) reads a.gu, a.h and dgu_: done before they are rewritten
+    be_.side_join();
+    const Tensor xn2 = a.xn2.from(size_t(r0) * ld_xn2);
+    int ld_xa_gu = 0, ld_xa_d = 0;
+    const Tensor xa_gu = mlp_xa(a, kGroupGateUp, r0, &ld_xa_gu);
+    group_forward(l, kGroupGateUp, xn2, n, a.gu, 2 * F, nullptr, xa_gu, ld_xa_gu, seed);   // recompute gate|up, h
+    be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), n, F, act, input_ld(kGroupDown), 2 * F);
+    const Tensor xa_d = mlp_xa(a, kGroupDown, r0, &ld_xa_d);
+    group_forward(l, kGroupDown, a.h, n, Tensor(), C, nullptr, xa_d, ld_xa_d, seed, false);  // down's xa only
+    group_backward(l, kGroupDown, dh_, a.h, n, dres_.from(size_t(r0) * ld_dres), ld_dres, xa_d, ld_xa_d, seed, true);
+    be_.side_join();
+    be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)), n, F, act, 2 * F, ld_dgu);
+    group_backward(l, kGroupGateUp, dxn_.from(size_t(r0) * C), xn2, n, dgu_, ld_dgu, xa_gu, ld_xa_gu, seed, true);
   }
 }
 

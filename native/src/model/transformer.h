@@ -16,6 +16,7 @@
 // shares one x·Aᵀ GEMM; with fold_lora the up-projection rides in the base GEMM as extra K columns and the LoRA
 // input gradient in the dX GEMM as extra K rows (TransformerOptions, group_forward, group_backward).
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <functional>
@@ -41,6 +42,9 @@ struct TransformerOptions {
   // With quantize_nf4 on a 16-bit base: double-quantize the absmax as bitsandbytes' bnb_4bit_use_double_quant does
   // (model/quant4.h), so the weights are those of a double-quantized checkpoint of the same base.
   bool double_quant = false;
+  // The token embedding (when not tied to the head) in host memory on a device backend (Backend::alloc_gather_table):
+  // −1 GiB of device memory at Llama-3-8B for a PCIe read of the batch's rows each step.
+  bool embedding_in_host_memory = false;
   // Fold the LoRA of every adapted input group into its base GEMMs. The group weight is kept as
   //   W_ext = [ W   | s·B_blk ]   (out + g·r, in + g·r): B_blk holds each projection's s·B_t in its own r columns,
   //           [ A_g |    0    ]   A_g the group's stacked A (g·r, in),
@@ -55,12 +59,26 @@ struct TransformerOptions {
   // two rmsnorms, one GLU and the folded groups' x·Aᵀ — about 1% of a layer's FLOPs, and the same values as the
   // forward's (same kernels, same inputs). true keeps them per layer instead (A/B benchmarks).
   bool keep_group_inputs = false;
+  // With gradient_checkpointing and LoRA dropout 0: the MLP (gate|up → act → down) runs over this many tokens at a
+  // time, forward and backward (it is token-wise), so gate|up, h and their gradients exist for one chunk, not for
+  // all N tokens: at long context they were most of the activation memory (6F of the ~11C + 6F values per token).
+  // 0 = whole micro-batch. Chunks of 16K tokens keep every GEMM large.
+  int mlp_chunk_tokens = 16384;
   // Cross-entropy head: logits are computed for (rows × vocab chunk) at a time, never (N × V).
   // V ≤ ce_vocab_chunk (every vocabulary up to Gemma's 256K by default) → one fused pass per row block (loss and
   // dlogits from the same buffer); bigger V → online logsumexp over chunks plus a recompute pass.
   int64_t ce_max_logits = int64_t(1) << 25;   // elements of the logits buffer (rows × vocab chunk)
   int ce_vocab_chunk = 1 << 18;               // vocabulary columns per chunk
 };
+
+// The memory-first settings of QLoRA and of checkpoint offload (both are chosen to fit a card, not for speed):
+// the token embedding in host memory, and logits blocks of 512 rows (128K vocabulary: 128 MB instead of 0.5 GB).
+// docs/qlora-memory.md has the arithmetic. `train` and cuda_train_bench apply it alike.
+inline void apply_memory_saving(TransformerOptions& o) {
+  if (!o.quantize_nf4 && !o.offload_checkpoints) return;
+  o.embedding_in_host_memory = true;
+  o.ce_max_logits = std::min<int64_t>(o.ce_max_logits, int64_t(512) * 131072);
+}
 
 // One micro-batch in host memory: (B, T) int32 arrays, as in a token shard row.
 struct Batch {
@@ -197,6 +215,12 @@ class Transformer {
   std::vector<Tensor> k_cache_, v_cache_;
 
   void ensure_buffers(int N, bool training);
+  int mlp_rows_ = 0;   // rows of the MLP chunk buffers (TransformerOptions::mlp_chunk_tokens); 0 = not chunked
+  // The MLP of a layer over chunks of mlp_rows_ tokens: forward writes x_next; backward recomputes gate|up, h and
+  // down's xa per chunk, then back-propagates d(x_next) in dres_ into dxn_ (the norm's backward follows).
+  void mlp_forward_chunked(int l, LayerActs& a, const Tensor& x_next, int N, uint64_t seed);
+  void mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed);
+  Tensor mlp_xa(LayerActs& a, int group, int r0, int* ld) const;   // rows [r0, …) of gate|up's or down's xa
   bool offloading() const { return opt_.gradient_checkpointing && opt_.offload_checkpoints; }
   // The residual stream entering layer l (l = L: the final norm's input). Offloading keeps two device slots,
   // l even / l odd: layer l reads slot l % 2 and writes slot (l + 1) % 2.

@@ -4,6 +4,7 @@
 // max abs error and ‖cuda − cpu‖/‖cpu‖ per op and fail above a per-op threshold (bf16 outputs: 1e-2 relative;
 // fp32 optimizer math: 1e-5). Needs a GPU: run by bench/cuda-train.sh, not by ctest.
 #include <cuda_runtime.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -264,13 +265,15 @@ void test_matmul(Harness& h) {
   h.compare("matmul fp32 × fp32 → fp32", p3, kF32);
   // NF4 base weight (QLoRA): both backends quantize the same fp32 weight the same way
   std::vector<float> wf = randn((size_t)N * K, 0.05f, false);
-  Tensor wq_cpu = h.cpu.upload_nf4(wf.data(), N, K), wq_gpu = h.gpu.upload_nf4(wf.data(), N, K);
   Pair y2 = h.make_out((size_t)M * N, Role::Activation);
-  h.cpu.matmul(y2.cpu, x.cpu, wq_cpu, M, N, K, false, true, 1.0f, 0.0f);
-  h.gpu.matmul(y2.gpu, x.gpu, wq_gpu, M, N, K, false, true, 1.0f, 0.0f);
-  h.compare("matmul y=x·NF4(W)ᵀ", y2, kBf16);
-  h.cpu.free(wq_cpu);
-  h.gpu.free(wq_gpu);
+  for (int dq = 0; dq < 2; dq++) {   // fp32 absmax; double-quantized absmax (the device keeps it 8-bit)
+    Tensor wq_cpu = h.cpu.upload_nf4(wf.data(), N, K, dq), wq_gpu = h.gpu.upload_nf4(wf.data(), N, K, dq);
+    h.cpu.matmul(y2.cpu, x.cpu, wq_cpu, M, N, K, false, true, 1.0f, 0.0f);
+    h.gpu.matmul(y2.gpu, x.gpu, wq_gpu, M, N, K, false, true, 1.0f, 0.0f);
+    h.compare(dq ? "matmul y=x·NF4(W)ᵀ, double-quantized absmax" : "matmul y=x·NF4(W)ᵀ", y2, kBf16);
+    h.cpu.free(wq_cpu);
+    h.gpu.free(wq_gpu);
+  }
   for (Pair* p : {&x, &w, &y, &dy, &dx, &dxa, &dA, &A, &xa, &p1, &p2, &p3, &y2}) h.free(*p);
 }
 
@@ -728,7 +731,7 @@ void test_nf4_quantize(Harness& h) {
   std::vector<uint8_t> codes_cpu(n / 2), codes_gpu(n / 2);
   std::vector<float> absmax_cpu(n / 64), absmax_gpu(n / 64);
   quantize_nf4(w.data(), n, codes_cpu.data(), absmax_cpu.data(), 0);
-  Tensor t = h.gpu.upload_nf4(w.data(), rows, cols);
+  Tensor t = h.gpu.upload_nf4(w.data(), rows, cols, false);
   if (cudaMemcpy(codes_gpu.data(), t.ptr, n / 2, cudaMemcpyDeviceToHost) != cudaSuccess ||
       cudaMemcpy(absmax_gpu.data(), t.scales, n / 64 * 4, cudaMemcpyDeviceToHost) != cudaSuccess) {
     std::printf("| %-44s | cudaMemcpy failed |\n", "nf4 quantize (device) = CPU reference");
@@ -743,6 +746,45 @@ void test_nf4_quantize(Harness& h) {
   if (!ok) failures++;
   std::printf("| %-44s | %10zu | %10zu | %8.0e | %s |\n", "nf4 quantize (device) = CPU reference: bytes, absmax differing",
               code_diff, absmax_diff, 0.0, ok ? "ok" : "FAIL");
+}
+
+// quantize_base "nf4" with double quantization on the device (upload_nf4(…, true) → nf4.cu) against the CPU
+// reference (quantize_nf4 + double_quantize, model/quant4.cpp, whose nested absmax test_bnb4bit.py checks against
+// bitsandbytes): codes, 8-bit absmax codes, nested absmax and offset identical bytes. Two weights: 700 blocks with
+// spread-out absmax (zeros, an outlier, a partial last nested block of 188), and one whose absmax are all equal
+// (every absmax − offset is 0: the nested absmax is 0 and bitsandbytes' NaN path gives code 0).
+void test_nf4_double_quantize(Harness& h) {
+  struct Case { const char* name; int rows, cols; bool equal; };
+  for (const Case& c : {Case{"nf4 double quant (device) = CPU reference", 140, 320, false},
+                        Case{"nf4 double quant, all absmax equal", 8, 64 * 40, true}}) {
+    const size_t n = (size_t)c.rows * c.cols, blocks = n / 64, nb2 = (blocks + 255) / 256;
+    std::vector<float> w = randn(n, 0.05f, false);
+    if (c.equal) {
+      for (size_t b = 0; b < blocks; b++) std::copy_n(w.begin(), 64, w.begin() + b * 64);
+    } else {
+      std::fill(w.begin(), w.begin() + 128, 0.0f);   // two zero blocks
+      w[64 * 300 + 5] = 25.0f;                        // an outlier block
+      for (size_t i = 64 * 400; i < 64 * 420; i++) w[i] *= 1e-4f;   // tiny blocks
+    }
+    std::vector<uint8_t> codes_cpu(n / 2), codes_gpu(n / 2), q_gpu(blocks);
+    std::vector<float> absmax_cpu(blocks), absmax2_gpu(nb2);
+    quantize_nf4(w.data(), n, codes_cpu.data(), absmax_cpu.data(), 0);
+    const NestedAbsmax ref = double_quantize(absmax_cpu.data(), blocks, 0);
+    Tensor t = h.gpu.upload_nf4(w.data(), c.rows, c.cols, true);
+    const bool copied = cudaMemcpy(codes_gpu.data(), t.ptr, n / 2, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                        cudaMemcpy(q_gpu.data(), t.scales, blocks, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                        cudaMemcpy(absmax2_gpu.data(), t.scales2, nb2 * 4, cudaMemcpyDeviceToHost) == cudaSuccess;
+    const float offset_gpu = t.scales_offset;
+    h.gpu.free(t);
+    size_t diff = copied ? 0 : 1;
+    for (size_t i = 0; copied && i < n / 2; i++) diff += codes_cpu[i] != codes_gpu[i];
+    for (size_t i = 0; copied && i < blocks; i++) diff += ref.q[i] != q_gpu[i];
+    for (size_t i = 0; copied && i < nb2; i++) diff += std::memcmp(&ref.absmax2[i], &absmax2_gpu[i], 4) != 0;
+    diff += std::memcmp(&ref.offset, &offset_gpu, 4) != 0;
+    const bool ok = diff == 0 && (!c.equal || ref.absmax2[0] == 0.0f);
+    if (!ok) failures++;
+    std::printf("| %-44s | %10zu | %10s | %8.0e | %s |\n", c.name, diff, "bytes diff", 0.0, ok ? "ok" : "FAIL");
+  }
 }
 
 int main() {
@@ -782,6 +824,7 @@ int main() {
   test_cross_entropy(h, 2, 5008);
   test_optimizer(h);
   test_nf4_quantize(h);
+  test_nf4_double_quantize(h);
   std::printf("\n%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
   return failures ? 1 : 0;
 }

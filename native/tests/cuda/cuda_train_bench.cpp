@@ -5,7 +5,10 @@
 //                     if they drift apart (bf16 vs fp32: we allow 2% relative on the loss).
 //   bench PLAN...     8B-shaped random model (Llama-3-8B dims, or --layers L), LoRA r16 α16 on all 7 targets,
 //                     AdamW; each PLAN item is BxT[xCKPT] (e.g. 2x2048x0, 1x2048x1). Prints one JSON line per
-//                     plan: tokens/s, peak memory, loss, grad norm; then a per-op profile of one step.
+//                     plan: tokens/s, peak memory, loss, grad norm; then a per-op profile of one step. Suffix
+//                     :q4 = QLoRA (NF4 + double quantization), :offload = checkpoints in host memory; under
+//                     NXFT_DEVICE_MEMORY_CAP_GIB a plan that does not fit fails with "CUDA out of memory"
+//                     (bench/longest-context.sh bisects T that way, one process per probe).
 // The training step mirrors what `train` does: zero grads, forward_backward with grad_scale = 1/N_targets,
 // global grad norm, clip to 1.0, AdamW (lr 1e-4 here). Random weights: speed and memory do not depend on
 // values (the peer, ../shared/bench/hf_peft_baseline.py, uses random weights too).
@@ -98,8 +101,8 @@ struct Trainer {
   Tensor m, v;
   int64_t step = 0;
   Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt,
-          bool fold = true, bool offload = false, bool keep_inputs = false)
-      : be(b), model(b, w, &spec, options(ckpt, fold, offload, keep_inputs)) {
+          bool fold = true, bool offload = false, bool q4 = false, bool keep_inputs = false)
+      : be(b), model(b, w, &spec, options(ckpt, fold, offload, q4, keep_inputs)) {
     model.set_lora(init);
     size_t n = model.num_lora_params();
     m = be.alloc(n, Role::Param);
@@ -111,16 +114,21 @@ struct Trainer {
     be.free(m);
     be.free(v);
   }
-  static TransformerOptions options(bool ckpt, bool fold, bool offload, bool keep_inputs) {
+  static TransformerOptions options(bool ckpt, bool fold, bool offload, bool q4, bool keep_inputs) {
     TransformerOptions o;
     o.gradient_checkpointing = ckpt;
     o.offload_checkpoints = offload;
     o.fold_lora = fold;
     o.keep_group_inputs = keep_inputs;
+    // QLoRA as `train` runs it on a bf16 base with quantize_base "nf4" and double_quant: NF4 codes, the absmax
+    // double-quantized on the device.
+    o.quantize_nf4 = q4;
+    o.double_quant = q4;
     // One vocabulary chunk (fused forward+backward CE, no logits recompute) over up to 512 token rows, as the
     // train command sets it on CUDA: the logits buffer is 512 × 128256 bf16 = 125 MiB for Llama 3.
     o.ce_vocab_chunk = 1 << 20;
     o.ce_max_logits = int64_t(512) * 131072;
+    apply_memory_saving(o);   // QLoRA and offload: what `train` does (embedding in host memory)
     return o;
   }
   // One optimizer step on one micro-batch; returns mean loss; *gnorm gets the pre-clip grad norm.
@@ -313,9 +321,17 @@ int run_bench(int argc, char** argv) {
     else unsetenv("NXFT_SIDE_STREAM");
     if (has(":portable")) setenv("NXFT_CUDNN_PACKED", "0", 1);
     else unsetenv("NXFT_CUDNN_PACKED");
+    // ":q4" = QLoRA (NF4 base, double-quantized absmax; 4-bit B operands are dequantized per GEMM).
+    const bool q4 = has(":q4");
     if (std::sscanf(plans[pi].c_str(), "%dx%dx%d", &B, &T, &ck) < 2) {
       std::fprintf(stderr, "bad plan %s (want BxT[xCKPT])\n", plans[pi].c_str());
       return 2;
+    }
+    // frozen-base LoRA: 4N FLOPs/token (6N with recompute), N = all matmul params incl. lm_head
+    double nparams = double(cfg.vocab_size) * cfg.hidden_size;
+    {
+      const double C = cfg.hidden_size, F = cfg.intermediate_size, qd = 32.0 * 128, kvd = 8.0 * 128;
+      nparams += double(layers) * (C * qd + 2 * C * kvd + qd * C + 3 * C * F);
     }
     size_t free0 = 0, total = 0;
     cudaMemGetInfo(&free0, &total);
@@ -324,8 +340,11 @@ int run_bench(int argc, char** argv) {
     size_t peak = 0, live_end = 0, used_end = 0;
     {
       auto t1 = std::chrono::steady_clock::now();
-      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), has(":keep"));
+      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), q4, has(":keep"));
       double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      // The last plan no longer needs the host copy of the base (28 GB of fp32 layers): give it back, so a long
+      // context's offloaded checkpoints (L·T·C·2 bytes of page-locked memory: 105 GB at 400K) have the room.
+      if (pi + 1 == plans.size()) w = ModelWeights();
       std::fprintf(stderr, "[bench] %s: upload %.1f s, attention %s\n", plans[pi].c_str(), up_s,
                    cuda_attention_path(*be).c_str());
       Data d = make_data(B, T, cfg.vocab_size, 1, has(":packed"));
@@ -350,12 +369,6 @@ int run_bench(int argc, char** argv) {
       }
     }
     double tok = double(B) * T / dt;
-    // frozen-base LoRA: 4N FLOPs/token (6N with recompute), N = all matmul params incl. lm_head
-    double nparams = 0;
-    for (auto* t : {&w.lm_head}) nparams += double(t->size());
-    for (auto& L : w.layers)
-      nparams += double(L.wq.size() + L.wk.size() + L.wv.size() + L.wo.size() + L.w_gate.size() + L.w_up.size() +
-                        L.w_down.size());
     double tflops = tok * (ck ? 6.0 : 4.0) * nparams / 1e12;
     bool finite = std::isfinite(loss) && std::isfinite(gn);
     fails += !finite;

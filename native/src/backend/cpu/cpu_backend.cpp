@@ -220,11 +220,15 @@ class CpuBackend final : public Backend {
   }
 
   // quantize_base "nf4": bitsandbytes' quantize_4bit on the host, over this backend's threads (model/quant4.h).
-  Tensor upload_nf4(const float* w, int rows, int cols) override {
+  Tensor upload_nf4(const float* w, int rows, int cols, bool double_quant) override {
     const size_t n = size_t(rows) * cols;
     std::vector<uint8_t> packed((n + 1) / 2);
     std::vector<float> absmax((n + 63) / 64);
     quantize_nf4(w, n, packed.data(), absmax.data(), pool_.size());
+    if (double_quant) {
+      const NestedAbsmax nested = double_quantize(absmax.data(), absmax.size(), int(pool_.size()));
+      return upload_4bit_nested(packed.data(), nested.q.data(), nested.absmax2.data(), nested.offset, Quant::NF4, rows, cols);
+    }
     return upload_4bit(packed.data(), absmax.data(), Quant::NF4, rows, cols);
   }
 

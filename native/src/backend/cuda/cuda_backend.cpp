@@ -14,11 +14,13 @@
 #include <thread>
 #include <vector>
 #include "backend/backend.h"
+#include "backend/device_pool.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/gemm.cuh"
 #include "backend/cuda/kernels.cuh"
 #include "util/backends.h"
+#include "model/quant4.h"
 #include "util/events.h"
 #if defined(NXFT_HAVE_CUDNN)
 #include "backend/cuda/cudnn_attention.h"
@@ -41,78 +43,16 @@ namespace {
 
 using nxft::cuda::bf16;
 
-// ---- a caching device allocator: exact-size free lists (the model allocates the same shapes every step) ----
-class DeviceMemory {
- public:
-  void* get(size_t bytes) {
-    bytes = round(bytes);
-    auto it = free_.find(bytes);
-    if (it != free_.end() && !it->second.empty()) {
-      void* p = it->second.back();
-      it->second.pop_back();
-      cached_ -= bytes;
-      live_ += bytes;
-      peak_live_ = std::max(peak_live_, live_);
-      sizes_[p] = bytes;
-      return p;
-    }
-    void* p = nullptr;
-    cudaError_t e = cudaMalloc(&p, bytes);
-    if (e != cudaSuccess) {
-      cudaGetLastError();
-      release_cache();
-      e = cudaMalloc(&p, bytes);
-      if (e != cudaSuccess) {
-        cudaGetLastError();
-        throw EngineError("CUDA out of memory allocating " + std::to_string(bytes >> 20) + " MiB (" +
-                          std::to_string(live_ >> 20) + " MiB in use)");
-      }
-    }
-    reserved_ += bytes;
-    peak_reserved_ = std::max(peak_reserved_, reserved_);
-    live_ += bytes;
-    peak_live_ = std::max(peak_live_, live_);
-    sizes_[p] = bytes;
-    return p;
+// ---- device memory: the caching pool of backend/device_pool.h over cudaMalloc / cudaFree ----------------------
+void* cuda_raw_alloc(size_t bytes, void*) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    cudaGetLastError();  // clear the error: the pool releases its cache and retries, or reports out of memory
+    return nullptr;
   }
-  void put(void* p) {
-    auto it = sizes_.find(p);
-    if (it == sizes_.end()) return;
-    free_[it->second].push_back(p);
-    live_ -= it->second;
-    cached_ += it->second;
-    sizes_.erase(it);
-  }
-  void release_cache() {
-    for (auto& kv : free_)
-      for (void* p : kv.second) {
-        cudaFree(p);
-        reserved_ -= kv.first;
-      }
-    free_.clear();
-    cached_ = 0;
-  }
-  void add_external(size_t bytes) {  // workspaces held outside the allocator
-    reserved_ += bytes;
-    live_ += bytes;
-    peak_reserved_ = std::max(peak_reserved_, reserved_);
-    peak_live_ = std::max(peak_live_, live_);
-  }
-  ~DeviceMemory() {
-    release_cache();
-    for (auto& kv : sizes_) cudaFree(kv.first);
-  }
-  size_t live() const { return live_; }
-  size_t peak_live() const { return peak_live_; }
-  size_t reserved() const { return reserved_; }
-  size_t peak_reserved() const { return peak_reserved_; }
-
- private:
-  static size_t round(size_t b) { return (b + 511) & ~size_t(511); }
-  std::map<size_t, std::vector<void*>> free_;
-  std::map<void*, size_t> sizes_;
-  size_t live_ = 0, peak_live_ = 0, reserved_ = 0, peak_reserved_ = 0, cached_ = 0;
-};
+  return p;
+}
+void cuda_raw_free(void* p, void*) { cudaFree(p); }
 
 // Per-op device timing with events (only when enabled: the events cost a little launch time).
 struct OpStats {
@@ -122,7 +62,7 @@ struct OpStats {
 
 class CudaBackend : public Backend {
  public:
-  CudaBackend() {
+  CudaBackend() : mem_(cuda_raw_alloc, cuda_raw_free, nullptr, device_memory_cap_from_env()) {
     CUDA_CHECK(cudaSetDevice(0));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -135,11 +75,11 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaStreamCreateWithPriority(&main_stream_, cudaStreamNonBlocking, prio_high));
     stream_ = main_stream_;
     side_prio_ = prio_low;
-    gemm_ = std::make_unique<Gemm>(main_stream_);
+    gemm_ = std::make_unique<Gemm>(main_stream_, &mem_);
+    set_dynamic_map(dynamic_map_signed().data());   // double-quantized absmax (nf4.cu)
     const char* side = std::getenv("NXFT_SIDE_STREAM");
     side_enabled_ = !(side && std::string(side) == "0");
-    mem_.add_external(32u << 20);  // the cuBLASLt workspace
-    CUDA_CHECK(cudaMalloc(&d_sum_, sizeof(double) * (kSumSqBlocks + 1)));
+    d_sum_ = static_cast<double*>(mem_.get(sizeof(double) * (kSumSqBlocks + 1), "sum_sq partials"));
     const char* no_cudnn = std::getenv("NXFT_NO_CUDNN");
     const char* packed = std::getenv("NXFT_CUDNN_PACKED");  // 0: packed documents take the portable kernels
     cudnn_packed_ = !(packed && std::string(packed) == "0");
@@ -148,7 +88,7 @@ class CudaBackend : public Backend {
       attention_path_ = "portable (NXFT_NO_CUDNN=1)";
     } else {
       std::string why;
-      cudnn_ = make_cudnn_attention(stream_, &why);
+      cudnn_ = make_cudnn_attention(stream_, &mem_, &why);
       attention_path_ = cudnn_ ? "cudnn " + cudnn_->version() : "portable (cuDNN unusable: " + why + ")";
     }
 #else
@@ -169,8 +109,7 @@ class CudaBackend : public Backend {
       if (stage_[i]) cudaFreeHost(stage_[i]);
       if (stage_ev_[i]) cudaEventDestroy(stage_ev_[i]);
     }
-    for (void* p : scratch_) if (p) cudaFree(p);
-    cudaFree(d_sum_);
+    // scratch_, d_sum_ and every tensor still allocated go back with mem_
   }
 
   std::string name() const override { return "cuda"; }
@@ -194,7 +133,34 @@ class CudaBackend : public Backend {
     t.ptr = mem_.get(n * dtype_size(t.dtype));
     return t;
   }
+  // Page-locked, mapped host memory: the embedding kernel reads the batch's rows over the bus. Transfers to and
+  // from it work because uploads and downloads pass cudaMemcpyDefault (UVA tells host from device memory).
+  Tensor alloc_gather_table(size_t n) override {
+    Tensor t;
+    t.dtype = DType::BF16;
+    t.n = n;
+    if (n == 0) return t;
+    void* host = nullptr;
+    if (cudaHostAlloc(&host, n * 2, cudaHostAllocMapped) != cudaSuccess) {
+      cudaGetLastError();
+      throw EngineError("cuda: cannot allocate " + std::to_string((n * 2) >> 20) + " MiB of page-locked host memory for "
+                        "the embedding table (embedding_in_host_memory)");
+    }
+    void* dev = nullptr;
+    CUDA_CHECK(cudaHostGetDevicePointer(&dev, host, 0));
+    host_tables_[dev] = host;
+    t.ptr = dev;
+    return t;
+  }
   void free(Tensor& t) override {
+    auto host = t.ptr ? host_tables_.find(t.ptr) : host_tables_.end();
+    if (host != host_tables_.end()) {
+      synchronize();   // queued kernels may still read it
+      cudaFreeHost(host->second);
+      host_tables_.erase(host);
+      t = Tensor();
+      return;
+    }
     if (t.ptr) {
       // the stream may still use the memory: the allocator hands it out again only to later stream work,
       // which is ordered after the current work on the same stream.
@@ -203,6 +169,7 @@ class CudaBackend : public Backend {
       mem_.put(t.ptr);
     }
     if (t.scales) mem_.put(t.scales);
+    if (t.scales2) mem_.put(t.scales2);
     t = Tensor();
   }
   size_t bytes_in_use() const override { return mem_.live(); }
@@ -223,7 +190,6 @@ class CudaBackend : public Backend {
       CUDA_CHECK(cudaEventCreateWithFlags(&fork_ev_, cudaEventDisableTiming));
       CUDA_CHECK(cudaEventCreateWithFlags(&side_done_ev_, cudaEventDisableTiming));
       gemm_->add_side_lane(side_stream_);
-      mem_.add_external(gemm_->workspace_bytes());
     }
     CUDA_CHECK(cudaEventRecord(fork_ev_, main_stream_));
     CUDA_CHECK(cudaStreamWaitEvent(side_stream_, fork_ev_, 0));
@@ -293,7 +259,7 @@ class CudaBackend : public Backend {
     }
     if (dst.dtype == DType::F32) invalidate_bf16_cache(static_cast<char*>(dst.ptr) + offset * es, n * es);
     CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst.ptr) + offset * es, staging_.data(), n * es,
-                               cudaMemcpyHostToDevice, stream_));
+                               cudaMemcpyDefault, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void upload(const Tensor& dst, const float* src, size_t n, size_t offset) override {
@@ -338,7 +304,7 @@ class CudaBackend : public Backend {
       }
       for (auto& th : pool) th.join();
       CUDA_CHECK(cudaMemcpy2DAsync(static_cast<uint16_t*>(dst.ptr) + size_t(r0) * ld, size_t(ld) * 2, to, row_bytes,
-                                   row_bytes, size_t(nr), cudaMemcpyHostToDevice, stream_));
+                                   row_bytes, size_t(nr), cudaMemcpyDefault, stream_));
       CUDA_CHECK(cudaEventRecord(stage_ev_[buf], stream_));
     }
     CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller may unmap src
@@ -362,7 +328,7 @@ class CudaBackend : public Backend {
     size_t es = dtype_size(src.dtype);
     staging_.resize(n * es);
     CUDA_CHECK(cudaMemcpyAsync(staging_.data(), static_cast<const char*>(src.ptr) + offset * es, n * es,
-                               cudaMemcpyDeviceToHost, stream_));
+                               cudaMemcpyDefault, stream_));
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (src.dtype == DType::BF16) {
       const uint16_t* s = reinterpret_cast<const uint16_t*>(staging_.data());
@@ -424,36 +390,67 @@ class CudaBackend : public Backend {
     } else throw EngineError("cuda fill: unsupported dtype");
   }
   // quantize_base "nf4": the fp32 weight goes up once and is quantized on the device (nf4.cu: bitsandbytes'
-  // quantize_4bit, bit for bit the CPU reference quantize_nf4 in model/quant4.cpp); the fp32 copy goes back to the
-  // allocator at once (later stream work only).
-  // An NF4 weight of n values on the device: packed codes (n/2 bytes) and fp32 absmax per block of 64.
-  Tensor alloc_nf4(size_t n) {
+  // quantize_4bit, bit for bit the CPU reference quantize_nf4 in model/quant4.cpp), its absmax double-quantized
+  // there too when asked (bit for bit double_quantize). The fp32 copy goes straight back to the device (not to the
+  // cache: no later tensor has its size, and a cached 235 MB block would count against the memory cap).
+  // An NF4 weight of n values on the device: packed codes (n/2 bytes) and an absmax per block of 64, fp32 or, nested,
+  // one 8-bit code per block + fp32 per 256 blocks (Tensor::scales2).
+  Tensor alloc_nf4(size_t n, bool nested) {
     if (n % 64 != 0) throw EngineError("NF4: weight element count must be a multiple of 64");
     Tensor t;
     t.dtype = DType::U8;
     t.n = n;
     t.quant = Quant::NF4;
-    t.ptr = mem_.get(n / 2);
-    t.scales = mem_.get(n / 64 * 4);
+    t.ptr = mem_.get(n / 2, "NF4 codes");
+    const size_t blocks = n / 64;
+    t.scales = mem_.get(nested ? blocks : blocks * 4, "NF4 absmax");
+    if (nested) t.scales2 = mem_.get((blocks + 255) / 256 * 4, "NF4 nested absmax");
     return t;
   }
-  Tensor upload_nf4(const float* w, int rows, int cols) override {
-    const size_t n = (size_t)rows * cols;
-    Tensor t = alloc_nf4(n);
-    void* staged = mem_.get(n * 4);
+  Tensor upload_nf4(const float* w, int rows, int cols, bool double_quant) override {
+    const size_t n = (size_t)rows * cols, blocks = n / 64;
+    Tensor t = alloc_nf4(n, double_quant);
+    void* staged = mem_.get(n * 4, "the fp32 weight being quantized");
     CUDA_CHECK(cudaMemcpyAsync(staged, w, n * 4, cudaMemcpyHostToDevice, stream_));
-    launch_nf4_quantize(static_cast<uint8_t*>(t.ptr), static_cast<float*>(t.scales), static_cast<const float*>(staged), n, stream_);
-    mem_.put(staged);
+    if (!double_quant) {
+      launch_nf4_quantize(static_cast<uint8_t*>(t.ptr), static_cast<float*>(t.scales), static_cast<const float*>(staged), n, stream_);
+    } else {
+      // The fp32 absmax, the per-256 double sums and the offset share one short-lived block (≈ n/16 bytes).
+      const size_t nb2 = (blocks + 255) / 256;
+      char* tmp = static_cast<char*>(mem_.get(blocks * 4 + nb2 * 8 + 16, "NF4 double quantization scratch"));
+      float* absmax = reinterpret_cast<float*>(tmp);
+      double* sums = reinterpret_cast<double*>(tmp + (blocks * 4 + 7) / 8 * 8);
+      float* offset = reinterpret_cast<float*>(reinterpret_cast<char*>(sums) + nb2 * 8);
+      launch_nf4_quantize(static_cast<uint8_t*>(t.ptr), absmax, static_cast<const float*>(staged), n, stream_);
+      launch_absmax_double_quantize(static_cast<uint8_t*>(t.scales), static_cast<float*>(t.scales2), offset, sums, absmax,
+                                    blocks, stream_);
+      CUDA_CHECK(cudaMemcpyAsync(&t.scales_offset, offset, 4, cudaMemcpyDeviceToHost, stream_));
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      mem_.release(tmp);
+    }
     CUDA_CHECK(cudaStreamSynchronize(stream_));   // w is pageable host memory the caller reuses
+    mem_.release(staged);
     return t;
   }
   // Codes and absmax as they are (bitsandbytes' layout); the dequantizing GEMM computes code·absmax → bf16.
   Tensor upload_4bit(const uint8_t* packed, const float* absmax64, Quant quant, int rows, int cols) override {
     const size_t n = (size_t)rows * cols;
     if (quant != Quant::NF4) throw EngineError("cuda backend: only NF4 4-bit weights are supported (FP4 bases train on the CPU backend)");
-    Tensor t = alloc_nf4(n);
+    Tensor t = alloc_nf4(n, false);
     CUDA_CHECK(cudaMemcpy(t.ptr, packed, n / 2, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(t.scales, absmax64, n / 64 * 4, cudaMemcpyHostToDevice));
+    return t;
+  }
+  // A double-quantized checkpoint stays double-quantized on the device: 1 + 4/256 absmax bytes per 64 values, not 4.
+  Tensor upload_4bit_nested(const uint8_t* packed, const uint8_t* absmax_q, const float* absmax2, float offset, Quant quant,
+                            int rows, int cols) override {
+    const size_t n = (size_t)rows * cols, blocks = n / 64;
+    if (quant != Quant::NF4) throw EngineError("cuda backend: only NF4 4-bit weights are supported (FP4 bases train on the CPU backend)");
+    Tensor t = alloc_nf4(n, true);
+    CUDA_CHECK(cudaMemcpy(t.ptr, packed, n / 2, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(t.scales, absmax_q, blocks, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(t.scales2, absmax2, (blocks + 255) / 256 * 4, cudaMemcpyHostToDevice));
+    t.scales_offset = offset;
     return t;
   }
 
@@ -471,7 +468,11 @@ class CudaBackend : public Backend {
       if (in_side_) throw EngineError("internal: an NF4 operand inside side work");
       if (ldb != lay.b_cols) throw EngineError("cuda matmul: an NF4 operand must be packed");
       bf16* w = static_cast<bf16*>(scratch(1, b.n * 2));
-      launch_nf4_dequant(w, static_cast<const uint8_t*>(b.ptr), static_cast<const float*>(b.scales), b.n, stream_);
+      if (b.scales2)
+        launch_nf4_dequant_nested(w, static_cast<const uint8_t*>(b.ptr), static_cast<const uint8_t*>(b.scales),
+                                  static_cast<const float*>(b.scales2), b.scales_offset, b.n, stream_);
+      else
+        launch_nf4_dequant(w, static_cast<const uint8_t*>(b.ptr), static_cast<const float*>(b.scales), b.n, stream_);
       bp = w;
       bt = DType::BF16;
     }
@@ -918,12 +919,12 @@ class CudaBackend : public Backend {
   void* scratch(int slot, size_t bytes) {
     if (scratch_bytes_[slot] < bytes) {
       if (scratch_[slot]) {
-        CUDA_CHECK(cudaStreamSynchronize(stream_));
-        cudaFree(scratch_[slot]);
-        mem_.add_external(0);
+        synchronize();   // queued work on any stream may still read the old buffer
+        mem_.release(scratch_[slot]);
+        scratch_[slot] = nullptr;
+        scratch_bytes_[slot] = 0;
       }
-      CUDA_CHECK(cudaMalloc(&scratch_[slot], bytes));
-      mem_.add_external(bytes - scratch_bytes_[slot]);
+      scratch_[slot] = mem_.get(bytes, "a scratch buffer");
       scratch_bytes_[slot] = bytes;
     }
     return scratch_[slot];
@@ -1047,11 +1048,11 @@ class CudaBackend : public Backend {
   cudaEvent_t fork_ev_ = nullptr, side_done_ev_ = nullptr, copy_fork_ev_ = nullptr, copy_done_ev_ = nullptr;
   int side_prio_ = 0;
   bool side_enabled_ = true, in_side_ = false, side_pending_ = false, copy_pending_ = false;
+  DevicePool mem_;                      // first member: the Gemm, cuDNN and scratch give their memory back to it
   std::unique_ptr<Gemm> gemm_;          // its side lane follows stream_
 #if defined(NXFT_HAVE_CUDNN)
   std::unique_ptr<CudnnAttention> cudnn_;
 #endif
-  DeviceMemory mem_;
   std::vector<char> staging_;
   void* stage_[2] = {};                   // page-locked staging of upload_bf16_rows
   size_t stage_bytes_[2] = {};
@@ -1060,6 +1061,7 @@ class CudaBackend : public Backend {
   size_t scratch_bytes_[8] = {};
   double* d_sum_ = nullptr;
   std::map<const void*, Bf16Copy> bf16_cache_;
+  std::map<void*, void*> host_tables_;     // alloc_gather_table: device pointer → its page-locked host allocation
   std::map<int32_t*, size_t> zero_index_;  // start of an uploaded Index range → its length if all zero, else 0
   struct IndexCopy {
     std::vector<int32_t> values;

@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include "backend/cuda/cuda_common.cuh"
 #include "util/events.h"
 
 namespace nxft {
@@ -60,12 +61,12 @@ bool vec_ok(const void* p, int ld) { return is_aligned(p, 16) && ld % 8 == 0; }
 
 class CudnnAttentionImpl : public CudnnAttention {
  public:
-  explicit CudnnAttentionImpl(cudaStream_t stream) : stream_(stream) {
+  CudnnAttentionImpl(cudaStream_t stream, DevicePool* pool) : stream_(stream), pool_(pool) {
     const char* at = std::getenv("NXFT_CUDNN_AUTOTUNE");
     autotune_ = !(at && std::string(at) == "0");
   }
   ~CudnnAttentionImpl() override {
-    if (workspace_) cudaFree(workspace_);
+    if (workspace_) pool_->release(workspace_);
     if (handle_) cudnnDestroy(handle_);
   }
   bool init(std::string* why) {
@@ -260,7 +261,7 @@ class CudnnAttentionImpl : public CudnnAttention {
     *tuned = true;
     if (!autotune_ || g.get_execution_plan_count() < 2) return;
     const int64_t need = g.get_autotune_workspace_size();
-    if (!ensure_workspace(need)) return;
+    if (!ensure_workspace(need, true)) return;   // no room under the memory cap: cuDNN's first plan
     auto err = g.autotune(handle_, pack, workspace_);
     if (err.is_bad()) {
       fprintf(stderr, "[cuda] cuDNN SDPA %s autotune skipped: %s\n", what, err.get_message().c_str());
@@ -335,17 +336,28 @@ class CudnnAttentionImpl : public CudnnAttention {
     bg.dv = dv;
     return finalize(g, &bg.workspace);
   }
-  bool ensure_workspace(int64_t bytes) {
+  // The workspace comes from the backend's pool (counted against its memory cap). Out of memory throws, or
+  // returns false when `optional` (autotuning, which may do without).
+  bool ensure_workspace(int64_t bytes, bool optional = false) {
     if ((size_t)bytes <= workspace_bytes_) return true;
-    if (workspace_) cudaFree(workspace_);
+    if (workspace_) {
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      pool_->release(workspace_);
+    }
     workspace_ = nullptr;
     workspace_bytes_ = 0;
-    if (cudaMalloc(&workspace_, bytes) != cudaSuccess) throw EngineError("cuDNN workspace allocation failed");
+    try {
+      workspace_ = pool_->get(size_t(bytes), "the cuDNN attention workspace");
+    } catch (const EngineError&) {
+      if (optional) return false;
+      throw;
+    }
     workspace_bytes_ = bytes;
     return true;
   }
 
   cudaStream_t stream_;
+  DevicePool* pool_;
   bool autotune_ = true;
   cudnnHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
@@ -357,8 +369,8 @@ class CudnnAttentionImpl : public CudnnAttention {
 
 }  // namespace
 
-std::unique_ptr<CudnnAttention> make_cudnn_attention(cudaStream_t stream, std::string* why) {
-  auto a = std::make_unique<CudnnAttentionImpl>(stream);
+std::unique_ptr<CudnnAttention> make_cudnn_attention(cudaStream_t stream, DevicePool* pool, std::string* why) {
+  auto a = std::make_unique<CudnnAttentionImpl>(stream, pool);
   if (!a->init(why)) return nullptr;
   return a;
 }

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include "backend/cuda/kernels.cuh"
+#include "backend/device_pool.h"
 
 namespace nxft {
 namespace cuda {
@@ -46,8 +47,8 @@ class CudnnAttention {
   virtual std::string version() const = 0;
 };
 
-// nullptr (with the reason in *why) when cuDNN cannot be used on this device.
-std::unique_ptr<CudnnAttention> make_cudnn_attention(cudaStream_t stream, std::string* why);
+// nullptr (with the reason in *why) when cuDNN cannot be used on this device. The workspace comes from `pool`.
+std::unique_ptr<CudnnAttention> make_cudnn_attention(cudaStream_t stream, DevicePool* pool, std::string* why);
 
 }  // namespace cuda
 }  // namespace nxft

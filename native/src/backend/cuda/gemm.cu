@@ -13,7 +13,7 @@ static void check_lt(cublasStatus_t s, const char* what) {
     throw EngineError(std::string("cuBLASLt error ") + std::to_string(int(s)) + " in " + what);
 }
 
-Gemm::Gemm(cudaStream_t stream) {
+Gemm::Gemm(cudaStream_t stream, DevicePool* pool) : pool_(pool) {
   streams_[0] = stream;
   // NXFT_GEMM_AUTOTUNE: unset = time cuBLASLt's candidates for skinny (LoRA) shapes only, "all" = for every
   // shape, "0" = never (cuBLASLt's first heuristic choice everywhere).
@@ -21,12 +21,12 @@ Gemm::Gemm(cudaStream_t stream) {
   autotune_ = !(at && std::string(at) == "0");
   autotune_all_ = at && std::string(at) == "all";
   check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
-  CUDA_CHECK(cudaMalloc(&workspaces_[0], workspace_bytes_));
+  workspaces_[0] = pool_->get(workspace_bytes_, "the cuBLASLt workspace");
 }
 
 void Gemm::add_side_lane(cudaStream_t side) {
   if (workspaces_[1]) return;
-  CUDA_CHECK(cudaMalloc(&workspaces_[1], workspace_bytes_));
+  workspaces_[1] = pool_->get(workspace_bytes_, "the cuBLASLt side-stream workspace");
   streams_[1] = side;
 }
 
@@ -38,7 +38,7 @@ Gemm::~Gemm() {
     cublasLtMatrixLayoutDestroy(kv.second.ld);
   }
   for (void* w : workspaces_)
-    if (w) cudaFree(w);
+    if (w) pool_->release(w);
   if (handle_) cublasLtDestroy(handle_);
 }
 
@@ -110,8 +110,9 @@ cublasLtMatmulAlgo_t Gemm::pick_fastest(const Plan& p, const cublasLtMatmulHeuri
                                         float alpha) {
   size_t d_bytes = (size_t)M * ldd * (d_type == CUDA_R_16BF ? 2 : 4);
   void* scratch = nullptr;
-  if (cudaMalloc(&scratch, d_bytes) != cudaSuccess) {
-    cudaGetLastError();
+  try {   // under a memory cap (or on a full device) autotuning is skipped rather than failing the GEMM
+    scratch = pool_->get(d_bytes, "the GEMM autotuning scratch");
+  } catch (const EngineError&) {
     return heur[0].algo;
   }
   cudaStream_t stream = streams_[lane_];
@@ -142,7 +143,7 @@ cublasLtMatmulAlgo_t Gemm::pick_fastest(const Plan& p, const cublasLtMatmulHeuri
   cudaStreamSynchronize(stream);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
-  cudaFree(scratch);
+  pool_->release(scratch);
   cudaGetLastError();
   return heur[best].algo;
 }

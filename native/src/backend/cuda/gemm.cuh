@@ -11,13 +11,15 @@
 #include <cuda_runtime.h>
 #include <map>
 #include <tuple>
+#include "backend/device_pool.h"
 
 namespace nxft {
 namespace cuda {
 
 class Gemm {
  public:
-  explicit Gemm(cudaStream_t stream);
+  // Workspaces and autotuning scratch come from `pool` (counted against its cap).
+  Gemm(cudaStream_t stream, DevicePool* pool);
   ~Gemm();
   // dtype codes: CUDA_R_16BF or CUDA_R_32F.
   void run(void* d, const void* c, cudaDataType_t d_type, int ldd, const void* a, int lda, const void* b, int ldb,
@@ -44,6 +46,7 @@ class Gemm {
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   cublasLtHandle_t handle_ = nullptr;
   cudaStream_t streams_[2] = {nullptr, nullptr};
+  DevicePool* pool_;
   void* workspaces_[2] = {nullptr, nullptr};
   int lane_ = 0;
   size_t workspace_bytes_ = 32u << 20;  // Hopper wants 32 MiB (llm.c)

@@ -99,6 +99,15 @@ void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, si
 // nf4.cu: w (n fp32, n % 64 == 0, 8-byte aligned) → codes (n/2 bytes) + absmax (n/64 fp32), bitsandbytes'
 // quantize_4bit (nf4, blocksize 64) bit for bit the CPU reference quantize_nf4 (model/quant4.h).
 void launch_nf4_quantize(uint8_t* codes, float* absmax, const float* w, size_t n, cudaStream_t s);
+// nf4.cu: the absmax of a weight with double quantization (model/quant4.h double_quantize, bit for bit): the 256
+// entries of dynamic_map_signed() go to constant memory once (set_dynamic_map); absmax (n fp32) → q (n bytes),
+// absmax2 (ceil(n/256) fp32), *offset (1 fp32, device); block_sums is ceil(n/256) doubles of scratch.
+void set_dynamic_map(const float* map256);
+void launch_absmax_double_quantize(uint8_t* q, float* absmax2, float* offset, double* block_sums, const float* absmax,
+                                   size_t n, cudaStream_t s);
+// nf4.cu: like launch_nf4_dequant with nested absmax: absmax_j = map[absmax_q[j]]·absmax2[j/256] + offset.
+void launch_nf4_dequant_nested(bf16* out, const uint8_t* codes, const uint8_t* absmax_q, const float* absmax2,
+                               float offset, size_t n, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace nxft

@@ -1,6 +1,8 @@
 // nf4.cu — NF4 (bitsandbytes code values, native.md §4.1) for QLoRA base weights: quantization on the device
-// (quantize_base "nf4": the weight goes up in fp32 and never exists as codes on the host) and dequantization to
-// bf16 (simplest fast path, native.md §4.4: a whole weight into a bf16 scratch, then one cuBLASLt GEMM).
+// (quantize_base "nf4": the weight goes up in fp32 and never exists as codes on the host), double quantization of
+// the absmax (bitsandbytes' nested absmax: 8-bit codes + fp32 per 256 + offset, bit for bit model/quant4.cpp's
+// double_quantize) and dequantization to bf16 (native.md §4.4: a whole weight into a bf16 scratch, then one
+// cuBLASLt GEMM), from fp32 or nested absmax.
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/cuda_common.cuh"
 
@@ -28,6 +30,87 @@ void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, si
   size_t n_bytes = n / 2;
   if (n_bytes == 0) return;
   nf4_dequant_kernel<<<std::min<size_t>(ceil_div(n_bytes, 256), 65535), 256, 0, s>>>(out, codes, scales, n_bytes);
+  CUDA_LAUNCH_CHECK();
+}
+
+// ---- double quantization of the absmax (bitsandbytes' compress_statistics / nested absmax) -------------------
+// bitsandbytes' signed 8-bit dynamic map (model/quant4.h dynamic_map_signed()), set once per process.
+__constant__ float kDynamicMap[256];
+void set_dynamic_map(const float* map256) {
+  CUDA_CHECK(cudaMemcpyToSymbol(kDynamicMap, map256, 256 * sizeof(float)));
+}
+
+// With nested absmax: absmax_j = map[q_j]·absmax2[j/256] + offset, each step rounded in fp32 (bitsandbytes'
+// order; __fmul_rn/__fadd_rn keep nvcc from contracting it to an fma). A warp's 32 bytes are one 64-block, so
+// the constant-memory map read is a broadcast.
+__global__ void nf4_dequant_nested_kernel(bf16* out, const uint8_t* codes, const uint8_t* absmax_q, const float* absmax2,
+                                          float offset, size_t n_bytes) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_bytes; i += (size_t)gridDim.x * blockDim.x) {
+    const uint8_t c = codes[i];
+    const size_t j = (2 * i) / 64;
+    const float s = __fadd_rn(__fmul_rn(kDynamicMap[absmax_q[j]], absmax2[j / 256]), offset);
+    __nv_bfloat162 pair;
+    pair.x = __float2bfloat16_rn(kNF4[c >> 4] * s);
+    pair.y = __float2bfloat16_rn(kNF4[c & 15] * s);
+    reinterpret_cast<__nv_bfloat162*>(out)[i] = pair;
+  }
+}
+void launch_nf4_dequant_nested(bf16* out, const uint8_t* codes, const uint8_t* absmax_q, const float* absmax2,
+                               float offset, size_t n, cudaStream_t s) {
+  const size_t n_bytes = n / 2;
+  if (n_bytes == 0) return;
+  nf4_dequant_nested_kernel<<<std::min<size_t>(ceil_div(n_bytes, 256), 65535), 256, 0, s>>>(out, codes, absmax_q, absmax2,
+                                                                                          offset, n_bytes);
+  CUDA_LAUNCH_CHECK();
+}
+
+// Step 1: the double sum of each 256-block of absmax, in order (one thread per block).
+__global__ void absmax_block_sums_kernel(double* sums, const float* absmax, size_t n) {
+  const size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (b * 256 >= n) return;
+  const size_t end = min(n, b * 256 + 256);
+  double acc = 0;
+  for (size_t i = b * 256; i < end; i++) acc = __dadd_rn(acc, (double)absmax[i]);
+  sums[b] = acc;
+}
+// Step 2: offset = float(Σ block sums in order / n): one thread (a few thousand blocks per weight).
+__global__ void absmax_offset_kernel(float* offset, const double* sums, size_t n_blocks, size_t n) {
+  double acc = 0;
+  for (size_t b = 0; b < n_blocks; b++) acc = __dadd_rn(acc, sums[b]);
+  *offset = __double2float_rn(__ddiv_rn(acc, (double)n));
+}
+// Step 3: one CTA of 256 threads per 256-block: absmax2 = max |a − offset|, x = clamp((a − offset)·(1/absmax2),
+// −1, 1) with std::max/std::min's NaN behaviour (a zero block gives 0·inf = NaN → −1, as on the CPU), then the
+// nearest map value, the lower one on a tie: the CPU's branch-free upper_bound, step for step.
+__global__ void absmax_double_quantize_kernel(uint8_t* q, float* absmax2, const float* absmax, const float* offset_ptr,
+                                              size_t n) {
+  __shared__ float map[256];
+  map[threadIdx.x] = kDynamicMap[threadIdx.x];
+  const float offset = *offset_ptr;
+  const size_t i = blockIdx.x * (size_t)256 + threadIdx.x;
+  const float d = i < n ? __fsub_rn(absmax[i], offset) : 0.0f;
+  const float amax = block_max(fabsf(d));   // exact in any order; block_max syncs, so map[] is ready after it
+  if (threadIdx.x == 0) absmax2[blockIdx.x] = amax;
+  if (i >= n) return;
+  const float inv = __frcp_rn(amax);                 // = the CPU's 1.0f / amax (both correctly rounded)
+  const float v = __fmul_rn(d, inv);
+  float x = (-1.0f < v) ? v : -1.0f;                 // std::max(-1.0f, v)
+  x = (x < 1.0f) ? x : 1.0f;                         // std::min(1.0f, x)
+  unsigned hi = 0;
+  for (unsigned step = 128; step >= 1; step /= 2) hi += (map[hi + step - 1] <= x) ? step : 0u;
+  unsigned best = hi == 0 ? 0 : hi - 1;
+  if (hi > 0 && hi < 256 && fabsf(__fsub_rn(x, map[hi])) < fabsf(__fsub_rn(x, map[hi - 1]))) best = hi;
+  q[i] = (uint8_t)best;
+}
+void launch_absmax_double_quantize(uint8_t* q, float* absmax2, float* offset, double* block_sums, const float* absmax,
+                                   size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  const size_t n_blocks = (n + 255) / 256;
+  absmax_block_sums_kernel<<<ceil_div(n_blocks, 128), 128, 0, s>>>(block_sums, absmax, n);
+  CUDA_LAUNCH_CHECK();
+  absmax_offset_kernel<<<1, 1, 0, s>>>(offset, block_sums, n_blocks, n);
+  CUDA_LAUNCH_CHECK();
+  absmax_double_quantize_kernel<<<(unsigned)n_blocks, 256, 0, s>>>(q, absmax2, absmax, offset, n);
   CUDA_LAUNCH_CHECK();
 }
 
