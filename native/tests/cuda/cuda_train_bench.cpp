@@ -127,7 +127,7 @@ struct Trainer {
     // logits buffer is 2048 × 128256 bf16 = 0.5 GB for Llama 3.
     o.ce_vocab_chunk = 1 << 20;
     o.ce_max_logits = int64_t(2048) * 131072;
-    apply_memory_saving(o);   // QLoRA and offload: what `train` does (embedding in host memory, 512-row logits)
+    apply_memory_saving(o);   // QLoRA and offload: what `train` does (embedding in host memory, 256-row logits)
     return o;
   }
   // One optimizer step on one micro-batch; returns mean loss; *gnorm gets the pre-clip grad norm.
