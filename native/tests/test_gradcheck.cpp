@@ -147,7 +147,7 @@ std::vector<double> grads_of(Backend& be, Transformer& m, const Rows& r, double*
 // The MLP in token chunks (mlp_chunk_tokens 4 of 14 tokens: 4 + 4 + 4 + 2, with and without offload) gives the
 // same loss and gradients up to the order of the LoRA weight gradients' sums over tokens, and holds fewer bytes;
 // with dropout it is off.
-void checkpointing_identical(const std::string& family) {
+void checkpointing_identical(const std::string& family, bool nf4 = false) {
   ModelConfig cfg = tiny_config(family);
   cfg.num_layers = 5;   // odd, and deep enough that both offload slots are reused
   ModelWeights w = random_weights(cfg, 11);
@@ -167,6 +167,7 @@ void checkpointing_identical(const std::string& family) {
         opt.offload_checkpoints = v == 2 || v == 4;
         opt.mlp_chunk_tokens = v == 3 || v == 4 ? 4 : 0;
         opt.keep_group_inputs = v == 5;
+        opt.quantize_nf4 = opt.double_quant = nf4;   // QLoRA: checkpoint offload and MLP chunks with NF4 weights
         Transformer m(*be, w, &spec, opt);
         randomize_lora(*be, m, 5);
         g[v] = grads_of(*be, m, rows, &loss[v]);
@@ -254,6 +255,7 @@ int main() {
     packed_documents(fam);
     checkpointing_identical(fam);
   }
+  checkpointing_identical("llama", true);
   gradcheck_family("llama", 0.3, false);
   gradcheck_family("gemma", 0.3, true);
   gradcheck_family("qwen2", 0.0, false, true);

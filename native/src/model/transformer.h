@@ -72,12 +72,12 @@ struct TransformerOptions {
 };
 
 // The memory-first settings of QLoRA and of checkpoint offload (both are chosen to fit a card, not for speed):
-// the token embedding in host memory, and logits blocks of 512 rows (128K vocabulary: 128 MB instead of 0.5 GB).
-// docs/qlora-memory.md has the arithmetic. `train` and cuda_train_bench apply it alike.
+// the token embedding in host memory, and logits blocks of 256 rows (128K vocabulary: 64 MB instead of 0.5 GB).
+// docs/qlora-memory.md has the arithmetic. `train`, cuda_train_bench and memory_plan_test apply it alike.
 inline void apply_memory_saving(TransformerOptions& o) {
   if (!o.quantize_nf4 && !o.offload_checkpoints) return;
   o.embedding_in_host_memory = true;
-  o.ce_max_logits = std::min<int64_t>(o.ce_max_logits, int64_t(512) * 131072);
+  o.ce_max_logits = std::min<int64_t>(o.ce_max_logits, int64_t(256) * 131072);
 }
 
 // One micro-batch in host memory: (B, T) int32 arrays, as in a token shard row.

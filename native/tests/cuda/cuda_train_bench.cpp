@@ -101,8 +101,8 @@ struct Trainer {
   Tensor m, v;
   int64_t step = 0;
   Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt,
-          bool fold = true, bool offload = false, bool q4 = false, bool keep_inputs = false)
-      : be(b), model(b, w, &spec, options(ckpt, fold, offload, q4, keep_inputs)) {
+          bool fold = true, bool offload = false, bool q4 = false, int mlp_chunk = -1, bool keep_inputs = false)
+      : be(b), model(b, w, &spec, options(ckpt, fold, offload, q4, mlp_chunk, keep_inputs)) {
     model.set_lora(init);
     size_t n = model.num_lora_params();
     m = be.alloc(n, Role::Param);
@@ -114,8 +114,9 @@ struct Trainer {
     be.free(m);
     be.free(v);
   }
-  static TransformerOptions options(bool ckpt, bool fold, bool offload, bool q4, bool keep_inputs) {
+  static TransformerOptions options(bool ckpt, bool fold, bool offload, bool q4, int mlp_chunk, bool keep_inputs) {
     TransformerOptions o;
+    if (mlp_chunk >= 0) o.mlp_chunk_tokens = mlp_chunk;   // -1: the default
     o.gradient_checkpointing = ckpt;
     o.offload_checkpoints = offload;
     o.fold_lora = fold;
@@ -128,7 +129,7 @@ struct Trainer {
     // train command sets it on CUDA: the logits buffer is 512 × 128256 bf16 = 125 MiB for Llama 3.
     o.ce_vocab_chunk = 1 << 20;
     o.ce_max_logits = int64_t(512) * 131072;
-    apply_memory_saving(o);   // QLoRA and offload: what `train` does (embedding in host memory)
+    apply_memory_saving(o);   // QLoRA and offload: what `train` does (embedding in host memory, 256-row logits)
     return o;
   }
   // One optimizer step on one micro-batch; returns mean loss; *gnorm gets the pre-clip grad norm.
@@ -154,6 +155,8 @@ struct Trainer {
 //      backward has no atomics) every schedule must give bit-identical losses, grad norms and adapters;
 //   2. with cuDNN attention (its backward accumulates dQ with atomics: not bitwise reproducible) the schedules
 //      must agree with the serial run as closely as two serial runs agree with each other (×10, ≥ 1e-5).
+// QLoRA (NF4 + double quantization) rows are checked the same way against a serial QLoRA run; the MLP in token
+// chunks reorders the LoRA weight-gradient sums, so those rows get 1e-3 on the adapter and 1e-4 on the loss.
 // A 4-layer model (C 1024, head_dim 128) at 2×512 tokens, 8 AdamW steps: GEMMs long enough to overlap.
 int run_schedules() {
   ModelConfig cfg = make_config(2048, 1024, 2816, 4, 8, 4, 10000.0);
@@ -162,13 +165,19 @@ int run_schedules() {
   LoraAdapter init = LoraAdapter::init(cfg, spec, 9);
   for (LoraPair& p : init.pairs)   // PEFT starts B at 0; a non-zero B makes every gradient path matter at once
     for (size_t i = 0; i < p.B.size(); i++) p.B[i] = 0.01f * float(int(i % 7) - 3);
-  struct Schedule { const char* name; bool side, ckpt, offload; };
-  const Schedule schedules[] = {{"serial", false, false, false},
-                                {"serial (repeat)", false, false, false},
-                                {"side stream", true, false, false},
-                                {"side stream + checkpointing", true, true, false},
-                                {"side stream + checkpointing + offload", true, true, true},
-                                {"serial + checkpointing + offload", false, true, true}};
+  // QLoRA rows (q4: NF4 base, double-quantized absmax) compare against the serial QLoRA run; with 2×512 tokens and
+  // mlp_chunk_tokens at its default the MLP is one chunk, so ":chunks" sets 256-token chunks (4 per micro-batch).
+  struct Schedule { const char* name; bool side, ckpt, offload, q4, chunks; };
+  const Schedule schedules[] = {{"serial", false, false, false, false, false},
+                                {"serial (repeat)", false, false, false, false, false},
+                                {"side stream", true, false, false, false, false},
+                                {"side stream + checkpointing", true, true, false, false, false},
+                                {"side stream + checkpointing + offload", true, true, true, false, false},
+                                {"serial + checkpointing + offload", false, true, true, false, false},
+                                {"side stream + checkpointing + MLP chunks", true, true, false, false, true},
+                                {"QLoRA serial", false, false, false, true, false},
+                                {"QLoRA side stream + checkpointing + offload", true, true, true, true, false},
+                                {"QLoRA side stream + checkpointing + offload + MLP chunks", true, true, true, true, true}};
   int fails = 0;
   for (int exact = 1; exact >= 0; exact--) {
     if (exact) setenv("NXFT_NO_CUDNN", "1", 1);
@@ -183,11 +192,12 @@ int run_schedules() {
     for (const Schedule& sc : schedules) {
       if (sc.side) unsetenv("NXFT_SIDE_STREAM");
       else setenv("NXFT_SIDE_STREAM", "0", 1);
+      if (std::string(sc.name) == "QLoRA serial") ref.clear();   // QLoRA rows: their own reference
       std::unique_ptr<Backend> be = make_cuda_backend();
       double loss = 0, gn = 0;
       std::vector<float> params;
       {
-        Trainer tr(*be, w, spec, init, sc.ckpt, true, sc.offload);
+        Trainer tr(*be, w, spec, init, sc.ckpt, true, sc.offload, sc.q4, sc.chunks ? 256 : -1);
         for (int s = 0; s < 8; s++) loss = tr.train_step(make_data(2, 512, cfg.vocab_size, 40 + s, false), 1e-3, &gn);
         params.resize(tr.model.num_lora_params());
         be->download(tr.model.lora_params(), params.data(), params.size());
@@ -202,7 +212,9 @@ int run_schedules() {
       const bool is_repeat = std::string(sc.name) == "serial (repeat)";
       if (is_repeat) noise = worst;
       bool ok = std::isfinite(loss) && std::isfinite(gn);
-      if (exact) ok = ok && worst == 0 && loss == ref_loss && gn == ref_gn;
+      // MLP chunks sum the LoRA weight gradients over tokens chunk by chunk: a different order, not bit-identical
+      if (sc.chunks) ok = ok && worst <= std::max(1e-3, 10 * noise) && std::fabs(loss - ref_loss) <= 1e-4 * std::fabs(ref_loss);
+      else if (exact) ok = ok && worst == 0 && loss == ref_loss && gn == ref_gn;
       else if (!is_repeat) ok = ok && worst <= std::max(1e-5, 10 * noise);
       fails += !ok;
       std::printf("| %s | %.6f | %.6f | %.2e%s |\n", sc.name, loss, gn, worst, ok ? "" : " **FAIL**");
@@ -340,7 +352,7 @@ int run_bench(int argc, char** argv) {
     size_t peak = 0, live_end = 0, used_end = 0;
     {
       auto t1 = std::chrono::steady_clock::now();
-      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), q4, has(":keep"));
+      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), q4, -1, has(":keep"));
       double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       // The last plan no longer needs the host copy of the base (28 GB of fp32 layers): give it back, so a long
       // context's offloaded checkpoints (L·T·C·2 bytes of page-locked memory: 105 GB at 400K) have the room.

@@ -109,6 +109,7 @@ class CudaBackend : public Backend {
       if (stage_[i]) cudaFreeHost(stage_[i]);
       if (stage_ev_[i]) cudaEventDestroy(stage_ev_[i]);
     }
+    for (auto& kv : host_tables_) cudaFreeHost(kv.second);   // tables whose tensors outlive the backend
     // scratch_, d_sum_ and every tensor still allocated go back with mem_
   }
 
@@ -1048,7 +1049,7 @@ class CudaBackend : public Backend {
   cudaEvent_t fork_ev_ = nullptr, side_done_ev_ = nullptr, copy_fork_ev_ = nullptr, copy_done_ev_ = nullptr;
   int side_prio_ = 0;
   bool side_enabled_ = true, in_side_ = false, side_pending_ = false, copy_pending_ = false;
-  DevicePool mem_;                      // first member: the Gemm, cuDNN and scratch give their memory back to it
+  DevicePool mem_;                      // before gemm_ and cudnn_: they give their workspaces back to it
   std::unique_ptr<Gemm> gemm_;          // its side lane follows stream_
 #if defined(NXFT_HAVE_CUDNN)
   std::unique_ptr<CudnnAttention> cudnn_;
