@@ -31,9 +31,9 @@ int cmd_eval(const Json& job, const std::string& job_path) {
   r.finish();
   if (shard_files.empty()) r.fail("shards", "must list at least one shard");
 
-  const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
-  ShardSet shards(shard_files, cfg.vocab_size);
+  ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));   // grown by an adapter's added tokens
   InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
+  ShardSet shards(shard_files, cfg.vocab_size);
   Transformer& model = *im.model;
   emit_event("start", start_event_fields("eval", *im.backend).set("rows", Json::number(double(shards.rows()))));
   model.load_weights(model_dir);

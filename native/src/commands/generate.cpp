@@ -103,7 +103,8 @@ int cmd_generate(const Json& job, const std::string& job_path) {
   r.finish();
   if (top_p <= 0) r.fail("top_p", "must be in (0, 1]");
 
-  const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
+  ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));   // grown by an adapter's added tokens
+  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
   size_t longest = 0;
   for (size_t p = 0; p < prompts.size(); p++) {
     const std::string field = batch ? "prompts[" + std::to_string(p) + "]" : "prompt_ids";
@@ -115,7 +116,6 @@ int cmd_generate(const Json& job, const std::string& job_path) {
                           std::to_string(cfg.vocab_size) + ")");
     longest = std::max(longest, prompt.size());
   }
-  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
   Transformer& model = *im.model;
 
   emit_event("start", start_event_fields("generate", *im.backend)

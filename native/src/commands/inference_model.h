@@ -17,12 +17,19 @@ struct InferenceModel {
 };
 
 // Weights are not loaded yet: the caller streams them in with model->load_weights(dir, …) after its `start` event.
-inline InferenceModel make_inference_model(const ModelConfig& cfg, const std::string& adapter_dir,
+// An adapter with trainable tokens beyond the base's vocabulary grows it: `cfg` comes back with the model's
+// vocab_size (token ids and logits cover the added tokens).
+inline InferenceModel make_inference_model(ModelConfig& cfg, const std::string& adapter_dir,
                                            const std::string& backend_name, int threads) {
   InferenceModel m;
-  if (!adapter_dir.empty()) m.adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+  TransformerOptions opt;
+  if (!adapter_dir.empty()) {
+    m.adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+    opt.checkpoint_vocab_size = cfg.vocab_size;
+    cfg = with_adapter_vocab(cfg, m.adapter->spec);
+  }
   m.backend = make_backend(backend_name, threads);
-  m.model = std::make_unique<Transformer>(*m.backend, cfg, m.adapter ? &m.adapter->spec : nullptr, TransformerOptions());
+  m.model = std::make_unique<Transformer>(*m.backend, cfg, m.adapter ? &m.adapter->spec : nullptr, opt);
   if (m.adapter) m.model->set_lora(*m.adapter);
   return m;
 }
