@@ -103,4 +103,7 @@ export interface ShardsManifest {
   untrained: number; // examples without any target token (they add nothing to the loss: raise max_seq_len)
   retokenized: number; // shards tokenized in this run (the rest were reused from earlier output / the cache)
   reused: number;
+  // template.add_special_tokens: the tokens appended to the base's vocabulary (the grown tokenizer's files sit next
+  // to this manifest); absent when none were added.
+  added_tokens?: Array<{ id: number; content: string }>;
 }
