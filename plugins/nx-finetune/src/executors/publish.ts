@@ -9,7 +9,7 @@ import { dirname, join, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic";
 import type { DatasetManifest } from "../data/types";
-import { hfToken } from "../hub-model";
+import { hubToken } from "../hub-client";
 import { modelCard } from "../publish/model-card";
 import { pushToHub, PublishError, type PublishFile } from "../publish/hub-publish";
 import { loadRecipe, RecipeError } from "../recipe";
@@ -74,7 +74,7 @@ export default async function publishExecutor(options: PublishExecutorOptions, c
     if (options.dryRun) { log(`publish: dry run, nothing pushed to ${repo}`); return { success: true }; }
 
     if (process.env.HF_HUB_OFFLINE === "1") throw new PublishError("HF_HUB_OFFLINE=1: publishing needs the network");
-    const token = hfToken(workspaceRoot);
+    const token = hubToken(workspaceRoot);
     if (!token) throw new PublishError("HF_TOKEN is not set (environment or .env): publishing needs a Hugging Face token with write access");
     const endpoint = (process.env.HF_ENDPOINT || "https://huggingface.co").replace(/\/$/, "");
     const result = await pushToHub(files, {
