@@ -5,12 +5,14 @@
 //     trainable_token_indices), the merged model has 512 rows and the grown tokenizer, the GGUF lists them as
 //     control tokens and llama.cpp tokenizes them as single tokens; chat answers through the new template.
 import { test, before, after } from "node:test";
+import { spawn } from "node:child_process";
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readGgufHeader } from "../gguf/gguf-helpers";
-import { makeWorkspace, removeTestDirs, runNx } from "./temp-workspace";
+import { startFakeHub } from "../support/fake-hub";
+import { makeWorkspace, nxBin, nxEnvironment, removeTestDirs, runNx } from "./temp-workspace";
 
 let ws = "";
 let shared = "";
@@ -104,4 +106,34 @@ test("template.add_special_tokens: trained token rows through adapter, merge, GG
   const chat = nx("run", "chatml:chat");
   assert.equal(chat.code, 0, chat.out);
   assert.match(chat.out, /Paris/);
+});
+
+test("eval measures the base with the grown vocabulary; publish puts the grown tokenizer beside the adapter", async () => {
+  const ev = nx("run", "chatml:eval");
+  assert.equal(ev.code, 0, ev.out);
+  const metrics = JSON.parse(readFileSync(out("eval", "metrics.json"), "utf8")).metrics;
+  for (const k of ["base_eval_loss", "eval_loss", "merged_eval_loss"]) assert.equal(typeof metrics[k], "number", `${k}: ${metrics[k]}`);
+  assert.ok(metrics.eval_loss < metrics.base_eval_loss, JSON.stringify(metrics));
+
+  const TOKEN = "hf_fake_addtok_SECRET";
+  const hub = await startFakeHub(TOKEN);
+  try {
+    // asynchronously: the fake Hub answers from this process
+    const r = await new Promise<{ code: number; out: string }>((resolve) => {
+      const env = nxEnvironment(ws, { shared, engine: process.env.NXFT_ENGINE ?? "", extra: { HF_ENDPOINT: hub.url, HF_TOKEN: TOKEN } });
+      const child = spawn(process.execPath, [nxBin(), "run", "chatml:publish", "--repo=me/chatml", "--outputStyle=stream"], { cwd: ws, env });
+      let text = "";
+      child.stdout.on("data", (d) => (text += d));
+      child.stderr.on("data", (d) => (text += d));
+      child.on("close", (code) => resolve({ code: code ?? -1, out: text }));
+    });
+    assert.equal(r.code, 0, r.out);
+    const files = [...hub.repos.get("me/chatml")!.files.keys()].sort();
+    for (const f of ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "chatml.f16.gguf", "README.md"]) {
+      assert.ok(files.includes(f), `${f} not in ${files}`);
+    }
+    assert.ok(hub.repos.get("me/chatml")!.files.get("tokenizer.json")!.equals(readFileSync(out("shards", "tokenizer.json"))));
+  } finally {
+    await hub.close();
+  }
 });
