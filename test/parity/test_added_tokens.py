@@ -126,3 +126,29 @@ def test_merged_model_loads_in_transformers(engine, workdir, arch):
     rows = R.load_adapter_tensors(adapter)["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
     got = m.get_input_embeddings().weight.detach().numpy()[p["V"]:]
     assert np.array_equal(got, rows)
+
+
+def test_resume_with_trainable_tokens_matches_uninterrupted(engine, workdir):
+    """A run with trainable tokens that "died" after step 6 (checkpoint at 6 kept, outputs removed) resumes: steps
+    7..12 and the final adapter, token rows included, equal torch's uninterrupted run (the untied case: both row
+    blocks and their AdamW moments go through the checkpoint)."""
+    import shutil
+    p = prepare("qwen2-bias", workdir)
+    out = p["work"] / "engine-resume"
+    job = json.loads(json.dumps(p["job"]))
+    job["out"] = str(out)
+    job["train"]["save_every"] = 6
+    R.run_engine("train", job, p["work"] / "resume-1.json")
+    ckpts = sorted((out / "checkpoints").iterdir(), key=lambda c: int(c.name.split("-")[1]))
+    assert [c.name for c in ckpts] == ["step-6", "step-12"], [c.name for c in ckpts]
+    shutil.rmtree(ckpts[1])
+    for f in ("adapter_model.safetensors", "adapter_config.json", "summary.json"):
+        (out / f).unlink(missing_ok=True)
+    job["train"]["resume"] = True
+    eng = [e for e in R.run_engine("train", job, p["work"] / "resume-2.json") if e.get("event") == "step"]
+    assert [e["step"] for e in eng] == list(range(7, STEPS + 1))
+    for e, t in zip(eng, p["torch"][6:]):
+        assert abs(e["loss"] - t["loss"]) <= LOSS_RTOL * t["loss"], (e["step"], e["loss"], t["loss"])
+    ea, ta = R.load_adapter_tensors(out), R.load_adapter_tensors(p["work"] / "torch")
+    assert sorted(ea) == sorted(ta)
+    assert max(float(np.abs(ea[k] - ta[k]).max()) for k in ta) <= ADAPTER_ATOL
