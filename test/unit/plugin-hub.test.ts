@@ -171,6 +171,7 @@ test("a gated dataset gets the token from .env; its branch is pinned to a commit
   const a = await dataset("a");
   assert.equal(a.rows, 2);
   assert.deepEqual(a.sources.map((s) => s.file), [`hub:org/gated@${D1}/data/train.jsonl`]);
+  assert.equal(a.hub_commit, D1, "pinned in the dataset manifest");
   assert.match(logs.join("\n"), new RegExp(`data\\.hub: org/gated@main is commit ${D1} \\(pinned in the manifest\\)`));
   assert.equal(readFileSync(join(cache, "datasets--org--gated", "refs", "main"), "utf8"), D1);
 

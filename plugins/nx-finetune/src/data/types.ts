@@ -59,6 +59,7 @@ export interface DatasetManifest {
   // Per row of rows.jsonl, in order: its id (first 16 hex digits of the sha256 of its canonical JSON) and split.
   row_ids: string[];
   row_splits: string; // one character per row: "t" train, "e" eval
+  hub_commit?: string; // data.hub: the commit data.revision named when the files were fetched (pinned)
 }
 
 // recipe.template — how rows become token sequences.

@@ -19,7 +19,9 @@ export async function runDataset(ctx: StageContext): Promise<StageResult> {
     log: ctx.log,
   });
   ctx.log(`dataset: ${m.rows} rows (${m.train_rows} train, ${m.eval_rows} eval${m.skipped ? `, ${m.skipped} skipped` : ""})`);
-  return { info: {} };
+  // A Hub dataset's revision pinned to its commit (as the base stage pins a Hub base's).
+  const { hub, revision } = ctx.recipe.data;
+  return { info: m.hub_commit ? { hub, revision: m.hub_commit, ...(m.hub_commit !== (revision ?? "main") ? { ref: revision ?? "main" } : {}) } : {} };
 }
 
 export interface DatasetStageOptions {
@@ -69,6 +71,7 @@ export async function runDatasetStage(opts: DatasetStageOptions): Promise<Datase
 
   // Source files: local paths (relative to the recipe) or a hub dataset fetched into the cache.
   let files: Array<{ path: string; label: string }>;
+  let hubCommit: string | undefined;
   if (data.path !== undefined) {
     const paths = Array.isArray(data.path) ? data.path : [data.path];
     files = paths.map((p) => {
@@ -80,6 +83,7 @@ export async function runDatasetStage(opts: DatasetStageOptions): Promise<Datase
     const hub = await fetchHubDataset({ hub: data.hub!, split: data.split, revision: data.revision, config: data.config },
                                       { workspaceRoot: opts.workspaceRoot, log: opts.log ?? (() => {}), cacheDir: opts.hubCacheDir });
     files = hub.files.map((p, i) => ({ path: p, label: hub.label[i] }));
+    hubCommit = hub.commit;
   }
 
   const lines: string[] = [];
@@ -143,6 +147,7 @@ export async function runDatasetStage(opts: DatasetStageOptions): Promise<Datase
     eval_fraction: fraction,
     row_ids: rowIds,
     row_splits: splits,
+    ...(hubCommit ? { hub_commit: hubCommit } : {}),
   };
   writeFileAtomic(join(opts.outDir, "manifest.json"), manifestJson(manifest));
   return manifest;
