@@ -133,6 +133,14 @@ test("a download that breaks off resumes with a Range request on the next run", 
   assert.ok(!existsSync(incomplete));
 });
 
+test("two runs downloading the same base at once: one writer per blob, both get the model", async () => {
+  process.env.HF_TOKEN = TOKEN;
+  const [a, b] = await Promise.all([ensureHubModel(store, ws, "org/tiny", C1, log), ensureHubModel(join(ws, "store2"), ws, "org/tiny", C1, log)]);
+  for (const dir of [a, b]) assert.ok(readFileSync(join(dir, "model.safetensors")).equals(WEIGHTS));
+  assert.equal(downloads().filter((r) => r.url.endsWith("/model.safetensors")).length, 1);
+  assert.deepEqual(readdirSync(join(cache, "models--org--tiny", "blobs")).filter((f) => !/^[0-9a-f]+$/.test(f)), [], "no lock or partial file left");
+});
+
 test("a checksum mismatch is an error naming the file and both digests, and nothing is cached", async () => {
   process.env.HF_TOKEN = TOKEN;
   hub.corrupt.add(`${C1}/model.safetensors`);

@@ -8,7 +8,8 @@
 //   <cache>/<…>/snapshots/<commit>/<path>                       → ../../blobs/<id> (relative symlink)
 // so a model or dataset Python already downloaded is not downloaded again, and the other way round.
 //
-// Downloads resume: bytes go to blobs/<id>.incomplete (as huggingface_hub names them) and a later run continues that
+// Downloads resume: bytes go to blobs/<id>.incomplete (as huggingface_hub names them; one writer per blob, through
+// blobs/<id>.lock) and a later run continues that
 // file with an HTTP Range request. A file becomes a blob only once checked — an LFS file against the sha256 the Hub
 // lists, a small file against its git blob id (sha1 of "blob <size>\0" + bytes) — and a mismatch is an error naming
 // the file and both digests, with the partial bytes dropped: nothing unverified is ever cached.
@@ -180,13 +181,38 @@ export async function downloadFile(env: HubEnv, repo: HubRepo, commit: string, f
   if (offline()) throw new Error(`${repo.field} ${repo.name}@${commit}: ${file.path} is not in the local cache and HF_HUB_OFFLINE=1`);
   if (!/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(file.blobId)) throw new Error(`${repo.field} ${repo.name}: unexpected blob id ${JSON.stringify(file.blobId)} for ${file.path}`);
   const blob = join(base, "blobs", file.blobId);
-  if (!existsSync(blob)) await fetchBlob(env, repo, commit, file, blob);
+  if (!existsSync(blob)) await withBlobLock(blob, () => (existsSync(blob) ? Promise.resolve() : fetchBlob(env, repo, commit, file, blob)));
   mkdirSync(dirname(pointer), { recursive: true });
   const tmp = `${pointer}.tmp-${process.pid}`;
   await fsp.rm(tmp, { force: true });
   await fsp.symlink(relative(dirname(pointer), blob), tmp);
   await fsp.rename(tmp, pointer);
   return pointer;
+}
+
+// One writer per blob across processes (Nx runs recipes in parallel; two may share a base): blobs/<id>.lock holds
+// the writer's pid, created exclusively; others wait for it, and a lock whose process is gone is taken over.
+async function withBlobLock(blob: string, work: () => Promise<void>): Promise<void> {
+  const lock = `${blob}.lock`;
+  mkdirSync(dirname(blob), { recursive: true });
+  for (;;) {
+    try {
+      await fsp.writeFile(lock, String(process.pid), { flag: "wx" });
+      break;
+    } catch (e: any) {
+      if (e?.code !== "EEXIST") throw e;
+      const holder = Number(await fsp.readFile(lock, "utf8").catch(() => ""));
+      let alive = false;
+      try { if (holder > 0) { process.kill(holder, 0); alive = true; } } catch { alive = false; }
+      if (!alive) { await fsp.rm(lock, { force: true }); continue; }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  try {
+    await work();
+  } finally {
+    await fsp.rm(lock, { force: true });
+  }
 }
 
 async function fetchBlob(env: HubEnv, repo: HubRepo, commit: string, file: RepoFile, blob: string): Promise<void> {
