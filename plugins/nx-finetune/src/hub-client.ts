@@ -9,10 +9,10 @@
 // so a model or dataset Python already downloaded is not downloaded again, and the other way round.
 //
 // Downloads resume: bytes go to blobs/<id>.incomplete (as huggingface_hub names them; one writer per blob, through
-// blobs/<id>.lock) and a later run continues that
-// file with an HTTP Range request. A file becomes a blob only once checked — an LFS file against the sha256 the Hub
-// lists, a small file against its git blob id (sha1 of "blob <size>\0" + bytes) — and a mismatch is an error naming
-// the file and both digests, with the partial bytes dropped: nothing unverified is ever cached.
+// blobs/<id>.lock) and a later run continues that file with an HTTP Range request. A file becomes a blob only once
+// checked — an LFS file against the sha256 the Hub lists, a small file against its git blob id (sha1 of
+// "blob <size>\0" + bytes) — and a mismatch is an error naming the file and both digests, with the partial bytes
+// dropped: nothing unverified is ever cached.
 //
 // A branch or tag is resolved to its commit on every online run and remembered in refs/; the caller pins the commit
 // (base and dataset manifests), and the log says when the branch has moved since. HF_HUB_OFFLINE=1 never touches the
