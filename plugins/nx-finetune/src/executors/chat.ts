@@ -63,7 +63,7 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
     if (context.projectName && !options.skipBuild) await buildAdapter(context.root, context.projectName);
     const store = storeRoot(workspaceRoot, pluginOptions(context).storeDir);
     const env = { workspaceRoot, recipeFile, projectName: context.projectName ?? "recipe", store, log: (line: string) => console.error(line) };
-    for (const stage of ["base", "adapter"] as const) await ensureStage(env, stage);
+    for (const stage of ["base", "shards", "adapter"] as const) await ensureStage(env, stage);   // shards: the tokenizer
     const ctx: StageContext = {
       workspaceRoot, projectName: context.projectName ?? "recipe", projectDir, recipeFile, recipe, store, tmp: "",
       log: (line) => console.error(line),
