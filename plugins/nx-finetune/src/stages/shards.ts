@@ -10,7 +10,7 @@
 // being a cut point — probability 1/N — or moves between train and eval.) A shard's file name is the sha256 of its
 // bytes. Output is byte-deterministic.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { join, relative } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { manifestJson, sha256Hex, writeFileAtomic } from "../data/fsutil";
 import { missingSpecialTokens, TOKENIZER_FILES, writeTokenizerWithAddedTokens, type AddedToken } from "../data/added-tokens";
 import { encodeShard, IGNORE_INDEX } from "../data/shard-format";
@@ -185,7 +185,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
   if (missing.length > 0) {
     added = writeTokenizerWithAddedTokens(tok, missing, opts.outDir, spec);
     tok = tokenizerFor(opts.outDir);
-  } else {
+  } else if (resolve(opts.outDir) !== tok.dir) {
     for (const f of TOKENIZER_FILES) rmSync(join(opts.outDir, f), { force: true });   // from an earlier run that added tokens
   }
   checkTemplate(spec, tok);
