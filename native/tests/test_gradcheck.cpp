@@ -4,6 +4,9 @@
 //      head_dim from config), with multi-chunk cross-entropy, with and without LoRA dropout.
 //   2. Gradient checkpointing gives bit-identical gradients.
 //   3. Packed documents: one row holding two documents gives the same loss and gradients as the documents alone.
+//   4. Trainable token rows (LoraSpec::token_indices): their embedding and lm_head rows' gradients vs finite
+//      differences, tied (llama, the head's and the embedding's gradients meet in one row) and untied (qwen2), with
+//      gemma's embedding scale, across vocabulary chunks.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -88,12 +91,14 @@ Rows sample_rows(int V) {
 // fold: TransformerOptions::fold_lora (applies only without dropout and NF4).
 // mlp_chunk: TransformerOptions::mlp_chunk_tokens (with ckpt and no dropout, chunks of that many of the 14 tokens).
 void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool nf4 = false,
-                      const std::vector<std::string>& targets = {}, bool fold = true, int mlp_chunk = 0) {
+                      const std::vector<std::string>& targets = {}, bool fold = true, int mlp_chunk = 0,
+                      const std::vector<int>& tokens = {}) {
   auto be = make_cpu_backend_f64(2);
   ModelConfig cfg = tiny_config(family);
   ModelWeights w = random_weights(cfg, 7);
   LoraSpec spec = all_targets(dropout);
   if (!targets.empty()) spec.targets = targets;
+  spec.token_indices = tokens;
   TransformerOptions opt;
   opt.gradient_checkpointing = ckpt;
   opt.quantize_nf4 = nf4;       // QLoRA: frozen linear weights stored as NF4, dequantized inside matmul
@@ -130,8 +135,18 @@ void gradcheck_family(const std::string& family, double dropout, bool ckpt, bool
   MT_CHECK(worst < 1e-6, "%s (dropout %.1f, ckpt %d, nf4 %d): LoRA gradient vs finite differences: err %.3g at param %zu",
            family.c_str(), dropout, int(ckpt), int(nf4), worst, worst_i);
   MT_CHECK(nonzero > n / 2, "%s: only %zu of %zu gradients are non-zero", family.c_str(), nonzero, n);
-  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d nf4=%d targets=%zu fold=%d mlp_chunk=%d: %zu params, max FD err %.2g\n",
-               family.c_str(), dropout, int(ckpt), int(nf4), spec.targets.size(), int(fold), mlp_chunk, n, worst);
+  if (!tokens.empty()) {   // the token rows are the last params: each must have a gradient, except the embedding
+    // row of the last token (12 ends its document without a target, so its input is never used) when the head is
+    // untied: that row's gradient is exactly zero
+    const size_t C = size_t(cfg.hidden_size), rows = tokens.size() * C * (cfg.tie_word_embeddings ? 1 : 2);
+    size_t tok_nonzero = 0;
+    for (size_t i = n - rows; i < n; i++) tok_nonzero += std::fabs(grads[i]) > 1e-9;
+    const size_t want = cfg.tie_word_embeddings ? rows : rows - C;
+    MT_CHECK(tok_nonzero == want, "%s: %zu of %zu trainable token row gradients are non-zero, expected %zu", family.c_str(),
+             tok_nonzero, rows, want);
+  }
+  std::fprintf(stderr, "  %s dropout=%.1f ckpt=%d nf4=%d targets=%zu fold=%d tokens=%zu: %zu params, max FD err %.2g\n",
+               family.c_str(), dropout, int(ckpt), int(nf4), spec.targets.size(), int(fold), tokens.size(), n, worst);
 }
 
 std::vector<double> grads_of(Backend& be, Transformer& m, const Rows& r, double* loss) {
@@ -267,5 +282,9 @@ int main() {
   gradcheck_family("llama", 0.0, true, false, {}, true, 4);
   gradcheck_family("gemma", 0.0, true, false, {"q_proj", "up_proj", "down_proj"}, false, 5);
   gradcheck_family("qwen2", 0.0, true, true, {}, true, 3);
+  // trainable tokens 3 (vocabulary chunk 0) and 11, 12 (one run in chunk 2), all inputs and targets of sample_rows
+  gradcheck_family("llama", 0.0, false, false, {"q_proj", "v_proj"}, true, 0, {3, 11, 12});
+  gradcheck_family("qwen2", 0.0, true, false, {"q_proj", "v_proj"}, true, 0, {3, 11, 12});
+  gradcheck_family("gemma", 0.3, false, false, {"v_proj"}, true, 0, {3, 11, 12});
   return mt::finish("test_gradcheck");
 }

@@ -453,6 +453,51 @@ def load_peft(base_dir: str | Path, adapter_dir: str | Path, trainable: bool = F
     return model
 
 
+def grow_vocabulary(model, vocab_size: int) -> None:
+    """resize_token_embeddings to vocab_size with every new row of embed_tokens (and of an untied lm_head) set to the
+    exact mean of the old rows: transformers' mean_resizing without its 1e-9·covariance noise, as the engine does."""
+    emb = model.get_input_embeddings().weight
+    old = emb.shape[0]
+    mean_e = emb.detach().double().mean(0).float()
+    head = model.get_output_embeddings().weight
+    mean_h = head.detach().double().mean(0).float()
+    model.resize_token_embeddings(vocab_size)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[old:] = mean_e
+        if not model.config.tie_word_embeddings:
+            model.get_output_embeddings().weight[old:] = mean_h
+
+
+def peft_token_indices(model, token_indices):
+    """LoraConfig.trainable_token_indices as the engine writes it: a list for a tied head (PEFT ties lm_head to the
+    embedding's rows), {"embed_tokens": …, "lm_head": …} for an untied one."""
+    if not token_indices:
+        return None
+    if model.config.tie_word_embeddings:
+        return list(token_indices)
+    return {"embed_tokens": list(token_indices), "lm_head": list(token_indices)}
+
+
+def load_peft_grown(base_dir: str | Path, adapter_dir: str | Path):
+    """PEFT loading an adapter with trainable tokens: the base is resized to the adapter's vocabulary first (what a
+    user does with model.resize_token_embeddings(len(tokenizer)); the adapter's rows replace the new ones)."""
+    from peft import PeftModel
+    base = load_model(base_dir)
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    tti = cfg.get("trainable_token_indices")
+    ids = tti if isinstance(tti, list) else (tti or {}).get("embed_tokens", [])
+    if ids:
+        base.resize_token_embeddings(max(base.config.vocab_size, max(ids) + 1))
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    model.eval()
+    return model
+
+
+def load_adapter_tensors_torch(adapter_dir: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+
+
 def load_adapter_tensors(adapter_dir: str | Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
     return load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
@@ -496,7 +541,25 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
     base = load_model(job["base"], attn=attn)
     if job.get("quantize_base") == "nf4":
         nf4_roundtrip_linear_weights(base)
-    if lora.get("init_adapter"):
+    token_indices = lora.get("trainable_token_indices") or None
+    if token_indices:
+        grow_vocabulary(base, max(base.config.vocab_size, max(token_indices) + 1))
+    if lora.get("init_adapter") and token_indices:
+        # LoRA weights from init_adapter, token rows from the grown base (as the engine starts them)
+        from peft import LoraConfig, get_peft_model
+        init_cfg = json.loads((Path(lora["init_adapter"]) / "adapter_config.json").read_text())
+        if init_cfg.get("trainable_token_indices"):
+            raise ValueError("reference_train: init_adapter with trainable tokens is not supported")
+        model = get_peft_model(base, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                                target_modules=lora["targets"], use_rslora=lora.get("rslora", False),
+                                                task_type="CAUSAL_LM",
+                                                trainable_token_indices=peft_token_indices(base, token_indices)))
+        init = load_adapter_tensors_torch(lora["init_adapter"])
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in init.items():   # saved "…lora_A.weight" is the parameter "…lora_A.default.weight"
+                params[k.replace(".weight", ".default.weight")].copy_(v)
+    elif lora.get("init_adapter"):
         from peft import PeftModel
         model = PeftModel.from_pretrained(base, lora["init_adapter"], is_trainable=True)
     else:
@@ -504,7 +567,8 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
         torch.manual_seed(tr.get("seed", 0))
         model = get_peft_model(base, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                                 target_modules=lora["targets"], use_rslora=lora.get("rslora", False),
-                                                task_type="CAUSAL_LM"))
+                                                task_type="CAUSAL_LM",
+                                                trainable_token_indices=peft_token_indices(base, token_indices)))
     model.train()  # dropout is 0 in the parity jobs; train() only matters for dropout
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tr["lr"], betas=(tr["beta1"], tr["beta2"]), eps=tr["eps"],
@@ -563,7 +627,9 @@ def reference_train(job: dict, write_out: bool = True, threads: int | None = Non
         run_eval(steps)   # the engine also evaluates at the end
     if write_out:
         out = Path(job["out"])
-        model.save_pretrained(str(out))
+        # with trainable tokens PEFT would also save the whole resized embedding ("auto"); the engine saves only
+        # the adapter (trainable_tokens_delta rows), the format PEFT documents for trainable_token_indices
+        model.save_pretrained(str(out), **({"save_embedding_layers": False} if token_indices else {}))
         with open(out / "metrics.jsonl", "w") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")

@@ -5,7 +5,6 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { createServer } from "node:http";
 import { runDatasetStage, isEvalRow } from "../../plugins/nx-finetune/src/data";
 import { pathMatchesSplit } from "../../plugins/nx-finetune/src/data/hub-dataset";
 import type { DataSpec } from "../../plugins/nx-finetune/src/data";
@@ -182,70 +181,36 @@ test("spec errors: unknown format, both path and hub, missing file, unsupported 
   await assert.rejects(run(dir, { path: "d.txt", format: "text" }), /unsupported file type ".txt"/);
 });
 
-test("hub dataset offline: a clear error naming the dataset and the cache", async () => {
+test("hub dataset offline: a clear error naming the dataset and the cache; a cached split is read without the network", async () => {
   const dir = workspace({});
   const prev = process.env.HF_HUB_OFFLINE;
   process.env.HF_HUB_OFFLINE = "1";
   try {
     await assert.rejects(
       runDatasetStage({ recipePath: join(dir, "recipe.json"), data: { hub: "yahma/alpaca-cleaned", format: "alpaca" }, outDir: join(dir, "o"), workspaceRoot: dir, hubCacheDir: join(dir, "cache") }),
-      /hub dataset yahma\/alpaca-cleaned \(config default, split train, revision main\) is not in the local cache .*HF_HUB_OFFLINE=1/,
+      /hub dataset yahma\/alpaca-cleaned \(config default, split train, revision main\): data\.hub yahma\/alpaca-cleaned@main: HF_HUB_OFFLINE=1 and the revision was never resolved/,
     );
-    // A cached split is read without the network.
-    const cached = join(dir, "cache", "org--set", "main", "default", "train");
-    mkdirSync(cached, { recursive: true });
-    writeFileSync(join(cached, "00000.jsonl"), '{"text":"from the cache"}\n');
-    writeFileSync(join(cached, "files.json"), JSON.stringify({ files: ["00000.jsonl"], label: ["hub:org/set@abc/train.jsonl"] }));
+    // A split in the shared HF cache layout (refs/main → snapshots/<commit>/…) is read without the network.
+    const sha = "a".repeat(40);
+    const repo = join(dir, "cache", "datasets--org--set");
+    mkdirSync(join(repo, "refs"), { recursive: true });
+    writeFileSync(join(repo, "refs", "main"), sha);
+    mkdirSync(join(repo, "snapshots", sha), { recursive: true });
+    writeFileSync(join(repo, "snapshots", sha, "train.jsonl"), '{"text":"from the cache"}\n');
     const m = await runDatasetStage({ recipePath: join(dir, "recipe.json"), data: { hub: "org/set", format: "text" }, outDir: join(dir, "o"), workspaceRoot: dir, hubCacheDir: join(dir, "cache") });
     assert.equal(m.rows, 1);
-    assert.equal(m.sources[0].file, "hub:org/set@abc/train.jsonl");
+    assert.equal(m.sources[0].file, `hub:org/set@${sha}/train.jsonl`);
   } finally {
     if (prev === undefined) delete process.env.HF_HUB_OFFLINE; else process.env.HF_HUB_OFFLINE = prev;
   }
 });
 
-test("hub dataset: listed at the revision, split files downloaded once (local HF_ENDPOINT), then served from the cache", async () => {
+test("hub dataset: split files chosen by name (the Hub client itself: test/unit/plugin-hub.test.ts)", () => {
   assert.ok(pathMatchesSplit("data/train-00000-of-00001.parquet", "train", "default"));
   assert.ok(pathMatchesSplit("train.jsonl", "train", "default"));
   assert.ok(!pathMatchesSplit("test.jsonl", "train", "default"));
   assert.ok(!pathMatchesSplit("README.md", "train", "default"));
   assert.ok(pathMatchesSplit("en/train/0000.parquet", "train", "en"));
-  const requests: string[] = [];
-  let auth = "";
-  const server = createServer((req, res) => {
-    requests.push(req.url!);
-    auth = String(req.headers.authorization ?? "");
-    if (req.url === "/api/datasets/org/set/revision/v1") {
-      res.end(JSON.stringify({ sha: "abc123", siblings: [{ rfilename: "README.md" }, { rfilename: "data/train.jsonl" }, { rfilename: "data/test.jsonl" }] }));
-    } else if (req.url === "/datasets/org/set/resolve/abc123/data/train.jsonl") {
-      res.end('{"text":"hello from the hub"}\n{"text":"second"}\n');
-    } else { res.statusCode = 404; res.end("{}"); }
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-  const port = (server.address() as any).port;
-  const saved = { e: process.env.HF_ENDPOINT, t: process.env.HF_TOKEN, o: process.env.HF_HUB_OFFLINE };
-  process.env.HF_ENDPOINT = `http://127.0.0.1:${port}`;
-  process.env.HF_TOKEN = "hf_test";
-  delete process.env.HF_HUB_OFFLINE;
-  try {
-    const dir = workspace({});
-    const data: DataSpec = { hub: "org/set", revision: "v1", format: "text" };
-    const opts = { recipePath: join(dir, "recipe.json"), data, workspaceRoot: dir, hubCacheDir: join(dir, "cache") };
-    const m = await runDatasetStage({ ...opts, outDir: join(dir, "a") });
-    assert.equal(m.rows, 2);
-    assert.equal(m.sources[0].file, "hub:org/set@abc123/data/train.jsonl");
-    assert.equal(auth, "Bearer hf_test");
-    const n = requests.length;
-    process.env.HF_HUB_OFFLINE = "1";
-    const again = await runDatasetStage({ ...opts, outDir: join(dir, "b") });
-    assert.equal(requests.length, n); // served from the cache
-    assert.equal(again.rows_sha256, m.rows_sha256);
-  } finally {
-    server.close();
-    for (const [k, v] of [["HF_ENDPOINT", saved.e], ["HF_TOKEN", saved.t], ["HF_HUB_OFFLINE", saved.o]] as const) {
-      if (v === undefined) delete process.env[k]; else process.env[k] = v;
-    }
-  }
 });
 
 test("columns mapping for sharegpt: a renamed conversation field; errors name the source column", async () => {

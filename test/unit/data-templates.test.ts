@@ -67,7 +67,7 @@ test("chatml: exact string, mask covers the answer and <|im_end|>; system defaul
   const m = render(multi, spec("chatml"), tok);
   assert.equal(m.trainedText, "Hello<|im_end|>Goodbye<|im_end|>");
   // Templates that need special tokens refuse tokenizers without them.
-  assert.throws(() => renderChat([{ role: "user", content: "x" }], "chatml", LLAMA2), /needs the special tokens <\|im_start\|>, <\|im_end\|>, which the tokenizer in \S+llama2-hf does not have \(template\.name\)\. With this base use template "alpaca"/);
+  assert.throws(() => renderChat([{ role: "user", content: "x" }], "chatml", LLAMA2), /needs the special tokens <\|im_start\|>, <\|im_end\|>, which the tokenizer in \S+llama2-hf does not have \(template\.name\)\. With this base use template\.add_special_tokens: true \(adds <\|im_start\|> and <\|im_end\|> to the tokenizer.*; or template "alpaca"/);
 });
 
 test("llama3: exact string with <|begin_of_text|>, headers, <|eot_id|>; segment ids equal one pass", () => {

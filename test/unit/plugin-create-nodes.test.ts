@@ -50,7 +50,7 @@ test("one project per recipe with the pipeline targets", async () => {
   assert.deepEqual(deps("dataset"), []);
   assert.deepEqual(deps("shards"), ["dataset", "base"]);
   assert.deepEqual(deps("adapter"), ["shards", "base"]);
-  assert.deepEqual(deps("merged"), ["adapter", "base"]);
+  assert.deepEqual(deps("merged"), ["adapter", "base", "shards"]);
   assert.deepEqual(deps("gguf"), ["merged", "adapter"]);
   assert.deepEqual(deps("pipeline"), ["gguf"]);
   assert.deepEqual(deps("eval"), ["gguf"]);

@@ -28,12 +28,15 @@ int cmd_eval(const Json& job, const std::string& job_path) {
   const int B = int(r.integer_in("batch_size", 1, 1 << 20, 8));
   const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
   const int threads = int(r.integer_in("threads", 0, 4096, 0));
+  // Grow the vocabulary to this many rows (new rows: the mean of the model's), e.g. the base of a recipe whose
+  // template added tokens, measured on the same ids as the tuned model. 0: the config's.
+  const int vocab_size = int(r.integer_in("vocab_size", 0, 1 << 24, 0));
   r.finish();
   if (shard_files.empty()) r.fail("shards", "must list at least one shard");
 
-  const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
+  ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));   // grown by an adapter's added tokens
+  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads, vocab_size);
   ShardSet shards(shard_files, cfg.vocab_size);
-  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
   Transformer& model = *im.model;
   emit_event("start", start_event_fields("eval", *im.backend).set("rows", Json::number(double(shards.rows()))));
   model.load_weights(model_dir);

@@ -100,10 +100,14 @@ int cmd_generate(const Json& job, const std::string& job_path) {
   const std::vector<int64_t> stop_ids = r.int_list("stop_ids", {});
   const std::string backend_name = r.choice("backend", {"auto", "cpu", "cuda"}, "auto");
   const int threads = int(r.integer_in("threads", 0, 4096, 0));
+  // Grow the vocabulary to this many rows (new rows: the mean of the model's), e.g. the base of a recipe whose
+  // template added tokens, measured on the same ids as the tuned model. 0: the config's.
+  const int vocab_size = int(r.integer_in("vocab_size", 0, 1 << 24, 0));
   r.finish();
   if (top_p <= 0) r.fail("top_p", "must be in (0, 1]");
 
-  const ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));
+  ModelConfig cfg = ModelConfig::load(path_join(model_dir, "config.json"));   // grown by an adapter's added tokens
+  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads, vocab_size);
   size_t longest = 0;
   for (size_t p = 0; p < prompts.size(); p++) {
     const std::string field = batch ? "prompts[" + std::to_string(p) + "]" : "prompt_ids";
@@ -115,7 +119,6 @@ int cmd_generate(const Json& job, const std::string& job_path) {
                           std::to_string(cfg.vocab_size) + ")");
     longest = std::max(longest, prompt.size());
   }
-  InferenceModel im = make_inference_model(cfg, adapter_dir, backend_name, threads);
   Transformer& model = *im.model;
 
   emit_event("start", start_event_fields("generate", *im.backend)

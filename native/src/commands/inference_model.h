@@ -1,6 +1,7 @@
 // inference_model.h — what `eval` and `generate` both set up: a backend, the transformer for a config and,
 // optionally, a PEFT adapter applied unmerged; plus the fields every command's `start` event carries.
 #pragma once
+#include <algorithm>
 #include <memory>
 #include <string>
 #include "backend/backend.h"
@@ -17,12 +18,21 @@ struct InferenceModel {
 };
 
 // Weights are not loaded yet: the caller streams them in with model->load_weights(dir, …) after its `start` event.
-inline InferenceModel make_inference_model(const ModelConfig& cfg, const std::string& adapter_dir,
-                                           const std::string& backend_name, int threads) {
+// An adapter with trainable tokens beyond the base's vocabulary grows it, and so does `vocab_size` (the job field
+// of eval and generate: a base measured with the tokens a tuned model added; new rows are the mean of the base's):
+// `cfg` comes back with the model's vocab_size (token ids and logits cover the added tokens).
+inline InferenceModel make_inference_model(ModelConfig& cfg, const std::string& adapter_dir,
+                                           const std::string& backend_name, int threads, int vocab_size = 0) {
   InferenceModel m;
-  if (!adapter_dir.empty()) m.adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+  TransformerOptions opt;
+  opt.checkpoint_vocab_size = cfg.vocab_size;
+  if (!adapter_dir.empty()) {
+    m.adapter = std::make_unique<LoraAdapter>(LoraAdapter::load_peft(adapter_dir, cfg));
+    cfg = with_adapter_vocab(cfg, m.adapter->spec);
+  }
+  cfg.vocab_size = std::max(cfg.vocab_size, vocab_size);
   m.backend = make_backend(backend_name, threads);
-  m.model = std::make_unique<Transformer>(*m.backend, cfg, m.adapter ? &m.adapter->spec : nullptr, TransformerOptions());
+  m.model = std::make_unique<Transformer>(*m.backend, cfg, m.adapter ? &m.adapter->spec : nullptr, opt);
   if (m.adapter) m.model->set_lora(*m.adapter);
   return m;
 }

@@ -179,6 +179,14 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
   validate_checkpoint(cfg, *st, base);
   LoraAdapter ad = LoraAdapter::load_peft(adapter, cfg);
   const float scale = float(ad.spec.scale());  // PEFT multiplies an fp32 tensor by the Python float: fp32 scale
+  // Trainable tokens (model/lora.h): embed_tokens (and lm_head) get the vocabulary the adapter needs, new rows
+  // the mean of the base's, then the adapter's rows written over theirs (PEFT's TrainableTokensLayer.merge).
+  const int merged_vocab = ad.spec.vocab_size(cfg);
+  std::map<std::string, const std::vector<float>*> token_rows_of;
+  if (!ad.spec.token_indices.empty()) {
+    token_rows_of["model.embed_tokens.weight"] = &ad.embed_rows;
+    token_rows_of["lm_head.weight"] = ad.head_rows.empty() ? &ad.embed_rows : &ad.head_rows;   // a tied head: the same rows
+  }
 
   // Validate the whole base against its config before writing anything.
   const bool prequantized = bnb_4bit_config(cfg.raw, path_join(base, "config.json"));
@@ -230,8 +238,14 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
     return it == quantized.end() ? nullptr : &it->second;
   };
   auto out_dtype = [&](const TensorView* tv) { return quant_of(tv) || is_float(tv->dtype) ? D : tv->dtype; };
-  auto out_shape = [&](const TensorView* tv) { return quant_of(tv) ? quant_of(tv)->shape : tv->shape; };
-  auto out_numel = [&](const TensorView* tv) { return quant_of(tv) ? quant_of(tv)->numel : tv->numel(); };
+  auto out_shape = [&](const TensorView* tv) {
+    if (token_rows_of.count(tv->name)) return std::vector<int64_t>{merged_vocab, tv->shape[1]};
+    return quant_of(tv) ? quant_of(tv)->shape : tv->shape;
+  };
+  auto out_numel = [&](const TensorView* tv) {
+    if (token_rows_of.count(tv->name)) return int64_t(merged_vocab) * tv->shape[1];
+    return quant_of(tv) ? quant_of(tv)->numel : tv->numel();
+  };
   size_t total_tensors = 0;
   uint64_t total_bytes = 0;
   for (auto& pl : plans) {
@@ -274,7 +288,25 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
         const Bnb4bitWeight* q4 = quant_of(tv);
         const size_t n = size_t(out_numel(tv));
         auto it = lora_of.find(tv->name);
-        if (!q4 && (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end()))) {
+        auto tok = token_rows_of.find(tv->name);
+        if (tok != token_rows_of.end()) {
+          // The whole (grown) matrix in fp32 once: the mean needs every base row first.
+          const size_t C = size_t(tv->shape[1]), base_rows = size_t(tv->shape[0]);
+          f32.assign(n, 0.0f);
+          convert_to_f32(tv->data, tv->dtype, f32.data(), base_rows * C);
+          std::vector<double> mean(C, 0.0);
+          for (size_t r = 0; r < base_rows; r++)
+            for (size_t c = 0; c < C; c++) mean[c] += f32[r * C + c];
+          for (size_t r = base_rows; r < size_t(merged_vocab); r++)
+            for (size_t c = 0; c < C; c++) f32[r * C + c] = float(mean[c] / double(base_rows));
+          for (size_t k = 0; k < ad.spec.token_indices.size(); k++)
+            std::memcpy(f32.data() + size_t(ad.spec.token_indices[k]) * C, tok->second->data() + k * C, C * sizeof(float));
+          WriteQueue::Item item;
+          item.owned.resize(n * dtype_size(D));
+          convert_from_f32(f32.data(), item.owned.data(), D, n);
+          st->release(tv->name);
+          q.push(std::move(item));
+        } else if (!q4 && (!is_float(tv->dtype) || (tv->dtype == D && it == lora_of.end()))) {
           // Unchanged: straight from the mmap, zero-copy, in 64 MB pieces whose pages are dropped once written.
           const size_t piece = size_t(64) << 20;
           for (size_t off = 0; off < tv->nbytes; off += piece) {
@@ -360,6 +392,7 @@ static int cmd_merge(const Json& job, const std::string& job_path) {
   for (const char* key : {"torch_dtype", "dtype"})
     if (config.has(key)) { config.set(key, Json::string(tdn)); set_any = true; }
   if (!set_any) config.set("torch_dtype", Json::string(tdn));
+  if (merged_vocab != cfg.vocab_size) config.set("vocab_size", Json::number(merged_vocab));
   write_file_atomic(path_join(out, "config.json"), config.dump(2) + "\n");
   files.push(Json::string(path_join(out, "config.json")));
 

@@ -157,6 +157,17 @@ int cmd_train(const Json& job, const std::string& job_path) {
     spec.targets = l.str_list("targets", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"});
     spec.rslora = l.boolean("rslora", false);
     init_adapter = l.opt_path("init_adapter");
+    // PEFT's trainable_token_indices: embedding (and untied lm_head) rows trained whole, e.g. special tokens a
+    // template adds to the tokenizer; ids beyond the base's vocab_size grow the vocabulary (model/lora.h).
+    for (int64_t id : l.int_list("trainable_token_indices", {})) {
+      if (id < 0 || id >= (1 << 24)) l.fail("trainable_token_indices", "token id " + std::to_string(id) + " is out of range");
+      spec.token_indices.push_back(int(id));
+    }
+    try {
+      check_token_indices(spec.token_indices, "");
+    } catch (const EngineError& e) {
+      l.fail("trainable_token_indices", e.what());
+    }
     if (spec.targets.empty()) l.fail("targets", "must list at least one projection");
     std::set<std::string> seen;
     for (const std::string& t : spec.targets) {
@@ -207,7 +218,8 @@ int cmd_train(const Json& job, const std::string& job_path) {
   r.finish();
 
   // ---- model, data, adapter ----
-  const ModelConfig cfg = ModelConfig::load(path_join(base, "config.json"));
+  const ModelConfig base_cfg = ModelConfig::load(path_join(base, "config.json"));
+  const ModelConfig cfg = with_adapter_vocab(base_cfg, spec);   // the vocabulary grown by trainable tokens
   ShardSet train(train_files, cfg.vocab_size);
   if (train.rows() == 0) throw EngineError(job_path + ": train_shards: the shards hold no rows", job_path, "train_shards");
   std::unique_ptr<ShardSet> eval;
@@ -224,13 +236,15 @@ int cmd_train(const Json& job, const std::string& job_path) {
   if (!init_adapter.empty()) {
     adapter = LoraAdapter::load_peft(init_adapter, cfg);
     std::set<std::string> want(spec.targets.begin(), spec.targets.end()), got(adapter.spec.targets.begin(), adapter.spec.targets.end());
-    if (adapter.spec.r != spec.r || adapter.spec.alpha != spec.alpha || want != got || adapter.spec.rslora != spec.rslora)
+    if (adapter.spec.r != spec.r || adapter.spec.alpha != spec.alpha || want != got || adapter.spec.rslora != spec.rslora ||
+        (!adapter.spec.token_indices.empty() && adapter.spec.token_indices != spec.token_indices))
       throw EngineError(job_path + ": lora.init_adapter: " + init_adapter + " has r/alpha/targets/rslora different from the job's lora settings",
                         job_path, "lora.init_adapter");
     adapter.spec.dropout = spec.dropout;
   } else {
     adapter = LoraAdapter::init(cfg, spec, seed);
   }
+  adapter.spec.token_indices = spec.token_indices;
   spec = adapter.spec;   // targets in canonical order
 
   std::unique_ptr<Backend> be = make_backend(backend_name, threads);
@@ -247,6 +261,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   // 2048-row block (which counts at 8B with checkpointing). The CPU default (32M elements) is plenty there.
   if (be->name() == "cuda") opt.ce_max_logits = int64_t(512) * 131072;
   apply_memory_saving(opt);   // QLoRA and checkpoint offload: the token embedding in host memory
+  opt.checkpoint_vocab_size = base_cfg.vocab_size;
   Transformer model(*be, cfg, &spec, opt);
   const size_t n_params = model.num_lora_params();
   Tensor adam_m = be->alloc(n_params, Role::Param), adam_v = be->alloc(n_params, Role::Param);
@@ -256,7 +271,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   // What must match for a checkpoint to be resumed.
   std::ostringstream fp;
   // "lora-layout=2": per layer all A then all B (model/transformer.h); optimizer states follow that order.
-  fp << "lora-layout=2 r=" << spec.r << " alpha=" << spec.alpha << " targets=" << spec.targets.size() << " B=" << B << " GA=" << GA
+  fp << "lora-layout=2 r=" << spec.r << " tokens=" << spec.token_indices.size() << " alpha=" << spec.alpha << " targets=" << spec.targets.size() << " B=" << B << " GA=" << GA
      << " seed=" << seed << " shuffle=" << shuffle << " T=" << T << " rows=" << train.rows() << " total=" << total_steps;
   TrainerState state;
   state.total_steps = total_steps;
@@ -299,6 +314,8 @@ int cmd_train(const Json& job, const std::string& job_path) {
   model.load_weights(base, [](size_t done, size_t total) {
     if (done == total || done % 16 == 0) emit_progress("load", double(done), double(total), "tensors");
   });   // streamed tensor by tensor into the backend
+  // A fresh adapter's trainable token rows start as the (resized) base rows; a loaded one brought its own.
+  if (!spec.token_indices.empty() && adapter.embed_rows.empty()) model.init_token_rows_from_weights();
   const double load_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();   // job start → weights ready
 
   // ---- the loop ----

@@ -402,6 +402,10 @@ ExportSummary export_adapter_gguf(const std::string& adapter_dir, const std::str
   const std::string arch = arch_of(c, base_config);
   LoraAdapter ad = LoraAdapter::load_peft(adapter_dir, c);
   if (ad.pairs.empty()) throw EngineError(adapter_dir + ": the adapter has no LoRA weights", adapter_dir);
+  // llama.cpp's LoRA GGUF holds low-rank pairs only; the vocabulary of a base is fixed in its own GGUF.
+  if (!ad.spec.token_indices.empty())
+    throw EngineError(adapter_dir + ": the adapter trains token rows (trainable_token_indices) that a GGUF LoRA adapter cannot carry; "
+                      "export the merged model instead", path_join(adapter_dir, "adapter_config.json"), "trainable_token_indices");
 
   static const std::map<std::string, std::string> gguf_of = {
       {"q_proj", "attn_q"},      {"k_proj", "attn_k"},   {"v_proj", "attn_v"},    {"o_proj", "attn_output"},

@@ -17,6 +17,27 @@ namespace nxft {
 
 double LoraSpec::scale() const { return rslora ? alpha / std::sqrt(double(r)) : alpha / double(r); }
 
+int LoraSpec::vocab_size(const ModelConfig& base) const {
+  return token_indices.empty() ? base.vocab_size : std::max(base.vocab_size, token_indices.back() + 1);
+}
+
+ModelConfig with_adapter_vocab(const ModelConfig& base, const LoraSpec& spec) {
+  ModelConfig c = base;
+  c.vocab_size = spec.vocab_size(base);
+  return c;
+}
+
+void check_token_indices(const std::vector<int>& idx, const std::string& where) {
+  for (size_t i = 0; i < idx.size(); i++) {
+    if (idx[i] < 0 || idx[i] >= (1 << 24)) throw EngineError(where + "token index " + std::to_string(idx[i]) + " is out of range");
+    if (i > 0 && idx[i] <= idx[i - 1]) throw EngineError(where + "token indices must be ascending without repeats");
+  }
+}
+
+// PEFT's names for the trainable token rows (TrainableTokensWrapper around embed_tokens / lm_head).
+static const char* kEmbedTokensDelta = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta";
+static const char* kHeadTokensDelta = "base_model.model.lm_head.token_adapter.trainable_tokens_delta";
+
 LoraPair* LoraAdapter::find(int layer, const std::string& target) {
   for (auto& p : pairs)
     if (p.layer == layer && p.target == target) return &p;
@@ -120,6 +141,13 @@ void LoraAdapter::save_peft(const std::string& dir, const std::string& base_mode
   cfg["revision"] = Json();
   cfg["target_modules"] = targets;
   cfg["task_type"] = Json::string("CAUSAL_LM");
+  if (!spec.token_indices.empty()) {
+    // A list targets the input embedding (PEFT ties a tied lm_head to it); an untied head is listed by name.
+    Json idx = Json::array();
+    for (int i : spec.token_indices) idx.push(Json::number(i));
+    if (head_rows.empty()) cfg["trainable_token_indices"] = idx;
+    else cfg["trainable_token_indices"] = Json::object().set("embed_tokens", idx).set("lm_head", idx);
+  }
   cfg["use_dora"] = Json::boolean(false);
   cfg["use_rslora"] = Json::boolean(spec.rslora);
   Json j = Json::object();
@@ -139,6 +167,23 @@ void LoraAdapter::save_peft(const std::string& dir, const std::string& base_mode
     b.f32 = p.B.data();
     tensors.push_back(a);
     tensors.push_back(b);
+  }
+  if (!spec.token_indices.empty()) {
+    const size_t K = spec.token_indices.size();
+    if (embed_rows.empty() || embed_rows.size() % K != 0 || (!head_rows.empty() && head_rows.size() != embed_rows.size()))
+      throw EngineError("save_peft: trainable token rows have wrong sizes");
+    const int64_t C = int64_t(embed_rows.size() / K);
+    TensorToWrite e;
+    e.name = kEmbedTokensDelta;
+    e.shape = {int64_t(K), C};
+    e.f32 = embed_rows.data();
+    tensors.push_back(e);
+    if (!head_rows.empty()) {
+      TensorToWrite h = e;
+      h.name = kHeadTokensDelta;
+      h.f32 = head_rows.data();
+      tensors.push_back(h);
+    }
   }
   std::sort(tensors.begin(), tensors.end(), [](const TensorToWrite& x, const TensorToWrite& y) { return x.name < y.name; });
   write_safetensors(path_join(dir, "adapter_model.safetensors"), tensors, {{"format", "pt"}});
@@ -209,6 +254,47 @@ LoraAdapter LoraAdapter::load_peft(const std::string& dir, const ModelConfig& cf
     fail("target_modules", e.what());
   }
 
+  // trainable_token_indices: a list (the input embedding, and a tied head with it) or {"embed_tokens": [...],
+  // "lm_head": [...]} with the same list for both (an untied head; the rows we train are those of both).
+  bool untied_head_rows = false;
+  if (const Json* tt = get("trainable_token_indices")) {
+    auto read_list = [&](const Json& v, const std::string& field) {
+      std::vector<int> out;
+      if (!v.is_array() || v.size() == 0) fail(field, "expected a non-empty list of token ids");
+      for (const Json& x : v.as_array()) {
+        if (!x.is_number() || x.as_number() != std::floor(x.as_number())) fail(field, "expected integer token ids");
+        out.push_back(int(x.as_number()));
+      }
+      try {
+        check_token_indices(out, "");
+      } catch (const EngineError& e) {
+        fail(field, e.what());
+      }
+      return out;
+    };
+    if (tt->is_array()) {
+      spec.token_indices = read_list(*tt, "trainable_token_indices");
+    } else if (tt->is_object()) {
+      for (const auto& kv : tt->as_object())
+        if (kv.first != "embed_tokens" && kv.first != "lm_head")
+          fail("trainable_token_indices", "only embed_tokens and lm_head are supported, found \"" + kv.first + "\"");
+      const Json* e = tt->find("embed_tokens");
+      if (!e) fail("trainable_token_indices", "a dict must list embed_tokens");
+      spec.token_indices = read_list(*e, "trainable_token_indices.embed_tokens");
+      if (const Json* h = tt->find("lm_head")) {
+        if (read_list(*h, "trainable_token_indices.lm_head") != spec.token_indices)
+          fail("trainable_token_indices.lm_head", "must list the same tokens as embed_tokens");
+        untied_head_rows = true;
+      }
+    } else {
+      fail("trainable_token_indices", "expected a list of token ids or a dict of them");
+    }
+    if (untied_head_rows && cfg.tie_word_embeddings)
+      fail("trainable_token_indices.lm_head", "the base ties lm_head to embed_tokens (tie_word_embeddings): list the tokens once");
+    if (!untied_head_rows && !cfg.tie_word_embeddings)
+      fail("trainable_token_indices", "the base has its own lm_head (tie_word_embeddings false): list the tokens for embed_tokens and lm_head");
+  }
+
   if (!path_exists(st_path)) {
     if (path_exists(path_join(dir, "adapter_model.bin")))
       throw EngineError(dir + ": adapter_model.bin (pickle) is not supported; save the adapter with safetensors", dir);
@@ -250,6 +336,26 @@ LoraAdapter LoraAdapter::load_peft(const std::string& dir, const ModelConfig& cf
       }
       ad.pairs.push_back(std::move(p));
     }
+  if (!spec.token_indices.empty()) {
+    const int64_t K = int64_t(spec.token_indices.size()), C = cfg.hidden_size;
+    for (const char* name : {kEmbedTokensDelta, kHeadTokensDelta}) {
+      const bool head = name == kHeadTokensDelta;
+      if (head && !untied_head_rows) continue;
+      const TensorView* tv = file->find(name);
+      if (!tv) throw EngineError(st_path + ": missing tensor " + name + " (adapter_config.json lists trainable_token_indices)", st_path, name);
+      if (tv->shape != std::vector<int64_t>{K, C})
+        throw EngineError(st_path + ": tensor " + std::string(name) + " has the wrong shape, expected [" + std::to_string(K) + ", " +
+                              std::to_string(C) + "] (trainable_token_indices × hidden_size)", st_path, name);
+      if (tv->dtype != DType::F32 && tv->dtype != DType::F16 && tv->dtype != DType::BF16)
+        throw EngineError(st_path + ": tensor " + std::string(name) + " has dtype " + dtype_name(tv->dtype) + " (expected F32, F16 or BF16)", st_path, name);
+      std::vector<float>& dst = head ? ad.head_rows : ad.embed_rows;
+      dst.resize(size_t(K * C));
+      convert_to_f32(tv->data, tv->dtype, dst.data(), dst.size());
+      for (float v : dst)
+        if (!std::isfinite(v)) throw EngineError(st_path + ": tensor " + std::string(name) + " contains NaN or Inf", st_path, name);
+      used.insert(name);
+    }
+  }
   for (const auto& tv : file->tensors())
     if (!used.count(tv.name))
       throw EngineError(st_path + ": unexpected tensor " + tv.name + " (not a lora_A/lora_B of the listed target_modules and the base's " +

@@ -114,7 +114,9 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
   for (WeightSlot& w : slots_w_) {
     if (w.nf4 || w.view) continue;
     const size_t n = size_t(w.rows) * w.ld;
-    *w.t = w.t == &embed_ && !tied_ && opt_.embedding_in_host_memory ? be_.alloc_gather_table(n) : be_.alloc(n, Role::Weight);
+    // The embedding stays on the device when trainable token rows are written into it each step (LoraSpec::token_indices).
+    const bool host_table = w.t == &embed_ && !tied_ && opt_.embedding_in_host_memory && !(lora && !lora->token_indices.empty());
+    *w.t = host_table ? be_.alloc_gather_table(n) : be_.alloc(n, Role::Weight);
   }
   for (LayerW& L : layers_) {
     if (merged_) {
@@ -177,6 +179,17 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
       }
       for (int& cg : col) cg = 0;
     }
+    n_tok_ = int(spec_.token_indices.size());
+    if (n_tok_ > 0) {
+      check_token_indices(spec_.token_indices, "lora: ");
+      if (spec_.token_indices.back() >= V)
+        throw EngineError("trainable token " + std::to_string(spec_.token_indices.back()) + " is beyond the model's " +
+                          std::to_string(V) + " vocabulary rows");
+      off_tok_embed_ = n_params_;
+      n_params_ += size_t(n_tok_) * C;
+      off_tok_head_ = tied_ ? off_tok_embed_ : n_params_;
+      if (!tied_) n_params_ += size_t(n_tok_) * C;
+    }
     if (n_params_ > 0) {
       params_ = be_.alloc(n_params_, Role::Param);
       grads_ = be_.alloc(n_params_, Role::Param);
@@ -195,6 +208,20 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
       job.rows = s.out;
       job.cols = r;
       fold_jobs_.push_back(job);
+    }
+    // trainable token row k → row token_indices[k] of embed_tokens (and of an untied lm_head)
+    for (int k = 0; k < n_tok_; k++) {
+      const size_t row = size_t(spec_.token_indices[size_t(k)]);
+      for (int head = 0; head < (tied_ ? 1 : 2); head++) {
+        Backend::ColumnBlockWrite job;
+        job.dst = (head ? head_ : embed_).slice(row * C, size_t(C));
+        job.ld = C;
+        job.col0 = 0;
+        job.src = params_.slice((head ? off_tok_head_ : off_tok_embed_) + size_t(k) * C, size_t(C));
+        job.rows = 1;
+        job.cols = C;
+        token_jobs_.push_back(job);
+      }
     }
     // A_g (g·r, in) → the last g·r rows of W_ext, columns [0, in)
     for (int l = 0; l < c.num_layers; l++)
@@ -216,6 +243,21 @@ Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec*
 void Transformer::refresh_folded_lora() {
   if (!fold_jobs_.empty()) be_.write_column_blocks(fold_jobs_.data(), int(fold_jobs_.size()), lora_scale_);
   if (!fold_a_jobs_.empty()) be_.write_column_blocks(fold_a_jobs_.data(), int(fold_a_jobs_.size()), 1.0f);
+  if (!token_jobs_.empty()) be_.write_column_blocks(token_jobs_.data(), int(token_jobs_.size()), 1.0f);
+}
+
+void Transformer::init_token_rows_from_weights() {
+  const int C = cfg_.hidden_size;
+  std::vector<float> row(static_cast<size_t>(C));
+  for (int k = 0; k < n_tok_; k++) {
+    const size_t r = size_t(spec_.token_indices[size_t(k)]);
+    be_.download(embed_, row.data(), size_t(C), r * C);
+    be_.upload(params_, row.data(), size_t(C), off_tok_embed_ + size_t(k) * C);
+    if (!tied_) {
+      be_.download(head_, row.data(), size_t(C), r * C);
+      be_.upload(params_, row.data(), size_t(C), off_tok_head_ + size_t(k) * C);
+    }
+  }
 }
 
 std::vector<std::pair<std::string, Tensor>> Transformer::weight_tensors() const {
@@ -246,7 +288,11 @@ void Transformer::set_weight(size_t i, const std::vector<float>& v) {
 
 void Transformer::load_weights(const std::string& dir, const std::function<void(size_t, size_t)>& on_progress) {
   std::unique_ptr<SafetensorsModel> st = SafetensorsModel::open_dir(dir);
-  validate_checkpoint(cfg_, *st, dir);
+  const int ckpt_vocab = opt_.checkpoint_vocab_size > 0 ? opt_.checkpoint_vocab_size : cfg_.vocab_size;
+  if (ckpt_vocab > cfg_.vocab_size) throw EngineError("internal: checkpoint_vocab_size beyond the model's vocab_size");
+  ModelConfig ckpt_cfg = cfg_;
+  ckpt_cfg.vocab_size = ckpt_vocab;
+  validate_checkpoint(ckpt_cfg, *st, dir);
   std::vector<float> buf;
   auto shape_error = [&](const WeightSlot& w, const std::vector<int64_t>& got_shape, const std::vector<int64_t>& want) {
     std::string got;
@@ -257,6 +303,26 @@ void Transformer::load_weights(const std::string& dir, const std::function<void(
   };
   for (size_t i = 0; i < slots_w_.size(); i++) {
     const WeightSlot& w = slots_w_[i];
+    if (ckpt_vocab < cfg_.vocab_size && (w.t == &embed_ || w.t == &head_)) {
+      // A grown vocabulary (trainable tokens beyond the base's): the checkpoint's rows, then their mean in every
+      // new row (transformers' resize_token_embeddings with mean_resizing, without its 1e-9·covariance noise).
+      const TensorView& tv = st->get(w.name);
+      const std::vector<int64_t> want{ckpt_vocab, w.cols};
+      if (tv.shape != want) shape_error(w, tv.shape, want);
+      const size_t C = size_t(w.cols), old_n = size_t(tv.numel());
+      buf.resize(size_t(w.rows) * C);
+      convert_to_f32(tv.data, tv.dtype, buf.data(), old_n);
+      check_finite(buf.data(), old_n, path_join(dir, st->shard_of(w.name)), w.name);
+      std::vector<double> mean(C, 0.0);
+      for (size_t r = 0; r < size_t(ckpt_vocab); r++)
+        for (size_t c = 0; c < C; c++) mean[c] += buf[r * C + c];
+      for (size_t r = size_t(ckpt_vocab); r < size_t(w.rows); r++)
+        for (size_t c = 0; c < C; c++) buf[r * C + c] = float(mean[c] / double(ckpt_vocab));
+      set_weight(i, buf);
+      st->release(w.name);
+      if (on_progress) on_progress(i + 1, slots_w_.size());
+      continue;
+    }
     const std::vector<int64_t> want = w.rows == 1 ? std::vector<int64_t>{w.cols} : std::vector<int64_t>{w.rows, w.cols};
     // A pre-quantized bitsandbytes weight: kept 4-bit when the slot is (QLoRA), else dequantized like bitsandbytes.
     if (std::optional<Bnb4bitWeight> q = bnb_4bit_weight(*st, w.name)) {
@@ -356,6 +422,16 @@ void Transformer::set_lora(const LoraAdapter& adapter) {
     be_.upload(params_, p->A.data(), na, s.off_a);
     be_.upload(params_, p->B.data(), nb, s.off_b);
   }
+  if (n_tok_ > 0 && !adapter.embed_rows.empty()) {   // empty: a fresh adapter (init_token_rows_from_weights)
+    const size_t n = size_t(n_tok_) * cfg_.hidden_size;
+    if (adapter.spec.token_indices != spec_.token_indices || adapter.embed_rows.size() != n ||
+        adapter.head_rows.size() != (tied_ ? 0 : n))
+      throw EngineError("adapter's trainable token rows do not match the model (" + std::to_string(n_tok_) + " rows, " +
+                        (tied_ ? "tied" : "untied") + " lm_head)");
+    be_.upload(params_, adapter.embed_rows.data(), n, off_tok_embed_);
+    if (!tied_) be_.upload(params_, adapter.head_rows.data(), n, off_tok_head_);
+  }
+  refresh_folded_lora();
 }
 
 void Transformer::get_lora(LoraAdapter& adapter) {
@@ -367,6 +443,12 @@ void Transformer::get_lora(LoraAdapter& adapter) {
     be_.download(params_, p->A.data(), p->A.size(), s.off_a);
     be_.download(params_, p->B.data(), p->B.size(), s.off_b);
   }
+  adapter.spec.token_indices = spec_.token_indices;
+  const size_t n = size_t(n_tok_) * cfg_.hidden_size;
+  adapter.embed_rows.resize(n);
+  adapter.head_rows.resize(tied_ ? 0 : n);
+  if (n > 0) be_.download(params_, adapter.embed_rows.data(), n, off_tok_embed_);
+  if (n > 0 && !tied_) be_.download(params_, adapter.head_rows.data(), n, off_tok_head_);
 }
 
 void Transformer::zero_grads() {
@@ -427,7 +509,7 @@ void Transformer::ensure_buffers(int N, bool training) {
   res_host_ = nullptr;
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
                     &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
-                    &ce_lse_})
+                    &ce_lse_, &tok_onehot_})
     release(*t);
   cap_n_ = cap;
   const bool train_bufs = training || have_train;
@@ -469,6 +551,7 @@ void Transformer::ensure_buffers(int N, bool training) {
       if (!fold_[g]) widest = std::max(widest, group_width_[g]);
     if (widest > 0) dxa_ = be_.alloc(size_t(cap) * widest, Role::Activation);
     if (dropout_p() > 0) scratch_dx_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
+    if (n_tok_ > 0) tok_onehot_ = be_.alloc(size_t(cap) * n_tok_, Role::Activation);
   }
   ce_vc_ = std::min(V, std::max(1, opt_.ce_vocab_chunk));
   ce_rows_ = int(std::max<int64_t>(1, std::min<int64_t>(cap, opt_.ce_max_logits / ce_vc_)));
@@ -502,6 +585,14 @@ void Transformer::upload_batch(const Batch& b) {
   if (b.targets) be_.upload(targets_, b.targets, size_t(N));
   be_.upload(positions_, b.positions, size_t(N));
   be_.upload(doc_start_, ds.data(), size_t(N));
+  if (!tok_onehot_.empty()) {   // which inputs are trainable tokens: the embedding rows' gradient is onehotᵀ·dx₀
+    std::vector<float> onehot(size_t(N) * n_tok_, 0.0f);
+    for (int i = 0; i < N; i++) {
+      auto it = std::lower_bound(spec_.token_indices.begin(), spec_.token_indices.end(), b.tokens[i]);
+      if (it != spec_.token_indices.end() && *it == b.tokens[i]) onehot[size_t(i) * n_tok_ + size_t(it - spec_.token_indices.begin())] = 1.0f;
+    }
+    be_.upload(tok_onehot_, onehot.data(), onehot.size());
+  }
 }
 
 // ---- linear + LoRA, one input group at a time ---------------------------------------------------------------
@@ -826,8 +917,8 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
                          doc_start_, B, T, NH, NKV, HD, pitch);
   be_.rope_backward(dqkv_, positions_, inv_freq_, N, NH + NKV, HD, ld_dqkv);
   // Layer 0's input is the frozen embedding: its gradient is never used, so q/k/v's dX GEMM and the norm's
-  // backward are skipped there (their LoRA gradients do not depend on them).
-  const bool need_dx = l > 0;
+  // backward are skipped there (their LoRA gradients do not depend on them) — unless token rows are trained.
+  const bool need_dx = l > 0 || n_tok_ > 0;
   xa = xa_of(a, kGroupQKV, &ld_xa);
   group_backward(l, kGroupQKV, dxn_, a.xn1, N, dqkv_, ld_dqkv, xa, ld_xa, seed, need_dx);
   if (need_dx) {
@@ -912,6 +1003,7 @@ double Transformer::head_loss(int N, bool backward, float grad_scale) {
       Tensor w = head_.slice(size_t(v0) * C, size_t(vc) * C);
       if (nvc > 1) be_.matmul(lg, xf, w, n, vc, C, false, true, 1.0f, 0.0f);   // recompute this chunk
       be_.ce_grad(lg, tg, ce_lse_, n, vc, v0, grad_scale);
+      if (n_tok_ > 0) token_head_grads(lg, xf, n, v0, vc);
       be_.matmul(dxf, lg, w, n, C, vc, false, false, 1.0f, vi == 0 ? 0.0f : 1.0f);
     }
   }
@@ -921,6 +1013,22 @@ double Transformer::head_loss(int N, bool backward, float grad_scale) {
   double total = 0;
   for (double x : loss_host) total += x;
   return total;
+}
+
+// Each run of consecutive trainable tokens inside the chunk is one GEMM: d rows (k, C) += dlogits[:, cols]ᵀ · xf,
+// the columns read with the logits' row pitch vc. A tied head adds into the embedding rows' gradient.
+void Transformer::token_head_grads(const Tensor& dlogits, const Tensor& xf, int n, int v0, int vc) {
+  const int C = cfg_.hidden_size;
+  const std::vector<int>& idx = spec_.token_indices;
+  for (size_t k = 0; k < idx.size();) {
+    if (idx[k] < v0 || idx[k] >= v0 + vc) { k++; continue; }
+    size_t end = k + 1;
+    while (end < idx.size() && idx[end] == idx[end - 1] + 1 && idx[end] < v0 + vc) end++;
+    const int rows = int(end - k);
+    Tensor d = grads_.slice(off_tok_head_ + k * C, size_t(rows) * C);
+    be_.matmul_ex(d, d, dlogits.from(size_t(idx[k] - v0)), xf, rows, C, n, true, false, 1.0f, 1.0f, vc, 0, 0);
+    k = end;
+  }
 }
 
 // ---- whole model --------------------------------------------------------------------------------------------
@@ -968,6 +1076,10 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
     layer_backward(l, res(l), a, B, T, seed);
   }
   be_.side_join();   // the optimizer reads every gradient
+  if (n_tok_ > 0) {  // dres_ now holds d(res(0)) = d(embedding output): rows of trainable tokens += scale·onehotᵀ·dres
+    Tensor d = grads_.slice(off_tok_embed_, size_t(n_tok_) * C);
+    be_.matmul_ex(d, d, tok_onehot_, dres_, n_tok_, C, N, true, false, float(emb_scale), 1.0f, 0, ld_dres, 0);
+  }
   return loss;
 }
 

@@ -64,6 +64,10 @@ struct TransformerOptions {
   // all N tokens: at long context they were most of the activation memory (6F of the ~11C + 6F values per token).
   // 0 = whole micro-batch. Chunks of 16K tokens keep every GEMM large.
   int mlp_chunk_tokens = 16384;
+  // The vocabulary rows embed_tokens / lm_head have in the checkpoint, when the model's vocab_size is larger (an
+  // adapter with trainable tokens beyond the base's vocabulary, LoraSpec::token_indices): load_weights fills the
+  // rows past it with the mean of the checkpoint's rows, as transformers' resize_token_embeddings does. 0 = same.
+  int checkpoint_vocab_size = 0;
   // Cross-entropy head: logits are computed for (rows × vocab chunk) at a time, never (N × V).
   // V ≤ ce_vocab_chunk (every vocabulary up to Gemma's 256K by default) → one fused pass per row block (loss and
   // dlogits from the same buffer); bigger V → online logsumexp over chunks plus a recompute pass.
@@ -110,13 +114,19 @@ class Transformer {
 
   // ---- LoRA parameters: one flat fp32 buffer. Per layer: the A of every adapted target in target order
   // (q, k, v, o, gate, up, down), then their B. So the A of projections that share an input (q|k|v, gate|up)
-  // are one contiguous (g·r, in) matrix: one GEMM computes all their x·Aᵀ and one their dA. ----
+  // are one contiguous (g·r, in) matrix: one GEMM computes all their x·Aᵀ and one their dA.
+  // Then, with trainable tokens (LoraSpec::token_indices, K rows): their embed_tokens rows (K, C), then their
+  // lm_head rows (K, C) unless the head is tied (a tied head's rows are the embedding's: one parameter, both
+  // gradients). Before each forward these rows are written over the frozen embed_tokens / lm_head rows. ----
   size_t num_lora_params() const { return n_params_; }
   const Tensor& lora_params() const { return params_; }
   const Tensor& lora_grads() const { return grads_; }
   void set_lora(const LoraAdapter& adapter);   // upload; the adapter must match the spec (shapes checked)
   void get_lora(LoraAdapter& adapter);          // download into an adapter with the same pairs
   void zero_grads();
+  // Trainable token rows start as the model's current rows of embed_tokens / lm_head (call after the weights are
+  // loaded: PEFT's TrainableTokensLayer copies the base rows at init). No-op without trainable tokens.
+  void init_token_rows_from_weights();
 
   // ---- training ----
   // Forward + backward of one micro-batch. Accumulates LoRA gradients of (Σ token losses)·grad_scale and
@@ -193,6 +203,11 @@ class Transformer {
   std::vector<Backend::ColumnBlockWrite> fold_a_jobs_;   // where each folded group's A goes (W_ext's last rows)
   size_t n_params_ = 0;
   Tensor params_, grads_;
+  // trainable tokens: K rows at off_tok_embed_ (and off_tok_head_ when untied) inside params_/grads_
+  int n_tok_ = 0;
+  size_t off_tok_embed_ = 0, off_tok_head_ = 0;
+  std::vector<Backend::ColumnBlockWrite> token_jobs_;    // each trainable row → its embed_tokens / lm_head row
+  Tensor tok_onehot_;                                    // (N, K) Activation: 1 where token t is trainable row k
 
   // activation buffers for the current N
   int cap_n_ = 0;
@@ -245,7 +260,11 @@ class Transformer {
   int group_dy_ld(int group) const;
   int first_slot(int layer, int group) const;   // the group's first adapted projection (its A starts the group's A)
   Tensor xa_of(const LayerActs& a, int group, int* ld) const;
-  void refresh_folded_lora();   // write s·B and A of every folded group into its W_ext (after params change)
+  // Write s·B and A of every folded group into its W_ext, and the trainable token rows into embed_tokens /
+  // lm_head (after params change).
+  void refresh_folded_lora();
+  // d(trainable lm_head rows) += dlogitsᵀ·xf for the rows inside vocabulary chunk [v0, v0+vc) (head_loss).
+  void token_head_grads(const Tensor& dlogits, const Tensor& xf, int n, int v0, int vc);
   // y (N, out_width) with row pitch ld_y WRITES c_in + x·W_gᵀ + LoRA (+ the q|k|v bias); c_in may be null.
   // need_y = false computes only the LoRA down-projections xa (checkpointing's recompute of down: backward
   // reads xa but not the layer's output).

@@ -246,12 +246,20 @@ int run_compare(int steps) {
   LoraSpec spec = lora_spec(8, 16);
   LoraAdapter init = LoraAdapter::init(cfg, spec, 3);
   int fails = 0;
-  for (int packed = 0; packed < 2; packed++) {
-    std::printf("\n### tiny llama (L=2, C=256, V=512), r=8, lr 5e-3, %s rows (attention path: %s)\n\n",
+  // variant 2: packed rows with trainable token rows too (LoraSpec::token_indices, template.add_special_tokens):
+  // 16 ids that the random rows use as inputs and targets; their embedding and lm_head rows train with the LoRA
+  for (int variant = 0; variant < 3; variant++) {
+    const int packed = variant >= 1;
+    LoraSpec vspec = spec;
+    if (variant == 2)
+      for (int i = 0; i < 16; i++) vspec.token_indices.push_back(i * 31);
+    std::printf("\n### tiny llama (L=2, C=256, V=512), r=8, lr 5e-3, %s rows%s (attention path: %s)\n\n",
                 packed ? "packed multi-document (row 4 without targets)" : "single-document",
-                cuda_attention_path(*gpu).c_str());
+                variant == 2 ? ", 16 trainable token rows" : "", cuda_attention_path(*gpu).c_str());
     std::printf("| step | cpu loss | cuda loss | rel diff | cpu grad norm | cuda grad norm |\n|---|---|---|---|---|---|\n");
-    Trainer tc(*cpu, w, spec, init, false), tg(*gpu, w, spec, init, packed == 1);
+    Trainer tc(*cpu, w, vspec, init, false), tg(*gpu, w, vspec, init, packed == 1);
+    tc.model.init_token_rows_from_weights();
+    tg.model.init_token_rows_from_weights();
     double max_rel = 0, max_rel_gn = 0;
     bool finite = true;
     for (int s = 0; s < steps; s++) {

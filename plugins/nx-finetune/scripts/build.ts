@@ -14,7 +14,7 @@ const REPO = resolve(PLUGIN, "..", "..");
 const DIST = join(PLUGIN, "dist");
 
 // Packages the plugin imports at run time (versions as the repository pins them).
-const RUNTIME_DEPENDENCIES = ["@huggingface/jinja", "@huggingface/tokenizers", "@nx/devkit", "chokidar", "dotenv", "execa", "hyparquet", "jsonc-parser"];
+const RUNTIME_DEPENDENCIES = ["@huggingface/hub", "@huggingface/jinja", "@huggingface/tokenizers", "@nx/devkit", "chokidar", "dotenv", "execa", "hyparquet", "jsonc-parser"];
 
 // tsc errors the build accepts: TS1479 for the two dual packages whose type definitions are ESM-only while their
 // "require" export condition (what the CommonJS output loads) is a real CommonJS build.

@@ -62,7 +62,7 @@ const stageDependsOn: Record<StageName, StageName[]> = {
   dataset: [],
   shards: ["dataset", "base"],
   adapter: ["shards", "base"],
-  merged: ["adapter", "base"],
+  merged: ["adapter", "base", "shards"],   // shards: the tokenizer template.add_special_tokens grew
   gguf: ["merged", "adapter"],
   eval: ["gguf"],
 };

@@ -20,8 +20,8 @@ interface Digest { sha256: string; size: number; files: number }
 
 export interface RecipeLock {
   $comment: string;
-  base: ({ path: string } | { init: string; tokenizer: string } | { hub: string; revision: string }) & Partial<Digest>;
-  data: Array<{ path: string } & Digest> | { hub: string; revision?: string; split?: string; config?: string };
+  base: ({ path: string } | { init: string; tokenizer: string } | { hub: string; revision: string; commit?: string }) & Partial<Digest>;
+  data: Array<{ path: string } & Digest> | { hub: string; revision?: string; split?: string; config?: string; commit?: string };
 }
 
 function digest(path: string, store: string): Digest {
@@ -29,8 +29,9 @@ function digest(path: string, store: string): Digest {
   return { sha256: fp.sha256, size: fp.size, files: fp.files };
 }
 
-// The lock a recipe has now (data and base as they are on disk). Hub entries are pinned by revision; a Hub base's
-// digest (its downloaded files) comes from the base stage's manifest when present.
+// The lock a recipe has now (data and base as they are on disk). Hub entries are pinned by revision, and by the
+// commit a branch or tag resolved to (from the base and dataset stage manifests, when present); a Hub base's
+// digest (its downloaded files) comes from the base stage's manifest too.
 export function computeLock(workspaceRoot: string, recipeFile: string, store: string): RecipeLock {
   const recipe = loadRecipe(recipeFile, workspaceRoot);
   const dir = dirname(recipeFile);
@@ -47,13 +48,27 @@ export function computeLock(workspaceRoot: string, recipeFile: string, store: st
     const manifest = join(dir, "out", "base", "stage-manifest.json");
     if (existsSync(manifest)) {
       const info = JSON.parse(readFileSync(manifest, "utf8")).info;
-      if (info.hub === spec.hub && info.revision === spec.revision && info.sha256) base.sha256 = info.sha256;
+      // a branch or tag: the commit the base stage pinned it to (a move rewrites the lock, so `nx affected` sees it)
+      if (info.hub === spec.hub && (info.revision === spec.revision || info.ref === spec.revision)) {
+        if (info.revision !== spec.revision) (base as { commit?: string }).commit = info.revision;
+        if (info.sha256) base.sha256 = info.sha256;
+      }
     }
   }
   const d = recipe.data;
-  const data: RecipeLock["data"] = d.hub
-    ? { hub: d.hub, ...(d.revision ? { revision: d.revision } : {}), ...(d.split ? { split: d.split } : {}), ...(d.config ? { config: d.config } : {}) }
-    : dataPaths(recipe).map((p) => ({ path: p, ...digest(at(p), store) }));
+  let data: RecipeLock["data"];
+  if (d.hub) {
+    const hubData: { hub: string; revision?: string; split?: string; config?: string; commit?: string } =
+      { hub: d.hub, ...(d.revision ? { revision: d.revision } : {}), ...(d.split ? { split: d.split } : {}), ...(d.config ? { config: d.config } : {}) };
+    const manifest = join(dir, "out", "dataset", "stage-manifest.json");
+    if (existsSync(manifest)) {
+      const info = JSON.parse(readFileSync(manifest, "utf8")).info;
+      if (info.hub === d.hub && info.revision && info.revision !== d.revision && (info.ref ?? info.revision) === (d.revision ?? "main")) hubData.commit = info.revision;
+    }
+    data = hubData;
+  } else {
+    data = dataPaths(recipe).map((p) => ({ path: p, ...digest(at(p), store) }));
+  }
   return {
     $comment: "Written by nx-finetune (content digests of this recipe's data and base). Commit it with recipe.json: " +
               "a data or base change then shows in git and in `nx affected`.",

@@ -29,7 +29,8 @@ export interface Recipe {
           format: "alpaca" | "sharegpt" | "messages" | "text"; columns?: Record<string, string>; skip_bad_rows?: boolean;
           eval_fraction?: number; eval_rows?: number; split_seed?: number; max_rows?: number };
   template: { name: "alpaca" | "chatml" | "llama3" | "base" | "text"; max_seq_len: number; packing: boolean;
-              train_on: "responses" | "all"; system?: string; rows_per_shard: number; allow_beyond_max_positions?: boolean };
+              train_on: "responses" | "all"; system?: string; rows_per_shard: number; allow_beyond_max_positions?: boolean;
+              add_special_tokens?: boolean };
   lora: { r: number; alpha: number; dropout: number; targets: string[]; rslora: boolean };
   train: {
     lr: number; schedule: string; warmup_steps: number; steps?: number; epochs?: number; batch_size: number;
@@ -211,6 +212,9 @@ function checkSemantics(r: any, issueAt: (path: Path, message: string) => void, 
   if (hasSteps && r.train.warmup_steps > r.train.steps) issueAt(["train", "warmup_steps"], `must be ≤ train.steps (${r.train.steps})`);
   if (r.export.adapter_gguf === false && r.export.gguf.length === 0 && !r.export.ollama) {
     issueAt(["export", "gguf"], "nothing to export: list at least one GGUF type");
+  }
+  if (r.template.add_special_tokens && r.export.adapter_gguf) {
+    issueAt(["export", "adapter_gguf"], "a GGUF LoRA adapter cannot carry the token rows template.add_special_tokens trains; export the merged model (export.gguf) instead");
   }
   if (r.export.ollama && r.export.gguf.length === 0) issueAt(["export", "ollama"], "an Ollama Modelfile needs at least one export.gguf type");
   for (const [metric, bound] of Object.entries<{ min?: number; max?: number }>(r.eval.gate)) {

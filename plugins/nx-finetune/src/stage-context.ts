@@ -1,5 +1,5 @@
 // stage-context.ts — what every stage implementation gets, and where the base model folder is.
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { ensureEngine, runEngine, type EngineEvent } from "./engine";
 import { ProgressRenderer } from "./progress";
@@ -36,6 +36,18 @@ export function baseModelDir(ctx: StageContext): string {
   if (info.kind === "local") return recipePath(ctx, info.path!);
   if (info.kind === "hub") return hubModelDir(ctx.store, info.hub!, info.revision!);
   return stagePath(ctx, "base");
+}
+
+// The tokens template.add_special_tokens appended to the base's vocabulary (the shards manifest's added_tokens),
+// or none. Needs the shards stage's output.
+export function addedTokens(ctx: StageContext): Array<{ id: number; content: string }> {
+  const manifest = JSON.parse(readFileSync(join(stagePath(ctx, "shards"), "manifest.json"), "utf8"));
+  return manifest.added_tokens ?? [];
+}
+
+// The tokenizer the recipe trains with: the grown one next to the shards when tokens were added, else the base's.
+export function tokenizerDir(ctx: StageContext): string {
+  return addedTokens(ctx).length > 0 ? stagePath(ctx, "shards") : baseModelDir(ctx);
 }
 
 // Runs an engine command with the job written under out/.jobs/ (kept for debugging, outside any manifest) and

@@ -27,7 +27,7 @@ export const RUNNERS: Record<StageName, (ctx: StageContext) => Promise<StageResu
 
 // Upstream stage folders a stage reads (all of them, not only direct dependencies).
 export const READS: Record<StageName, StageName[]> = {
-  base: [], dataset: [], shards: ["dataset", "base"], adapter: ["shards", "base"], merged: ["adapter", "base"],
+  base: [], dataset: [], shards: ["dataset", "base"], adapter: ["shards", "base"], merged: ["adapter", "base", "shards"],
   gguf: ["merged", "adapter", "base"],
   eval: ["gguf", "merged", "adapter", "shards", "dataset", "base"],
 };

@@ -42,6 +42,11 @@ const TEMPLATE_SPECIALS: Record<string, string[]> = {
   llama3: ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
 };
 
+// The special tokens `template` writes itself (none for alpaca, base, text).
+export function templateSpecials(template: string): string[] {
+  return TEMPLATE_SPECIALS[template] ?? [];
+}
+
 // Tokens that end a turn in common chat templates (base template responses; stop ids).
 const END_OF_TURN = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>"];
 
@@ -53,7 +58,8 @@ export function checkTemplate(spec: TemplateSpec, tok: LoadedTokenizer): void {
   if (missing.length > 0) {
     // Rendered as plain text these markers would be split into ordinary pieces, and the model would never learn a
     // single end-of-turn token to stop at: refuse, and say what works with this base.
-    const ways = [`template "alpaca" (plain-text markers, ends each response with the tokenizer's EOS)`];
+    const ways = [`template.add_special_tokens: true (adds ${missing.join(" and ")} to the tokenizer and trains their embedding and output rows)`,
+                  `template "alpaca" (plain-text markers, ends each response with the tokenizer's EOS)`];
     if (tok.chatTemplate !== null) ways.push(`template "base" (the base's own chat_template)`);
     for (const [name, specials] of Object.entries(TEMPLATE_SPECIALS)) {
       if (name !== spec.name && specials.length > 0 && specials.every((x) => tok.tokenId(x) !== undefined)) ways.push(`template "${name}"`);

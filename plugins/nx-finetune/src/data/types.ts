@@ -59,6 +59,7 @@ export interface DatasetManifest {
   // Per row of rows.jsonl, in order: its id (first 16 hex digits of the sha256 of its canonical JSON) and split.
   row_ids: string[];
   row_splits: string; // one character per row: "t" train, "e" eval
+  hub_commit?: string; // data.hub: the commit data.revision named when the files were fetched (pinned)
 }
 
 // recipe.template — how rows become token sequences.
@@ -103,4 +104,7 @@ export interface ShardsManifest {
   untrained: number; // examples without any target token (they add nothing to the loss: raise max_seq_len)
   retokenized: number; // shards tokenized in this run (the rest were reused from earlier output / the cache)
   reused: number;
+  // template.add_special_tokens: the tokens appended to the base's vocabulary (the grown tokenizer's files sit next
+  // to this manifest); absent when none were added.
+  added_tokens?: Array<{ id: number; content: string }>;
 }

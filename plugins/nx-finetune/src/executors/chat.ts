@@ -5,7 +5,7 @@ import { dirname, join, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
 import { loadRecipe, RecipeError } from "../recipe";
 import { ensureStage } from "../stage-run";
-import { baseModelDir, engine, stagePath, type StageContext } from "../stage-context";
+import { baseModelDir, engine, stagePath, tokenizerDir, type StageContext } from "../stage-context";
 import { storeRoot } from "../store";
 import { pluginOptions } from "./stage";
 import { renderChat, tokenizerFor, StreamDecoder } from "../data";
@@ -63,7 +63,7 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
     if (context.projectName && !options.skipBuild) await buildAdapter(context.root, context.projectName);
     const store = storeRoot(workspaceRoot, pluginOptions(context).storeDir);
     const env = { workspaceRoot, recipeFile, projectName: context.projectName ?? "recipe", store, log: (line: string) => console.error(line) };
-    for (const stage of ["base", "adapter"] as const) await ensureStage(env, stage);
+    for (const stage of ["base", "shards", "adapter"] as const) await ensureStage(env, stage);   // shards: the tokenizer
     const ctx: StageContext = {
       workspaceRoot, projectName: context.projectName ?? "recipe", projectDir, recipeFile, recipe, store, tmp: "",
       log: (line) => console.error(line),
@@ -71,9 +71,10 @@ export default async function chatExecutor(options: ChatExecutorOptions, context
     const prompt = options.prompt ?? recipe.chat.prompt;
     if (!prompt) throw new Error(`no prompt: pass --prompt="…" or set chat.prompt in ${options.recipe}`);
     const baseDir = baseModelDir(ctx);
-    const chat = renderChat([{ role: "user", content: prompt }], recipe.template, baseDir);
+    const tokDir = tokenizerDir(ctx);   // the base's, or the one template.add_special_tokens grew
+    const chat = renderChat([{ role: "user", content: prompt }], recipe.template, tokDir);
     const promptIds = chat.ids;
-    const tok = tokenizerFor(baseDir);
+    const tok = tokenizerFor(tokDir);
     const decoder = new StreamDecoder(tok, promptIds, true);
     // On a terminal, text appears token by token; in a log (Nx prefixes every chunk it captures), line by line.
     const tty = Boolean(process.stdout.isTTY);

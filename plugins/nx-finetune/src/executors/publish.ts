@@ -9,7 +9,8 @@ import { dirname, join, resolve } from "node:path";
 import type { ExecutorContext } from "@nx/devkit";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic";
 import type { DatasetManifest } from "../data/types";
-import { hfToken } from "../hub-model";
+import { TOKENIZER_FILES } from "../data/added-tokens";
+import { hubToken } from "../hub-client";
 import { modelCard } from "../publish/model-card";
 import { pushToHub, PublishError, type PublishFile } from "../publish/hub-publish";
 import { loadRecipe, RecipeError } from "../recipe";
@@ -34,7 +35,7 @@ export default async function publishExecutor(options: PublishExecutorOptions, c
     if (!REPO_ID.test(repo)) throw new PublishError(`--repo ${JSON.stringify(repo)}: expected <user or org>/<name>`);
     const store = storeRoot(workspaceRoot, pluginOptions(context).storeDir);
     const artifacts = recipe.publish.artifacts;
-    const stages: StageName[] = ["base", "dataset", "adapter", "eval", ...(artifacts.includes("merged") ? ["merged" as const] : []),
+    const stages: StageName[] = ["base", "dataset", "shards", "adapter", "eval", ...(artifacts.includes("merged") ? ["merged" as const] : []),
                                 ...(artifacts.includes("gguf") ? ["gguf" as const] : [])];
     for (const s of stages) {
       if (s === "eval" && !existsSync(join(stageDir(projectDir, "eval"), "stage-manifest.json"))) {
@@ -53,6 +54,10 @@ export default async function publishExecutor(options: PublishExecutorOptions, c
     };
     if (artifacts.includes("merged")) add("merged", "", () => true);
     if (artifacts.includes("adapter")) add("adapter", adapterDir, (p) => /^adapter_(config\.json|model\.safetensors)$/.test(p));
+    // template.add_special_tokens: the adapter's vocabulary is the grown tokenizer's (out/shards), published beside it
+    if (artifacts.includes("adapter") && JSON.parse(readFileSync(join(stageDir(projectDir, "shards"), "manifest.json"), "utf8")).added_tokens) {
+      add("shards", adapterDir, (p) => TOKENIZER_FILES.includes(p));
+    }
     if (artifacts.includes("gguf")) add("gguf", "", (p) => p.endsWith(".gguf") || p === "Modelfile");
 
     const base = readManifest(projectDir, "base").info as { kind: string; hub?: string; revision?: string; path?: string };
@@ -74,7 +79,7 @@ export default async function publishExecutor(options: PublishExecutorOptions, c
     if (options.dryRun) { log(`publish: dry run, nothing pushed to ${repo}`); return { success: true }; }
 
     if (process.env.HF_HUB_OFFLINE === "1") throw new PublishError("HF_HUB_OFFLINE=1: publishing needs the network");
-    const token = hfToken(workspaceRoot);
+    const token = hubToken(workspaceRoot);
     if (!token) throw new PublishError("HF_TOKEN is not set (environment or .env): publishing needs a Hugging Face token with write access");
     const endpoint = (process.env.HF_ENDPOINT || "https://huggingface.co").replace(/\/$/, "");
     const result = await pushToHub(files, {

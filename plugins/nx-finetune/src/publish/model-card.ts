@@ -85,6 +85,11 @@ export function modelCard(c: ModelCardInput): string {
       "## Use the adapter with transformers + PEFT", "", "```python",
       "from transformers import AutoModelForCausalLM, AutoTokenizer", "from peft import PeftModel",
       `base = AutoModelForCausalLM.from_pretrained(${JSON.stringify(c.base.hub)}${c.base.revision ? `, revision=${JSON.stringify(c.base.revision)}` : ""})`,
+      // the template's added tokens: the adapter trains their rows of the grown vocabulary (its tokenizer beside it)
+      ...(c.files.some((f) => f.path === `${c.adapterDir}tokenizer.json`) ? [
+        `tokenizer = AutoTokenizer.from_pretrained(${JSON.stringify(c.repo)}${c.adapterDir ? `, subfolder=${JSON.stringify(c.adapterDir.replace(/\/$/, ""))}` : ""})`,
+        "base.resize_token_embeddings(max(len(tokenizer), base.config.vocab_size))",
+      ] : []),
       `model = PeftModel.from_pretrained(base, ${JSON.stringify(c.repo)}${c.adapterDir ? `, subfolder=${JSON.stringify(c.adapterDir.replace(/\/$/, ""))}` : ""})`,
       "```", "",
     ] : []),

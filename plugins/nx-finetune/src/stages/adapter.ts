@@ -13,7 +13,7 @@ import { ensureEngine } from "../engine";
 import { lossCurveSvg, readMetrics } from "../loss-svg";
 import { readManifest, stageDir } from "../stage-dir";
 import { sha256OfFile } from "../store";
-import { baseModelDir, engine, stagePath, threads, type StageContext, type StageResult } from "../stage-context";
+import { addedTokens, baseModelDir, engine, stagePath, threads, type StageContext, type StageResult } from "../stage-context";
 
 // Complete checkpoints kept while training (older ones are removed as newer ones land).
 const KEEP_CHECKPOINTS = 2;
@@ -28,6 +28,7 @@ export function trainJob(ctx: StageContext) {
   const pick = (split: string) => shards.filter((s) => s.split === split).map((s) => join(shardsDir, s.file));
   if (pick("train").length === 0) throw new Error(`${join(shardsDir, "manifest.json")}: no train shards (is the dataset empty?)`);
   const base = baseModelDir(ctx);
+  const added = addedTokens(ctx);
   return {
     base,
     train_shards: pick("train"),
@@ -35,7 +36,9 @@ export function trainJob(ctx: StageContext) {
     out: ctx.tmp,
     backend: r.engine.backend,
     threads: threads(ctx),
-    lora: { r: r.lora.r, alpha: r.lora.alpha, dropout: r.lora.dropout, targets: r.lora.targets, rslora: r.lora.rslora, init_adapter: null },
+    lora: { r: r.lora.r, alpha: r.lora.alpha, dropout: r.lora.dropout, targets: r.lora.targets, rslora: r.lora.rslora, init_adapter: null,
+            // template.add_special_tokens: the new tokens' embedding (and lm_head) rows are trained too
+            ...(added.length > 0 ? { trainable_token_indices: added.map((t) => t.id) } : {}) },
     quantize_base: r.quantize_base,
     train: {
       seed: r.train.seed, lr: r.train.lr, schedule: r.train.schedule, warmup_steps: r.train.warmup_steps,

@@ -1,12 +1,13 @@
 // base.ts — the base stage: make the base model folder available and pin its identity.
 //   local folder → fingerprint it (sha256 of every file, remembered by path+size+mtime+inode)
-//   {hub, revision} → download once into the store
+//   {hub, revision} → the revision pinned to its commit, the files from the shared HF cache (hub-client.ts)
 //   {init, tokenizer, seed} → `finetune-engine init` writes a deterministic random model (the demo)
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { baseQuantization } from "../base-quantization";
 import { fingerprint } from "../fingerprint.cjs";
-import { ensureHubModel, resolveHubRevision } from "../hub-model";
+import { resolveRevision } from "../hub-client";
+import { ensureHubModel } from "../hub-model";
 import { baseSpec } from "../recipe";
 import { engine, mustExist, recipePath, type StageContext, type StageResult } from "../stage-context";
 import { fingerprintCachePath } from "../store";
@@ -26,7 +27,7 @@ export async function runBase(ctx: StageContext): Promise<StageResult> {
   }
   if (spec.kind === "hub") {
     // A branch or tag is pinned to the commit it names now: `revision` in the manifest is that commit.
-    const commit = await resolveHubRevision(ctx.store, ctx.workspaceRoot, spec.hub, spec.revision, ctx.log);
+    const commit = await resolveRevision({ workspaceRoot: ctx.workspaceRoot, log: ctx.log }, { kind: "model", name: spec.hub, field: "base" }, spec.revision);
     const dir = await ensureHubModel(ctx.store, ctx.workspaceRoot, spec.hub, commit, ctx.log);
     const fp = fingerprint(dir, fingerprintCachePath(ctx.store));
     const quantization = baseQuantization(join(dir, "config.json"));

@@ -7,7 +7,6 @@ import { manifestJson, sha256File, sha256Hex, writeFileAtomic } from "../data/fs
 import { DataError, readRecords } from "../data/readers";
 import { FORMATS, normalizeRecord } from "../data/formats";
 import { fetchHubDataset } from "../data/hub-dataset";
-import { hfToken } from "../hub-model";
 import type { DataSpec, DatasetManifest, NormalizedRow, SkippedRow } from "../data/types";
 import type { StageContext, StageResult } from "../stage-context";
 
@@ -17,10 +16,12 @@ export async function runDataset(ctx: StageContext): Promise<StageResult> {
     data: ctx.recipe.data,
     outDir: ctx.tmp,
     workspaceRoot: ctx.workspaceRoot,
-    hubCacheDir: join(ctx.store, "hub-datasets"),
+    log: ctx.log,
   });
   ctx.log(`dataset: ${m.rows} rows (${m.train_rows} train, ${m.eval_rows} eval${m.skipped ? `, ${m.skipped} skipped` : ""})`);
-  return { info: {} };
+  // A Hub dataset's revision pinned to its commit (as the base stage pins a Hub base's).
+  const { hub, revision } = ctx.recipe.data;
+  return { info: m.hub_commit ? { hub, revision: m.hub_commit, ...(m.hub_commit !== (revision ?? "main") ? { ref: revision ?? "main" } : {}) } : {} };
 }
 
 export interface DatasetStageOptions {
@@ -28,7 +29,8 @@ export interface DatasetStageOptions {
   data: DataSpec;
   outDir: string;
   workspaceRoot: string;
-  hubCacheDir?: string; // default <workspaceRoot>/.nxft/hub-cache (or $NXFT_HUB_CACHE)
+  hubCacheDir?: string; // the Hugging Face hub cache for data.hub; default the shared one (hub-client.ts hubCacheDir)
+  log?: (line: string) => void; // progress and notes (downloads, a moved branch)
 }
 
 // A row's canonical JSON may be at most this long. Every row is cut at template.max_seq_len tokens anyway, and
@@ -69,6 +71,7 @@ export async function runDatasetStage(opts: DatasetStageOptions): Promise<Datase
 
   // Source files: local paths (relative to the recipe) or a hub dataset fetched into the cache.
   let files: Array<{ path: string; label: string }>;
+  let hubCommit: string | undefined;
   if (data.path !== undefined) {
     const paths = Array.isArray(data.path) ? data.path : [data.path];
     files = paths.map((p) => {
@@ -77,9 +80,10 @@ export async function runDatasetStage(opts: DatasetStageOptions): Promise<Datase
       return { path: abs, label: relative(opts.workspaceRoot, abs).split("\\").join("/") };
     });
   } else {
-    const cache = opts.hubCacheDir ?? process.env.NXFT_HUB_CACHE ?? join(opts.workspaceRoot, ".nxft", "hub-cache");
-    const hub = await fetchHubDataset({ hub: data.hub!, split: data.split, revision: data.revision, config: data.config }, cache, hfToken(opts.workspaceRoot));
+    const hub = await fetchHubDataset({ hub: data.hub!, split: data.split, revision: data.revision, config: data.config },
+                                      { workspaceRoot: opts.workspaceRoot, log: opts.log ?? (() => {}), cacheDir: opts.hubCacheDir });
     files = hub.files.map((p, i) => ({ path: p, label: hub.label[i] }));
+    hubCommit = hub.commit;
   }
 
   const lines: string[] = [];
@@ -143,6 +147,7 @@ export async function runDatasetStage(opts: DatasetStageOptions): Promise<Datase
     eval_fraction: fraction,
     row_ids: rowIds,
     row_splits: splits,
+    ...(hubCommit ? { hub_commit: hubCommit } : {}),
   };
   writeFileAtomic(join(opts.outDir, "manifest.json"), manifestJson(manifest));
   return manifest;

@@ -18,7 +18,7 @@ import { GGUF_MAX_TARGET_TOKENS, loadLlama, ggufPerplexity, shardDocuments } fro
 import { checkGate, containsAnswer, dataWarnings, exactMatch, formatMetric, METRICS, overfittingWarning, type Metrics } from "../eval/metrics";
 import { renderReport, type EvalReport, type Sample } from "../eval/report";
 import { readManifest } from "../stage-dir";
-import { baseModelDir, engine, stagePath, threads, type StageContext, type StageResult } from "../stage-context";
+import { addedTokens, baseModelDir, engine, stagePath, threads, tokenizerDir, type StageContext, type StageResult } from "../stage-context";
 
 // The reference type GGUF perplexities are compared with: f16 when exported, else the most precise one.
 const GGUF_PRECISION_ORDER = ["f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"];
@@ -28,9 +28,13 @@ export class GateFailed extends Error {}
 export async function runEval(ctx: StageContext): Promise<StageResult> {
   const r = ctx.recipe;
   const base = baseModelDir(ctx);
+  const tokDir = tokenizerDir(ctx);
   const adapter = stagePath(ctx, "adapter"), merged = stagePath(ctx, "merged"), ggufDir = stagePath(ctx, "gguf");
   const shardsDir = stagePath(ctx, "shards"), datasetDir = stagePath(ctx, "dataset");
   const shards = JSON.parse(readFileSync(join(shardsDir, "manifest.json"), "utf8")) as ShardsManifest;
+  // With template.add_special_tokens the ids go beyond the base's vocabulary: the base runs with it grown (new
+  // rows the mean of its rows, where training started them).
+  const grown = addedTokens(ctx).length > 0 ? { vocab_size: shards.vocab_size } : {};
   const dataset = JSON.parse(readFileSync(join(datasetDir, "manifest.json"), "utf8")) as DatasetManifest;
   const evalShards = shards.shards.filter((s) => s.split === "eval").map((s) => join(shardsDir, s.file));
   const metrics: Metrics = Object.fromEntries(Object.keys(METRICS).map((k) => [k, null]));
@@ -39,7 +43,8 @@ export async function runEval(ctx: StageContext): Promise<StageResult> {
   // ---- losses on the eval split
   if (evalShards.length > 0) {
     const evalLoss = async (model: string, adapterDir: string | null, what: string) => {
-      const s = await engine(ctx, "eval", { model, adapter: adapterDir, shards: evalShards, batch_size: 8, backend: r.engine.backend, threads: threads(ctx) });
+      const s = await engine(ctx, "eval", { model, adapter: adapterDir, shards: evalShards, batch_size: 8, backend: r.engine.backend, threads: threads(ctx),
+                                            ...(model === base ? grown : {}) });
       ctx.log(`eval: ${what} loss ${formatMetric(s.loss)} over ${s.tokens} target tokens`);
       return typeof s.loss === "number" ? s.loss : null;
     };
@@ -66,18 +71,18 @@ export async function runEval(ctx: StageContext): Promise<StageResult> {
   const generated = new Map<PromptCase, { base: string; tuned: string }>();
   if (toGenerate.length > 0) {
     // One engine call per model for all prompts (the model loads once), greedy.
-    const chats = toGenerate.map((c) => renderChat(c.messages, r.template, base));
+    const chats = toGenerate.map((c) => renderChat(c.messages, r.template, tokDir));
     const stopIds = chats[0].stopIds;
     const gen = async (adapterDir: string | null, what: string) => {
       let done = 0;
       const s = await engine(ctx, "generate", {
         model: base, adapter: adapterDir, prompts: chats.map((c) => c.ids), max_new_tokens: r.eval.max_new_tokens, temperature: 0,
-        top_k: 0, top_p: 1, seed: 0, stop_ids: stopIds, backend: r.engine.backend, threads: threads(ctx),
+        top_k: 0, top_p: 1, seed: 0, stop_ids: stopIds, backend: r.engine.backend, threads: threads(ctx), ...grown,
       }, (e) => {
         if (e.event === "token" && (e.index === 0) && ++done % 8 === 0) ctx.log(`eval: ${what}: ${done}/${chats.length} prompts`);
       }, { quiet: true });
       ctx.log(`eval: ${what}: ${chats.length} generations, ${Math.round(s.tokens_per_s ?? 0)} tokens/s`);
-      return (s.outputs as number[][]).map((ids) => decode(base, ids.filter((id) => !stopIds.includes(id)), { skipSpecialTokens: true }).trim());
+      return (s.outputs as number[][]).map((ids) => decode(tokDir, ids.filter((id) => !stopIds.includes(id)), { skipSpecialTokens: true }).trim());
     };
     const baseOut = await gen(null, "base model"), tunedOut = await gen(adapter, "tuned model");
     toGenerate.forEach((c, i) => generated.set(c, { base: baseOut[i], tuned: tunedOut[i] }));

@@ -10,8 +10,9 @@
 // being a cut point — probability 1/N — or moves between train and eval.) A shard's file name is the sha256 of its
 // bytes. Output is byte-deterministic.
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
-import { join, relative } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { manifestJson, sha256Hex, writeFileAtomic } from "../data/fsutil";
+import { missingSpecialTokens, TOKENIZER_FILES, writeTokenizerWithAddedTokens, type AddedToken } from "../data/added-tokens";
 import { encodeShard, IGNORE_INDEX } from "../data/shard-format";
 import { checkTemplate, renderRow, stopIds, tokenizeRow } from "../data/templates";
 import { tokenizerFor, type LoadedTokenizer } from "../data/tokenizer";
@@ -21,17 +22,22 @@ import { baseModelDir, stagePath, type StageContext, type StageResult } from "..
 // A shard cache in the store (files named by a key over their rows, template, tokenizer and seq_len) lets an edit of
 // one dataset row retokenize only the shard holding it.
 export async function runShards(ctx: StageContext): Promise<StageResult> {
-  const { rows_per_shard, allow_beyond_max_positions, ...template } = ctx.recipe.template;
+  const { rows_per_shard, allow_beyond_max_positions, add_special_tokens, ...template } = ctx.recipe.template;
   const baseDir = baseModelDir(ctx);
   if (!allow_beyond_max_positions) checkPositions(ctx, baseDir, template.max_seq_len);
   const m = await runShardsStage({
     template,
     rowsPerShard: rows_per_shard,
+    addSpecialTokens: add_special_tokens,
     datasetDir: stagePath(ctx, "dataset"),
     tokenizerDir: baseDir,
     outDir: ctx.tmp,
     cacheDir: join(ctx.store, "shard-cache"),
   });
+  if (m.added_tokens) {
+    ctx.log(`shards: added ${m.added_tokens.map((t) => `${t.content} (id ${t.id})`).join(", ")} to the tokenizer (template.add_special_tokens); ` +
+            `the adapter trains their embedding and output rows`);
+  }
   const train = m.shards.filter((s) => s.split === "train").length;
   ctx.log(`shards: ${train} train + ${m.shards.length - train} eval shard(s) of ${m.seq_len} tokens; ` +
           `${m.examples.train} + ${m.examples.eval} examples, ${m.truncated} truncated; ${m.retokenized} tokenized, ${m.reused} reused`);
@@ -76,6 +82,9 @@ export interface ShardsStageOptions {
   outDir: string;
   cacheDir?: string; // optional shard cache shared across output dirs (files named <key>.tokens.bin)
   rowsPerShard?: number; // N, the average dataset rows per shard (default 2048)
+  // Add the template's special tokens that the tokenizer lacks (data/added-tokens.ts): the grown tokenizer is
+  // written into outDir and tokenizes the rows; the manifest lists the new tokens (added_tokens).
+  addSpecialTokens?: boolean;
   onProgress?: (done: number, total: number) => void; // dataset rows rendered so far
 }
 
@@ -169,7 +178,16 @@ function readDataset(dir: string): { manifest: DatasetManifest; rows: Normalized
 
 export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsManifest> {
   const spec = normalizeTemplateSpec(opts.template);
-  const tok = tokenizerFor(opts.tokenizerDir);
+  mkdirSync(opts.outDir, { recursive: true });
+  let tok = tokenizerFor(opts.tokenizerDir);
+  let added: AddedToken[] = [];
+  const missing = opts.addSpecialTokens ? missingSpecialTokens(spec.name, tok) : [];
+  if (missing.length > 0) {
+    added = writeTokenizerWithAddedTokens(tok, missing, opts.outDir, spec);
+    tok = tokenizerFor(opts.outDir);
+  } else if (resolve(opts.outDir) !== tok.dir) {
+    for (const f of TOKENIZER_FILES) rmSync(join(opts.outDir, f), { force: true });   // from an earlier run that added tokens
+  }
   checkTemplate(spec, tok);
   const { manifest: ds, rows } = readDataset(opts.datasetDir);
   if ((ds.kind === "text") !== (spec.name === "text")) {
@@ -190,7 +208,6 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
     } catch { /* an unreadable previous manifest just means nothing is reused */ }
   }
   const keyPrefix = JSON.stringify({ v: SHARDER_VERSION, tokenizer: tok.sha256, template: spec, pad: tok.padId });
-  mkdirSync(opts.outDir, { recursive: true });
 
   const shards: ShardEntry[] = [];
   let retokenized = 0, reused = 0, truncated = 0, untrained = 0, done = 0;
@@ -273,6 +290,7 @@ export async function runShardsStage(opts: ShardsStageOptions): Promise<ShardsMa
     retokenized,
     reused,
   };
+  if (added.length > 0) manifest.added_tokens = added;
   writeFileAtomic(prevPath, manifestJson(manifest));
   return manifest;
 }
