@@ -15,55 +15,62 @@ __constant__ float kNF4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f
                                0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
                                0.7229568362236023f, 1.0f};
 
-// element 2k is the high nibble of byte k, 2k+1 the low nibble; one fp32 absmax per 64 elements.
-__global__ void nf4_dequant_kernel(bf16* out, const uint8_t* codes, const float* scales, size_t n_bytes) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_bytes; i += (size_t)gridDim.x * blockDim.x) {
-    uint8_t c = codes[i];
-    float s = scales[(2 * i) / 64];
-    __nv_bfloat162 pair;
-    pair.x = __float2bfloat16_rn(kNF4[c >> 4] * s);
-    pair.y = __float2bfloat16_rn(kNF4[c & 15] * s);
-    reinterpret_cast<__nv_bfloat162*>(out)[i] = pair;
-  }
-}
-void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, size_t n, cudaStream_t s) {
-  size_t n_bytes = n / 2;
-  if (n_bytes == 0) return;
-  nf4_dequant_kernel<<<std::min<size_t>(ceil_div(n_bytes, 256), 65535), 256, 0, s>>>(out, codes, scales, n_bytes);
-  CUDA_LAUNCH_CHECK();
-}
-
-// ---- double quantization of the absmax (bitsandbytes' compress_statistics / nested absmax) -------------------
-// bitsandbytes' signed 8-bit dynamic map (model/quant4.h dynamic_map_signed()), set once per process.
+// bitsandbytes' signed 8-bit dynamic map of double-quantized absmax (model/quant4.h dynamic_map_signed()), set once
+// per process.
 __constant__ float kDynamicMap[256];
 void set_dynamic_map(const float* map256) {
   CUDA_CHECK(cudaMemcpyToSymbol(kDynamicMap, map256, 256 * sizeof(float)));
 }
 
-// With nested absmax: absmax_j = map[q_j]·absmax2[j/256] + offset, each step rounded in fp32 (bitsandbytes'
-// order; __fmul_rn/__fadd_rn keep nvcc from contracting it to an fma). A warp's 32 bytes are one 64-block, so
-// the constant-memory map read is a broadcast.
-__global__ void nf4_dequant_nested_kernel(bf16* out, const uint8_t* codes, const uint8_t* absmax_q, const float* absmax2,
-                                          float offset, size_t n_bytes) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n_bytes; i += (size_t)gridDim.x * blockDim.x) {
-    const uint8_t c = codes[i];
-    const size_t j = (2 * i) / 64;
-    const float s = __fadd_rn(__fmul_rn(kDynamicMap[absmax_q[j]], absmax2[j / 256]), offset);
-    __nv_bfloat162 pair;
-    pair.x = __float2bfloat16_rn(kNF4[c >> 4] * s);
-    pair.y = __float2bfloat16_rn(kNF4[c & 15] * s);
-    reinterpret_cast<__nv_bfloat162*>(out)[i] = pair;
+// ---- dequantization to bf16 -------------------------------------------------------------------------------------
+// Element 2k is the high nibble of byte k, 2k+1 the low nibble; absmax per 64 elements, fp32 or nested:
+// absmax_j = map[q_j]·absmax2[j/256] + offset, each step rounded in fp32 (bitsandbytes' order; __fmul_rn/__fadd_rn
+// keep nvcc from contracting it to an fma). Then w = code·absmax in fp32, rounded once to bf16.
+// 8 values per thread: 4 code bytes in, 16 bytes of bf16 out (n % 64 == 0, so a thread's 8 values share one
+// 64-block; cudaMalloc'd codes and scratch are 16-byte aligned). The 16 code values sit in shared memory: lanes
+// index them by data, which constant memory serializes (up to 16 distinct addresses per load), while 16 floats in
+// 16 banks serve any pattern without conflicts. A warp spans 4 blocks, so the nested map read is 4 addresses.
+template <bool kNested>
+__global__ void nf4_dequant_kernel(uint4* out, const uint32_t* codes, const float* scales, const uint8_t* absmax_q,
+                                   const float* absmax2, float offset, size_t n8) {
+  __shared__ float code[16];
+  if (threadIdx.x < 16) code[threadIdx.x] = kNF4[threadIdx.x];
+  __syncthreads();
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+    const uint32_t c = codes[i];
+    const size_t j = i / 8;   // the 64-block of values 8i … 8i+7
+    const float s = kNested ? __fadd_rn(__fmul_rn(kDynamicMap[absmax_q[j]], absmax2[j / 256]), offset) : scales[j];
+    uint4 o;
+    __nv_bfloat162* p = reinterpret_cast<__nv_bfloat162*>(&o);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const uint32_t byte = (c >> (8 * k)) & 0xFFu;   // little-endian: byte k of the word is code byte 4i + k
+      p[k].x = __float2bfloat16_rn(code[byte >> 4] * s);
+      p[k].y = __float2bfloat16_rn(code[byte & 15u] * s);
+    }
+    out[i] = o;
   }
+}
+static unsigned dequant_grid(size_t n8) { return (unsigned)std::min<size_t>(ceil_div(n8, 256), 65535); }
+void launch_nf4_dequant(bf16* out, const uint8_t* codes, const float* scales, size_t n, cudaStream_t s) {
+  const size_t n8 = n / 8;   // the callers' n % 64 == 0
+  if (n8 == 0) return;
+  nf4_dequant_kernel<false><<<dequant_grid(n8), 256, 0, s>>>(reinterpret_cast<uint4*>(out),
+                                                            reinterpret_cast<const uint32_t*>(codes), scales, nullptr,
+                                                            nullptr, 0.0f, n8);
+  CUDA_LAUNCH_CHECK();
 }
 void launch_nf4_dequant_nested(bf16* out, const uint8_t* codes, const uint8_t* absmax_q, const float* absmax2,
                                float offset, size_t n, cudaStream_t s) {
-  const size_t n_bytes = n / 2;
-  if (n_bytes == 0) return;
-  nf4_dequant_nested_kernel<<<std::min<size_t>(ceil_div(n_bytes, 256), 65535), 256, 0, s>>>(out, codes, absmax_q, absmax2,
-                                                                                          offset, n_bytes);
+  const size_t n8 = n / 8;
+  if (n8 == 0) return;
+  nf4_dequant_kernel<true><<<dequant_grid(n8), 256, 0, s>>>(reinterpret_cast<uint4*>(out),
+                                                           reinterpret_cast<const uint32_t*>(codes), nullptr, absmax_q,
+                                                           absmax2, offset, n8);
   CUDA_LAUNCH_CHECK();
 }
 
+// ---- double quantization of the absmax (bitsandbytes' compress_statistics / nested absmax) -------------------
 // Step 1: the double sum of each 256-block of absmax, in order (one thread per block).
 __global__ void absmax_block_sums_kernel(double* sums, const float* absmax, size_t n) {
   const size_t b = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
