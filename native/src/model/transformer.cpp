@@ -367,6 +367,16 @@ void Transformer::get_lora(LoraAdapter& adapter) {
   }
 }
 
+std::pair<size_t, size_t> Transformer::lora_layer_range(int layer) const {
+  size_t first = n_params_, last = 0;
+  for (const LoraSlot& s : slots_) {
+    if (s.layer != layer) continue;
+    first = std::min({first, s.off_a, s.off_b});
+    last = std::max({last, s.off_a + size_t(spec_.r) * s.in, s.off_b + size_t(s.out) * spec_.r});
+  }
+  return first < last ? std::make_pair(first, last - first) : std::make_pair(size_t(0), size_t(0));
+}
+
 void Transformer::zero_grads() {
   if (n_params_) be_.fill(grads_, 0.0f, n_params_);
 }
@@ -857,6 +867,7 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
       layer_forward(l, res(l), res(l + 1), a, ctx, B, T, positions_, doc_start_, seed, true);
     }
     layer_backward(l, res(l), a, B, T, seed);
+    if (layer_grads_hook_) layer_grads_hook_(l);
   }
   be_.side_join();   // the optimizer reads every gradient
   return loss;

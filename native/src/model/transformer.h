@@ -93,6 +93,13 @@ class Transformer {
   void set_lora(const LoraAdapter& adapter);   // upload; the adapter must match the spec (shapes checked)
   void get_lora(LoraAdapter& adapter);          // download into an adapter with the same pairs
   void zero_grads();
+  // Elements [first, first + count) of lora_grads() that hold layer l's gradients (a layer's pairs are
+  // contiguous in the layout above); count 0 for a layer without adapted projections.
+  std::pair<size_t, size_t> lora_layer_range(int layer) const;
+  // Called by forward_backward right after layer l's backward has been issued, layers L−1 … 0: from then on
+  // nothing writes layer l's gradients in this micro-batch. Data-parallel training starts the layer's
+  // all-reduce here, so it overlaps the backward of the layers below (dist/collective.h). Empty: no call.
+  void set_layer_grads_hook(std::function<void(int layer)> hook) { layer_grads_hook_ = std::move(hook); }
 
   // ---- training ----
   // Forward + backward of one micro-batch. Accumulates LoRA gradients of (Σ token losses)·grad_scale and
@@ -169,6 +176,7 @@ class Transformer {
   std::vector<Backend::ColumnBlockWrite> fold_a_jobs_;   // where each folded group's A goes (W_ext's last rows)
   size_t n_params_ = 0;
   Tensor params_, grads_;
+  std::function<void(int)> layer_grads_hook_;
 
   // activation buffers for the current N
   int cap_n_ = 0;
