@@ -445,6 +445,10 @@ int cmd_train(const Json& job, const std::string& job_path) {
     }
   }
   if (eval && last_eval_step != state.step) run_eval(state.step);
+  if (coll) {   // every rank is done with the others: tear the collective down together, then write
+    coll->barrier();
+    coll.reset();
+  }
   if (std::isnan(last_loss) && !state.metrics.empty()) {   // resumed at the very end: report the recorded loss
     for (auto it = state.metrics.rbegin(); it != state.metrics.rend(); ++it) {
       Json m = Json::parse(*it, "metrics");

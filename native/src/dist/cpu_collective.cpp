@@ -21,44 +21,34 @@ class CpuCollective : public Collective {
       : Collective(cfg.rank, cfg.world), be_(be), rv_(cfg, fingerprint) {}
   std::string name() const override { return "cpu"; }
 
-  // Synchronous: the CPU backend runs ops in call order, and on a GPU backend download() waits for the work
-  // that wrote the range, so the sum is complete when this returns.
+  // Deferred to wait_all(), which the trainer calls after forward_backward has joined the backend's side work:
+  // on a stream backend a download issued from inside the backward could read gradients still being written.
+  // The CPU backend overlaps nothing anyway (ops run in call order), so nothing is lost there.
   void all_reduce_async(const Tensor& t, size_t offset, size_t n) override {
     if (t.dtype != DType::F32) throw EngineError("dist: the cpu collective sums fp32 tensors only (got another dtype)");
-    if (n == 0) return;
-    buf_.resize(n);
-    be_.download(t, buf_.data(), n, offset);
-    sum_in_rank_order(buf_.data(), n, &tmp_);
-    be_.upload(t, buf_.data(), n, offset);
+    if (n > 0) pending_.push_back({t, offset, n});
   }
-  void wait_all() override {}
-  void all_reduce_host(double* x, size_t n) override {
-    std::vector<double> tmp;
-    sum_in_rank_order(x, n, &tmp);
+  void wait_all() override {
+    for (const Pending& p : pending_) {   // in issue order, the same on every rank
+      buf_.resize(p.n);
+      be_.download(p.t, buf_.data(), p.n, p.offset);
+      rv_.sum_in_rank_order(buf_.data(), p.n);
+      be_.upload(p.t, buf_.data(), p.n, p.offset);
+    }
+    pending_.clear();
   }
+  void all_reduce_host(double* x, size_t n) override { rv_.sum_in_rank_order(x, n); }
   void barrier() override { rv_.barrier(); }
 
  private:
-  template <typename T>
-  void sum_in_rank_order(T* x, size_t n, std::vector<T>* tmp) {
-    const size_t bytes = n * sizeof(T);
-    if (rank_ == 0) {
-      tmp->resize(n);
-      for (int r = 1; r < world_; r++) {
-        rv_.recv(r, tmp->data(), bytes);
-        const T* y = tmp->data();
-        for (size_t i = 0; i < n; i++) x[i] += y[i];
-      }
-      for (int r = 1; r < world_; r++) rv_.send(r, x, bytes);
-    } else {
-      rv_.send(0, x, bytes);
-      rv_.recv(0, x, bytes);
-    }
-  }
-
   Backend& be_;
   Rendezvous rv_;
-  std::vector<float> buf_, tmp_;
+  struct Pending {
+    Tensor t;
+    size_t offset, n;
+  };
+  std::vector<Pending> pending_;
+  std::vector<float> buf_;
 };
 
 }  // namespace

@@ -30,6 +30,24 @@ class Rendezvous {
   void recv(int peer, void* data, size_t bytes);   // exactly `bytes`, in a message of that size
   void broadcast(void* data, size_t bytes);        // rank 0's bytes to every rank
   void barrier();
+  // x ← Σ over ranks of x, added on rank 0 in the order ((x₀ + x₁) + x₂) + … and sent back: exact and the
+  // same on every rank.
+  template <typename T>
+  void sum_in_rank_order(T* x, size_t n) {
+    const size_t bytes = n * sizeof(T);
+    if (rank_ == 0) {
+      scratch_.resize((bytes + sizeof(double) - 1) / sizeof(double));
+      const T* y = reinterpret_cast<const T*>(scratch_.data());
+      for (int r = 1; r < world_; r++) {
+        recv(r, scratch_.data(), bytes);
+        for (size_t i = 0; i < n; i++) x[i] += y[i];
+      }
+      for (int r = 1; r < world_; r++) send(r, x, bytes);
+    } else {
+      send(0, x, bytes);
+      recv(0, x, bytes);
+    }
+  }
   // The sockets to watch for a peer that dies (rank 0: one per peer; others: the one to rank 0).
   std::vector<int> sockets() const;
   // Which rank a socket of sockets() belongs to.
@@ -40,6 +58,7 @@ class Rendezvous {
   double timeout_s_;
   std::vector<int> fd_;          // indexed by peer rank (rank 0: 1…W−1; others: [0])
   std::vector<uint64_t> sent_, received_;   // message sequence numbers per peer
+  std::vector<double> scratch_;             // a peer's values while rank 0 adds them (double-aligned)
   int& fd_of(int peer);
   void write_all(int peer, const void* data, size_t bytes);
   void read_all(int peer, void* data, size_t bytes);
