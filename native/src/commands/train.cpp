@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <numeric>
@@ -283,9 +285,11 @@ int cmd_train(const Json& job, const std::string& job_path) {
   // Every rank must run the same job: the fingerprint is checked at the rendezvous (a rank with other settings
   // is refused there, not after hours of diverging training).
   std::unique_ptr<Collective> coll;
+  std::string collective_name;   // for the summary, written after the collective is torn down
   std::vector<std::pair<size_t, size_t>> layer_grads;   // layer l's slice of the gradients: one bucket each
   if (dist.enabled()) {
     coll = make_collective(dist, *be, state.fingerprint);
+    collective_name = coll->name();
     size_t covered = 0;
     for (int l = 0; l < cfg.num_layers; l++) covered += layer_grads.emplace_back(model.lora_layer_range(l)).second;
     if (covered != n_params) throw EngineError("internal: the per-layer gradient buckets do not cover the LoRA gradients");
@@ -350,8 +354,19 @@ int cmd_train(const Json& job, const std::string& job_path) {
     state.metrics.push_back(json_line("eval", f));
   };
 
+  // Test hook (test/unit/plugin-dist-adapter.test.ts): NXFT_DIST_FAIL_AT=<rank>:<step> makes that rank fail when
+  // it starts that step, as a rank whose GPU or data breaks mid-run would.
+  int64_t fail_at_step = -1;
+  if (const char* f = std::getenv("NXFT_DIST_FAIL_AT")) {
+    int fail_rank = -1;
+    long long fail_step = -1;
+    if (std::sscanf(f, "%d:%lld", &fail_rank, &fail_step) == 2 && fail_rank == dist.rank) fail_at_step = fail_step;
+  }
   for (int64_t step = state.step; step < total_steps; step++) {
     const auto t_step = Clock::now();
+    if (step + 1 == fail_at_step)
+      throw EngineError("NXFT_DIST_FAIL_AT: rank " + std::to_string(dist.rank) + " fails at step " + std::to_string(step + 1) + " as asked",
+                        "", "NXFT_DIST_FAIL_AT");
     int64_t n_items = 0;
     for (int m = 0; m < GA; m++) {   // this rank's rows: [rank·B/W, +B/W) of each micro-batch's B stream rows
       std::vector<int64_t> rows(static_cast<size_t>(B_rank));
@@ -492,7 +507,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
                      .set("backend", Json::string(be->name()))
                      .set("device", Json::string(be->device()));
   summary.set("load_s", Json::number(load_seconds));
-  if (coll) summary.set("world_size", Json::number(W)).set("collective", Json::string(coll->name()));
+  if (dist.enabled()) summary.set("world_size", Json::number(W)).set("collective", Json::string(collective_name));
   if (opt.quantize_nf4) summary.set("base_4bit", Json::string(prequantized ? "bitsandbytes" : "nf4"));
   write_file_atomic(path_join(out, "summary.json"), summary.dump(2) + "\n");
   Json files = Json::array();
