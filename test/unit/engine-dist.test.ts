@@ -133,6 +133,14 @@ test("2 ranks × 2 rows give bit for bit the adapter of 1 rank × 2 rows × 2-fo
   assert.equal(ranks[1].events.find((e) => e.event === "done").summary.files.length, 0);
 });
 
+test("one rank through the collective (collective named, world 1) changes nothing", { skip, timeout: 60_000 }, async () => {
+  if (!existsSync(join(dir, "ref-ga2", "adapter_model.safetensors"))) ok(await runEngine(trainJob("ref-ga2", { batch_size: 2, grad_accum: 2 }), join(dir, "ref-ga2.json")));
+  const one = await runEngine(trainJob("one", { batch_size: 2, grad_accum: 2 }, { dist: { world_size: 1, collective: "cpu" } }), join(dir, "one.json"));
+  ok(one);
+  assert.equal(one.events.find((e) => e.event === "start").collective, "cpu");
+  assert.ok(readFileSync(join(dir, "ref-ga2", "adapter_model.safetensors")).equals(readFileSync(join(dir, "one", "adapter_model.safetensors"))));
+});
+
 test("3 ranks with LoRA dropout equal 1 rank with 3-fold accumulation (same masks, same rank order)", { skip, timeout: 120_000 }, async () => {
   const lora = { r: 4, alpha: 8, dropout: 0.1, targets: ["q_proj", "k_proj", "v_proj", "up_proj"] };
   const ref = await runEngine({ ...trainJob("ref-ga3", { batch_size: 1, grad_accum: 3, steps: 3 }), lora }, join(dir, "ref-ga3.json"));

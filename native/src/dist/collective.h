@@ -30,7 +30,9 @@ struct DistConfig {
   int master_port = 0;
   std::string collective = "auto";   // auto (nccl on the CUDA backend when built, else cpu) | cpu | nccl
   double timeout_s = 600;      // a rank waiting longer than this for another ends the run
-  bool enabled() const { return world > 1; }
+  // A collective is used with several ranks, or with one when asked for by name (collective "nccl" or "cpu"):
+  // bench/multi-gpu.sh runs the NCCL path on a one-GPU machine that way.
+  bool enabled() const { return world > 1 || collective != "auto"; }
   bool writes_outputs() const { return local_rank == 0; }   // rank 0 of every host (same bytes on all)
 };
 

@@ -86,15 +86,16 @@ int& Rendezvous::fd_of(int peer) {
 Rendezvous::Rendezvous(const DistConfig& cfg, const std::string& fingerprint)
     : rank_(cfg.rank), world_(cfg.world), timeout_s_(cfg.timeout_s) {
   if (fingerprint.size() > kMaxFingerprint) throw EngineError("internal: dist fingerprint too long");
+  fd_.assign(rank_ == 0 ? size_t(world_) : 1, -1);
+  sent_.assign(fd_.size(), 0);
+  received_.assign(fd_.size(), 0);
+  if (world_ == 1) return;   // alone: nobody to meet
   const bool by_file = cfg.master_addr.empty();
   if (by_file && cfg.rendezvous_dir.empty())
     throw EngineError("dist: world_size " + std::to_string(world_) + " needs dist.rendezvous (a folder shared by the ranks on one host) "
                       "or dist.master_addr + dist.master_port", "", "dist.rendezvous");
   const std::string addr_file = by_file ? path_join(cfg.rendezvous_dir, "rendezvous.addr") : "";
   const auto t0 = Clock::now();
-  fd_.assign(rank_ == 0 ? size_t(world_) : 1, -1);
-  sent_.assign(fd_.size(), 0);
-  received_.assign(fd_.size(), 0);
 
   if (rank_ == 0) {
     const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
