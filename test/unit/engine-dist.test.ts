@@ -169,6 +169,17 @@ test("2 ranks × 2 rows agree with 1 rank × 4 rows in one micro-batch to float 
   stepLosses(whole).forEach((l, i) => assert.ok(Math.abs(l - dpLosses[i]) < 1e-6, `step ${i + 1}: ${l} vs ${dpLosses[i]}`));
 });
 
+test("ranks that meet at master_addr:master_port (the several-host path) train the same adapter", { skip, timeout: 120_000 }, async () => {
+  if (!existsSync(join(dir, "ref-ga2", "adapter_model.safetensors"))) ok(await runEngine(trainJob("ref-ga2", { batch_size: 2, grad_accum: 2 }), join(dir, "ref-ga2.json")));
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  // Rank and address from the environment only, as a launcher such as srun would give them.
+  const ranks = await Promise.all([0, 1].map((rank) =>
+    runEngine(trainJob("tcp", { batch_size: 4 }), join(dir, `tcp.${rank}.json`),
+              { NXFT_RANK: String(rank), NXFT_WORLD_SIZE: "2", NXFT_MASTER_ADDR: "localhost", NXFT_MASTER_PORT: String(port) })));
+  ranks.forEach(ok);
+  assert.ok(readFileSync(join(dir, "ref-ga2", "adapter_model.safetensors")).equals(readFileSync(join(dir, "tcp", "adapter_model.safetensors"))));
+});
+
 test("a rank that fails ends the run: its own message, the others stop as peers, no hang", { skip, timeout: 60_000 }, async () => {
   // Row 6 holds a token outside the vocabulary; with shuffle off, step 2's rows 4…7 split as rank 0: 4, 5 and
   // rank 1: 6, 7, so only rank 1 reads it.

@@ -11,6 +11,8 @@ import type { CreateNodesContext, CreateNodesResult, ExecutorContext } from "@nx
 import stageExecutor from "../../plugins/nx-finetune/src/executors/stage";
 import { createNodes } from "../../plugins/nx-finetune/src/index";
 import { parseRecipe, RecipeError } from "../../plugins/nx-finetune/src/recipe";
+import { rankPlan } from "../../plugins/nx-finetune/src/stages/adapter-ranks";
+import type { StageContext } from "../../plugins/nx-finetune/src/stage-context";
 
 const repo = resolve(__dirname, "..", "..");
 const engine = process.env.NXFT_ENGINE || join(repo, "native", "build", "finetune-engine");
@@ -101,6 +103,30 @@ test("recipes without engine.gpus (or with 1) keep the adapter's cache inputs; g
   assert.deepEqual(adapter("one").options, adapter("plain").options);
   assert.deepEqual(fields("two"), ["lora", "train", "quantize_base", "engine.backend", "engine.gpus"]);
   rmSync(root, { recursive: true, force: true });
+});
+
+test("rank plans: GPUs here, \"all\" from CUDA_VISIBLE_DEVICES, several hosts from NXFT_NNODES / NODE_RANK / MASTER_*", async () => {
+  const keys = ["NXFT_NNODES", "NXFT_NODE_RANK", "NXFT_MASTER_ADDR", "NXFT_MASTER_PORT", "CUDA_VISIBLE_DEVICES"];
+  const before = Object.fromEntries(keys.map((k) => [k, process.env[k]]));
+  const ctx = (gpus: unknown, batch = 4, backend = "cuda") =>
+    ({ recipeFile: "/w/recipes/x/recipe.json", recipe: { engine: { backend, threads: 0, gpus }, train: { batch_size: batch } } }) as unknown as StageContext;
+  try {
+    for (const k of keys) delete process.env[k];
+    assert.deepEqual(await rankPlan(ctx(undefined)), { world: 1, local: 1, rankOffset: 0 });
+    assert.deepEqual(await rankPlan(ctx(2)), { world: 2, local: 2, rankOffset: 0 });
+    process.env.CUDA_VISIBLE_DEVICES = "0,1,3";
+    assert.deepEqual(await rankPlan(ctx("all", 6)), { world: 3, local: 3, rankOffset: 0 });
+    await assert.rejects(rankPlan(ctx("all", 4)), /engine\.gpus: "all" is 3 GPUs here, and train\.batch_size \(4\) is not a multiple of it/);
+    await assert.rejects(rankPlan(ctx("all", 4, "cpu")), /recipe\.json: engine\.gpus: "all" counts GPUs, but engine\.backend is "cpu"/);
+    Object.assign(process.env, { NXFT_NNODES: "2", NXFT_NODE_RANK: "1" });
+    await assert.rejects(rankPlan(ctx(2)), /NXFT_NNODES=2: set NXFT_MASTER_ADDR and NXFT_MASTER_PORT/);
+    Object.assign(process.env, { NXFT_MASTER_ADDR: "10.0.0.1", NXFT_MASTER_PORT: "29500" });
+    assert.deepEqual(await rankPlan(ctx(2)), { world: 4, local: 2, rankOffset: 2, master: { addr: "10.0.0.1", port: 29500 } });
+    process.env.NXFT_NODE_RANK = "2";
+    await assert.rejects(rankPlan(ctx(2)), /NXFT_NODE_RANK=2 must be below NXFT_NNODES=2/);
+  } finally {
+    for (const k of keys) if (before[k] === undefined) delete process.env[k]; else process.env[k] = before[k];
+  }
 });
 
 test("gpus 2 on the cpu backend: two engine processes, the adapter of one process with 2-fold accumulation, bit for bit", { skip, timeout: 300_000 }, async () => {
