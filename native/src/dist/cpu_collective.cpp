@@ -21,12 +21,16 @@ class CpuCollective : public Collective {
       : Collective(cfg.rank, cfg.world), be_(be), rv_(cfg, fingerprint) {}
   std::string name() const override { return "cpu"; }
 
-  // Deferred to wait_all(), which the trainer calls after forward_backward has joined the backend's side work:
-  // on a stream backend a download issued from inside the backward could read gradients still being written.
-  // The CPU backend overlaps nothing anyway (ops run in call order), so nothing is lost there.
+  // On the CPU backend (ops run in call order, side work included) the bucket is summed right here, inside the
+  // backward, exactly when the NCCL collective would start it: so CI's bitwise checks also prove that no gradient
+  // of a layer is written after its hook (what the overlap on GPUs relies on). On a stream backend a download
+  // from inside the backward could read gradients the side stream is still writing: those sums wait for
+  // wait_all(), which the trainer calls after forward_backward has joined the side work.
   void all_reduce_async(const Tensor& t, size_t offset, size_t n) override {
     if (t.dtype != DType::F32) throw EngineError("dist: the cpu collective sums fp32 tensors only (got another dtype)");
-    if (n > 0) pending_.push_back({t, offset, n});
+    if (n == 0) return;
+    pending_.push_back({t, offset, n});
+    if (be_.name() == "cpu") wait_all();
   }
   void wait_all() override {
     for (const Pending& p : pending_) {   // in issue order, the same on every rank
