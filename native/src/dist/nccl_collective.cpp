@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <memory>
 #include <string>
 #include <thread>
@@ -53,10 +54,19 @@ class NcclCollective : public Collective {
     CUDA_CALL(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, hi));
     CUDA_CALL(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
     watchdog_ = std::thread([this] { watch_peers(); });
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;
-    NCCL_CALL(ncclCommInitRankConfig(&comm_, world_, id, rank_, &config));
-    wait_comm("ncclCommInitRank");
+    try {
+      ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+      config.blocking = 0;
+      NCCL_CALL(ncclCommInitRankConfig(&comm_, world_, id, rank_, &config));
+      wait_comm("ncclCommInitRank");
+    } catch (...) {   // no destructor runs for a half-built object: stop the watchdog here
+      stop_ = true;
+      watchdog_.join();
+      if (comm_) ncclCommAbort(comm_);
+      if (done_) cudaEventDestroy(done_);
+      if (stream_) cudaStreamDestroy(stream_);
+      throw;
+    }
   }
 
   // The trainer calls barrier() first, so every rank tears down together. Finalize flushes this rank's work
@@ -64,6 +74,8 @@ class NcclCollective : public Collective {
   ~NcclCollective() override {
     stop_ = true;
     if (watchdog_.joinable()) watchdog_.join();
+    // Unwinding from an error (this rank failed mid-step): its collectives may never complete, so abort.
+    if (std::uncaught_exceptions() > 0) failed_ = true;
     if (comm_ && !failed_) {
       ncclResult_t st = ncclCommFinalize(comm_);
       const auto t0 = Clock::now();
