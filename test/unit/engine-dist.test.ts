@@ -78,12 +78,14 @@ function runEngine(job: object, jobFile: string, env: Record<string, string> = {
 
 // W engine processes on one job file, ranks from the environment, as the adapter executor starts them.
 async function runRanks(name: string, world: number, train: Record<string, unknown>, dist: Record<string, unknown> = {},
-                        shardsOf: (rank: number) => string[] = () => [join(dir, "train.tokens.bin")]): Promise<Run[]> {
+                        shardsOf: (rank: number) => string[] = () => [join(dir, "train.tokens.bin")],
+                        env: Record<string, string> = {}): Promise<Run[]> {
   const rendezvous = join(dir, `${name}.rv`);
+  rmSync(rendezvous, { recursive: true, force: true });   // fresh: no address left by an earlier run
   mkdirSync(rendezvous, { recursive: true });
   return Promise.all(Array.from({ length: world }, (_, rank) =>
     runEngine(trainJob(name, train, { train_shards: shardsOf(rank), dist: { world_size: world, rendezvous, timeout_s: 60, ...dist } }),
-              join(dir, `${name}.${rank}.json`), { NXFT_RANK: String(rank) })));
+              join(dir, `${name}.${rank}.json`), { NXFT_RANK: String(rank), ...env })));
 }
 
 // The F32 tensors of a safetensors file by name.
@@ -193,6 +195,22 @@ test("a rank that fails ends the run: its own message, the others stop as peers,
   assert.equal(err(ranks[0]).field, "dist.peer");
   assert.match(err(ranks[0]).message, /rank 1 ended/);
   assert.ok(!existsSync(join(dir, "fail", "adapter_model.safetensors")), "no adapter from a failed run");
+});
+
+test("a data-parallel run killed after a checkpoint resumes (on all ranks) to the bytes of an uninterrupted run", { skip, timeout: 120_000 }, async () => {
+  const train = { batch_size: 4, save_every: 2 };
+  const whole = await runRanks("dp-whole", 2, train);
+  whole.forEach(ok);
+  // Rank 1 dies at step 3, after rank 0 wrote the step-2 checkpoint; then both ranks resume from it.
+  const killed = await runRanks("dp-resume", 2, train, {}, undefined, { NXFT_DIST_FAIL_AT: "1:3" });
+  assert.ok(killed.some((r) => r.code !== 0));
+  assert.ok(existsSync(join(dir, "dp-resume", "checkpoints", "step-2", "trainer_state.json")));
+  assert.ok(!existsSync(join(dir, "dp-resume", "adapter_model.safetensors")));
+  const resumed = await runRanks("dp-resume", 2, { ...train, resume: true });
+  resumed.forEach(ok);
+  assert.match(resumed[0].events.find((e) => e.event === "start").resumed_from, /step-2$/);
+  assert.match(resumed[1].events.find((e) => e.event === "start").resumed_from, /step-2$/);
+  assert.ok(readFileSync(join(dir, "dp-whole", "adapter_model.safetensors")).equals(readFileSync(join(dir, "dp-resume", "adapter_model.safetensors"))));
 });
 
 test("a rank that never comes: rank 0 gives up after dist.timeout_s, naming how many joined", { skip, timeout: 30_000 }, async () => {
