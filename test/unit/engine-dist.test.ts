@@ -213,6 +213,19 @@ test("a data-parallel run killed after a checkpoint resumes (on all ranks) to th
   assert.ok(readFileSync(join(dir, "dp-whole", "adapter_model.safetensors")).equals(readFileSync(join(dir, "dp-resume", "adapter_model.safetensors"))));
 });
 
+test("when rank 0 (the centre of the star) fails, every other rank stops at once with dist.peer", { skip, timeout: 60_000 }, async () => {
+  const t0 = Date.now();
+  const ranks = await runRanks("fail0", 3, { batch_size: 3 }, { timeout_s: 30 }, undefined, { NXFT_DIST_FAIL_AT: "0:2" });
+  assert.ok(Date.now() - t0 < 20_000, "no rank waited for the timeout");
+  assert.match(ranks[0].events.find((e) => e.event === "error").message, /rank 0 fails at step 2/);
+  for (const r of ranks.slice(1)) {
+    assert.notEqual(r.code, 0);
+    const e = r.events.find((x) => x.event === "error");
+    assert.equal(e.field, "dist.peer");
+    assert.match(e.message, /rank 0 ended/);
+  }
+});
+
 test("a rank that never comes: rank 0 gives up after dist.timeout_s, naming how many joined", { skip, timeout: 30_000 }, async () => {
   const rendezvous = join(dir, "lonely.rv");
   mkdirSync(rendezvous);
