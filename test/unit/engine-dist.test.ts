@@ -182,6 +182,16 @@ test("ranks that meet at master_addr:master_port (the several-host path) train t
   assert.ok(readFileSync(join(dir, "ref-ga2", "adapter_model.safetensors")).equals(readFileSync(join(dir, "tcp", "adapter_model.safetensors"))));
 });
 
+test("with grad_accum 2, 2 ranks group their sums by rank first: equal to 1 rank with 4-fold accumulation to float rounding", { skip, timeout: 120_000 }, async () => {
+  const ref = await runEngine(trainJob("ref-ga4", { batch_size: 2, grad_accum: 4 }), join(dir, "ref-ga4.json"));
+  ok(ref);
+  const ranks = await runRanks("dp2-ga2", 2, { batch_size: 4, grad_accum: 2 });
+  ranks.forEach(ok);
+  const { diff, scale } = maxDiff(readAdapter(join(dir, "ref-ga4")), readAdapter(join(dir, "dp2-ga2")));
+  assert.ok(diff <= 1e-4 * scale, `max |Δ| ${diff} over max |w| ${scale}`);
+  stepLosses(ranks[0]).forEach((l, i) => assert.ok(Math.abs(l - stepLosses(ref)[i]) < 1e-6, `step ${i + 1}: ${l} vs ${stepLosses(ref)[i]}`));
+});
+
 test("a rank that fails ends the run: its own message, the others stop as peers, no hang", { skip, timeout: 60_000 }, async () => {
   // Row 6 holds a token outside the vocabulary; with shuffle off, step 2's rows 4…7 split as rank 0: 4, 5 and
   // rank 1: 6, 7, so only rank 1 reads it.
