@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <numeric>
@@ -18,6 +20,7 @@
 #include "backend/backend.h"
 #include "commands/command.h"
 #include "commands/inference_model.h"
+#include "dist/collective.h"
 #include "model/lora.h"
 #include "model/quant4.h"
 #include "model/transformer.h"
@@ -104,12 +107,15 @@ void read_rows(const ShardSet& s, const std::vector<int64_t>& rows, HostRows* ou
     s.read_row(rows[b], &out->tokens[b * size_t(T)], &out->targets[b * size_t(T)], &out->positions[b * size_t(T)]);
 }
 
-// Mean loss over all target tokens of the eval set, in batches of B rows in file order.
-std::pair<double, int64_t> evaluate(Transformer& model, const ShardSet& eval, int B) {
+// Mean loss over all target tokens of the eval set, in batches of B rows in file order. Data-parallel: batch i
+// is evaluated by rank i % W and the sums are added over the ranks.
+std::pair<double, int64_t> evaluate(Transformer& model, const ShardSet& eval, int B, Collective* dist) {
   double sum = 0;
   int64_t count = 0;
   HostRows hr;
-  for (int64_t r0 = 0; r0 < eval.rows(); r0 += B) {
+  const int64_t W = dist ? dist->world() : 1, rank = dist ? dist->rank() : 0;
+  for (int64_t r0 = 0, i = 0; r0 < eval.rows(); r0 += B, i++) {
+    if (i % W != rank) continue;
     std::vector<int64_t> rows;
     for (int64_t r = r0; r < std::min<int64_t>(eval.rows(), r0 + B); r++) rows.push_back(r);
     read_rows(eval, rows, &hr);
@@ -117,6 +123,12 @@ std::pair<double, int64_t> evaluate(Transformer& model, const ShardSet& eval, in
     if (n == 0) continue;
     sum += model.forward_loss(hr.batch());
     count += n;
+  }
+  if (dist) {
+    double totals[2] = {sum, double(count)};
+    dist->all_reduce_host(totals, 2);
+    sum = totals[0];
+    count = int64_t(totals[1]);
   }
   return {count > 0 ? sum / double(count) : std::nan(""), count};
 }
@@ -215,7 +227,16 @@ int cmd_train(const Json& job, const std::string& job_path) {
   const bool resume = t.boolean("resume", false);
   const bool shuffle = t.boolean("shuffle", true);
   t.finish();
+  // Data-parallel (docs/multi-gpu.md): W ranks, each takes B/W rows of every micro-batch.
+  const DistConfig dist = read_dist_config(r);
   r.finish();
+  const int W = dist.world;
+  if (B % W != 0)
+    throw EngineError(job_path + ": train.batch_size: " + std::to_string(B) + " rows cannot be split evenly over " + std::to_string(W) +
+                          " ranks (make it a multiple of the rank count)",
+                      job_path, "train.batch_size");
+  const int B_rank = B / W;   // rows of each micro-batch this rank computes
+  const bool reporter = dist.writes_outputs();   // emits step/eval/checkpoint events and writes the outputs
 
   // ---- model, data, adapter ----
   const ModelConfig base_cfg = ModelConfig::load(path_join(base, "config.json"));
@@ -278,6 +299,22 @@ int cmd_train(const Json& job, const std::string& job_path) {
   state.n_params = int64_t(n_params);
   state.fingerprint = fp.str();
   std::string resumed_from;
+  // Every rank must run the same job: the fingerprint is checked at the rendezvous (a rank with other settings
+  // is refused there, not after hours of diverging training).
+  std::unique_ptr<Collective> coll;
+  std::string collective_name;   // for the summary, written after the collective is torn down
+  std::vector<std::pair<size_t, size_t>> layer_grads;   // layer l's slice of the gradients: one bucket each
+  std::pair<size_t, size_t> tail_grads{0, 0};            // the trainable token rows' slice, if any
+  if (dist.enabled()) {
+    coll = make_collective(dist, *be, state.fingerprint);
+    collective_name = coll->name();
+    size_t covered = 0;
+    for (int l = 0; l < cfg.num_layers; l++) covered += layer_grads.emplace_back(model.lora_layer_range(l)).second;
+    // Trainable token rows (lora.trainable_token_indices) follow the layers' pairs: one more bucket, after the
+    // backward (their gradients are complete only when the embedding's gradient is).
+    if (covered > n_params) throw EngineError("internal: the per-layer gradient buckets overrun the LoRA gradients");
+    tail_grads = {covered, n_params - covered};
+  }
   if (resume) {
     const std::string ck = find_latest_checkpoint(ckpt_dir);
     if (ck.empty()) {
@@ -310,9 +347,11 @@ int cmd_train(const Json& job, const std::string& job_path) {
       .set("start_step", Json::number(double(state.step)));
   if (opt.quantize_nf4) start.set("base_4bit", Json::string(prequantized ? "bitsandbytes" : "nf4"));
   if (!resumed_from.empty()) start.set("resumed_from", Json::string(resumed_from));
+  if (coll)
+    start.set("world_size", Json::number(W)).set("rank", Json::number(coll->rank())).set("collective", Json::string(coll->name()));
   emit_event("start", start);
-  model.load_weights(base, [](size_t done, size_t total) {
-    if (done == total || done % 16 == 0) emit_progress("load", double(done), double(total), "tensors");
+  model.load_weights(base, [reporter](size_t done, size_t total) {
+    if (reporter && (done == total || done % 16 == 0)) emit_progress("load", double(done), double(total), "tensors");
   });   // streamed tensor by tensor into the backend
   // A fresh adapter's trainable token rows start as the (resized) base rows; a loaded one brought its own.
   if (!spec.token_indices.empty() && adapter.embed_rows.empty()) model.init_token_rows_from_weights();
@@ -330,30 +369,60 @@ int cmd_train(const Json& job, const std::string& job_path) {
   const float max_norm_f = float(max_grad_norm);
 
   auto run_eval = [&](int64_t step) {
-    auto [loss, count] = evaluate(model, *eval, B);
+    auto [loss, count] = evaluate(model, *eval, B, coll.get());
     last_eval = loss;
     last_eval_step = step;
     Json f = Json::object().set("step", Json::number(double(step))).set("loss", num(loss)).set("tokens", Json::number(double(count)));
-    emit_event("eval", f);
+    if (reporter) emit_event("eval", f);
     state.metrics.push_back(json_line("eval", f));
   };
 
+  // Test hook (test/unit/plugin-dist-adapter.test.ts): NXFT_DIST_FAIL_AT=<rank>:<step> makes that rank fail when
+  // it starts that step, as a rank whose GPU or data breaks mid-run would.
+  int64_t fail_at_step = -1;
+  if (const char* f = std::getenv("NXFT_DIST_FAIL_AT")) {
+    int fail_rank = -1;
+    long long fail_step = -1;
+    if (std::sscanf(f, "%d:%lld", &fail_rank, &fail_step) == 2 && fail_rank == dist.rank) fail_at_step = fail_step;
+  }
   for (int64_t step = state.step; step < total_steps; step++) {
     const auto t_step = Clock::now();
+    if (step + 1 == fail_at_step)
+      throw EngineError("NXFT_DIST_FAIL_AT: rank " + std::to_string(dist.rank) + " fails at step " + std::to_string(step + 1) + " as asked",
+                        "", "NXFT_DIST_FAIL_AT");
     int64_t n_items = 0;
-    for (int m = 0; m < GA; m++) {
-      std::vector<int64_t> rows(static_cast<size_t>(B));
-      for (int b = 0; b < B; b++) rows[size_t(b)] = order.row_at((step * GA + m) * int64_t(B) + b);
+    for (int m = 0; m < GA; m++) {   // this rank's rows: [rank·B/W, +B/W) of each micro-batch's B stream rows
+      std::vector<int64_t> rows(static_cast<size_t>(B_rank));
+      for (int b = 0; b < B_rank; b++)
+        rows[size_t(b)] = order.row_at((step * GA + m) * int64_t(B) + int64_t(dist.rank) * B_rank + b);
       read_rows(train, rows, &micro[size_t(m)]);
       n_items += micro[size_t(m)].n_targets();
+    }
+    if (coll) {   // the loss is normalized by the targets of the whole step, on every rank
+      double n = double(n_items);
+      coll->all_reduce_host(&n, 1);
+      n_items = int64_t(n);
     }
     model.zero_grads();
     double loss_sum = 0;
     if (n_items > 0) {
       const float grad_scale = float(1.0 / double(n_items));
       for (int m = 0; m < GA; m++) {
-        const uint64_t mb_seed = splitmix64_mix(splitmix64_mix(seed + 0x51ED) + uint64_t(step) * uint64_t(GA) + uint64_t(m) + 1);
+        // Dropout masks as if one process ran the W ranks' micro-batches one after another (m·W + rank), so
+        // the masks do not depend on how many ranks share the step.
+        const uint64_t micro_index = (uint64_t(step) * uint64_t(GA) + uint64_t(m)) * uint64_t(W) + uint64_t(dist.rank);
+        const uint64_t mb_seed = splitmix64_mix(splitmix64_mix(seed + 0x51ED) + micro_index + 1);
+        // The last micro-batch completes each layer's gradients: start that layer's all-reduce right away.
+        if (coll && m == GA - 1)
+          model.set_layer_grads_hook([&](int l) { coll->all_reduce_async(model.lora_grads(), layer_grads[size_t(l)].first, layer_grads[size_t(l)].second); });
         loss_sum += model.forward_backward(micro[size_t(m)].batch(), grad_scale, mb_seed);
+        model.set_layer_grads_hook(nullptr);
+        if (coll && m == GA - 1 && tail_grads.second > 0)
+          coll->all_reduce_async(model.lora_grads(), tail_grads.first, tail_grads.second);
+      }
+      if (coll) {
+        coll->wait_all();
+        coll->all_reduce_host(&loss_sum, 1);
       }
     } else {
       emit_warning("step " + std::to_string(step + 1) + ": no target tokens in this step's rows; skipping the update");
@@ -394,10 +463,10 @@ int cmd_train(const Json& job, const std::string& job_path) {
                  .set("elapsed_s", Json::number(seconds_since(t_start)))
                  .set("eta_s", Json::number(eta))
                  .set("epoch", Json::number(double(state.rows_consumed) / double(train.rows())));
-    emit_event("step", f);
+    if (reporter) emit_event("step", f);
     state.metrics.push_back(json_line("step", f));
     if (eval && eval_every > 0 && state.step % eval_every == 0) run_eval(state.step);
-    if (save_every > 0 && state.step % save_every == 0) {
+    if (reporter && save_every > 0 && state.step % save_every == 0) {
       model.get_lora(adapter);
       host_m.resize(n_params);
       host_v.resize(n_params);
@@ -416,6 +485,10 @@ int cmd_train(const Json& job, const std::string& job_path) {
     }
   }
   if (eval && last_eval_step != state.step) run_eval(state.step);
+  if (coll) {   // every rank is done with the others: tear the collective down together, then write
+    coll->barrier();
+    coll.reset();
+  }
   if (std::isnan(last_loss) && !state.metrics.empty()) {   // resumed at the very end: report the recorded loss
     for (auto it = state.metrics.rbegin(); it != state.metrics.rend(); ++it) {
       Json m = Json::parse(*it, "metrics");
@@ -426,7 +499,19 @@ int cmd_train(const Json& job, const std::string& job_path) {
     }
   }
 
-  // ---- outputs (each written atomically) ----
+  // ---- outputs (each written atomically; data-parallel: once per host, by its local rank 0) ----
+  if (!reporter) {
+    Json summary = Json::object()
+                       .set("wall_s", Json::number(seconds_since(t_start)))
+                       .set("train_s", Json::number(train_seconds))
+                       .set("rank", Json::number(dist.rank))
+                       .set("world_size", Json::number(W))
+                       .set("files", Json::array());
+    emit_event("done", Json::object().set("summary", summary));
+    be->free(adam_m);
+    be->free(adam_v);
+    return 0;
+  }
   model.get_lora(adapter);
   adapter.save_peft(out, base_name);
   std::string metrics;
@@ -447,6 +532,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
                      .set("backend", Json::string(be->name()))
                      .set("device", Json::string(be->device()));
   summary.set("load_s", Json::number(load_seconds));
+  if (dist.enabled()) summary.set("world_size", Json::number(W)).set("collective", Json::string(collective_name));
   if (opt.quantize_nf4) summary.set("base_4bit", Json::string(prequantized ? "bitsandbytes" : "nf4"));
   write_file_atomic(path_join(out, "summary.json"), summary.dump(2) + "\n");
   Json files = Json::array();

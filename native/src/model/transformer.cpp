@@ -458,6 +458,16 @@ void Transformer::get_lora(LoraAdapter& adapter) {
   if (n > 0 && !tied_) be_.download(params_, adapter.head_rows.data(), n, off_tok_head_);
 }
 
+std::pair<size_t, size_t> Transformer::lora_layer_range(int layer) const {
+  size_t first = n_params_, last = 0;
+  for (const LoraSlot& s : slots_) {
+    if (s.layer != layer) continue;
+    first = std::min({first, s.off_a, s.off_b});
+    last = std::max({last, s.off_a + size_t(spec_.r) * s.in, s.off_b + size_t(s.out) * spec_.r});
+  }
+  return first < last ? std::make_pair(first, last - first) : std::make_pair(size_t(0), size_t(0));
+}
+
 void Transformer::zero_grads() {
   if (n_params_) be_.fill(grads_, 0.0f, n_params_);
 }
@@ -1081,6 +1091,7 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
       recompute_group_inputs(l, res(l), a, N, seed);
     }
     layer_backward(l, res(l), a, B, T, seed);
+    if (layer_grads_hook_) layer_grads_hook_(l);
   }
   be_.side_join();   // the optimizer reads every gradient
   if (n_tok_ > 0) {  // dres_ now holds d(res(0)) = d(embedding output): rows of trainable tokens += scale·onehotᵀ·dres

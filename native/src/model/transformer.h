@@ -127,6 +127,13 @@ class Transformer {
   // Trainable token rows start as the model's current rows of embed_tokens / lm_head (call after the weights are
   // loaded: PEFT's TrainableTokensLayer copies the base rows at init). No-op without trainable tokens.
   void init_token_rows_from_weights();
+  // Elements [first, first + count) of lora_grads() that hold layer l's gradients (a layer's pairs are
+  // contiguous in the layout above); count 0 for a layer without adapted projections.
+  std::pair<size_t, size_t> lora_layer_range(int layer) const;
+  // Called by forward_backward right after layer l's backward has been issued, layers L−1 … 0: from then on
+  // nothing writes layer l's gradients in this micro-batch. Data-parallel training starts the layer's
+  // all-reduce here, so it overlaps the backward of the layers below (dist/collective.h). Empty: no call.
+  void set_layer_grads_hook(std::function<void(int layer)> hook) { layer_grads_hook_ = std::move(hook); }
 
   // ---- training ----
   // Forward + backward of one micro-batch. Accumulates LoRA gradients of (Σ token losses)·grad_scale and
@@ -208,6 +215,7 @@ class Transformer {
   size_t off_tok_embed_ = 0, off_tok_head_ = 0;
   std::vector<Backend::ColumnBlockWrite> token_jobs_;    // each trainable row → its embed_tokens / lm_head row
   Tensor tok_onehot_;                                    // (N, K) Activation: 1 where token t is trainable row k
+  std::function<void(int)> layer_grads_hook_;
 
   // activation buffers for the current N
   int cap_n_ = 0;

@@ -8,7 +8,10 @@ import { writeJsonAtomic } from "./atomic";
 
 export interface EngineEvent { event: string; [key: string]: any }
 
-export class EngineFailure extends Error {}
+// `field` is the error event's field: "dist.peer" marks a data-parallel rank that stopped because another failed.
+export class EngineFailure extends Error {
+  constructor(message: string, readonly field?: string) { super(message); }
+}
 
 // Where the engine's sources are and where it is built:
 //   - a workspace that holds the engine (this repository: native/CMakeLists.txt of project finetune_engine):
@@ -101,11 +104,14 @@ async function acquireLock(file: string): Promise<() => void> {
 
 // Runs one engine command. `job` is written to `jobFile`; every stdout event goes to `onEvent`; stderr (human
 // logging) is passed through. Resolves with the `done` summary; rejects with the engine's `error` message.
+// opts.env adds environment variables (a data-parallel rank's NXFT_RANK); opts.cancel kills the engine (SIGTERM).
 export async function runEngine(binary: string, command: string, job: Record<string, unknown>, jobFile: string,
-                                onEvent: (e: EngineEvent) => void): Promise<Record<string, any>> {
+                                onEvent: (e: EngineEvent) => void,
+                                opts: { env?: Record<string, string>; cancel?: AbortSignal } = {}): Promise<Record<string, any>> {
   writeJsonAtomic(jobFile, { command, ...job });
   const { execa } = await import("execa");
-  const child = execa(binary, [command, "--job", jobFile], { stdout: "pipe", stderr: "pipe", reject: false, buffer: false });
+  const child = execa(binary, [command, "--job", jobFile], { stdout: "pipe", stderr: "pipe", reject: false, buffer: false,
+    ...(opts.env ? { env: opts.env } : {}), ...(opts.cancel ? { cancelSignal: opts.cancel } : {}) });
   let summary: Record<string, any> | undefined;
   let error: EngineEvent | undefined;
   const stderrTail: string[] = [];
@@ -133,7 +139,7 @@ export async function runEngine(binary: string, command: string, job: Record<str
   const result = await child;
   if (error) {
     const where = [error.file, error.field].filter(Boolean).join(" ");
-    throw new EngineFailure(`finetune-engine ${command}: ${error.message}${where ? ` (${where})` : ""}${error.step ? ` at step ${error.step}` : ""}`);
+    throw new EngineFailure(`finetune-engine ${command}: ${error.message}${where ? ` (${where})` : ""}${error.step ? ` at step ${error.step}` : ""}`, error.field);
   }
   if (result.exitCode !== 0 || !summary) {
     const why = result.signal ? `killed by ${result.signal}` : `exit code ${result.exitCode}`;

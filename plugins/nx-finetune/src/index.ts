@@ -57,6 +57,13 @@ const stageFields: Record<StageName, string[]> = {
   eval: ["eval", "template", "engine.backend", "name"],
 };
 
+// Fields hashed only when a recipe sets them to something other than their default, so recipes that do not use
+// them keep their cache keys: engine.gpus (several GPUs sum gradients in another order: the same adapter to
+// float rounding, not the same bytes).
+function extraFields(stage: StageName, recipe: Recipe): string[] {
+  return stage === "adapter" && recipe.engine.gpus !== undefined && recipe.engine.gpus !== 1 ? ["engine.gpus"] : [];
+}
+
 const stageDependsOn: Record<StageName, StageName[]> = {
   base: [],
   dataset: [],
@@ -191,7 +198,7 @@ function brokenRecipeProject(projectRoot: string, error: RecipeError): CreateNod
 }
 
 function stageTarget(stage: StageName, recipe: Recipe, recipeFile: string, options: NxFinetunePluginOptions, workspaceRoot: string): TargetConfiguration {
-  const inputs: TargetConfiguration["inputs"] = [{ json: "{projectRoot}/recipe.json", fields: stageFields[stage] }];
+  const inputs: TargetConfiguration["inputs"] = [{ json: "{projectRoot}/recipe.json", fields: [...stageFields[stage], ...extraFields(stage, recipe)] }];
   // eval reads every upstream stage (eval shards, dataset rows), not only gguf: an eval-split edit that leaves the
   // adapter byte-identical must still rerun it, so its manifest input is transitive.
   if (stageDependsOn[stage].length > 0) inputs.push({ dependentTasksOutputFiles: "**/stage-manifest.json", ...(stage === "eval" ? { transitive: true } : {}) });

@@ -39,7 +39,7 @@ export interface Recipe {
   };
   quantize_base: null | "nf4";
   export: { merged_dtype: "f32" | "f16" | "bf16"; gguf: GgufType[]; adapter_gguf: boolean; ollama: boolean };
-  engine: { backend: "auto" | "cpu" | "cuda"; threads: number };
+  engine: { backend: "auto" | "cpu" | "cuda"; threads: number; gpus?: number | "all" };
   chat: { prompt?: string; max_new_tokens: number; temperature: number };
   eval: { prompts?: string[]; samples: number; score_rows: number; max_new_tokens: number; gguf_perplexity: boolean;
           gate: Record<string, { min?: number; max?: number }> };
@@ -210,6 +210,10 @@ function checkSemantics(r: any, issueAt: (path: Path, message: string) => void, 
   const hasSteps = r.train.steps !== undefined, hasEpochs = r.train.epochs !== undefined;
   if (hasSteps === hasEpochs) issueAt(["train", hasEpochs ? "epochs" : "steps"], "exactly one of train.steps / train.epochs must be given");
   if (hasSteps && r.train.warmup_steps > r.train.steps) issueAt(["train", "warmup_steps"], `must be ≤ train.steps (${r.train.steps})`);
+  // Each rank takes batch_size / gpus rows of every micro-batch ("all" is checked when the GPUs are counted).
+  if (typeof r.engine.gpus === "number" && r.train.batch_size % r.engine.gpus !== 0) {
+    issueAt(["engine", "gpus"], `train.batch_size (${r.train.batch_size}) must be a multiple of engine.gpus (${r.engine.gpus}): each GPU takes an equal share of every batch`);
+  }
   if (r.export.adapter_gguf === false && r.export.gguf.length === 0 && !r.export.ollama) {
     issueAt(["export", "gguf"], "nothing to export: list at least one GGUF type");
   }

@@ -63,9 +63,19 @@ struct OpStats {
 class CudaBackend : public Backend {
  public:
   CudaBackend() : mem_(cuda_raw_alloc, cuda_raw_free, nullptr, device_memory_cap_from_env()) {
-    CUDA_CHECK(cudaSetDevice(0));
+    // NXFT_CUDA_DEVICE: the GPU of this process (a data-parallel launcher gives each rank its own); default 0.
+    int dev = 0;
+    if (const char* d = std::getenv("NXFT_CUDA_DEVICE")) {
+      char* end = nullptr;
+      dev = int(std::strtol(d, &end, 10));
+      int n = 0;
+      cudaGetDeviceCount(&n);
+      if (*end || dev < 0 || dev >= n)
+        throw EngineError(std::string("NXFT_CUDA_DEVICE=") + d + ": no such device (" + std::to_string(n) + " visible)", "", "NXFT_CUDA_DEVICE");
+    }
+    CUDA_CHECK(cudaSetDevice(dev));
     cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
     device_ = std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
               std::to_string(prop.totalGlobalMem >> 30) + " GiB)";
     // The main stream gets the highest priority: when side work (LoRA weight gradients) and main-path blocks
@@ -102,7 +112,7 @@ class CudaBackend : public Backend {
   }
   ~CudaBackend() override {
     synchronize();
-    for (cudaEvent_t e : {fork_ev_, side_done_ev_, copy_fork_ev_, copy_done_ev_})
+    for (cudaEvent_t e : {fork_ev_, side_done_ev_, copy_fork_ev_, copy_done_ev_, ext_ev_, ext_done_ev_})
       if (e) cudaEventDestroy(e);
     for (auto& e : event_pool_) cudaEventDestroy(e);
     for (int i = 0; i < 2; i++) {
@@ -210,6 +220,18 @@ class CudaBackend : public Backend {
     if (!side_pending_) return;
     CUDA_CHECK(cudaStreamWaitEvent(main_stream_, side_done_ev_, 0));
     side_pending_ = false;
+  }
+  // Ordering against work on a stream the backend does not own (dist/nccl_collective.cpp), see cuda_backend.h.
+  void external_waits_for_backend(cudaStream_t s) {
+    if (!ext_ev_) CUDA_CHECK(cudaEventCreateWithFlags(&ext_ev_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(ext_ev_, main_stream_));
+    CUDA_CHECK(cudaStreamWaitEvent(s, ext_ev_, 0));
+    if (side_pending_) CUDA_CHECK(cudaStreamWaitEvent(s, side_done_ev_, 0));   // side work not yet joined
+  }
+  void backend_waits_for_external(cudaStream_t s) {
+    if (!ext_done_ev_) CUDA_CHECK(cudaEventCreateWithFlags(&ext_done_ev_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(ext_done_ev_, s));
+    CUDA_CHECK(cudaStreamWaitEvent(main_stream_, ext_done_ev_, 0));
   }
   void* alloc_host(size_t bytes) override {
     void* p = nullptr;
@@ -1047,6 +1069,7 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;        // where ops are issued now: main_stream_, or side_stream_ inside side work
   cudaStream_t main_stream_ = nullptr, side_stream_ = nullptr, copy_stream_ = nullptr;
   cudaEvent_t fork_ev_ = nullptr, side_done_ev_ = nullptr, copy_fork_ev_ = nullptr, copy_done_ev_ = nullptr;
+  cudaEvent_t ext_ev_ = nullptr, ext_done_ev_ = nullptr;   // external_waits_for_backend / backend_waits_for_external
   int side_prio_ = 0;
   bool side_enabled_ = true, in_side_ = false, side_pending_ = false, copy_pending_ = false;
   DevicePool mem_;                      // before gemm_ and cudnn_: they give their workspaces back to it
@@ -1103,5 +1126,11 @@ void cuda_profile_enable(Backend& backend, bool on) { cuda::as_cuda(backend).set
 std::string cuda_profile_report(Backend& backend) { return cuda::as_cuda(backend).profile_report(); }
 size_t cuda_reserved_bytes(Backend& backend) { return cuda::as_cuda(backend).reserved(); }
 std::string cuda_attention_path(Backend& backend) { return cuda::as_cuda(backend).attention_path(); }
+void cuda_stream_wait_backend(Backend& backend, void* stream) {
+  cuda::as_cuda(backend).external_waits_for_backend(static_cast<cudaStream_t>(stream));
+}
+void cuda_backend_wait_stream(Backend& backend, void* stream) {
+  cuda::as_cuda(backend).backend_waits_for_external(static_cast<cudaStream_t>(stream));
+}
 
 }  // namespace nxft

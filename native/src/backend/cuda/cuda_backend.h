@@ -17,5 +17,9 @@ std::string cuda_profile_report(Backend& backend);  // a markdown table, slowest
 size_t cuda_reserved_bytes(Backend& backend);
 // "cudnn <version>" or "portable (no cuDNN: <why>)": which attention path plain causal rows take.
 std::string cuda_attention_path(Backend& backend);
+// Ordering against work on a stream the backend does not own (a cudaStream_t, passed as void* so this header needs
+// no CUDA include): data-parallel training all-reduces gradients on its own communication stream.
+void cuda_stream_wait_backend(Backend& backend, void* stream);   // `stream` waits for all work issued so far (main + side)
+void cuda_backend_wait_stream(Backend& backend, void* stream);   // the backend's later work waits for `stream`
 
 }  // namespace nxft

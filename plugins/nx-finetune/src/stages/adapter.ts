@@ -9,10 +9,11 @@ import { createHash } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, promises as fsp } from "node:fs";
 import { basename, join } from "node:path";
 import { writeFileAtomic } from "../atomic";
-import { ensureEngine } from "../engine";
+import { ensureEngine, type EngineEvent } from "../engine";
 import { lossCurveSvg, readMetrics } from "../loss-svg";
 import { readManifest, stageDir } from "../stage-dir";
 import { sha256OfFile } from "../store";
+import { rankPlan, trainRanks } from "./adapter-ranks";
 import { addedTokens, baseModelDir, engine, stagePath, threads, type StageContext, type StageResult } from "../stage-context";
 
 // Complete checkpoints kept while training (older ones are removed as newer ones land).
@@ -67,9 +68,12 @@ export async function runAdapter(ctx: StageContext): Promise<StageResult> {
     }
   }
   job.train.resume = resume;
-  const summary = await engine(ctx, "train", { ...job, checkpoint_dir: ckptDir }, (e) => {
-    if (e.event === "checkpoint") pruneCheckpoints(ckptDir, KEEP_CHECKPOINTS);
-  });
+  const onEvent = (e: EngineEvent) => { if (e.event === "checkpoint") pruneCheckpoints(ckptDir, KEEP_CHECKPOINTS); };
+  // engine.gpus > 1: one engine per GPU (adapter-ranks.ts); the checkpoint key above leaves the rank count out,
+  // so a run killed on N GPUs resumes on any number of them.
+  const plan = await rankPlan(ctx);
+  const summary = plan.world > 1 ? await trainRanks(ctx, { ...job, checkpoint_dir: ckptDir }, plan, onEvent)
+                                 : await engine(ctx, "train", { ...job, checkpoint_dir: ckptDir }, onEvent);
   const metricsFile = join(ctx.tmp, "metrics.jsonl");
   if (existsSync(metricsFile)) writeFileAtomic(join(ctx.tmp, "loss.svg"), lossCurveSvg(readMetrics(metricsFile), `${ctx.projectName} adapter`));
   ctx.log(`adapter: ${summary.steps} steps, final train loss ${fmt(summary.final_train_loss)}, eval loss ${fmt(summary.final_eval_loss)}, ` +
