@@ -32,16 +32,7 @@ class CountingBackend : public Backend {
   std::string name() const override { return "count"; }
   std::string device() const override { return "memory plan (CUDA storage)"; }
   int threads() const override { return 0; }
-  DType dtype_of(Role role) const override {
-    switch (role) {
-      case Role::Weight:
-      case Role::Activation: return DType::BF16;
-      case Role::Param:
-      case Role::Stat: return DType::F32;
-      case Role::Index: return DType::I32;
-    }
-    return DType::F32;
-  }
+  DType dtype_of(Role role) const override { return device_dtype_of(role); }
   Tensor alloc(size_t n, Role role) override {
     Tensor t;
     t.dtype = dtype_of(role);

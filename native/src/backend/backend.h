@@ -83,6 +83,19 @@ enum class Role {
   Index,       // token ids, targets, positions, document starts: i32
 };
 
+// The storage dtype of each role on a device backend (CUDA), and in memory plans that count its allocations
+// (tests/memory_plan_test.cpp): bf16 weights and activations, fp32 parameters and statistics.
+inline DType device_dtype_of(Role role) {
+  switch (role) {
+    case Role::Weight:
+    case Role::Activation: return DType::BF16;
+    case Role::Param:
+    case Role::Stat: return DType::F32;
+    case Role::Index: return DType::I32;
+  }
+  return DType::F32;
+}
+
 enum class Glu { SwiGLU, GeGLUTanh };  // silu(gate)·up (llama/qwen2/mistral) | gelu_tanh(gate)·up (gemma)
 
 // Counter-based RNG for LoRA dropout: the keep/drop decision of element `index` is a pure function of
