@@ -35,31 +35,15 @@ PEER_COMPILE_PLAN=${PEER_COMPILE_PLAN-"1x2048x1,2x2048x0"}
 CUDNN_FE=${CUDNN_FE:-$ROOT/.carry/cudnn-frontend}
 BUILD=${BUILD:-$ROOT/native/build-cuda-bench}
 log() { echo "[cuda-train $(date +%H:%M:%S)] $*" >&2; }
+source "$ROOT/bench/cuda-build.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 GPU=$(head -1 "$OUT/gpu.txt" | cut -d, -f1)
 
 if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then
-  # cuDNN: the pip wheel that PyTorch uses (nvidia-cudnn-cu13) has headers and libs: the folder above the
-  # lib/ that holds libcudnn.so.9 (without it, CMake finds a system cuDNN if there is one).
-  CUDNN_DIR=$(python3 -c 'import glob, os, nvidia
-libs = sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "**", "lib", "libcudnn.so.9"), recursive=True))
-print(os.path.dirname(os.path.dirname(libs[0])) if libs else "")' 2>/dev/null || true)
-  if [ -n "$CUDNN_DIR" ] && [ ! -e "$CUDNN_DIR/lib/libcudnn.so" ] && [ -e "$CUDNN_DIR/lib/libcudnn.so.9" ]; then
-    mkdir -p /tmp/cudnn/lib && ln -sf "$CUDNN_DIR"/lib/* /tmp/cudnn/lib/ && ln -sf libcudnn.so.9 /tmp/cudnn/lib/libcudnn.so
-    ln -sfn "$CUDNN_DIR/include" /tmp/cudnn/include && CUDNN_DIR=/tmp/cudnn
-  fi
-  log "cuDNN dir: ${CUDNN_DIR:-none}; frontend: $CUDNN_FE"
-  export LD_LIBRARY_PATH=${CUDNN_DIR:+$CUDNN_DIR/lib:}${LD_LIBRARY_PATH:-}
-  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  log "configure (nvcc: $NVCC)"
-  cmake -S native -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DNXFT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
-    -DNXFT_CUDA_ARCHS=90a-real -DNXFT_CUDNN_DIR="${CUDNN_DIR:-}" -DNXFT_CUDNN_FRONTEND_DIR="$CUDNN_FE" \
-    > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
-  grep -E "finetune-engine:" "$WORK/build.log" >&2
-  log "build"
-  cmake --build "$BUILD" -j"$(nproc)" --target cuda_parity cuda_train_bench finetune-engine >> "$WORK/build.log" 2>&1 \
-    || { grep -E "error|Error" "$WORK/build.log" | head -40; exit 1; }
+  # cuDNN from the pip wheel PyTorch uses (bench/cuda-build.sh; without it, CMake finds a system cuDNN if any)
+  find_cudnn
+  build_engine "$BUILD" "$WORK/build.log" cuda_parity cuda_train_bench finetune-engine || exit 1
 
   PARITY_RC=0 COMPARE_RC=0
   if [ "${CHECKS:-1}" != 0 ]; then

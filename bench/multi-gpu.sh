@@ -36,27 +36,14 @@ MAXW=$(for w in $WORLDS; do echo "$w"; done | sort -n | tail -1)
 log "$NGPU GPU(s); worlds:$WORLDS"
 
 if [ -z "${ENGINE:-}" ]; then
-  # A wheel's folder that holds include/<header> and lib/<library>: NCCL's and cuDNN's, next to PyTorch's.
-  wheel_dir() { python3 -c 'import glob, os, sys, nvidia
-hits = sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "**", "lib", sys.argv[1]), recursive=True))
-print(os.path.dirname(os.path.dirname(hits[0])) if hits else "")' "$1" 2>/dev/null || true; }
+  # NCCL's and cuDNN's wheels, next to PyTorch's (bench/cuda-build.sh)
+  source "$ROOT/bench/cuda-build.sh"
   NCCL_DIR=${NCCL_DIR:-$(wheel_dir libnccl.so.2)}
   [ -n "$NCCL_DIR" ] && [ -f "$NCCL_DIR/include/nccl.h" ] || { log "no NCCL (pip install nvidia-nccl-cu13, or set NCCL_DIR)"; exit 1; }
-  CUDNN_DIR=$(wheel_dir libcudnn.so.9)
-  if [ -n "$CUDNN_DIR" ] && [ ! -e "$CUDNN_DIR/lib/libcudnn.so" ]; then   # CMake wants the unversioned name
-    mkdir -p /tmp/cudnn/lib && ln -sf "$CUDNN_DIR"/lib/* /tmp/cudnn/lib/ && ln -sf libcudnn.so.9 /tmp/cudnn/lib/libcudnn.so
-    ln -sfn "$CUDNN_DIR/include" /tmp/cudnn/include && CUDNN_DIR=/tmp/cudnn
-  fi
-  export LD_LIBRARY_PATH=$NCCL_DIR/lib${CUDNN_DIR:+:$CUDNN_DIR/lib}:${LD_LIBRARY_PATH:-}
-  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  log "configure (nvcc $NVCC, NCCL $NCCL_DIR, cuDNN ${CUDNN_DIR:-none})"
-  cmake -S native -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DNXFT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" -DNXFT_CUDA_ARCHS=90a-real \
-    -DNXFT_NCCL_DIR="$NCCL_DIR" -DNXFT_CUDNN_DIR="${CUDNN_DIR:-}" -DNXFT_CUDNN_FRONTEND_DIR="$ROOT/.carry/cudnn-frontend" \
-    > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-  grep -E "finetune-engine:" "$OUT/build.log" >&2
+  find_cudnn
+  export LD_LIBRARY_PATH=$NCCL_DIR/lib:$LD_LIBRARY_PATH
+  build_engine "$BUILD" "$OUT/build.log" finetune-engine -- -DNXFT_NCCL_DIR="$NCCL_DIR" || exit 1
   grep -q "NCCL ON" "$OUT/build.log" || { log "CMake did not find NCCL"; exit 1; }
-  log "build"
-  cmake --build "$BUILD" -j"$(nproc)" --target finetune-engine >> "$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
   ENGINE=$BUILD/finetune-engine
 fi
 

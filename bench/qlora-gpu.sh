@@ -41,21 +41,9 @@ nvidia-smi -L | tee "$OUT/gpu.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/gpu.txt"
 
 # ---- build (as bench/cuda-train.sh: the cuDNN wheel's headers and libs, cudnn-frontend from .carry) ----------
-CUDNN_DIR=$(python3 -c 'import glob, os, nvidia
-libs = sorted(p for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "**", "lib", "libcudnn.so.9"), recursive=True))
-print(os.path.dirname(os.path.dirname(libs[0])) if libs else "")' 2>/dev/null || true)
-if [ -n "$CUDNN_DIR" ] && [ ! -e "$CUDNN_DIR/lib/libcudnn.so" ] && [ -e "$CUDNN_DIR/lib/libcudnn.so.9" ]; then
-  mkdir -p /tmp/cudnn/lib && ln -sf "$CUDNN_DIR"/lib/* /tmp/cudnn/lib/ && ln -sf libcudnn.so.9 /tmp/cudnn/lib/libcudnn.so
-  ln -sfn "$CUDNN_DIR/include" /tmp/cudnn/include && CUDNN_DIR=/tmp/cudnn
-fi
-export LD_LIBRARY_PATH=${CUDNN_DIR:+$CUDNN_DIR/lib:}${LD_LIBRARY_PATH:-}
-NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-log "build ($BUILD)"
-cmake -S native -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DNXFT_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" \
-  -DNXFT_CUDA_ARCHS=90a-real -DNXFT_CUDNN_DIR="${CUDNN_DIR:-}" -DNXFT_CUDNN_FRONTEND_DIR="$CUDNN_FE" \
-  > "$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; exit 1; }
-cmake --build "$BUILD" -j"$(nproc)" --target cuda_parity cuda_train_bench finetune-engine >> "$WORK/build.log" 2>&1 \
-  || { grep -E "error|Error" "$WORK/build.log" | head -40; exit 1; }
+source "$ROOT/bench/cuda-build.sh"
+find_cudnn
+build_engine "$BUILD" "$WORK/build.log" cuda_parity cuda_train_bench finetune-engine || exit 1
 ENGINE=$BUILD/finetune-engine
 
 # ---- 2 + 3: NF4 parity and ours on random 8B weights -------------------------------------------------------
