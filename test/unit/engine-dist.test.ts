@@ -79,12 +79,12 @@ function runEngine(job: object, jobFile: string, env: Record<string, string> = {
 // W engine processes on one job file, ranks from the environment, as the adapter executor starts them.
 async function runRanks(name: string, world: number, train: Record<string, unknown>, dist: Record<string, unknown> = {},
                         shardsOf: (rank: number) => string[] = () => [join(dir, "train.tokens.bin")],
-                        env: Record<string, string> = {}): Promise<Run[]> {
+                        env: Record<string, string> = {}, extra: Record<string, unknown> = {}): Promise<Run[]> {
   const rendezvous = join(dir, `${name}.rv`);
   rmSync(rendezvous, { recursive: true, force: true });   // fresh: no address left by an earlier run
   mkdirSync(rendezvous, { recursive: true });
   return Promise.all(Array.from({ length: world }, (_, rank) =>
-    runEngine(trainJob(name, train, { train_shards: shardsOf(rank), dist: { world_size: world, rendezvous, timeout_s: 60, ...dist } }),
+    runEngine(trainJob(name, train, { ...extra, train_shards: shardsOf(rank), dist: { world_size: world, rendezvous, timeout_s: 60, ...dist } }),
               join(dir, `${name}.${rank}.json`), { NXFT_RANK: String(rank), ...env })));
 }
 
@@ -141,12 +141,7 @@ test("2 ranks with trainable token rows (their own gradient bucket) equal 1 rank
   const lora = { r: 4, alpha: 8, dropout: 0.0, targets: ["q_proj", "v_proj"], trainable_token_indices: [5, 9] };
   const ref = await runEngine({ ...trainJob("ref-tok", { batch_size: 2, grad_accum: 2, steps: 3, eval_every: 0 }), lora }, join(dir, "ref-tok.json"));
   ok(ref);
-  const rendezvous = join(dir, "dp-tok.rv");
-  rmSync(rendezvous, { recursive: true, force: true });
-  mkdirSync(rendezvous, { recursive: true });
-  const ranks = await Promise.all([0, 1].map((rank) =>
-    runEngine({ ...trainJob("dp-tok", { batch_size: 4, grad_accum: 1, steps: 3, eval_every: 0 }, { dist: { world_size: 2, rendezvous, timeout_s: 60 } }), lora },
-              join(dir, `dp-tok.${rank}.json`), { NXFT_RANK: String(rank) })));
+  const ranks = await runRanks("dp-tok", 2, { batch_size: 4, grad_accum: 1, steps: 3, eval_every: 0 }, {}, undefined, {}, { lora });
   ranks.forEach(ok);
   const a = readAdapter(join(dir, "ref-tok")), b = readAdapter(join(dir, "dp-tok"));
   assert.ok([...a.keys()].some((k) => k.includes("trainable_tokens_delta")), `no token rows in ${[...a.keys()].join(", ")}`);

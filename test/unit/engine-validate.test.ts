@@ -8,8 +8,7 @@ import { existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, writeFileSy
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { execFileSync } from "node:child_process";
-import type { ExecutorContext } from "@nx/devkit";
-import stageExecutor from "../../plugins/nx-finetune/src/executors/stage";
+import { runStages as runStagesIn } from "../support/run-stages";
 
 const repo = resolve(__dirname, "..", "..");
 const engine = process.env.NXFT_ENGINE || join(repo, "native", "build", "finetune-engine");
@@ -51,19 +50,7 @@ after(() => {
   }
 });
 
-async function runStages(project: string, stages: string[]): Promise<{ ok: boolean; failed?: string; text: string }> {
-  const log = console.log, error = console.error;
-  let text = "";
-  console.log = console.error = (...a: unknown[]) => { text += a.join(" ") + "\n"; };
-  try {
-    for (const stage of stages) {
-      const context = { root: ws, projectName: project, nxJsonConfiguration: {}, cwd: ws, isVerbose: false } as unknown as ExecutorContext;
-      const r = await stageExecutor({ recipe: `recipes/${project}/recipe.json`, stage: stage as any }, context);
-      if (!r.success) return { ok: false, failed: stage, text };
-    }
-    return { ok: true, text };
-  } finally { console.log = log; console.error = error; }
-}
+const runStages = (project: string, stages: string[]) => runStagesIn(ws, project, stages);
 
 test("config.json declaring two layers fewer than the weights: adapter fails naming config.json and a tensor", { skip: !existsSync(engine) && "no engine" }, async () => {
   makeBase(join(ws, "bases", "short"), (c) => { c.num_hidden_layers = 2; });

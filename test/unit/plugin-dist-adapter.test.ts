@@ -7,8 +7,8 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import type { CreateNodesContext, CreateNodesResult, ExecutorContext } from "@nx/devkit";
-import stageExecutor from "../../plugins/nx-finetune/src/executors/stage";
+import type { CreateNodesContext, CreateNodesResult } from "@nx/devkit";
+import { runStages as runStagesIn } from "../support/run-stages";
 import { createNodes } from "../../plugins/nx-finetune/src/index";
 import { parseRecipe, RecipeError } from "../../plugins/nx-finetune/src/recipe";
 import { rankPlan } from "../../plugins/nx-finetune/src/stages/adapter-ranks";
@@ -53,19 +53,7 @@ after(() => {
   if (ws) rmSync(ws, { recursive: true, force: true });
 });
 
-async function runStages(project: string, stages: string[]): Promise<{ ok: boolean; failed?: string; text: string }> {
-  const log = console.log, error = console.error;
-  let text = "";
-  console.log = console.error = (...a: unknown[]) => { text += a.join(" ") + "\n"; };
-  try {
-    for (const stage of stages) {
-      const context = { root: ws, projectName: project, nxJsonConfiguration: {}, cwd: ws, isVerbose: false } as unknown as ExecutorContext;
-      const r = await stageExecutor({ recipe: `recipes/${project}/recipe.json`, stage: stage as any }, context);
-      if (!r.success) return { ok: false, failed: stage, text };
-    }
-    return { ok: true, text };
-  } finally { console.log = log; console.error = error; }
-}
+const runStages = (project: string, stages: string[]) => runStagesIn(ws, project, stages);
 
 test("engine.gpus: a number ≥ 1 or \"all\", and a divisor of train.batch_size; errors name file, line and field", () => {
   const issues = (r: unknown) => {

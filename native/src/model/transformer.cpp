@@ -56,7 +56,7 @@ Transformer::Transformer(Backend& be, const ModelWeights& w, const LoraSpec* lor
 }
 
 Transformer::Transformer(Backend& be, const ModelConfig& config, const LoraSpec* lora, const TransformerOptions& opt)
-    : be_(be), cfg_(config), opt_(opt) {
+    : be_(be), cfg_(config), opt_(opt), glu_(config.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh) {
   const ModelConfig& c = cfg_;
   const int C = c.hidden_size, F = c.intermediate_size, HD = c.head_dim, V = c.vocab_size;
   const int qd = c.num_heads * HD, kvd = c.num_kv_heads * HD;
@@ -535,13 +535,12 @@ void Transformer::ensure_buffers(int N, bool training) {
   const int mlp_rows = mlp_rows_ > 0 ? mlp_rows_ : cap;
   const size_t n_acts = std::max(want_acts, (train_bufs && !opt_.gradient_checkpointing) ? size_t(L) : size_t(1));
   acts_.resize(n_acts);
-  lean_acts_ = n_acts > 1 && !opt_.keep_group_inputs;
-  if (lean_acts_) {
+  if (lean_acts()) {
     shared_inputs_.xn1 = be_.alloc(size_t(cap) * input_ld(kGroupQKV), Role::Activation);
     shared_inputs_.xn2 = be_.alloc(size_t(cap) * input_ld(kGroupGateUp), Role::Activation);
     shared_inputs_.h = be_.alloc(size_t(cap) * input_ld(kGroupDown), Role::Activation);
   }
-  for (LayerActs& a : acts_) alloc_layer_acts(a, cap, !lean_acts_);
+  for (LayerActs& a : acts_) alloc_layer_acts(a, cap, !lean_acts());
   res_.resize(offloading() ? 2 : size_t(L) + 1);
   for (Tensor& t : res_) t = be_.alloc(size_t(cap) * C, Role::Activation);
   if (offloading() && L > 1) {   // inputs of layers 0 … L−2 (layer L−1's stays in its device slot)
@@ -856,7 +855,7 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
     return;
   }
   group_forward(l, kGroupGateUp, a.xn2, N, a.gu, 2 * F, nullptr, xa, ld_xa, seed);
-  const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  const Glu act = glu_;
   be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
   xa = xa_of(a, kGroupDown, &ld_xa);
   group_forward(l, kGroupDown, a.h, N, x_next, C, &a.res_mid, xa, ld_xa, seed, !recompute);
@@ -883,7 +882,7 @@ void Transformer::recompute_group_inputs(int l, const Tensor& x, LayerActs& a, i
     xa = xa_of(a, kGroupGateUp, &ld_xa);
     group_forward(l, kGroupGateUp, a.xn2, N, Tensor(), 0, nullptr, xa, ld_xa, seed, false);
   }
-  const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  const Glu act = glu_;
   be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
   if (fold_[kGroupDown]) {
     xa = xa_of(a, kGroupDown, &ld_xa);
@@ -899,7 +898,7 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   const int N = B * T, C = c.hidden_size, F = c.intermediate_size, NH = c.num_heads, NKV = c.num_kv_heads,
             HD = c.head_dim, qd = NH * HD, kvd = NKV * HD, P = qd + 2 * kvd;
   const bool p1 = c.norm_plus_one;
-  const Glu act = c.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  const Glu act = glu_;
   // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd (+ LoRA)
   const int ld_dres = group_dy_ld(kGroupO);
   int ld_xa = 0;
@@ -958,7 +957,7 @@ Tensor Transformer::mlp_xa(LayerActs& a, int group, int r0, int* ld) const {
 
 void Transformer::mlp_forward_chunked(int l, LayerActs& a, const Tensor& x_next, int N, uint64_t seed) {
   const int C = cfg_.hidden_size, F = cfg_.intermediate_size;
-  const Glu act = cfg_.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  const Glu act = glu_;
   for (int r0 = 0; r0 < N; r0 += mlp_rows_) {
     const int n = std::min(mlp_rows_, N - r0);
     int ld_xa = 0;
@@ -973,7 +972,7 @@ void Transformer::mlp_forward_chunked(int l, LayerActs& a, const Tensor& x_next,
 
 void Transformer::mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed) {
   const int C = cfg_.hidden_size, F = cfg_.intermediate_size;
-  const Glu act = cfg_.hidden_act == "silu" ? Glu::SwiGLU : Glu::GeGLUTanh;
+  const Glu act = glu_;
   const int ld_dres = group_dy_ld(kGroupO), ld_dgu = group_dy_ld(kGroupGateUp), ld_xn2 = input_ld(kGroupGateUp);
   for (int r0 = 0; r0 < N; r0 += mlp_rows_) {
     const int n = std::min(mlp_rows_, N - r0);
@@ -1087,7 +1086,7 @@ double Transformer::run(const Batch& batch, bool backward, float grad_scale, uin
       be_.side_join();  // the last layer's side work still reads the shared activations
       const AttnCtx ctx;
       layer_forward(l, res(l), res(l + 1), a, ctx, B, T, positions_, doc_start_, seed, true);
-    } else if (lean_acts_) {
+    } else if (lean_acts()) {
       recompute_group_inputs(l, res(l), a, N, seed);
     }
     layer_backward(l, res(l), a, B, T, seed);

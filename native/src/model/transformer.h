@@ -194,6 +194,7 @@ class Transformer {
   Backend& be_;
   ModelConfig cfg_;
   TransformerOptions opt_;
+  Glu glu_;   // the MLP's activation, from config.hidden_act (silu → SwiGLU, else GeGLU-tanh)
   bool has_lora_ = false;
   LoraSpec spec_;
   float lora_scale_ = 1.0f;
@@ -224,7 +225,7 @@ class Transformer {
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
   // Lean per-layer sets (keep_group_inputs false): the one xn1, xn2, h that every set's own point to.
   LayerActs shared_inputs_;
-  bool lean_acts_ = false;
+  bool lean_acts() const { return acts_.size() > 1 && !opt_.keep_group_inputs; }   // per-layer sets share them
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
   // dres_: d(residual stream) with spare columns for o/down's dxa when folded (row pitch group_dy_ld(kGroupO));
