@@ -4,7 +4,8 @@
 # summary line: the longest T that trained, tok/s at 32K, 128K and that T.
 #   python3 bench/longest_context.py BENCH MODE     MODE = q4 (QLoRA: NF4 + double quantization) | bf16 (bf16 LoRA)
 # Environment: CAP_GIB (default 80), BUDGET_S (wall seconds for all probes, default 540), STEP (granularity of T,
-# default 8192), MAX_T (upper bound of the search, default 1048576).
+# default 8192), MAX_T (upper bound of the search, default 1048576), PROBES (e.g. "409600": probe only these T, one
+# process each, no search: a single long probe in a device call of its own).
 #
 # A probe that fits runs one full step (forward, recompute, backward, AdamW): at 400K tokens that is minutes of
 # attention, so the search spends its probes carefully:
@@ -14,7 +15,9 @@
 #      for the offloaded checkpoints ((L − 1)·T·C·2 bytes against MemAvailable), whichever is smaller;
 #   3. 128K (the issue asks for its tok/s) if time allows, then bisection between the longest T that trained and
 #      the shortest that did not, skipping any probe whose estimated time exceeds the budget left.
-# Probes above 32K run with NXFT_CUDNN_AUTOTUNE=0 (timing cuDNN's candidate plans at 400K would take minutes).
+# cuDNN's attention plans are timed at every T: from one 1×32K row up the engine runs each candidate plan once
+# instead of the frontend's repeated runs (backend/cuda/cudnn_attention.cpp), seconds at 400K. Without timing, the
+# heuristics' first plan made the 128K step 1.7× slower than the 16K/32K probes predict (session 7).
 # Failures are told apart: "device" (CUDA out of memory under the cap), "host" (page-locked memory for the
 # offloaded checkpoints), "timeout", "error".
 import json, os, subprocess, sys, time
@@ -35,8 +38,6 @@ load_s = [30.0]   # process start → first step, from the probes so far (host i
 def probe(T, warm=0, steps=1):
     plan = f"1x{T}x1:offload" + (":q4" if mode == "q4" else "")
     env = dict(os.environ, NXFT_DEVICE_MEMORY_CAP_GIB=str(cap))
-    if T > 32768:
-        env["NXFT_CUDNN_AUTOTUNE"] = "0"
     t0 = time.time()
     try:
         p = subprocess.run([bench, "bench", "--no-profile", "--warm", str(warm), "--steps", str(steps), plan],
@@ -95,23 +96,27 @@ def record(r):
     return r
 
 
-record(probe(16384, warm=1))
-record(probe(32768, warm=1))
+fixed = [int(t) for t in os.environ.get("PROBES", "").split()]
+for T in fixed:
+    record(probe(T))
+if not fixed:
+    record(probe(16384, warm=1))
+    record(probe(32768, warm=1))
 predicted = None
-r16, r32 = results[16384], results[32768]
-if r16["ok"] and r32["ok"] and r32["peak_reserved_gib"] > r16["peak_reserved_gib"]:
+r16, r32 = results.get(16384), results.get(32768)
+if r16 and r32 and r16["ok"] and r32["ok"] and r32["peak_reserved_gib"] > r16["peak_reserved_gib"]:
     per_tok = (r32["peak_reserved_gib"] - r16["peak_reserved_gib"]) / 16384
     predicted = int(16384 + (cap - r16["peak_reserved_gib"]) / per_tok)
 host_max = host_limit()
 target = min(t for t in (predicted, host_max, max_t) if t) // step * step if predicted else None
-queue = [t for t in (target, 131072) if t and lo < t < hi]
+queue = [t for t in (target, 131072) if t and lo < t < hi and not fixed]
 stopped, skipped = None, set()
 while True:
     if queue:
         T = queue.pop(0)
         if not (lo < T < hi):
             continue
-    elif hi - lo > step and lo > 0:
+    elif hi - lo > step and lo > 0 and not fixed:
         T = (lo + hi) // 2 // step * step
         if T <= lo:
             break

@@ -62,9 +62,12 @@ int main() {
   ds[0] = 3;
   CHECK(!find_documents(ds.data(), 1, 10, &starts, &longest));
 
-  // Graph sizes: powers of two, at least 8 sequences and 64 tokens, never past T.
+  // Graph sizes: powers of two, at least 8 sequences; the length is the row's, or (Pow2) at least 64 tokens and
+  // never past T.
   CHECK(ragged_batch_size(1) == 8 && ragged_batch_size(8) == 8 && ragged_batch_size(9) == 16 && ragged_batch_size(1366) == 2048);
-  CHECK(ragged_max_len(5, 2048) == 64 && ragged_max_len(300, 2048) == 512 && ragged_max_len(1500, 1500) == 1500 &&
-        ragged_max_len(2048, 2048) == 2048);
+  CHECK(ragged_max_len(5, 2048, RaggedLen::Row) == 2048 && ragged_max_len(1500, 1500, RaggedLen::Row) == 1500);
+  const RaggedLen p2 = RaggedLen::Pow2;
+  CHECK(ragged_max_len(5, 2048, p2) == 64 && ragged_max_len(300, 2048, p2) == 512 && ragged_max_len(1500, 1500, p2) == 1500 &&
+        ragged_max_len(2048, 2048, p2) == 2048);
   return test_result("packed_documents_test");
 }

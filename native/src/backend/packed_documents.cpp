@@ -32,6 +32,8 @@ static int pow2_at_least(int n) {
   return p;
 }
 int ragged_batch_size(int documents) { return std::max(8, pow2_at_least(documents)); }
-int ragged_max_len(int longest, int T) { return std::min(T, std::max(64, pow2_at_least(longest))); }
+int ragged_max_len(int longest, int T, RaggedLen how) {
+  return how == RaggedLen::Row ? T : std::min(T, std::max(64, pow2_at_least(longest)));
+}
 
 }  // namespace nxft

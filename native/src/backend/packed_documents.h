@@ -13,9 +13,13 @@ namespace nxft {
 // sits in): callers then keep kernels that take any doc_start.
 bool find_documents(const int32_t* doc_start, int B, int T, std::vector<int32_t>* starts, int* longest);
 
-// Graph sizes: the sequence count and length rounded up to powers of two (at least 8 sequences, at least 64
-// tokens, at most T), so a handful of cuDNN graphs serve every batch of a dataset.
+// Graph sizes, so a handful of cuDNN graphs serve every batch of a dataset (each new graph is built and its plans
+// timed mid-run, about 0.2 s): the sequence count rounded up to a power of two (at least 8), and the sequence
+// length either the row length T (RaggedLen::Row, the default: one length for every batch, so a dataset needs
+// only as many graphs as it has sequence-count buckets) or the longest document rounded up to a power of two
+// (RaggedLen::Pow2: at least 64, at most T; NXFT_RAGGED_MAX_LEN=pow2, a diagnostic that keeps the older sizes).
+enum class RaggedLen { Row, Pow2 };
 int ragged_batch_size(int documents);
-int ragged_max_len(int longest, int T);
+int ragged_max_len(int longest, int T, RaggedLen how);
 
 }  // namespace nxft

@@ -31,6 +31,7 @@ struct FwdGraph {
   TensorPtr q, k, v, o, stats;
   RaggedTensors off;
   int64_t workspace = 0;
+  int64_t plan = -1;   // the plan to run: -1 = the graph's own candidate (heuristics' first, or autotune's fastest)
   bool tuned = false;
 };
 struct BwdGraph {
@@ -38,6 +39,7 @@ struct BwdGraph {
   TensorPtr q, k, v, o, dO, stats, dq, dk, dv;
   RaggedTensors off;
   int64_t workspace = 0;
+  int64_t plan = -1;
   bool tuned = false;
 };
 
@@ -138,8 +140,8 @@ class CudnnAttentionImpl : public CudnnAttention {
       bind(pack, {{fg.off.seq_q, d.seq_len}, {fg.off.seq_kv, d.seq_len}, {fg.off.q, d.q}, {fg.off.k, d.kv},
                   {fg.off.v, d.kv}, {fg.off.o, d.out}, {fg.off.stats, d.lse}});
     }
-    if (!fg.tuned) tune(*fg.g, pack, &fg.workspace, "forward", &fg.tuned);
-    auto err = fg.g->execute(handle_, pack, workspace_);
+    if (!fg.tuned) tune(*fg.g, pack, work_of(s), &fg.workspace, &fg.plan, "forward", &fg.tuned);
+    auto err = execute(*fg.g, pack, fg.plan);
     if (err.is_bad()) throw EngineError("cuDNN SDPA forward failed: " + err.get_message());
     return true;
   }
@@ -173,8 +175,8 @@ class CudnnAttentionImpl : public CudnnAttention {
                   {bg.off.v, d.kv}, {bg.off.o, d.out}, {bg.off.stats, d.lse}, {bg.off.dO, d.dout},
                   {bg.off.dq, d.dq}, {bg.off.dk, d.dkv}, {bg.off.dv, d.dkv}});
     }
-    if (!bg.tuned) tune(*bg.g, pack, &bg.workspace, "backward", &bg.tuned);
-    auto err = bg.g->execute(handle_, pack, workspace_);
+    if (!bg.tuned) tune(*bg.g, pack, work_of(s), &bg.workspace, &bg.plan, "backward", &bg.tuned);
+    auto err = execute(*bg.g, pack, bg.plan);
     if (err.is_bad()) throw EngineError("cuDNN SDPA backward failed: " + err.get_message());
     return true;
   }
@@ -254,14 +256,28 @@ class CudnnAttentionImpl : public CudnnAttention {
     if (!ok(g.get_workspace_size(*ws), "workspace")) return false;
     return true;
   }
+  fe::error_t execute(fe::graph::Graph& g, std::unordered_map<TensorPtr, void*>& pack, int64_t plan) {
+    return plan < 0 ? g.execute(handle_, pack, workspace_) : g.execute_plan_at_index(handle_, pack, workspace_, plan);
+  }
+  // Multiply-adds of one call, B·NH·T²·HD (causal halves it; only the size matters here).
+  static double work_of(const Shape& s) { return double(s.B) * s.NH * double(s.T) * s.T * s.HD; }
+  // Calls this large take 0.1 s and more each (one 1×32K row and up): one timed run per plan tells them apart.
+  static constexpr double kLongCallWork = 4e12;
+
   // The heuristics' first plan is not always the fastest (as with cuBLASLt's skinny GEMMs): time every built
   // plan once per shape on the real operands (outputs are written, never read) and keep the fastest.
-  void tune(fe::graph::Graph& g, std::unordered_map<TensorPtr, void*>& pack, int64_t* ws, const char* what,
-            bool* tuned) {
+  // Ordinary calls use the frontend's autotune (a warm-up and at least two timed runs per plan). Long-context
+  // calls would spend minutes there (at 400K tokens one forward call takes seconds), so they run each plan once.
+  void tune(fe::graph::Graph& g, std::unordered_map<TensorPtr, void*>& pack, double work, int64_t* ws,
+            int64_t* plan, const char* what, bool* tuned) {
     *tuned = true;
     if (!autotune_ || g.get_execution_plan_count() < 2) return;
     const int64_t need = g.get_autotune_workspace_size();
     if (!ensure_workspace(need, true)) return;   // no room under the memory cap: cuDNN's first plan
+    if (work >= kLongCallWork) {
+      time_each_plan_once(g, pack, ws, plan, what);
+      return;
+    }
     auto err = g.autotune(handle_, pack, workspace_);
     if (err.is_bad()) {
       fprintf(stderr, "[cuda] cuDNN SDPA %s autotune skipped: %s\n", what, err.get_message().c_str());
@@ -270,6 +286,34 @@ class CudnnAttentionImpl : public CudnnAttention {
     if (!ok(g.get_workspace_size(*ws), "workspace")) return;
     if (!ensure_workspace(*ws)) return;
     fprintf(stderr, "[cuda] cuDNN SDPA %s: autotuned over %lld plans\n", what, (long long)g.get_execution_plan_count());
+  }
+  void time_each_plan_once(fe::graph::Graph& g, std::unordered_map<TensorPtr, void*>& pack, int64_t* ws,
+                           int64_t* plan, const char* what) {
+    cudaEvent_t start, stop;
+    CUDA_CHECK(cudaEventCreate(&start));
+    CUDA_CHECK(cudaEventCreate(&stop));
+    const int64_t n = g.get_execution_plan_count();
+    int64_t best = -1;
+    float best_ms = 0, first_ms = 0;
+    for (int64_t i = 0; i < n; i++) {
+      CUDA_CHECK(cudaEventRecord(start, stream_));
+      auto err = g.execute_plan_at_index(handle_, pack, workspace_, i);
+      CUDA_CHECK(cudaEventRecord(stop, stream_));
+      CUDA_CHECK(cudaEventSynchronize(stop));
+      if (err.is_bad()) continue;
+      float ms = 0;
+      CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (i == 0) first_ms = ms;
+      if (best < 0 || ms < best_ms) best = i, best_ms = ms;
+    }
+    CUDA_CHECK(cudaEventDestroy(start));
+    CUDA_CHECK(cudaEventDestroy(stop));
+    int64_t best_ws = 0;
+    if (best < 0 || g.get_workspace_size_plan_at_index(best, best_ws).is_bad()) return;   // the candidate stays
+    *plan = best;
+    *ws = best_ws;
+    fprintf(stderr, "[cuda] cuDNN SDPA %s (long call): timed %lld plans once each, plan %lld %.0f ms (first %.0f ms)\n",
+            what, (long long)n, (long long)best, best_ms, first_ms);
   }
   // What forward and backward graphs share: the offsets of q, k, v, o and stats (ragged graphs only) and the
   // q, k, v inputs.

@@ -2,6 +2,7 @@
 #include "backend/cuda/packed_docs.h"
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include "backend/cuda/cuda_common.cuh"
 
@@ -38,7 +39,11 @@ bool PackedDocs::prepare(uint64_t upload_id, const std::vector<int32_t>& ds, int
   if (ds.size() < size_t(B) * T || !find_documents(ds.data(), B, T, &starts_, &longest)) return false;
   const int docs = int(starts_.size()) - 1;
   n_seq_ = ragged_batch_size(docs);
-  max_len_ = ragged_max_len(longest, T);
+  static const RaggedLen how = [] {
+    const char* e = std::getenv("NXFT_RAGGED_MAX_LEN");
+    return e && std::string(e) == "pow2" ? RaggedLen::Pow2 : RaggedLen::Row;
+  }();
+  max_len_ = ragged_max_len(longest, T, how);
   reserve(n_seq_);
   int32_t* len = host_;  // slot 0: lengths; the sequences past the last document are empty
   for (int i = 0; i < n_seq_; i++) len[i] = i < docs ? starts_[i + 1] - starts_[i] : 0;
