@@ -404,7 +404,7 @@ Transformer::~Transformer() {
   if (res_host_) be_.free_host(res_host_);
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
                     &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
-                    &ce_lse_, &head_rows_, &head_row_of_, &xf_rows_, &params_, &grads_, &inv_freq_})
+                    &ce_lse_, &head_rows_, &head_row_of_, &xf_rows_, &tok_onehot_, &params_, &grads_, &inv_freq_})
     release(*t);
   for (Tensor& t : k_cache_) release(t);
   for (Tensor& t : v_cache_) release(t);
