@@ -103,6 +103,7 @@ class CountingBackend : public Backend {
     if (d.dtype == DType::F32) wrote(d, lay.span_d, 0);
   }
   void embedding_forward(const Tensor&, const Tensor&, const Tensor&, int, int, double) override {}
+  void gather_rows(const Tensor&, const Tensor&, const Tensor&, int, int) override {}
   void rmsnorm_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int, int, double, bool, int) override {}
   void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int, int, bool,
                         int) override {}

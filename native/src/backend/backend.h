@@ -239,6 +239,13 @@ class Backend {
   virtual void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table, int N, int C,
                                  double scale) = 0;
 
+  // ---- rows by index (the LM head runs only on the rows that have a target; transformer.cpp head_loss) ----------
+  // out (n, C) WRITES out[i] = src[rows[i]] for rows[i] ≥ 0 and zeros for rows[i] = -1. src (·, C), rows (n) Index
+  // with every rows[i] < src's row count; out and src have the same dtype and do not overlap. One op serves both
+  // directions: gather (rows = the target rows, n = M) and scatter back with zero fill (rows = each row's position
+  // among the target rows or -1, n = N).
+  virtual void gather_rows(const Tensor& out, const Tensor& src, const Tensor& rows, int n, int C) = 0;
+
   // ---- RMSNorm (HF: x · rsqrt(mean(x²) + eps) in fp32, then × w, or × (1 + w) for gemma) ----------------
   // out (N,C) writes, row pitch ld_out (0 = C: packed); rstd (N) Stat writes 1/sqrt(mean(x²)+eps); x (N,C);
   // w (C) Weight. A wider ld_out leaves room after each row (the LoRA columns of a folded projection).

@@ -404,7 +404,7 @@ Transformer::~Transformer() {
   if (res_host_) be_.free_host(res_host_);
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
                     &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
-                    &ce_lse_, &params_, &grads_, &inv_freq_})
+                    &ce_lse_, &head_rows_, &head_row_of_, &xf_rows_, &tok_onehot_, &params_, &grads_, &inv_freq_})
     release(*t);
   for (Tensor& t : k_cache_) release(t);
   for (Tensor& t : v_cache_) release(t);
@@ -526,7 +526,7 @@ void Transformer::ensure_buffers(int N, bool training) {
   res_host_ = nullptr;
   for (Tensor* t : {&ids_, &targets_, &positions_, &doc_start_, &xf_, &rstdf_, &dres_, &dxn_, &dqkv_, &datt_, &dh_,
                     &dgu_, &dxa_, &scratch_in_, &scratch_dx_, &logits_, &ce_max_, &ce_sum_, &ce_tl_, &ce_loss_,
-                    &ce_lse_, &tok_onehot_})
+                    &ce_lse_, &head_rows_, &head_row_of_, &xf_rows_, &tok_onehot_})
     release(*t);
   cap_n_ = cap;
   const bool train_bufs = training || have_train;
@@ -552,6 +552,10 @@ void Transformer::ensure_buffers(int N, bool training) {
   doc_start_ = be_.alloc(size_t(cap), Role::Index);
   xf_ = be_.alloc(size_t(cap) * C, Role::Activation);
   rstdf_ = be_.alloc(size_t(cap), Role::Stat);
+  head_rows_ = be_.alloc(size_t(cap), Role::Index);
+  head_row_of_ = be_.alloc(size_t(cap), Role::Index);
+  // the compact head rows: training keeps them in dxn_ (head_xf); an eval-only model has no dxn_, so its own buffer
+  if (!train_bufs) xf_rows_ = be_.alloc(size_t(cap) * C, Role::Activation);
   const int in_max = std::max(std::max(C, F), qd);
   // the masked inputs and input gradients of LoRA dropout (N·F each: 23 GB at 400K tokens of Llama-3-8B)
   if (dropout_p() > 0) scratch_in_ = be_.alloc(size_t(cap) * in_max, Role::Activation);
@@ -598,7 +602,26 @@ void Transformer::upload_batch(const Batch& b) {
     }
   }
   be_.upload(ids_, b.tokens, size_t(N));
-  if (b.targets) be_.upload(targets_, b.targets, size_t(N));
+  // The head's rows (head_loss): those with a target. Compacted, targets_ gets only their targets.
+  head_n_ = N;
+  head_m_ = 0;
+  if (b.targets) {
+    std::vector<int32_t> rows, row_of(static_cast<size_t>(N), -1), targets;
+    for (int i = 0; i < N; i++)
+      if (b.targets[i] != -100) {
+        row_of[size_t(i)] = int32_t(rows.size());
+        rows.push_back(i);
+        targets.push_back(b.targets[i]);
+      }
+    head_m_ = int(rows.size());
+    if (!head_compact()) {
+      be_.upload(targets_, b.targets, size_t(N));
+    } else if (head_m_ > 0) {
+      be_.upload(targets_, targets.data(), targets.size());
+      be_.upload(head_rows_, rows.data(), rows.size());
+      be_.upload(head_row_of_, row_of.data(), row_of.size());
+    }
+  }
   be_.upload(positions_, b.positions, size_t(N));
   be_.upload(doc_start_, ds.data(), size_t(N));
   if (!tok_onehot_.empty()) {   // which inputs are trainable tokens: the embedding rows' gradient is onehotᵀ·dx₀
@@ -994,12 +1017,33 @@ void Transformer::mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed
 
 // ---- head: chunked cross-entropy ------------------------------------------------------------------------------
 
+// Rows without a target (prompt tokens, padding: target -100) add 0 to the loss and 0 to every gradient, so the head
+// runs over the M rows that have one: gather their final-norm rows into M compact rows, run the cross-entropy there,
+// and scatter the compact d(xf) back into dxn_ with zero rows elsewhere. The per-row arithmetic is the same as over
+// all N rows, and the sum skips only zeros. M = N runs in place; M = 0 runs no GEMM at all.
 double Transformer::head_loss(int N, bool backward, float grad_scale) {
+  const int C = cfg_.hidden_size;
+  if (!head_compact()) return head_ce(xf_, dxn_, N, backward, grad_scale);
+  const int M = head_m_;
+  if (M == 0) {
+    if (backward) be_.fill(dxn_, 0.0f, size_t(N) * C);
+    return 0.0;
+  }
+  const Tensor& xf_rows = head_xf();
+  be_.gather_rows(xf_rows, xf_, head_rows_, M, C);   // (M, C) ← xf_ rows head_rows_[0..M)
+  // xf_ is not read again in this step (the final norm's backward reads res(L) and rstdf_): it takes the compact
+  // d(xf), so no buffer beyond dxn_ is needed.
+  const double total = head_ce(xf_rows, xf_, M, backward, grad_scale);
+  if (backward) be_.gather_rows(dxn_, xf_, head_row_of_, N, C);   // (N, C) ← compact rows, zeros for no target
+  return total;
+}
+
+double Transformer::head_ce(const Tensor& xf_all, const Tensor& dxf_all, int n_rows, bool backward, float grad_scale) {
   const int C = cfg_.hidden_size, V = cfg_.vocab_size;
   const int nvc = (V + ce_vc_ - 1) / ce_vc_;
-  for (int r0 = 0; r0 < N; r0 += ce_rows_) {
-    const int n = std::min(ce_rows_, N - r0);
-    Tensor xf = xf_.slice(size_t(r0) * C, size_t(n) * C);
+  for (int r0 = 0; r0 < n_rows; r0 += ce_rows_) {
+    const int n = std::min(ce_rows_, n_rows - r0);
+    Tensor xf = xf_all.slice(size_t(r0) * C, size_t(n) * C);
     Tensor tg = targets_.slice(size_t(r0), size_t(n));
     be_.fill(ce_max_, -std::numeric_limits<float>::infinity(), size_t(n));
     be_.fill(ce_sum_, 0.0f, size_t(n));
@@ -1012,7 +1056,7 @@ double Transformer::head_loss(int N, bool backward, float grad_scale) {
     }
     be_.ce_finish(ce_loss_.slice(size_t(r0), size_t(n)), ce_lse_, ce_max_, ce_sum_, ce_tl_, tg, n);
     if (!backward) continue;
-    Tensor dxf = dxn_.slice(size_t(r0) * C, size_t(n) * C);
+    Tensor dxf = dxf_all.slice(size_t(r0) * C, size_t(n) * C);
     for (int vi = 0; vi < nvc; vi++) {
       const int v0 = vi * ce_vc_, vc = std::min(ce_vc_, V - v0);
       Tensor lg = logits_.slice(0, size_t(n) * vc);
@@ -1024,8 +1068,8 @@ double Transformer::head_loss(int N, bool backward, float grad_scale) {
     }
   }
   // one download per micro-batch (a GPU backend keeps running until here); double keeps the f64 backend's digits
-  std::vector<double> loss_host(static_cast<size_t>(N));
-  be_.download(ce_loss_, loss_host.data(), size_t(N));
+  std::vector<double> loss_host(static_cast<size_t>(n_rows));
+  be_.download(ce_loss_, loss_host.data(), size_t(n_rows));
   double total = 0;
   for (double x : loss_host) total += x;
   return total;

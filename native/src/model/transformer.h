@@ -73,6 +73,11 @@ struct TransformerOptions {
   // dlogits from the same buffer); bigger V → online logsumexp over chunks plus a recompute pass.
   int64_t ce_max_logits = int64_t(1) << 25;   // elements of the logits buffer (rows × vocab chunk)
   int ce_vocab_chunk = 1 << 18;               // vocabulary columns per chunk
+  // The head runs over the rows that have a target (≠ -100) only, gathered into M compact rows: with SFT on responses
+  // only, prompt and padding rows are ~45% of a batch and the two V-wide GEMMs per row are the step's largest.
+  // true runs it over all N rows as before (ignored rows give loss 0 and gradient 0): the A/B reference of
+  // test_head_rows and benchmarks. Same loss and gradients either way.
+  bool head_all_rows = false;
 };
 
 // The memory-first settings of QLoRA and of checkpoint offload (both are chosen to fit a card, not for speed):
@@ -233,6 +238,16 @@ class Transformer {
   Tensor dres_, dxn_, dqkv_, datt_, dh_, dgu_, dxa_, scratch_in_, scratch_dx_;
   Tensor logits_, ce_max_, ce_sum_, ce_tl_, ce_loss_, ce_lse_;
   int ce_rows_ = 0, ce_vc_ = 0;
+  // The head's rows (head_loss): head_m_ of the batch's N rows have a target. When the head is compacted
+  // (head_compact()), targets_ holds their M targets, head_rows_ (M) their row numbers and head_row_of_ (N) each
+  // row's position among them or -1; the compact final-norm rows (M, C) live in head_xf() and the compact gradient
+  // rows in xf_ (free once gathered).
+  int head_m_ = 0, head_n_ = 0;
+  Tensor head_rows_, head_row_of_;
+  Tensor xf_rows_;   // (N, C) compact rows when no dxn_ exists (an eval-only model); training uses dxn_
+  bool head_compact() const { return !opt_.head_all_rows && head_m_ < head_n_; }
+  // dxn_ is free from the end of the previous backward until the head's backward scatters d(xf) into it.
+  const Tensor& head_xf() const { return dxn_.empty() ? xf_rows_ : dxn_; }
 
   // generation cache
   int cache_cap_ = 0, cache_len_ = 0;
@@ -290,6 +305,8 @@ class Transformer {
                      const Tensor& positions, const Tensor& doc_start, uint64_t seed, bool recompute = false);
   void layer_backward(int l, const Tensor& x, LayerActs& a, int B, int T, uint64_t seed);
   double head_loss(int N, bool backward, float grad_scale);
+  // The chunked cross-entropy over n rows: xf (n, C) and targets_[0, n); backward writes dxf (n, C).
+  double head_ce(const Tensor& xf, const Tensor& dxf, int n_rows, bool backward, float grad_scale);
   double run(const Batch& batch, bool backward, float grad_scale, uint64_t seed);
   uint64_t lora_seed(uint64_t seed, int layer, int target) const;
   float dropout_p() const { return has_lora_ ? float(spec_.dropout) : 0.0f; }

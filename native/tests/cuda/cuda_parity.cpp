@@ -656,6 +656,44 @@ void test_copy_2d(Harness& h) {
   }
 }
 
+// gather_rows both ways, as the LM head uses it (transformer.cpp head_loss): the M rows with a target out of N, then
+// back to N rows with zero rows for the others. Outputs start as NaN, so a row the kernel skips fails. Widths: 4096
+// bf16 (16-byte words), 130 bf16 (4-byte words), 77 bf16 at an odd offset (2-byte words), 64 fp32.
+void test_gather_rows(Harness& h) {
+  struct Case { const char* gather; const char* scatter; int C; Role role; size_t offset; };
+  const Case cases[] = {
+      {"gather_rows bf16 C=4096 (M of N rows)", "gather_rows bf16 C=4096 back, zero rows", 4096, Role::Activation, 0},
+      {"gather_rows bf16 C=130", "gather_rows bf16 C=130 back, zero rows", 130, Role::Activation, 0},
+      {"gather_rows bf16 C=77, odd offset", "gather_rows bf16 C=77 back, zero rows", 77, Role::Activation, 1},
+      {"gather_rows fp32 C=64", "gather_rows fp32 C=64 back, zero rows", 64, Role::Param, 0},
+  };
+  const int N = 300;
+  for (const Case& k : cases) {
+    std::vector<int32_t> rows, row_of(N, -1);
+    for (int i = 0; i < N; i++)
+      if (i == 0 || i == N - 1 || rng() % 100 < 55) {   // ~55% of rows have a target (Alpaca), first and last too
+        row_of[i] = int32_t(rows.size());
+        rows.push_back(i);
+      }
+    const int M = int(rows.size());
+    Pair src = h.make(randn(k.offset + (size_t)N * k.C, 1.0f, k.role != Role::Param), k.role);
+    Pair idx = h.make_i(rows), back_idx = h.make_i(row_of);
+    Pair compact = h.make_out(k.offset + (size_t)M * k.C, k.role), full = h.make_out((size_t)N * k.C, k.role);
+    const Tensor src_c = src.cpu.from(k.offset), src_g = src.gpu.from(k.offset);
+    const Tensor cmp_c = compact.cpu.from(k.offset), cmp_g = compact.gpu.from(k.offset);
+    h.cpu.gather_rows(cmp_c, src_c, idx.cpu, M, k.C);
+    h.gpu.gather_rows(cmp_g, src_g, idx.gpu, M, k.C);
+    {
+      Pair view{cmp_c, cmp_g, (size_t)M * k.C};
+      h.compare(k.gather, view, 0.0);
+    }
+    h.cpu.gather_rows(full.cpu, cmp_c, back_idx.cpu, N, k.C);
+    h.gpu.gather_rows(full.gpu, cmp_g, back_idx.gpu, N, k.C);
+    h.compare(k.scatter, full, 0.0);
+    for (Pair* p : {&src, &idx, &back_idx, &compact, &full}) h.free(*p);
+  }
+}
+
 // V = 5003 takes the kernels' scalar path; V = 5008 in 1 or 2 chunks their 16-byte vector path.
 void test_cross_entropy(Harness& h, int Vc_chunks, int V) {
   const int n = 67, C = 64;
@@ -818,6 +856,7 @@ int main() {
   test_attention_pitched(h, false, true);
   test_attention_decode_pitched(h);
   test_copy_2d(h);
+  test_gather_rows(h);
   test_cross_entropy(h, 1, 5003);
   test_cross_entropy(h, 3, 5003);
   test_cross_entropy(h, 1, 5008);

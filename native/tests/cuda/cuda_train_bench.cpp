@@ -101,8 +101,9 @@ struct Trainer {
   Tensor m, v;
   int64_t step = 0;
   Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt,
-          bool fold = true, bool offload = false, bool q4 = false, int mlp_chunk = -1, bool keep_inputs = false)
-      : be(b), model(b, w, &spec, options(ckpt, fold, offload, q4, mlp_chunk, keep_inputs)) {
+          bool fold = true, bool offload = false, bool q4 = false, int mlp_chunk = -1, bool keep_inputs = false,
+          bool head_all_rows = false)
+      : be(b), model(b, w, &spec, options(ckpt, fold, offload, q4, mlp_chunk, keep_inputs, head_all_rows)) {
     model.set_lora(init);
     size_t n = model.num_lora_params();
     m = be.alloc(n, Role::Param);
@@ -114,8 +115,10 @@ struct Trainer {
     be.free(m);
     be.free(v);
   }
-  static TransformerOptions options(bool ckpt, bool fold, bool offload, bool q4, int mlp_chunk, bool keep_inputs) {
+  static TransformerOptions options(bool ckpt, bool fold, bool offload, bool q4, int mlp_chunk, bool keep_inputs,
+                                    bool head_all_rows) {
     TransformerOptions o;
+    o.head_all_rows = head_all_rows;
     if (mlp_chunk >= 0) o.mlp_chunk_tokens = mlp_chunk;   // -1: the default
     o.gradient_checkpointing = ckpt;
     o.offload_checkpoints = offload;
@@ -336,6 +339,9 @@ int run_bench(int argc, char** argv) {
     // of several documents (make_data's packed rows; attention per document), ":portable" = NXFT_CUDNN_PACKED=0
     // (packed documents through the portable kernels, the engine before cuDNN's ragged path), ":keep" = every
     // layer keeps its group inputs (TransformerOptions::keep_group_inputs; the engine before lean activation sets).
+    // ":prompt" = SFT on responses: the first 44% of each row is prompt without targets (Alpaca: 55.7% of row
+    // tokens have one), so the head runs over the remaining rows only; ":allrows" = the head over all N rows anyway
+    // (TransformerOptions::head_all_rows; the engine before the head ran on target rows only).
     auto has = [&](const char* sfx) { return plans[pi].find(sfx) != std::string::npos; };
     if (has(":ru")) setenv("NXFT_RANK_UPDATE", "1", 1);
     else unsetenv("NXFT_RANK_UPDATE");
@@ -366,7 +372,7 @@ int run_bench(int argc, char** argv) {
     size_t peak = 0, live_end = 0, used_end = 0;
     {
       auto t1 = std::chrono::steady_clock::now();
-      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), q4, -1, has(":keep"));
+      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), q4, -1, has(":keep"), has(":allrows"));
       double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       // The last plan no longer needs the host copy of the base (28 GB of fp32 layers): give it back, so a long
       // context's offloaded checkpoints (L·T·C·2 bytes of page-locked memory: 105 GB at 400K) have the room.
@@ -374,6 +380,8 @@ int run_bench(int argc, char** argv) {
       std::fprintf(stderr, "[bench] %s: upload %.1f s, attention %s\n", plans[pi].c_str(), up_s,
                    cuda_attention_path(*be).c_str());
       Data d = make_data(B, T, cfg.vocab_size, 1, has(":packed"));
+      if (has(":prompt"))
+        for (int b = 0; b < B; b++) std::fill_n(d.targets.begin() + size_t(b) * T, size_t(T) * 44 / 100, -100);
       for (int s = 0; s < warm; s++) loss = tr.train_step(d, 1e-4, &gn);
       be->synchronize();
       auto t2 = std::chrono::steady_clock::now();

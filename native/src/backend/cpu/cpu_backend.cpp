@@ -659,6 +659,27 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // ---- rows by index ----
+  void gather_rows(const Tensor& out, const Tensor& src, const Tensor& rows, int n, int C) override {
+    if (out.dtype != src.dtype) throw EngineError("cpu backend: gather_rows dtype mismatch");
+    check_range(out, size_t(n) * C, 0, "gather_rows out");
+    check_range(rows, size_t(n), 0, "gather_rows rows");
+    const int32_t* r = static_cast<const int32_t*>(rows.ptr);
+    const size_t src_rows = C > 0 ? src.n / size_t(C) : 0, row_bytes = size_t(C) * dtype_size(out.dtype);
+    for (int i = 0; i < n; i++)   // checked up front: a bad index is a caller bug, never a silent read
+      if (r[i] < -1 || (r[i] >= 0 && size_t(r[i]) >= src_rows))
+        throw EngineError("cpu backend: gather_rows index " + std::to_string(r[i]) + " outside [-1, " +
+                          std::to_string(src_rows) + ")");
+    char* o = static_cast<char*>(out.ptr);
+    const char* x = static_cast<const char*>(src.ptr);
+    parallel_rows(n, [&](int i) {
+      if (r[i] < 0)
+        std::memset(o + size_t(i) * row_bytes, 0, row_bytes);
+      else
+        std::memcpy(o + size_t(i) * row_bytes, x + size_t(r[i]) * row_bytes, row_bytes);
+    });
+  }
+
   // ---- cross-entropy ----
   void ce_stats(const Tensor& logits, const Tensor& targets, const Tensor& run_max, const Tensor& run_sum,
                 const Tensor& target_logit, int n, int Vc, int v0) override {

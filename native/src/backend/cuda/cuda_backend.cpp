@@ -538,6 +538,18 @@ class CudaBackend : public Backend {
     launch_embedding(static_cast<bf16*>(out.ptr), static_cast<const int32_t*>(ids.ptr),
                      static_cast<const bf16*>(table.ptr), N, C, s, stream_);
   }
+  void gather_rows(const Tensor& out, const Tensor& src, const Tensor& rows, int n, int C) override {
+    if (out.dtype != src.dtype) throw EngineError("cuda gather_rows: dtype mismatch");
+    if (out.dtype != DType::BF16 && out.dtype != DType::F32) throw EngineError("cuda gather_rows: bf16 or fp32 rows only");
+    need(rows, DType::I32, "gather_rows rows");
+    if (n <= 0 || C <= 0) return;
+    check_range(out, size_t(n) * C, 0, "gather_rows out");
+    check_range(rows, size_t(n), 0, "gather_rows rows");
+    Timer tm(this, "gather_rows");
+    launch_gather_rows(out.ptr, src.ptr, static_cast<const int32_t*>(rows.ptr), n, size_t(C) * dtype_size(out.dtype),
+                       stream_);
+    if (out.dtype == DType::F32) invalidate_bf16_cache(out.ptr, size_t(n) * C * 4);
+  }
   void rmsnorm_forward(const Tensor& out, const Tensor& rstd, const Tensor& x, const Tensor& w, int N, int C,
                        double eps, bool plus_one, int ld_out) override {
     Timer tm(this, "rmsnorm_forward");

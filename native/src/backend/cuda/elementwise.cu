@@ -1,4 +1,4 @@
-// elementwise.cu — embedding lookup, adds, fills, conversions, device-side random init, LoRA dropout.
+// elementwise.cu — embedding lookup, rows by index, adds, fills, conversions, device-side random init, LoRA dropout.
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/backend.h"
@@ -17,6 +17,35 @@ __global__ void embedding_kernel(bf16* out, const int32_t* ids, const bf16* tabl
 void launch_embedding(bf16* out, const int32_t* ids, const bf16* table, int N, int C, float scale, cudaStream_t s) {
   if (N == 0) return;
   embedding_kernel<<<N, 256, 0, s>>>(out, ids, table, N, C, scale);
+  CUDA_LAUNCH_CHECK();
+}
+
+// out (n, row) = src[rows[i]], or zeros where rows[i] < 0: one block per output row, rows copied as Word-sized words
+// (16 bytes when every row start allows it). Word{} is all-zero bits, i.e. +0 in bf16 and fp32.
+template <typename Word>
+__global__ void gather_rows_kernel(Word* out, const Word* src, const int32_t* rows, int words_per_row) {
+  const int i = blockIdx.x;
+  const int r = rows[i];
+  Word* o = out + (size_t)i * words_per_row;
+  if (r < 0) {
+    for (int c = threadIdx.x; c < words_per_row; c += blockDim.x) o[c] = Word{};
+    return;
+  }
+  const Word* x = src + (size_t)r * words_per_row;
+  for (int c = threadIdx.x; c < words_per_row; c += blockDim.x) o[c] = x[c];
+}
+void launch_gather_rows(void* out, const void* src, const int32_t* rows, int n, size_t row_bytes, cudaStream_t s) {
+  if (n == 0 || row_bytes == 0) return;
+  if (row_bytes % 16 == 0 && is_aligned(out, 16) && is_aligned(src, 16)) {
+    gather_rows_kernel<uint4><<<n, 128, 0, s>>>(static_cast<uint4*>(out), static_cast<const uint4*>(src), rows,
+                                                int(row_bytes / 16));
+  } else if (row_bytes % 4 == 0 && is_aligned(out, 4) && is_aligned(src, 4)) {
+    gather_rows_kernel<uint32_t><<<n, 128, 0, s>>>(static_cast<uint32_t*>(out), static_cast<const uint32_t*>(src),
+                                                    rows, int(row_bytes / 4));
+  } else {   // bf16 rows of odd width at a 2-byte offset
+    gather_rows_kernel<uint16_t><<<n, 128, 0, s>>>(static_cast<uint16_t*>(out), static_cast<const uint16_t*>(src),
+                                                    rows, int(row_bytes / 2));
+  }
   CUDA_LAUNCH_CHECK();
 }
 

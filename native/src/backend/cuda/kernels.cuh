@@ -18,6 +18,9 @@ NXFT_HD inline bool is_aligned(const void* p, size_t bytes) { return reinterpret
 
 // elementwise.cu
 void launch_embedding(bf16* out, const int32_t* ids, const bf16* table, int N, int C, float scale, cudaStream_t s);
+// out (n, ·) = src[rows[i]] row by row, zero rows where rows[i] < 0; rows of row_bytes bytes (an even count: bf16 or
+// fp32 elements). Backend::gather_rows.
+void launch_gather_rows(void* out, const void* src, const int32_t* rows, int n, size_t row_bytes, cudaStream_t s);
 template <typename T> void launch_add(T* y, const T* x, size_t n, float alpha, cudaStream_t s);
 void launch_add_bias(bf16* y, const bf16* bias, int N, int D, cudaStream_t s);
 void launch_scale(float* y, float a, size_t n, cudaStream_t s);
