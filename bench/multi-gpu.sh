@@ -60,6 +60,7 @@ run() {   # run WORLD GRAD_ACCUM NAME
     | tee -a "$OUT/runs.jsonl" >&2
 }
 run 0 1 ref-ga1                     # 1 GPU, no collective
+run 0 1 ref-ga1-repeat              # the same again: the run-to-run noise floor of the adapter comparison
 for w in $WORLDS; do run "$w" 1 "nccl-w$w"; done
 [ "$MAXW" -gt 1 ] && run 0 "$MAXW" "ref-ga$MAXW"   # 1 GPU, MAXW-fold accumulation: the rows of the largest world
 python3 "$ROOT/bench/multi-gpu-table.py" "$OUT" | tee "$OUT/table.md"

@@ -16,6 +16,10 @@
 # PHASE=all (default) | ours | load | context | context-bf16 | peer: the phases on their own, for back-to-back calls
 # on the same warm machine (record `nvidia-smi -L` in each: gpu.txt). PHASE=context and context-bf16 spend
 # BUDGET_S (default 540) on the search.
+# PHASE=long-start | long-wait: one probe too long for a call (8B QLoRA at 400K tokens: one step is about 10
+# minutes on an H200, session 7) spread over back-to-back calls on the same warm machine: long-start starts
+# bench/longest_context.py with PROBES=$LONG_T (default 401408) in its own session (setsid, detached) and waits
+# up to WAIT_S (default 540) for it; long-wait waits again. Both copy its lines to $OUT/context-long.jsonl.
 # Carried (.carry/, git-ignored): cudnn-frontend/, make_8b_model.py, real-path/ (rp-2048 job + tokenizer),
 # unsloth_peer.py, unsloth-site.tar.xz (../shared/bench/make-unsloth-site.sh).
 # Environment: OUT (default /tmp/qlora-bench), BASE (default /tmp/m8b), PREQ (default /tmp/m8b-nf4), CAP_GIB,
@@ -110,6 +114,23 @@ if want peer; then
 fi
 
 # ---- 5: the longest context under the cap -----------------------------------------------------------------
+# ---- a probe longer than one call (PHASE=long-start, then long-wait in the next call) -------------------------
+if [ "$PHASE" = long-start ] || [ "$PHASE" = long-wait ]; then
+  pidf=$WORK/context-long.pid
+  if [ "$PHASE" = long-start ]; then
+    log "long probe: T=${LONG_T:-401408}, q4, cap ${CAP_GIB} GiB, detached"
+    PROBES=${LONG_T:-401408} BUDGET_S=${LONG_BUDGET_S:-1500} setsid nohup python3 "$ROOT/bench/longest_context.py" \
+      "$BUILD/cuda_train_bench" q4 > "$WORK/context-long.jsonl" 2> "$WORK/context-long.err" < /dev/null &
+    echo $! > "$pidf"
+  fi
+  pid=$(cat "$pidf" 2>/dev/null || echo 0)
+  waited=0
+  while [ "$pid" -gt 0 ] && kill -0 "$pid" 2>/dev/null && [ $waited -lt "${WAIT_S:-540}" ]; do sleep 5; waited=$((waited + 5)); done
+  if [ "$pid" -gt 0 ] && kill -0 "$pid" 2>/dev/null; then log "long probe still running after ${waited}s: run PHASE=long-wait next"
+  else log "long probe finished"; fi
+  cp "$WORK/context-long.jsonl" "$OUT/context-long.jsonl" 2>/dev/null; cat "$OUT/context-long.jsonl" >&2
+fi
+
 for mode in q4 bf16; do
   phase=context; [ $mode = bf16 ] && phase=context-bf16
   if [ "$PHASE" = "$phase" ] || { [ "$PHASE" = all ] && [ $mode = q4 ]; }; then

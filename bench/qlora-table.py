@@ -14,6 +14,9 @@ ours = {o["plan"]: o for o in lines("ours.jsonl")}
 load = {o["job"]: o for o in lines("load.jsonl") if "error" not in o}
 peer = next(iter(lines("peer.jsonl")), None)
 ctx = {m: next((l for l in lines(f"context-{m}.jsonl") if l.get("summary")), None) for m in ("q4", "bf16")}
+long_probe = next((l for l in lines("context-long.jsonl") if l.get("summary")), None)   # PHASE=long-start/-wait
+if long_probe and (long_probe.get("longest_T") or 0) > ((ctx["q4"] or {}).get("longest_T") or 0):
+    ctx["q4"] = long_probe
 q, qo = ours.get("1x2048x1:q4"), ours.get("1x2048x1:q4:offload")
 fmt = lambda v, f="{:,.0f}": f.format(v) if v is not None else "—"
 get = lambda d, k: d.get(k) if d else None
