@@ -11,46 +11,13 @@
 #include <cstdlib>
 #include <cstring>
 #include "math_test_util.h"
+#include "tiny_models.h"
 #include "model/transformer.h"
 #include "util/json.h"
 
 using namespace nxft;
 
 namespace {
-
-ModelConfig tiny_config(const std::string& type) {
-  std::string j;
-  if (type == "llama")
-    j = R"({"model_type":"llama","architectures":["LlamaForCausalLM"],"vocab_size":13,"hidden_size":8,
-           "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
-           "rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":true,"hidden_act":"silu"})";
-  else if (type == "qwen2")
-    j = R"({"model_type":"qwen2","architectures":["Qwen2ForCausalLM"],"vocab_size":13,"hidden_size":8,
-           "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,
-           "rms_norm_eps":1e-6,"rope_theta":1000000.0,"tie_word_embeddings":false,"hidden_act":"silu"})";
-  else
-    j = R"({"model_type":"gemma","architectures":["GemmaForCausalLM"],"vocab_size":13,"hidden_size":8,
-           "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,
-           "head_dim":6,"rms_norm_eps":1e-6,"rope_theta":10000.0,"hidden_activation":"gelu_pytorch_tanh"})";
-  return ModelConfig::from_json(Json::parse(j), type + "-tiny");
-}
-
-// Random weights with std 0.4 everywhere (norm weights and biases too, so every path carries signal).
-ModelWeights random_weights(const ModelConfig& c, uint64_t seed) {
-  ModelWeights w = ModelWeights::random_init(c, seed);
-  mt::Rng rng(seed + 99);
-  auto fill = [&](std::vector<float>& v) {
-    for (float& x : v) x = float(rng.normal() * 0.4);
-  };
-  fill(w.embed);
-  fill(w.final_norm);
-  if (!w.lm_head.empty()) fill(w.lm_head);
-  for (LayerWeights& L : w.layers) {
-    for (auto* v : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.bq, &L.bk, &L.bv, &L.mlp_norm, &L.w_gate, &L.w_up, &L.w_down})
-      fill(*v);
-  }
-  return w;
-}
 
 LoraSpec all_targets(double dropout) {
   LoraSpec s;
