@@ -341,7 +341,8 @@ int run_bench(int argc, char** argv) {
     // layer keeps its group inputs (TransformerOptions::keep_group_inputs; the engine before lean activation sets).
     // ":prompt" = SFT on responses: the first 44% of each row is prompt without targets (Alpaca: 55.7% of row
     // tokens have one), so the head runs over the remaining rows only; ":allrows" = the head over all N rows anyway
-    // (TransformerOptions::head_all_rows; the engine before the head ran on target rows only).
+    // (TransformerOptions::head_all_rows; the engine before the head ran on target rows only). ":mha" =
+    // NXFT_CUDNN_PACKED_MHA=1 (packed rows' cuDNN backward on k, v repeated to every query head).
     auto has = [&](const char* sfx) { return plans[pi].find(sfx) != std::string::npos; };
     if (has(":ru")) setenv("NXFT_RANK_UPDATE", "1", 1);
     else unsetenv("NXFT_RANK_UPDATE");
@@ -353,6 +354,8 @@ int run_bench(int argc, char** argv) {
     else unsetenv("NXFT_SIDE_STREAM");
     if (has(":portable")) setenv("NXFT_CUDNN_PACKED", "0", 1);
     else unsetenv("NXFT_CUDNN_PACKED");
+    if (has(":mha")) setenv("NXFT_CUDNN_PACKED_MHA", "1", 1);
+    else unsetenv("NXFT_CUDNN_PACKED_MHA");
     // ":q4" = QLoRA (NF4 base, double-quantized absmax; 4-bit B operands are dequantized per GEMM).
     const bool q4 = has(":q4");
     if (std::sscanf(plans[pi].c_str(), "%dx%dx%d", &B, &T, &ck) < 2) {

@@ -218,5 +218,35 @@ void launch_lse_layout(float* dst, const float* src, int B, int T, int NH, bool 
   CUDA_LAUNCH_CHECK();
 }
 
+// ---- grouped-query heads repeated for cuDNN's ragged backward, and summed back ---------------------------------
+// NXFT_CUDNN_PACKED_MHA=1 (cuda_backend.cpp): cuDNN's ragged backward then sees plain multi-head attention. For
+// grouped-query attention cudnn-frontend makes every query head's dK/dV a real workspace tensor, then reduces it.
+// One block per token row.
+__global__ void repeat_kv_heads_kernel(bf16* out, const bf16* src, int NKV, int G, int HD, int ld) {
+  const size_t t = blockIdx.x;
+  const int width = NKV * G * HD;   // out (N, NKV·G, HD) packed; src (N, NKV, HD) with row pitch ld
+  for (int c = threadIdx.x; c < width; c += blockDim.x) out[t * width + c] = src[t * ld + (c / HD / G) * HD + c % HD];
+}
+__global__ void sum_kv_heads_kernel(bf16* dst, const bf16* src, int NKV, int G, int HD, int ld) {
+  const size_t t = blockIdx.x;
+  const int width = NKV * HD;       // dst (N, NKV, HD) with row pitch ld; src (N, NKV·G, HD) packed
+  for (int c = threadIdx.x; c < width; c += blockDim.x) {
+    const bf16* x = src + t * width * G + size_t(c / HD) * G * HD + c % HD;
+    float sum = 0.0f;
+    for (int g = 0; g < G; g++) sum += __bfloat162float(x[size_t(g) * HD]);
+    dst[t * ld + c] = __float2bfloat16_rn(sum);
+  }
+}
+void launch_repeat_kv_heads(bf16* out, const bf16* src, int N, int NKV, int G, int HD, int ld, cudaStream_t s) {
+  if (N == 0) return;
+  repeat_kv_heads_kernel<<<N, 256, 0, s>>>(out, src, NKV, G, HD, ld);
+  CUDA_LAUNCH_CHECK();
+}
+void launch_sum_kv_heads(bf16* dst, const bf16* src, int N, int NKV, int G, int HD, int ld, cudaStream_t s) {
+  if (N == 0) return;
+  sum_kv_heads_kernel<<<N, 256, 0, s>>>(dst, src, NKV, G, HD, ld);
+  CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace cuda
 }  // namespace nxft

@@ -93,6 +93,8 @@ class CudaBackend : public Backend {
     const char* no_cudnn = std::getenv("NXFT_NO_CUDNN");
     const char* packed = std::getenv("NXFT_CUDNN_PACKED");  // 0: packed documents take the portable kernels
     cudnn_packed_ = !(packed && std::string(packed) == "0");
+    const char* packed_mha = std::getenv("NXFT_CUDNN_PACKED_MHA");
+    cudnn_packed_mha_ = packed_mha && std::string(packed_mha) == "1";
 #if defined(NXFT_HAVE_CUDNN)
     if (no_cudnn && std::string(no_cudnn) == "1") {
       attention_path_ = "portable (NXFT_NO_CUDNN=1)";
@@ -664,7 +666,11 @@ class CudaBackend : public Backend {
       // rows of one scratch first and each pitched gradient copied back: at 8B about 1% of a step.
       const int qd = NH * HD, kvd = NKV * HD;
       const size_t N = size_t(B) * T;
-      bf16* pk = static_cast<bf16*>(scratch(6, N * size_t(4 * qd + 4 * kvd) * 2));  // q k v out dout, then dq dk dv
+      // NXFT_CUDNN_PACKED_MHA=1 (an A/B switch): k and v go in repeated to NH heads, so cuDNN runs multi-head
+      // attention, and each KV head's dk, dv are summed back from its G query heads.
+      const bool mha = cudnn_packed_mha_ && NKV < NH;
+      const int G = NH / NKV, kvw = mha ? qd : kvd;
+      bf16* pk = static_cast<bf16*>(scratch(6, N * size_t(4 * qd + 4 * kvw) * 2));  // q k v out dout, then dq dk dv
       bf16* at = pk;
       auto packed_in = [&](const void* src, int ld, int width) -> const void* {
         bf16* d = at;
@@ -674,22 +680,39 @@ class CudaBackend : public Backend {
                                      cudaMemcpyDeviceToDevice, stream_));
         return d;
       };
+      auto repeated_in = [&](const Tensor& src, int ld) -> bf16* {   // (N, NKV, HD) pitch ld → (N, NH, HD) packed
+        bf16* d = at;
+        at += N * qd;
+        launch_repeat_kv_heads(d, static_cast<const bf16*>(src.ptr), int(N), NKV, G, HD, ld, stream_);
+        return d;
+      };
       const void* q_p = packed_in(q.ptr, ld.q, qd);
-      const void* k_p = packed_in(k.ptr, ld.kv, kvd);
-      const void* v_p = packed_in(v.ptr, ld.kv, kvd);
+      bf16* k_rep = mha ? repeated_in(k, ld.kv) : nullptr;
+      const void* k_p = mha ? k_rep : packed_in(k.ptr, ld.kv, kvd);
+      bf16* v_rep = mha ? repeated_in(v, ld.kv) : nullptr;
+      const void* v_p = mha ? v_rep : packed_in(v.ptr, ld.kv, kvd);
       const void* o_p = packed_in(out.ptr, ld.out, qd);
       const void* do_p = packed_in(dout.ptr, ld.dout, qd);
       // The first call of a process is checked against the portable kernels (packed_bwd_state_): cuDNN's
       // gradients then go to the scratch, the portable ones to dq, dk, dv.
       const bool checking = packed_bwd_state_ == 0;
       bf16* dq_p = ld.dq == qd && !checking ? static_cast<bf16*>(dq.ptr) : at;
-      bf16* dk_p = ld.dkv == kvd && !checking ? static_cast<bf16*>(dk.ptr) : at + N * qd;
-      bf16* dv_p = ld.dkv == kvd && !checking ? static_cast<bf16*>(dv.ptr) : at + N * (qd + kvd);
+      bf16* dk_p = ld.dkv == kvd && !checking && !mha ? static_cast<bf16*>(dk.ptr) : at + N * qd;
+      bf16* dv_p = ld.dkv == kvd && !checking && !mha ? static_cast<bf16*>(dv.ptr) : at + N * (qd + kvw);
       AttnLd packed;
       packed.q = packed.out = packed.dout = packed.dq = qd;
-      packed.kv = packed.dkv = kvd;
+      packed.kv = packed.dkv = kvw;
       if (cudnn_->backward_ragged(dq_p, dk_p, dv_p, do_p, q_p, k_p, v_p, o_p, lse_tokens,
-                                  docs->ragged(packed, NH, true, stream_), NH, NKV, HD, packed)) {
+                                  docs->ragged(packed, NH, true, stream_), NH, mha ? NH : NKV, HD, packed)) {
+        if (mha) {   // sum each group back: into dk, dv, or (while checking) packed over the repeated k, v
+          bf16* dk_sum = checking ? k_rep : static_cast<bf16*>(dk.ptr);
+          bf16* dv_sum = checking ? v_rep : static_cast<bf16*>(dv.ptr);
+          const int ld_sum = checking ? kvd : ld.dkv;
+          launch_sum_kv_heads(dk_sum, dk_p, int(N), NKV, G, HD, ld_sum, stream_);
+          launch_sum_kv_heads(dv_sum, dv_p, int(N), NKV, G, HD, ld_sum, stream_);
+          dk_p = dk_sum;
+          dv_p = dv_sum;
+        }
         if (checking) {  // fall through: the portable kernels write dq, dk, dv; then the two are compared
           checked[0] = dq_p;
           checked[1] = dk_p;
@@ -703,7 +726,7 @@ class CudaBackend : public Backend {
           back(dq.ptr, ld.dq, dq_p, qd);
           back(dk.ptr, ld.dkv, dk_p, kvd);
           back(dv.ptr, ld.dkv, dv_p, kvd);
-          tm.rename("attention_backward (cudnn packed)");
+          tm.rename(mha ? "attention_backward (cudnn packed, heads repeated)" : "attention_backward (cudnn packed)");
           return;
         }
       }
@@ -1097,6 +1120,7 @@ class CudaBackend : public Backend {
   std::map<int32_t*, IndexCopy> index_copy_;  // start of an uploaded Index range that is not all zero → its values
   uint64_t uploads_ = 0;
   bool cudnn_packed_ = true;  // NXFT_CUDNN_PACKED=0: packed documents take the portable kernels
+  bool cudnn_packed_mha_ = false;  // NXFT_CUDNN_PACKED_MHA=1: the ragged backward on k, v repeated to NH heads
   int packed_bwd_state_ = 0;  // cuDNN's packed-document backward: 0 not yet checked, 1 agreed, -1 disagreed
 #if defined(NXFT_HAVE_CUDNN)
   PackedDocs packed_docs_;

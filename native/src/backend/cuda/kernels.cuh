@@ -90,6 +90,11 @@ void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, c
                                float* delta, int B, int T, int NH, int NKV, int HD, const AttnLd& ld, cudaStream_t s);
 // lse (B,NH,T) ↔ (B·T,NH): to_token_major writes dst (B·T,NH) from src (B,NH,T); else the reverse.
 void launch_lse_layout(float* dst, const float* src, int B, int T, int NH, bool to_token_major, cudaStream_t s);
+// Grouped-query heads for cuDNN's ragged backward (NXFT_CUDNN_PACKED_MHA=1): out (N, NKV·G, HD) packed = each of
+// src's NKV heads (row pitch ld) repeated G times; and back, dst (N, NKV, HD) (row pitch ld) = the fp32 sum of each
+// group of G heads of src (N, NKV·G, HD) packed.
+void launch_repeat_kv_heads(bf16* out, const bf16* src, int N, int NKV, int G, int HD, int ld, cudaStream_t s);
+void launch_sum_kv_heads(bf16* dst, const bf16* src, int N, int NKV, int G, int HD, int ld, cudaStream_t s);
 
 // lora_update.cu: D (M,N) = alpha·A (M,K)·op(B) + beta·D for the LoRA rank K ≤ 16, bf16, row-major, D rows of
 // N % 8 == 0 elements, 16-byte aligned (rank_update_applies says when).
