@@ -47,7 +47,7 @@ if rc != 0 or not steps:
     print(err[-3000:], file=sys.stderr)
     print(json.dumps({"job": job_dir, "rc": rc, "error": "engine failed"}))
     sys.exit(1)
-sys.stderr.write(err[-2000:])
+sys.stderr.write(err[-8000:])   # the tail: with NXFT_CUDA_PROFILE=1, the per-op table
 # steady rate: row tokens of the steps after the first `warm`, over their wall time
 after = steps[warm:] if len(steps) > warm + 1 else steps[1:]
 t_a = steps[steps.index(after[0]) - 1][0]

@@ -18,6 +18,9 @@
 #include <set>
 #include <sstream>
 #include "backend/backend.h"
+#if defined(NXFT_HAVE_CUDA)
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "commands/command.h"
 #include "commands/inference_model.h"
 #include "dist/collective.h"
@@ -498,6 +501,14 @@ int cmd_train(const Json& job, const std::string& job_path) {
       }
     }
   }
+
+#if defined(NXFT_HAVE_CUDA)
+  // NXFT_CUDA_PROFILE=1 (CUDA events around every backend op): the per-op table of the whole run on stderr, so the
+  // real path (bench/real_path_run.py) can be profiled as users run it, not only cuda_train_bench's random rows.
+  if (be->name() == "cuda" && std::getenv("NXFT_CUDA_PROFILE") && std::string(std::getenv("NXFT_CUDA_PROFILE")) == "1")
+    std::fprintf(stderr, "#### per-op profile of this train job (all steps; CUDA events around each backend op)\n\n%s\n",
+                 cuda_profile_report(*be).c_str());
+#endif
 
   // ---- outputs (each written atomically; data-parallel: once per host, by its local rank 0) ----
   if (!reporter) {
