@@ -2,10 +2,10 @@
 // A small stand-in executable plays the engine here (the real one runs in test/e2e).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { runEngine, type EngineEvent } from "../../plugins/nx-finetune/src/engine";
+import { engineCmakeOptions, ensureEngine, runEngine, shippedEngineDir, type EngineEvent } from "../../plugins/nx-finetune/src/engine";
 import { ProgressRenderer, formatDuration } from "../../plugins/nx-finetune/src/progress";
 
 // The stand-in reads the job, echoes it in `start`, then behaves as job.mode says.
@@ -84,4 +84,56 @@ test("progress: a terminal gets one redrawn bar line", async () => {
   assert.equal(text().split("\r\x1b[K[").length - 1, 40, "one redraw per step");
   assert.ok(text().includes("[########################] step 40/40  loss 1.0000"));
   assert.equal(formatDuration(3725), "1:02:05");
+});
+
+test("the engine's CMake options come from the environment and name a shipped engine's cache folder", () => {
+  assert.deepEqual(engineCmakeOptions({}), []);
+  const env = { CUDNN_PATH: "/opt/cudnn", CUDNN_FRONTEND_PATH: "/opt/cudnn-frontend", NXFT_CUDA_ARCHS: "90a-real" };
+  assert.deepEqual(engineCmakeOptions(env),
+    ["-DNXFT_CUDA_ARCHS=90a-real", "-DNXFT_CUDNN_DIR=/opt/cudnn", "-DNXFT_CUDNN_FRONTEND_DIR=/opt/cudnn-frontend"]);
+  assert.deepEqual(engineCmakeOptions({ CUDNN_PATH: "/a", NXFT_CUDNN_DIR: "/b" }), ["-DNXFT_CUDNN_DIR=/b"]);   // ours win
+  const plain = shippedEngineDir("/cache", "1.2.3", "abcdef", []);
+  assert.equal(plain, join("/cache", "engine-1.2.3-abcdef"));   // no options: the folder name it always had
+  const withCudnn = shippedEngineDir("/cache", "1.2.3", "abcdef", engineCmakeOptions(env));
+  assert.match(withCudnn, /engine-1\.2\.3-abcdef-[0-9a-f]{8}$/);
+  assert.equal(withCudnn, shippedEngineDir("/cache", "1.2.3", "abcdef", engineCmakeOptions({ ...env })));
+  assert.notEqual(withCudnn, shippedEngineDir("/cache", "1.2.3", "abcdef", engineCmakeOptions({ ...env, CUDNN_PATH: "/x" })));
+});
+
+test("ensureEngine configures once, and again only when the CMake options from the environment change", async () => {
+  // A workspace holding engine sources (its native/CMakeLists.txt names the project) and a stand-in cmake on PATH
+  // that logs its arguments and "builds" the binary.
+  const ws = mkdtempSync(join(tmpdir(), "nxft-ensure-"));
+  mkdirSync(join(ws, "native"));
+  writeFileSync(join(ws, "native", "CMakeLists.txt"), "project(finetune_engine CXX)\n");
+  const bin = join(ws, "bin");
+  mkdirSync(bin);
+  const logFile = join(ws, "cmake.log");
+  writeFileSync(join(bin, "cmake"), `#!/usr/bin/env node
+const fs = require("fs"), path = require("path");
+const args = process.argv.slice(2);
+fs.appendFileSync(${JSON.stringify(logFile)}, args.join(" ") + "\\n");
+const b = args.indexOf("-B");
+if (b >= 0) fs.writeFileSync(path.join(args[b + 1], "CMakeCache.txt"), "");
+if (args[0] === "--build") fs.writeFileSync(path.join(args[1], "finetune-engine"), "");
+`);
+  chmodSync(join(bin, "cmake"), 0o755);
+  const saved = { PATH: process.env.PATH, CUDNN_PATH: process.env.CUDNN_PATH, NXFT_ENGINE: process.env.NXFT_ENGINE };
+  process.env.PATH = `${bin}:${process.env.PATH}`;
+  delete process.env.NXFT_ENGINE;
+  delete process.env.CUDNN_PATH;
+  const configures = () => readFileSync(logFile, "utf8").trim().split("\n").filter((l) => l.startsWith("-S"));
+  try {
+    await ensureEngine(ws, () => {});
+    await ensureEngine(ws, () => {});
+    assert.equal(configures().length, 1, "configured once");
+    assert.ok(!configures()[0].includes("NXFT_CUDNN_DIR"));
+    process.env.CUDNN_PATH = "/opt/cudnn";
+    await ensureEngine(ws, () => {});
+    await ensureEngine(ws, () => {});
+    assert.equal(configures().length, 2, "reconfigured once for the new option");
+    assert.match(configures()[1], /-DNXFT_CUDNN_DIR=\/opt\/cudnn/);
+  } finally {
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  }
 });

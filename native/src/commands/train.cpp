@@ -272,6 +272,17 @@ int cmd_train(const Json& job, const std::string& job_path) {
   spec = adapter.spec;   // targets in canonical order
 
   std::unique_ptr<Backend> be = make_backend(backend_name, threads);
+#if defined(NXFT_HAVE_CUDA)
+  // A CUDA engine built without cuDNN (or its cudnn-frontend headers) trains, but its attention runs on the portable
+  // kernels: packed rows, the shards stage's layout, about 3.5× slower per step at 8B (cuda_train_bench `:portable`).
+  if (be->name() == "cuda") {
+    const std::string path = cuda_attention_path(*be);
+    if (path.rfind("cudnn", 0) != 0 && path.find("NXFT_NO_CUDNN") == std::string::npos)
+      emit_warning("CUDA attention runs on the engine's portable kernels (" + path + "), several times slower on "
+                   "packed rows than cuDNN's: build the engine with cuDNN 9 and the cudnn-frontend headers "
+                   "(NXFT_CUDNN_DIR, NXFT_CUDNN_FRONTEND_DIR; the plugin README's \"GPU\" section)");
+  }
+#endif
   TransformerOptions opt;
   opt.gradient_checkpointing = grad_ckpt;
   opt.offload_checkpoints = offload_ckpt;

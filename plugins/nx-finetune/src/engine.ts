@@ -2,6 +2,7 @@
 // write the job file, run `<engine> <command> --job <file>`, parse its JSON-lines events, fail with the engine's
 // own error message.
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
 import { availableParallelism, homedir } from "node:os";
 import { writeJsonAtomic } from "./atomic";
@@ -26,6 +27,27 @@ const PLUGIN_DIR = resolve(__dirname, "..");
 
 export interface EngineBuild { source: string; build: string; incremental: boolean }
 
+// CMake options from the environment: where cuDNN, the cudnn-frontend headers and NCCL are (the CUDA backend's fast
+// attention and its multi-GPU collective are optional, and CMake also looks in the usual places), whether to build
+// the CUDA backend at all, and for which GPUs. A shipped engine's cache folder is named after them too, so setting
+// one (say after installing cuDNN) builds an engine that uses it instead of reusing one built without it.
+export function engineCmakeOptions(env: NodeJS.ProcessEnv = process.env): string[] {
+  const options: [string, string | undefined][] = [
+    ["NXFT_CUDA", env.NXFT_CUDA],
+    ["NXFT_CUDA_ARCHS", env.NXFT_CUDA_ARCHS],
+    ["NXFT_CUDNN_DIR", env.NXFT_CUDNN_DIR || env.CUDNN_PATH],
+    ["NXFT_CUDNN_FRONTEND_DIR", env.NXFT_CUDNN_FRONTEND_DIR || env.CUDNN_FRONTEND_PATH],
+    ["NXFT_NCCL_DIR", env.NXFT_NCCL_DIR || env.NCCL_HOME],
+  ];
+  return options.filter(([, v]) => v).map(([k, v]) => `-D${k}=${v}`);
+}
+
+// A shipped engine's build folder: package version, source hash and (when any are set) a hash of the CMake options.
+export function shippedEngineDir(cacheRoot: string, version: string, sourceHash: string, options: string[]): string {
+  const suffix = options.length ? "-" + createHash("sha256").update(options.join("\n")).digest("hex").slice(0, 8) : "";
+  return join(cacheRoot, `engine-${version}-${sourceHash}${suffix}`);
+}
+
 // Whether `dir` is the engine's source folder (not some other project's native/).
 export function isEngineSource(dir: string): boolean {
   const cmake = join(dir, "CMakeLists.txt");
@@ -41,7 +63,7 @@ export function engineBuild(workspaceRoot: string): EngineBuild {
     const hashFile = join(shipped, "SOURCE_SHA256");
     const sourceHash = existsSync(hashFile) ? readFileSync(hashFile, "utf8").trim().slice(0, 12) : "dev";
     const cacheRoot = process.env.NXFT_ENGINE_CACHE || join(process.env.XDG_CACHE_HOME || join(homedir(), ".cache"), "nx-finetune");
-    return { source: shipped, build: join(cacheRoot, `engine-${version}-${sourceHash}`), incremental: false };
+    return { source: shipped, build: shippedEngineDir(cacheRoot, version, sourceHash, engineCmakeOptions()), incremental: false };
   }
   const checkout = resolve(PLUGIN_DIR, "..", "..", "native");
   if (isEngineSource(checkout)) return { source: checkout, build: join(checkout, "build"), incremental: true };
@@ -72,9 +94,17 @@ export async function ensureEngine(workspaceRoot: string, log: (line: string) =>
       const r = await execa("cmake", args, { cwd: workspaceRoot, all: true, reject: false });
       if (r.exitCode !== 0) throw new EngineFailure(`engine build failed: cmake ${args.join(" ")}\n${(r.all ?? "").split("\n").slice(-30).join("\n")}`);
     };
-    if (!existsSync(join(buildDir, "CMakeCache.txt"))) {
-      log(`building the engine (first run, about a minute): cmake -S ${source} -B ${buildDir} -DCMAKE_BUILD_TYPE=Release`);
-      await run(["-S", source, "-B", buildDir, "-DCMAKE_BUILD_TYPE=Release"]);
+    // Configure on the first build, and again when the CMake options from the environment changed (a checkout's
+    // build folder is reused; CMake keeps earlier values and retries what it did not find).
+    const options = engineCmakeOptions();
+    const stamp = join(buildDir, ".nxft-cmake-options");
+    const configured = existsSync(join(buildDir, "CMakeCache.txt"));
+    if (!configured || (existsSync(stamp) ? readFileSync(stamp, "utf8") : "") !== options.join("\n")) {
+      const args = ["-S", source, "-B", buildDir, "-DCMAKE_BUILD_TYPE=Release", ...options];
+      log(configured ? `reconfiguring the engine: cmake ${args.join(" ")}`
+                     : `building the engine (first run, about a minute): cmake ${args.join(" ")}`);
+      await run(args);
+      writeFileSync(stamp, options.join("\n"));
     }
     await run(["--build", buildDir, "-j", String(Math.max(1, availableParallelism())), "--target", "finetune-engine"]);
   } finally {
