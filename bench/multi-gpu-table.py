@@ -28,13 +28,21 @@ def max_diff(a, b):
     return d, s
 
 
+def rel_norm_diff(a, b):
+    """‖a − b‖ / ‖b‖ over every LoRA tensor: a few elements that AdamW moved by a whole lr step weigh little here."""
+    x, y = adapter(a), adapter(b)
+    num = sum(float(np.sum((x[k].astype(np.float64) - y[k]) ** 2)) for k in x)
+    den = sum(float(np.sum(y[k].astype(np.float64) ** 2)) for k in y)
+    return (num / den) ** 0.5 if den > 0 else float("nan")
+
+
 ok = [r for r in runs if "tokens_per_s" in r]
 repeat = next((r for r in ok if r["adapter"].endswith("ref-ga1-repeat")), None)
 ok = [r for r in ok if r is not repeat]
 scaled = sorted((r for r in ok if r["world"] >= 1 and r["grad_accum"] == 1), key=lambda r: r["world"])
 refs = {r["grad_accum"]: r for r in ok if r["world"] == 0}
 one = next((r for r in scaled if r["world"] == 1), None)
-print("| GPUs | tok/s | per-GPU tok/s | efficiency | peak GiB/GPU | final loss | max abs diff vs 1 GPU × W-fold accumulation |")
+print("| GPUs | tok/s | per-GPU tok/s | efficiency | peak GiB/GPU | final loss | adapter vs 1 GPU × W-fold accumulation |")
 print("|---:|---:|---:|---:|---:|---:|---|")
 for r in scaled:
     w = r["world"]
@@ -44,7 +52,8 @@ for r in scaled:
     if ref:
         d, s = max_diff(r["adapter"], ref["adapter"])
         dl = abs(r["final_loss"] - ref["final_loss"]) / abs(ref["final_loss"])
-        diff = f"{d:.3g} (max weight {s:.3g}; {'bitwise equal' if d == 0 else f'{d / s:.2g} relative'}); final loss {dl:.2g} relative"
+        diff = (f"{d:.3g} (max weight {s:.3g}; {'bitwise equal' if d == 0 else f'{d / s:.2g} relative'}); "
+                f"‖Δ‖/‖·‖ {rel_norm_diff(r['adapter'], ref['adapter']):.2g}; final loss {dl:.2g} relative")
     print(f"| {w} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / w:.0f} | {eff:.1%} | {r['peak_device_gib']:.1f} | {r['final_loss']:.4f} | {diff} |")
 plain = refs.get(1)
 if plain and repeat:
@@ -54,7 +63,7 @@ if plain and repeat:
     d, s = max_diff(plain["adapter"], repeat["adapter"])
     dl = abs(plain["final_loss"] - repeat["final_loss"]) / abs(plain["final_loss"])
     print(f"\nNoise floor, the same 1-GPU job twice: max abs diff {d:.3g} ({'bitwise equal' if d == 0 else f'{d / s:.2g} relative'}), "
-          f"final loss {dl:.2g} relative")
+          f"‖Δ‖/‖·‖ {rel_norm_diff(plain['adapter'], repeat['adapter']):.2g}, final loss {dl:.2g} relative")
 if plain:
     print(f"\n1 GPU without any collective: {plain['tokens_per_s']:.0f} tok/s"
           + (f" (NCCL world 1: {one['tokens_per_s'] / plain['tokens_per_s']:.1%} of it)" if one else ""))
