@@ -109,14 +109,14 @@ if r16 and r32 and r16["ok"] and r32["ok"] and r32["peak_reserved_gib"] > r16["p
     predicted = int(16384 + (cap - r16["peak_reserved_gib"]) / per_tok)
 host_max = host_limit()
 target = min(t for t in (predicted, host_max, max_t) if t) // step * step if predicted else None
-queue = [t for t in (target, 131072) if t and lo < t < hi and not fixed]
+queue = [t for t in (target, 131072) if t and lo < t < hi]
 stopped, skipped = None, set()
-while True:
+while not fixed:   # the search; PROBES ran its own list above
     if queue:
         T = queue.pop(0)
         if not (lo < T < hi):
             continue
-    elif hi - lo > step and lo > 0 and not fixed:
+    elif hi - lo > step and lo > 0:
         T = (lo + hi) // 2 // step * step
         if T <= lo:
             break

@@ -20,20 +20,16 @@ def adapter(folder):
             for k, v in header.items() if k != "__metadata__"}
 
 
-def max_diff(a, b):
+def compare(a, b):
+    """The largest element difference, the largest |weight| of a, and ‖a − b‖ / ‖b‖ over every LoRA tensor (a few
+    elements that AdamW moved by a whole lr step weigh little in the last)."""
     x, y = adapter(a), adapter(b)
     assert x.keys() == y.keys(), "different tensors"
     d = max(float(np.max(np.abs(x[k] - y[k]))) for k in x)
     s = max(float(np.max(np.abs(x[k]))) for k in x)
-    return d, s
-
-
-def rel_norm_diff(a, b):
-    """‖a − b‖ / ‖b‖ over every LoRA tensor: a few elements that AdamW moved by a whole lr step weigh little here."""
-    x, y = adapter(a), adapter(b)
     num = sum(float(np.sum((x[k].astype(np.float64) - y[k]) ** 2)) for k in x)
     den = sum(float(np.sum(y[k].astype(np.float64) ** 2)) for k in y)
-    return (num / den) ** 0.5 if den > 0 else float("nan")
+    return d, s, (num / den) ** 0.5 if den > 0 else float("nan")
 
 
 ok = [r for r in runs if "tokens_per_s" in r]
@@ -50,20 +46,20 @@ for r in scaled:
     ref = refs.get(w)
     diff = "not run"
     if ref:
-        d, s = max_diff(r["adapter"], ref["adapter"])
+        d, s, rel = compare(r["adapter"], ref["adapter"])
         dl = abs(r["final_loss"] - ref["final_loss"]) / abs(ref["final_loss"])
         diff = (f"{d:.3g} (max weight {s:.3g}; {'bitwise equal' if d == 0 else f'{d / s:.2g} relative'}); "
-                f"‖Δ‖/‖·‖ {rel_norm_diff(r['adapter'], ref['adapter']):.2g}; final loss {dl:.2g} relative")
+                f"‖Δ‖/‖·‖ {rel:.2g}; final loss {dl:.2g} relative")
     print(f"| {w} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / w:.0f} | {eff:.1%} | {r['peak_device_gib']:.1f} | {r['final_loss']:.4f} | {diff} |")
 plain = refs.get(1)
 if plain and repeat:
     # Two processes of the same 1-GPU job need not give the same adapter: cuBLASLt's and cuDNN's plans are chosen
     # by timing, and AdamW turns a rounding difference in a near-zero gradient into a whole lr-sized step. The
     # W-GPU differences above are judged against this floor.
-    d, s = max_diff(plain["adapter"], repeat["adapter"])
+    d, s, rel = compare(plain["adapter"], repeat["adapter"])
     dl = abs(plain["final_loss"] - repeat["final_loss"]) / abs(plain["final_loss"])
     print(f"\nNoise floor, the same 1-GPU job twice: max abs diff {d:.3g} ({'bitwise equal' if d == 0 else f'{d / s:.2g} relative'}), "
-          f"‖Δ‖/‖·‖ {rel_norm_diff(plain['adapter'], repeat['adapter']):.2g}, final loss {dl:.2g} relative")
+          f"‖Δ‖/‖·‖ {rel:.2g}, final loss {dl:.2g} relative")
 if plain:
     print(f"\n1 GPU without any collective: {plain['tokens_per_s']:.0f} tok/s"
           + (f" (NCCL world 1: {one['tokens_per_s'] / plain['tokens_per_s']:.1%} of it)" if one else ""))

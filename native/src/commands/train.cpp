@@ -516,7 +516,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
 #if defined(NXFT_HAVE_CUDA)
   // NXFT_CUDA_PROFILE=1 (CUDA events around every backend op): the per-op table of the whole run on stderr, so the
   // real path (bench/real_path_run.py) can be profiled as users run it, not only cuda_train_bench's random rows.
-  if (be->name() == "cuda" && std::getenv("NXFT_CUDA_PROFILE") && std::string(std::getenv("NXFT_CUDA_PROFILE")) == "1")
+  if (be->name() == "cuda" && cuda_profile_enabled(*be))
     std::fprintf(stderr, "#### per-op profile of this train job (all steps; CUDA events around each backend op)\n\n%s\n",
                  cuda_profile_report(*be).c_str());
 #endif

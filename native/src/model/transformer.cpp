@@ -603,20 +603,19 @@ void Transformer::upload_batch(const Batch& b) {
   }
   be_.upload(ids_, b.tokens, size_t(N));
   // The head's rows (head_loss): those with a target. Compacted, targets_ gets only their targets.
-  head_n_ = N;
   head_m_ = 0;
   if (b.targets) {
-    std::vector<int32_t> rows, row_of(static_cast<size_t>(N), -1), targets;
-    for (int i = 0; i < N; i++)
-      if (b.targets[i] != -100) {
-        row_of[size_t(i)] = int32_t(rows.size());
-        rows.push_back(i);
-        targets.push_back(b.targets[i]);
-      }
-    head_m_ = int(rows.size());
-    if (!head_compact()) {
+    for (int i = 0; i < N; i++) head_m_ += b.targets[i] != -100;
+    if (!head_compact(N)) {
       be_.upload(targets_, b.targets, size_t(N));
     } else if (head_m_ > 0) {
+      std::vector<int32_t> rows, row_of(static_cast<size_t>(N), -1), targets;
+      for (int i = 0; i < N; i++)
+        if (b.targets[i] != -100) {
+          row_of[size_t(i)] = int32_t(rows.size());
+          rows.push_back(i);
+          targets.push_back(b.targets[i]);
+        }
       be_.upload(targets_, targets.data(), targets.size());
       be_.upload(head_rows_, rows.data(), rows.size());
       be_.upload(head_row_of_, row_of.data(), row_of.size());
@@ -1023,7 +1022,7 @@ void Transformer::mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed
 // all N rows, and the sum skips only zeros. M = N runs in place; M = 0 runs no GEMM at all.
 double Transformer::head_loss(int N, bool backward, float grad_scale) {
   const int C = cfg_.hidden_size;
-  if (!head_compact()) return head_ce(xf_, dxn_, N, backward, grad_scale);
+  if (!head_compact(N)) return head_ce(xf_, dxn_, N, backward, grad_scale);
   const int M = head_m_;
   if (M == 0) {
     if (backward) be_.fill(dxn_, 0.0f, size_t(N) * C);

@@ -239,13 +239,13 @@ class Transformer {
   Tensor logits_, ce_max_, ce_sum_, ce_tl_, ce_loss_, ce_lse_;
   int ce_rows_ = 0, ce_vc_ = 0;
   // The head's rows (head_loss): head_m_ of the batch's N rows have a target. When the head is compacted
-  // (head_compact()), targets_ holds their M targets, head_rows_ (M) their row numbers and head_row_of_ (N) each
+  // (head_compact(N)), targets_ holds their M targets, head_rows_ (M) their row numbers and head_row_of_ (N) each
   // row's position among them or -1; the compact final-norm rows (M, C) live in head_xf() and the compact gradient
   // rows in xf_ (free once gathered).
-  int head_m_ = 0, head_n_ = 0;
+  int head_m_ = 0;
   Tensor head_rows_, head_row_of_;
   Tensor xf_rows_;   // (N, C) compact rows when no dxn_ exists (an eval-only model); training uses dxn_
-  bool head_compact() const { return !opt_.head_all_rows && head_m_ < head_n_; }
+  bool head_compact(int N) const { return !opt_.head_all_rows && head_m_ < N; }
   // dxn_ is free from the end of the previous backward until the head's backward scatters d(xf) into it.
   const Tensor& head_xf() const { return dxn_.empty() ? xf_rows_ : dxn_; }
 

@@ -878,6 +878,7 @@ class CudaBackend : public Backend {
     else throw EngineError("cuda fill_normal: unsupported dtype");
   }
   void set_profile(bool on) { profile_ = on; }
+  bool profiling() const { return profile_; }
   std::string profile_report() {
     synchronize();
     collect_events();
@@ -1150,6 +1151,7 @@ void cuda_fill_normal(Backend& backend, const Tensor& t, float stdev, uint64_t s
   cuda::as_cuda(backend).fill_normal(t, stdev, seed, n);
 }
 void cuda_profile_enable(Backend& backend, bool on) { cuda::as_cuda(backend).set_profile(on); }
+bool cuda_profile_enabled(Backend& backend) { return cuda::as_cuda(backend).profiling(); }
 std::string cuda_profile_report(Backend& backend) { return cuda::as_cuda(backend).profile_report(); }
 size_t cuda_reserved_bytes(Backend& backend) { return cuda::as_cuda(backend).reserved(); }
 std::string cuda_attention_path(Backend& backend) { return cuda::as_cuda(backend).attention_path(); }

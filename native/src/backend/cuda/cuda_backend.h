@@ -12,6 +12,7 @@ void cuda_fill_normal(Backend& backend, const Tensor& t, float stdev, uint64_t s
 
 // Per-op timing with CUDA events (NXFT_CUDA_PROFILE=1 or cuda_profile_enable): name → (ms, calls, flops).
 void cuda_profile_enable(Backend& backend, bool on);
+bool cuda_profile_enabled(Backend& backend);
 std::string cuda_profile_report(Backend& backend);  // a markdown table, slowest first; resets the counters
 // Device memory actually held from cudaMalloc (tensors, caches, workspaces): current and high-water mark.
 size_t cuda_reserved_bytes(Backend& backend);
