@@ -23,7 +23,7 @@
 # Carried (.carry/, git-ignored): cudnn-frontend/, make_8b_model.py, real-path/ (rp-2048 job + tokenizer),
 # unsloth_peer.py, unsloth-site.tar.xz (../shared/bench/make-unsloth-site.sh).
 # Environment: OUT (default /tmp/qlora-bench), BASE (default /tmp/m8b), PREQ (default /tmp/m8b-nf4), CAP_GIB,
-# BUDGET_S, BUILD. Never part of CI: CI has no GPU.
+# BUDGET_S, BUILD, NO_BUILD (1: run the binaries already in BUILD). Never part of CI: CI has no GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -47,7 +47,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # ---- build (as bench/cuda-train.sh: the cuDNN wheel's headers and libs, cudnn-frontend from .carry) ----------
 source "$ROOT/bench/cuda-build.sh"
 find_cudnn
-build_engine "$BUILD" "$WORK/build.log" cuda_parity cuda_train_bench finetune-engine || exit 1
+# NO_BUILD=1 with BUILD pointing at carried binaries (bench/build-carry.sh): use them as they are.
+if [ "${NO_BUILD:-0}" = 1 ] && [ -x "$BUILD/cuda_train_bench" ]; then log "using the binaries in $BUILD"
+else build_engine "$BUILD" "$WORK/build.log" cuda_parity cuda_train_bench finetune-engine || exit 1; fi
 ENGINE=$BUILD/finetune-engine
 
 # ---- 2 + 3: NF4 parity and ours on random 8B weights -------------------------------------------------------

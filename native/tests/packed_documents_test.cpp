@@ -65,6 +65,9 @@ int main() {
   // Graph sizes: powers of two, at least 8 sequences; the length is the row's, or (Pow2) at least 64 tokens and
   // never past T.
   CHECK(ragged_batch_size(1) == 8 && ragged_batch_size(8) == 8 && ragged_batch_size(9) == 16 && ragged_batch_size(1366) == 2048);
+  // After a larger batch: one bucket down keeps the larger graph; two down, or up, takes its own.
+  CHECK(ragged_batch_size(26, 64) == 64 && ragged_batch_size(40, 64) == 64 && ragged_batch_size(9, 64) == 16 &&
+        ragged_batch_size(65, 64) == 128 && ragged_batch_size(5, 16) == 16 && ragged_batch_size(5, 8) == 8);
   CHECK(ragged_max_len(5, 2048, RaggedLen::Row) == 2048 && ragged_max_len(1500, 1500, RaggedLen::Row) == 1500);
   const RaggedLen p2 = RaggedLen::Pow2;
   CHECK(ragged_max_len(5, 2048, p2) == 64 && ragged_max_len(300, 2048, p2) == 512 && ragged_max_len(1500, 1500, p2) == 1500 &&

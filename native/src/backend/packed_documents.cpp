@@ -31,7 +31,10 @@ static int pow2_at_least(int n) {
   while (p < n) p <<= 1;
   return p;
 }
-int ragged_batch_size(int documents) { return std::max(8, pow2_at_least(documents)); }
+int ragged_batch_size(int documents, int largest_so_far) {
+  const int own = std::max(8, pow2_at_least(documents));
+  return largest_so_far == 2 * own ? largest_so_far : own;
+}
 int ragged_max_len(int longest, int T, RaggedLen how) {
   return how == RaggedLen::Row ? T : std::min(T, std::max(64, pow2_at_least(longest)));
 }

@@ -19,7 +19,11 @@ bool find_documents(const int32_t* doc_start, int B, int T, std::vector<int32_t>
 // only as many graphs as it has sequence-count buckets) or the longest document rounded up to a power of two
 // (RaggedLen::Pow2: at least 64, at most T; NXFT_RAGGED_MAX_LEN=pow2, a diagnostic that keeps the older sizes).
 enum class RaggedLen { Row, Pow2 };
-int ragged_batch_size(int documents);
+// largest_so_far (the largest sequence count used before, 0 for none): a batch whose own bucket is half of it
+// keeps that larger count (the extra sequences are empty), so a dataset whose batches straddle a power of two
+// builds its graphs once, growing, instead of again whenever the count dips (Alpaca 2×2048: one graph of 64 for 51
+// batches of 33–52 documents, where the one batch of 26 built a graph of 32 at step 44).
+int ragged_batch_size(int documents, int largest_so_far = 0);
 int ragged_max_len(int longest, int T, RaggedLen how);
 
 }  // namespace nxft

@@ -348,7 +348,10 @@ int run_bench(int argc, char** argv) {
     else unsetenv("NXFT_RANK_UPDATE");
     if (has(":noat")) setenv("NXFT_CUDNN_AUTOTUNE", "0", 1);
     else unsetenv("NXFT_CUDNN_AUTOTUNE");
-    if (has(":atall")) setenv("NXFT_GEMM_AUTOTUNE", "all", 1);   // time cuBLASLt's candidates for every GEMM shape
+    // ":atskinny" = time cuBLASLt's candidates for the skinny (LoRA) GEMM shapes only (the default before session
+    // 8); ":atall" = for every shape, however large its timing scratch
+    if (has(":atall")) setenv("NXFT_GEMM_AUTOTUNE", "all", 1);
+    else if (has(":atskinny")) setenv("NXFT_GEMM_AUTOTUNE", "skinny", 1);
     else unsetenv("NXFT_GEMM_AUTOTUNE");
     if (has(":noside")) setenv("NXFT_SIDE_STREAM", "0", 1);   // LoRA weight gradients on the main stream
     else unsetenv("NXFT_SIDE_STREAM");
@@ -356,6 +359,11 @@ int run_bench(int argc, char** argv) {
     else unsetenv("NXFT_CUDNN_PACKED");
     if (has(":mha")) setenv("NXFT_CUDNN_PACKED_MHA", "1", 1);
     else unsetenv("NXFT_CUDNN_PACKED_MHA");
+    // ":cpall" | ":cpin" | ":cpout" | ":cpnone" = NXFT_CUDNN_PACKED_COPY (which pitched operands of the packed rows'
+    // cuDNN backward go through packed scratch; the backend checks the first call and copies more if needed)
+    unsetenv("NXFT_CUDNN_PACKED_COPY");
+    for (const char* c : {"all", "in", "out", "none"})
+      if (has((std::string(":cp") + c).c_str())) setenv("NXFT_CUDNN_PACKED_COPY", c, 1);
     // ":q4" = QLoRA (NF4 base, double-quantized absmax; 4-bit B operands are dequantized per GEMM).
     const bool q4 = has(":q4");
     if (std::sscanf(plans[pi].c_str(), "%dx%dx%d", &B, &T, &ck) < 2) {

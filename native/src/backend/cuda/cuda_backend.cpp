@@ -95,6 +95,14 @@ class CudaBackend : public Backend {
     cudnn_packed_ = !(packed && std::string(packed) == "0");
     const char* packed_mha = std::getenv("NXFT_CUDNN_PACKED_MHA");
     cudnn_packed_mha_ = packed_mha && std::string(packed_mha) == "1";
+    if (const char* pc = std::getenv("NXFT_CUDNN_PACKED_COPY")) {
+      const std::string c = pc;
+      if (c == "all") packed_copy_ = kCopyAll;
+      else if (c == "in") packed_copy_ = kCopyInputs;
+      else if (c == "out") packed_copy_ = kCopyOutputs;
+      else if (c == "none") packed_copy_ = 0;
+      else throw EngineError("NXFT_CUDNN_PACKED_COPY: '" + c + "' is not all, in, out or none");
+    }
 #if defined(NXFT_HAVE_CUDNN)
     if (no_cudnn && std::string(no_cudnn) == "1") {
       attention_path_ = "portable (NXFT_NO_CUDNN=1)";
@@ -660,24 +668,29 @@ class CudaBackend : public Backend {
     } else if (PackedDocs* docs = cudnn_ && packed_bwd_state_ >= 0 ? packed_docs(doc_start, B, T) : nullptr) {
       float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * T * NH * 4));
       launch_lse_layout(lse_tokens, static_cast<const float*>(lse.ptr), B, T, NH, true, stream_);
-      // cuDNN 9.19's ragged backward gave wrong dq and dk whenever operands had pitched rows (the model's
-      // interleaved q|k|v, dq|dk|dv and spare-column O; cuda_parity "packed docs, pitched"), and right ones for
-      // separate packed buffers (every other packed case there). So each pitched operand is copied to packed
-      // rows of one scratch first and each pitched gradient copied back: at 8B about 1% of a step.
+      // cuDNN 9.19's ragged backward gave wrong dq and dk with some pitched operands (the model's interleaved
+      // q|k|v, dq|dk|dv and spare-column O; cuda_parity "packed docs, pitched") and right ones for separate packed
+      // buffers. So pitched operands may go through packed rows of one scratch (packed_copy_: the inputs copied in,
+      // the gradients copied back; about 112 µs a layer at 8B, 2×2048). Which copies are needed is checked, not
+      // assumed: the first call of a process compares cuDNN with the portable kernels (check_packed_backward), and
+      // a disagreement moves on to more copies, then to the portable kernels.
+      const bool copy_in = packed_copy_ & kCopyInputs, copy_out = packed_copy_ & kCopyOutputs;
       const int qd = NH * HD, kvd = NKV * HD;
       const size_t N = size_t(B) * T;
-      // NXFT_CUDNN_PACKED_MHA=1 (an A/B switch): k and v go in repeated to NH heads, so cuDNN runs multi-head
-      // attention, and each KV head's dk, dv are summed back from its G query heads.
+      // NXFT_CUDNN_PACKED_MHA=1 (an A/B switch; slower on an H200, session 8): k and v go in repeated to NH heads,
+      // so cuDNN runs multi-head attention, and each KV head's dk, dv are summed back from its G query heads.
       const bool mha = cudnn_packed_mha_ && NKV < NH;
       const int G = NH / NKV, kvw = mha ? qd : kvd;
       bf16* pk = static_cast<bf16*>(scratch(6, N * size_t(4 * qd + 4 * kvw) * 2));  // q k v out dout, then dq dk dv
       bf16* at = pk;
-      auto packed_in = [&](const void* src, int ld, int width) -> const void* {
+      AttnLd cl;   // the pitches cuDNN sees
+      auto packed_in = [&](const void* src, int ld, int width, int* cl_ld) -> const void* {
         bf16* d = at;
         at += N * width;
-        if (ld == width) return src;
-        CUDA_CHECK(cudaMemcpy2DAsync(d, size_t(width) * 2, src, size_t(ld) * 2, size_t(width) * 2, N,
-                                     cudaMemcpyDeviceToDevice, stream_));
+        *cl_ld = ld;
+        if (ld == width || !copy_in) return src;
+        copy_rows(d, width, src, ld, width, N);
+        *cl_ld = width;
         return d;
       };
       auto repeated_in = [&](const Tensor& src, int ld) -> bf16* {   // (N, NKV, HD) pitch ld → (N, NH, HD) packed
@@ -686,49 +699,43 @@ class CudaBackend : public Backend {
         launch_repeat_kv_heads(d, static_cast<const bf16*>(src.ptr), int(N), NKV, G, HD, ld, stream_);
         return d;
       };
-      const void* q_p = packed_in(q.ptr, ld.q, qd);
-      bf16* k_rep = mha ? repeated_in(k, ld.kv) : nullptr;
-      const void* k_p = mha ? k_rep : packed_in(k.ptr, ld.kv, kvd);
-      bf16* v_rep = mha ? repeated_in(v, ld.kv) : nullptr;
-      const void* v_p = mha ? v_rep : packed_in(v.ptr, ld.kv, kvd);
-      const void* o_p = packed_in(out.ptr, ld.out, qd);
-      const void* do_p = packed_in(dout.ptr, ld.dout, qd);
-      // The first call of a process is checked against the portable kernels (packed_bwd_state_): cuDNN's
-      // gradients then go to the scratch, the portable ones to dq, dk, dv.
-      const bool checking = packed_bwd_state_ == 0;
-      bf16* dq_p = ld.dq == qd && !checking ? static_cast<bf16*>(dq.ptr) : at;
-      bf16* dk_p = ld.dkv == kvd && !checking && !mha ? static_cast<bf16*>(dk.ptr) : at + N * qd;
-      bf16* dv_p = ld.dkv == kvd && !checking && !mha ? static_cast<bf16*>(dv.ptr) : at + N * (qd + kvw);
-      AttnLd packed;
-      packed.q = packed.out = packed.dout = packed.dq = qd;
-      packed.kv = packed.dkv = kvw;
+      int k_ld = 0, v_ld = 0;
+      const void* q_p = packed_in(q.ptr, ld.q, qd, &cl.q);
+      const void* k_p = mha ? repeated_in(k, ld.kv) : packed_in(k.ptr, ld.kv, kvd, &k_ld);
+      const void* v_p = mha ? repeated_in(v, ld.kv) : packed_in(v.ptr, ld.kv, kvd, &v_ld);
+      cl.kv = mha ? qd : k_ld;   // k and v share a pitch: both copied or both not (same ld, same width)
+      const void* o_p = packed_in(out.ptr, ld.out, qd, &cl.out);
+      const void* do_p = packed_in(dout.ptr, ld.dout, qd, &cl.dout);
+      // Gradients go straight to dq, dk, dv unless copied back (copy_out with pitched rows, or MHA's full heads).
+      bf16* const grads = at;   // (N, qd + 2·kvw) packed scratch
+      const bool direct_dq = ld.dq == qd || !copy_out, direct_dkv = !mha && (ld.dkv == kvd || !copy_out);
+      bf16* dq_p = direct_dq ? static_cast<bf16*>(dq.ptr) : grads;
+      bf16* dk_p = direct_dkv ? static_cast<bf16*>(dk.ptr) : grads + N * qd;
+      bf16* dv_p = direct_dkv ? static_cast<bf16*>(dv.ptr) : grads + N * (qd + kvw);
+      cl.dq = direct_dq ? ld.dq : qd;
+      cl.dkv = direct_dkv ? ld.dkv : kvw;
       if (cudnn_->backward_ragged(dq_p, dk_p, dv_p, do_p, q_p, k_p, v_p, o_p, lse_tokens,
-                                  docs->ragged(packed, NH, true, stream_), NH, mha ? NH : NKV, HD, packed)) {
-        if (mha) {   // sum each group back: into dk, dv, or (while checking) packed over the repeated k, v
-          bf16* dk_sum = checking ? k_rep : static_cast<bf16*>(dk.ptr);
-          bf16* dv_sum = checking ? v_rep : static_cast<bf16*>(dv.ptr);
-          const int ld_sum = checking ? kvd : ld.dkv;
-          launch_sum_kv_heads(dk_sum, dk_p, int(N), NKV, G, HD, ld_sum, stream_);
-          launch_sum_kv_heads(dv_sum, dv_p, int(N), NKV, G, HD, ld_sum, stream_);
-          dk_p = dk_sum;
-          dv_p = dv_sum;
+                                  docs->ragged(cl, NH, true, stream_), NH, mha ? NH : NKV, HD, cl)) {
+        if (mha) {   // sum each group back into dk, dv
+          launch_sum_kv_heads(static_cast<bf16*>(dk.ptr), dk_p, int(N), NKV, G, HD, ld.dkv, stream_);
+          launch_sum_kv_heads(static_cast<bf16*>(dv.ptr), dv_p, int(N), NKV, G, HD, ld.dkv, stream_);
+        } else if (!direct_dkv) {
+          copy_rows(dk.ptr, ld.dkv, dk_p, kvd, kvd, N);
+          copy_rows(dv.ptr, ld.dkv, dv_p, kvd, kvd, N);
         }
-        if (checking) {  // fall through: the portable kernels write dq, dk, dv; then the two are compared
-          checked[0] = dq_p;
-          checked[1] = dk_p;
-          checked[2] = dv_p;
-        } else {
-          auto back = [&](void* dst, int ld, const bf16* src, int width) {
-            if (dst == src) return;
-            CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(ld) * 2, src, size_t(width) * 2, size_t(width) * 2, N,
-                                         cudaMemcpyDeviceToDevice, stream_));
-          };
-          back(dq.ptr, ld.dq, dq_p, qd);
-          back(dk.ptr, ld.dkv, dk_p, kvd);
-          back(dv.ptr, ld.dkv, dv_p, kvd);
+        if (!direct_dq) copy_rows(dq.ptr, ld.dq, dq_p, qd, qd, N);
+        if (packed_bwd_state_ != 0) {
           tm.rename(mha ? "attention_backward (cudnn packed, heads repeated)" : "attention_backward (cudnn packed)");
           return;
         }
+        // The first call: cuDNN's dq, dk, dv to packed scratch, then the portable kernels write dq, dk, dv and the
+        // two are compared.
+        copy_rows(grads, qd, dq.ptr, ld.dq, qd, N);
+        copy_rows(grads + N * qd, kvd, dk.ptr, ld.dkv, kvd, N);
+        copy_rows(grads + N * (qd + kvd), kvd, dv.ptr, ld.dkv, kvd, N);
+        checked[0] = grads;
+        checked[1] = grads + N * qd;
+        checked[2] = grads + N * (qd + kvd);
       }
     }
 #endif
@@ -743,6 +750,11 @@ class CudaBackend : public Backend {
 #endif
   }
 #if defined(NXFT_HAVE_CUDNN)
+  // rows × width bf16 from src (row pitch src_ld elements) to dst (pitch dst_ld), on the main stream.
+  void copy_rows(void* dst, int dst_ld, const void* src, int src_ld, int width, size_t rows) {
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(dst_ld) * 2, src, size_t(src_ld) * 2, size_t(width) * 2, rows,
+                                 cudaMemcpyDeviceToDevice, stream_));
+  }
   // cuDNN 9.19's ragged backward gave wrong dq and dk for some operand layouts (see attention_backward), so the
   // first packed-document backward of a process runs both it and the portable kernels (which write the result)
   // and compares: cuDNN then serves every later call only if it agreed. One host round trip, once.
@@ -767,10 +779,17 @@ class CudaBackend : public Backend {
       worst = std::max(worst, diff / scale);
     }
     // bf16 gradients of two correct kernels differ by a few bf16 ulps of the largest value; a wrong layout by O(1).
-    packed_bwd_state_ = worst <= 0.05 ? 1 : -1;
-    fprintf(stderr, "[cuda] packed-document attention backward: cuDNN vs portable kernels, worst difference %.2e of "
-                    "the largest gradient: %s\n", worst,
-            packed_bwd_state_ > 0 ? "cuDNN serves the later calls" : "DISAGREE, the portable kernels serve every call");
+    // On a disagreement the next call copies more (none → the gradients → the inputs → all), and is checked again.
+    const bool agree = worst <= 0.05;
+    const int more = packed_copy_ == 0 ? kCopyOutputs : packed_copy_ == kCopyOutputs ? kCopyInputs : kCopyAll;
+    fprintf(stderr, "[cuda] packed-document attention backward (%s): cuDNN vs portable kernels, worst difference %.2e "
+                    "of the largest gradient: %s%s\n", packed_copy_name(packed_copy_), worst,
+            agree ? "cuDNN serves the later calls"
+                  : packed_copy_ != kCopyAll ? "DISAGREE, the next call is checked with " : "DISAGREE, the portable kernels serve every call",
+            agree || packed_copy_ == kCopyAll ? "" : packed_copy_name(more));
+    if (agree) packed_bwd_state_ = 1;
+    else if (packed_copy_ != kCopyAll) packed_copy_ = more;   // packed_bwd_state_ stays 0
+    else packed_bwd_state_ = -1;
   }
 #endif
 
@@ -1123,6 +1142,15 @@ class CudaBackend : public Backend {
   bool cudnn_packed_ = true;  // NXFT_CUDNN_PACKED=0: packed documents take the portable kernels
   bool cudnn_packed_mha_ = false;  // NXFT_CUDNN_PACKED_MHA=1: the ragged backward on k, v repeated to NH heads
   int packed_bwd_state_ = 0;  // cuDNN's packed-document backward: 0 not yet checked, 1 agreed, -1 disagreed
+  // Which pitched operands of the packed-document backward go through packed scratch (attention_backward):
+  // NXFT_CUDNN_PACKED_COPY = none (the default: the first call's check moves on to more copies if needed) | out |
+  // in | all.
+  static constexpr int kCopyInputs = 1, kCopyOutputs = 2, kCopyAll = 3;
+  int packed_copy_ = 0;
+  static const char* packed_copy_name(int c) {
+    return c == kCopyAll ? "pitched operands copied" : c == kCopyInputs ? "pitched inputs copied"
+         : c == kCopyOutputs ? "pitched gradients copied" : "no copies";
+  }
 #if defined(NXFT_HAVE_CUDNN)
   PackedDocs packed_docs_;
 #endif

@@ -38,7 +38,8 @@ bool PackedDocs::prepare(uint64_t upload_id, const std::vector<int32_t>& ds, int
   int longest = 0;
   if (ds.size() < size_t(B) * T || !find_documents(ds.data(), B, T, &starts_, &longest)) return false;
   const int docs = int(starts_.size()) - 1;
-  n_seq_ = ragged_batch_size(docs);
+  n_seq_ = ragged_batch_size(docs, n_seq_largest_);
+  n_seq_largest_ = std::max(n_seq_largest_, n_seq_);
   static const RaggedLen how = [] {
     const char* e = std::getenv("NXFT_RAGGED_MAX_LEN");
     return e && std::string(e) == "pow2" ? RaggedLen::Pow2 : RaggedLen::Row;

@@ -33,6 +33,7 @@ class PackedDocs {
   static constexpr int kSlots = 9;   // slot 0: lengths; slots 1..8: offsets for up to 8 distinct pitches
   uint64_t upload_id_ = ~0ull;
   int B_ = 0, T_ = 0, n_seq_ = 0, max_len_ = 0;
+  int n_seq_largest_ = 0;              // the largest graph batch so far (ragged_batch_size)
   std::vector<int32_t> starts_;        // (documents + 1) flat token starts, then B·T
   int capacity_ = 0;                   // entries per slot
   int32_t* host_ = nullptr;            // page-locked (kSlots, capacity_): written once per upload, copied async
