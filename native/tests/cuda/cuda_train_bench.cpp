@@ -172,7 +172,7 @@ int run_schedules() {
   // QLoRA rows (q4: NF4 base, double-quantized absmax) compare against the serial QLoRA run; with 2×512 tokens and
   // mlp_chunk_tokens at its default the MLP is one chunk, so ":chunks" sets 256-token chunks (4 per micro-batch).
   // keep_h: every layer keeps its MLP input h (TransformerOptions::keep_mlp_input): the side stream's dB/dA of
-  // down read the layer's own h, no longer the shared one that the next layer's recompute rewrites.
+  // down read the layer's own h, no longer the shared one that the layer below's recompute rewrites.
   struct Schedule { const char* name; bool side, ckpt, offload, q4, chunks, keep_h = false; };
   const Schedule schedules[] = {{"serial", false, false, false, false, false},
                                 {"serial (repeat)", false, false, false, false, false},
