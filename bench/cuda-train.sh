@@ -12,7 +12,9 @@
 # :noside (LoRA weight gradients on the main stream), :offload (checkpointed layer inputs in host memory; CKPT 1),
 # :q4 (QLoRA: NF4 base with double-quantized absmax; bench/qlora-gpu.sh runs the QLoRA comparison),
 # :prompt (the first 44% of each row without targets, as SFT on responses), :allrows (the LM head over all rows),
-# :mha (packed rows' cuDNN backward on k, v repeated to every query head; NXFT_CUDNN_PACKED_MHA=1).
+# :mha (packed rows' cuDNN backward on k, v repeated to every query head; NXFT_CUDNN_PACKED_MHA=1),
+# :keep (without checkpointing every layer keeps its group inputs xn1, xn2, h), :keeph (it keeps only its MLP input h;
+# TransformerOptions::keep_mlp_input, NXFT_KEEP_MLP_INPUT=1 for `train`).
 # PHASE=ours and PHASE=peer in two back-to-back calls on the same warm machine fit where one call's time limit
 # does not (record `nvidia-smi -L` in both to show it is the same card).
 # Environment: PHASE=all|ours|peer (default all), PLANS (ours), PEER_PLAN / PEER_COMPILE_PLAN (peer),

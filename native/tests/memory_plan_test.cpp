@@ -8,7 +8,10 @@
 //      cross-entropy, flash attention, the MLP in token chunks), for QLoRA and bf16 LoRA;
 //   2. QLoRA 1×2048 with checkpointing offloaded to host memory (what Unsloth's "unsloth" checkpointing does)
 //      plans at most 6.0 GiB (issue 15's bar; Unsloth measured 6.55), and less than without offload;
-//   3. under an 80 GiB cap the planned longest 8B QLoRA context is ≥ 400,000 tokens.
+//   3. under an 80 GiB cap the planned longest 8B QLoRA context is ≥ 400,000 tokens;
+//   4. bf16 LoRA 2×2048 without checkpointing: each layer keeping its MLP input h (keep_mlp_input) plans exactly
+//      L − 1 more h buffers of N × (F + r) bf16 than the lean sets (the shared h goes), and less than keeping every
+//      group input (keep_group_inputs).
 // It prints the plan (docs/qlora-memory.md has the arithmetic by hand). The GPU measures the real peak
 // (bench/qlora-gpu.sh); cuDNN's attention workspace and allocator fragmentation are not modelled.
 #include <algorithm>
@@ -195,8 +198,12 @@ ModelConfig llama3_8b() {
   return ModelConfig::from_json(Json::parse(j, "8b config"), "8b config");
 }
 
-// The planned peak of one training step of B=1 × T (cuda_train_bench's options: `train` on the GPU).
-size_t plan(bool q4, bool ckpt, bool offload, int T) {
+// What a layer keeps of its group inputs without checkpointing (TransformerOptions::keep_mlp_input,
+// keep_group_inputs).
+enum class Keep { Lean, MlpInput, All };
+
+// The planned peak of one training step of B × T (cuda_train_bench's options: `train` on the GPU).
+size_t plan(bool q4, bool ckpt, bool offload, int T, int B = 1, Keep keep = Keep::Lean) {
   CountingBackend be;
   const ModelConfig cfg = llama3_8b();
   LoraSpec spec;
@@ -206,6 +213,8 @@ size_t plan(bool q4, bool ckpt, bool offload, int T) {
   TransformerOptions o;
   o.gradient_checkpointing = ckpt;
   o.offload_checkpoints = offload;
+  o.keep_mlp_input = keep == Keep::MlpInput;
+  o.keep_group_inputs = keep == Keep::All;
   o.quantize_nf4 = o.double_quant = q4;
   o.ce_vocab_chunk = 1 << 20;
   o.ce_max_logits = int64_t(2048) * 131072;
@@ -225,13 +234,17 @@ size_t plan(bool q4, bool ckpt, bool offload, int T) {
   }
   const size_t n = m.num_lora_params();
   Tensor adam_m = be.alloc(n, Role::Param), adam_v = be.alloc(n, Role::Param);
-  std::vector<int32_t> tokens(static_cast<size_t>(T)), targets(static_cast<size_t>(T)), positions(static_cast<size_t>(T));
-  for (int t = 0; t < T; t++) tokens[size_t(t)] = t % 1000, targets[size_t(t)] = (t + 1) % 1000, positions[size_t(t)] = t;
-  Batch b{tokens.data(), targets.data(), positions.data(), 1, T};
+  const size_t N = size_t(B) * T;
+  std::vector<int32_t> tokens(N), targets(N), positions(N);
+  for (size_t i = 0; i < N; i++) {
+    const int t = int(i % size_t(T));
+    tokens[i] = t % 1000, targets[i] = (t + 1) % 1000, positions[i] = t;
+  }
+  Batch b{tokens.data(), targets.data(), positions.data(), B, T};
   m.zero_grads();
-  m.forward_backward(b, 1.0f / float(T), 0);
+  m.forward_backward(b, 1.0f / float(N), 0);
   be.adamw_step(m.lora_params(), m.lora_grads(), adam_m, adam_v, n, 1e-4, 0.9, 0.999, 1e-8, 0, 1, 1.0f);
-  m.forward_backward(b, 1.0f / float(T), 0);   // a second step: the bf16 copies of the updated parameters again
+  m.forward_backward(b, 1.0f / float(N), 0);   // a second step: the bf16 copies of the updated parameters again
   return be.peak_bytes();
 }
 
@@ -259,6 +272,19 @@ int main() {
     MT_CHECK(p64 - p32 == 2 * (p32 - p16), "%s: the plan is not linear in T (16K %zu, 32K %zu, 64K %zu)",
              q4 ? "QLoRA" : "bf16 LoRA", p16, p32, p64);
     if (q4) MT_CHECK(longest >= 400000, "QLoRA: planned longest context under 80 GiB is %.0f (bar: 400,000)", longest);
+  }
+  {  // 4. keep_mlp_input: (L − 1) own h buffers of N × (F + r) bf16 (down's folded xa in the tail), 512-byte rounded
+    const size_t lean = plan(false, false, false, 2048, 2), keep_h = plan(false, false, false, 2048, 2, Keep::MlpInput),
+                 keep_all = plan(false, false, false, 2048, 2, Keep::All);
+    const ModelConfig cfg = llama3_8b();
+    const size_t h_bytes = (size_t(2) * 2048 * (cfg.intermediate_size + 16 /* r */) * 2 + 511) / 512 * 512;
+    const size_t n_h = size_t(cfg.num_layers) - 1;
+    std::printf("| bf16 LoRA 2×2048, no ckpt: lean / keep_mlp_input / keep_group_inputs | %.3f / %.3f / %.3f |\n",
+                gib(lean), gib(keep_h), gib(keep_all));
+    MT_CHECK(keep_h - lean == n_h * h_bytes, "keep_mlp_input plans %zu bytes more than lean, expected %zu h buffers of %zu",
+             keep_h - lean, n_h, h_bytes);
+    MT_CHECK(keep_h < keep_all, "keep_mlp_input plans no less than keeping every group input (%zu vs %zu)", keep_h,
+             keep_all);
   }
   return mt::finish("memory_plan_test");
 }

@@ -297,6 +297,14 @@ int cmd_train(const Json& job, const std::string& job_path) {
   if (be->name() == "cuda") opt.ce_max_logits = int64_t(512) * 131072;
   apply_memory_saving(opt);   // QLoRA and checkpoint offload: the token embedding in host memory
   opt.checkpoint_vocab_size = base_cfg.vocab_size;
+  // NXFT_KEEP_MLP_INPUT=1: every layer keeps its MLP input h instead of recomputing it in backward
+  // (TransformerOptions::keep_mlp_input; more memory for less recompute), so the real path can be A/B-timed.
+  if (const char* keep_h = std::getenv("NXFT_KEEP_MLP_INPUT"); keep_h && *keep_h) {
+    if (std::string(keep_h) != "0" && std::string(keep_h) != "1")
+      throw EngineError(std::string("environment NXFT_KEEP_MLP_INPUT=\"") + keep_h + "\": must be 0 or 1", "",
+                        "NXFT_KEEP_MLP_INPUT");
+    opt.keep_mlp_input = std::string(keep_h) == "1";
+  }
   Transformer model(*be, cfg, &spec, opt);
   const size_t n_params = model.num_lora_params();
   Tensor adam_m = be->alloc(n_params, Role::Param), adam_v = be->alloc(n_params, Role::Param);
@@ -556,6 +564,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   summary.set("load_s", Json::number(load_seconds));
   if (dist.enabled()) summary.set("world_size", Json::number(W)).set("collective", Json::string(collective_name));
   if (opt.quantize_nf4) summary.set("base_4bit", Json::string(prequantized ? "bitsandbytes" : "nf4"));
+  if (opt.keep_mlp_input) summary.set("keep_mlp_input", Json::boolean(true));   // an A/B run says which side it was
   write_file_atomic(path_join(out, "summary.json"), summary.dump(2) + "\n");
   Json files = Json::array();
   for (const char* f : {"adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "summary.json"})

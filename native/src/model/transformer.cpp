@@ -390,8 +390,11 @@ void Transformer::release(Tensor& t) {
 }
 
 void Transformer::free_layer_acts(LayerActs& a) {
-  if (&a != &shared_inputs_ && !a.xn1.empty() && a.xn1.ptr == shared_inputs_.xn1.ptr)
-    a.xn1 = a.xn2 = a.h = Tensor();   // the shared inputs of a lean set: freed once, with shared_inputs_
+  if (&a != &shared_inputs_) {   // the shared inputs of a lean set (h may be its own): freed once, with shared_inputs_
+    if (a.xn1.ptr == shared_inputs_.xn1.ptr) a.xn1 = Tensor();
+    if (a.xn2.ptr == shared_inputs_.xn2.ptr) a.xn2 = Tensor();
+    if (a.h.ptr == shared_inputs_.h.ptr) a.h = Tensor();
+  }
   for (Tensor* t : {&a.xn1, &a.rstd1, &a.qkv, &a.att, &a.lse, &a.res_mid, &a.xn2, &a.rstd2, &a.gu, &a.h})
     release(*t);
   for (Tensor& t : a.xa) release(t);
@@ -478,24 +481,23 @@ uint64_t Transformer::lora_seed(uint64_t seed, int layer, int target) const {
 
 // ---- buffers ------------------------------------------------------------------------------------------------
 
-void Transformer::alloc_layer_acts(LayerActs& a, int N, bool own_inputs) {
+void Transformer::alloc_layer_acts(LayerActs& a, int N, bool own_norm_outputs, bool own_h) {
   const ModelConfig& c = cfg_;
   const int C = c.hidden_size, F = c.intermediate_size, qd = c.num_heads * c.head_dim,
             kvd = c.num_kv_heads * c.head_dim;
   // xn1, xn2 and h (2·C + F values per token): the LoRA backward of q/k/v, gate/up and down reads them. Their
-  // own copies, or (own_inputs false: lean sets, TransformerOptions::keep_group_inputs) the shared ones that
+  // own copies, or (lean sets, TransformerOptions::keep_group_inputs / keep_mlp_input) the shared ones that
   // backward refills (recompute_group_inputs).
   // A folded group's input has its LoRA down-projections as extra columns: [xn1 | xa_q xa_k xa_v] etc.
   const int mlp_rows = mlp_rows_ > 0 ? std::min(mlp_rows_, N) : N;   // gate|up and h: one MLP chunk
-  if (own_inputs) {
+  if (own_norm_outputs) {
     a.xn1 = be_.alloc(size_t(N) * input_ld(kGroupQKV), Role::Activation);
     a.xn2 = be_.alloc(size_t(N) * input_ld(kGroupGateUp), Role::Activation);
-    a.h = be_.alloc(size_t(mlp_rows) * input_ld(kGroupDown), Role::Activation);
   } else {
     a.xn1 = shared_inputs_.xn1;
     a.xn2 = shared_inputs_.xn2;
-    a.h = shared_inputs_.h;
   }
+  a.h = own_h ? be_.alloc(size_t(mlp_rows) * input_ld(kGroupDown), Role::Activation) : shared_inputs_.h;
   a.rstd1 = be_.alloc(size_t(N), Role::Stat);
   a.qkv = be_.alloc(size_t(N) * (qd + 2 * kvd), Role::Activation);
   a.att = be_.alloc(size_t(N) * input_ld(kGroupO), Role::Activation);
@@ -538,9 +540,9 @@ void Transformer::ensure_buffers(int N, bool training) {
   if (lean_acts()) {
     shared_inputs_.xn1 = be_.alloc(size_t(cap) * input_ld(kGroupQKV), Role::Activation);
     shared_inputs_.xn2 = be_.alloc(size_t(cap) * input_ld(kGroupGateUp), Role::Activation);
-    shared_inputs_.h = be_.alloc(size_t(cap) * input_ld(kGroupDown), Role::Activation);
+    if (lean_h()) shared_inputs_.h = be_.alloc(size_t(cap) * input_ld(kGroupDown), Role::Activation);
   }
-  for (LayerActs& a : acts_) alloc_layer_acts(a, cap, !lean_acts());
+  for (LayerActs& a : acts_) alloc_layer_acts(a, cap, !lean_acts(), !lean_h());
   res_.resize(offloading() ? 2 : size_t(L) + 1);
   for (Tensor& t : res_) t = be_.alloc(size_t(cap) * C, Role::Activation);
   if (offloading() && L > 1) {   // inputs of layers 0 … L−2 (layer L−1's stays in its device slot)
@@ -886,11 +888,17 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
 // Lean sets (TransformerOptions::keep_group_inputs false): layer l's xn1, xn2 and h into the shared set, from the
 // layer's kept input x, res_mid and gate|up (the rmsnorms rewrite rstd1/rstd2 with the values they hold); a
 // folded group's xa (its input's tail columns) with the forward's x·Aᵀ GEMM. An unfolded group's xa is kept per layer (a.xa) and needs nothing.
+// With keep_mlp_input, a.h is the layer's own (down's folded xa included), as its forward left it: only xn1 and
+// xn2 are refilled.
 void Transformer::recompute_group_inputs(int l, const Tensor& x, LayerActs& a, int N, uint64_t seed) {
   const ModelConfig& c = cfg_;
   const LayerW& W = layers_[size_t(l)];
   const int C = c.hidden_size, F = c.intermediate_size;
-  be_.side_join();   // the side work issued so far (layer l+1's LoRA weight gradients) reads the shared inputs
+  // The side work issued so far (layer l+1's LoRA weight gradients) reads the shared inputs: xn1 and xn2 always,
+  // h unless each layer keeps its own. A layer's own h is written by its forward only and read by its backward
+  // only (the main path's dh GEMM, the side stream's dB/dA of down), and the next write, the next step's forward,
+  // comes after run()'s final side_join: h needs no join of its own, but xn1 is rewritten next, so the join stays.
+  be_.side_join();
   int ld_xa = 0;
   Tensor xa;
   be_.rmsnorm_forward(a.xn1, a.rstd1, x, W.attn_norm, N, C, c.rms_norm_eps, c.norm_plus_one, input_ld(kGroupQKV));
@@ -904,6 +912,7 @@ void Transformer::recompute_group_inputs(int l, const Tensor& x, LayerActs& a, i
     xa = xa_of(a, kGroupGateUp, &ld_xa);
     group_forward(l, kGroupGateUp, a.xn2, N, Tensor(), 0, nullptr, xa, ld_xa, seed, false);
   }
+  if (!lean_h()) return;   // keep_mlp_input: h and down's xa are the layer's own
   const Glu act = glu_;
   be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
   if (fold_[kGroupDown]) {

@@ -59,6 +59,13 @@ struct TransformerOptions {
   // two rmsnorms, one GLU and the folded groups' x·Aᵀ — about 1% of a layer's FLOPs, and the same values as the
   // forward's (same kernels, same inputs). true keeps them per layer instead (A/B benchmarks).
   bool keep_group_inputs = false;
+  // Without checkpointing and with keep_group_inputs false: each layer keeps its own h (the down group's input,
+  // with down's folded xa in its tail columns) while xn1 and xn2 stay shared and recomputed. h is F of the 2·C + F
+  // values and most of the recompute's time: the GLU forward and the skinny down x·Aᵀ GEMM that reads all of h;
+  // xn1/xn2 are two cheap rmsnorms. At 8B 2×2048 on an H200 keeping all three ran 17,386 tok/s at 33.74 GiB
+  // against 17,025 at 28.38 GiB lean; h alone costs (L − 1)·N·F·2 bytes more than lean (3.4 GiB there), so it
+  // should buy most of that 2% for well under the 5.36 GiB of keeping everything. Same values either way.
+  bool keep_mlp_input = false;
   // With gradient_checkpointing and LoRA dropout 0: the MLP (gate|up → act → down) runs over this many tokens at a
   // time, forward and backward (it is token-wise), so gate|up, h and their gradients exist for one chunk, not for
   // all N tokens: at long context they were most of the activation memory (6F of the ~11C + 6F values per token).
@@ -228,9 +235,11 @@ class Transformer {
   std::vector<Tensor> res_;        // L+1 residual streams (N, C); 2 device slots when offloading (see res())
   void* res_host_ = nullptr;       // offload: layer inputs 0 … L−2 in host memory, cap_n_·C elements each
   std::vector<LayerActs> acts_;    // L (or 1 scratch set when checkpointing / eval)
-  // Lean per-layer sets (keep_group_inputs false): the one xn1, xn2, h that every set's own point to.
+  // Lean per-layer sets (keep_group_inputs false): the one xn1, xn2, h that every set's own point to (h only when
+  // keep_mlp_input is false).
   LayerActs shared_inputs_;
   bool lean_acts() const { return acts_.size() > 1 && !opt_.keep_group_inputs; }   // per-layer sets share them
+  bool lean_h() const { return lean_acts() && !opt_.keep_mlp_input; }               // … and share h too
   Tensor ids_, targets_, positions_, doc_start_;
   Tensor xf_, rstdf_;              // final norm output (N, C), rstd (N)
   // dres_: d(residual stream) with spare columns for o/down's dxa when folded (row pitch group_dy_ld(kGroupO));
@@ -266,7 +275,7 @@ class Transformer {
   const Tensor& res(int l) const { return res_[offloading() ? size_t(l % 2) : size_t(l)]; }
   size_t res_bytes() const { return size_t(cap_n_) * cfg_.hidden_size * dtype_size(be_.dtype_of(Role::Activation)); }
   void* res_host(int l) const { return static_cast<char*>(res_host_) + size_t(l) * res_bytes(); }
-  void alloc_layer_acts(LayerActs& a, int N, bool own_inputs = true);
+  void alloc_layer_acts(LayerActs& a, int N, bool own_norm_outputs = true, bool own_h = true);
   void free_layer_acts(LayerActs& a);
   void recompute_group_inputs(int l, const Tensor& x, LayerActs& a, int N, uint64_t seed);
   void upload_batch(const Batch& batch);

@@ -102,8 +102,8 @@ struct Trainer {
   int64_t step = 0;
   Trainer(Backend& b, const ModelWeights& w, const LoraSpec& spec, const LoraAdapter& init, bool ckpt,
           bool fold = true, bool offload = false, bool q4 = false, int mlp_chunk = -1, bool keep_inputs = false,
-          bool head_all_rows = false)
-      : be(b), model(b, w, &spec, options(ckpt, fold, offload, q4, mlp_chunk, keep_inputs, head_all_rows)) {
+          bool head_all_rows = false, bool keep_mlp_input = false)
+      : be(b), model(b, w, &spec, options(ckpt, fold, offload, q4, mlp_chunk, keep_inputs, head_all_rows, keep_mlp_input)) {
     model.set_lora(init);
     size_t n = model.num_lora_params();
     m = be.alloc(n, Role::Param);
@@ -116,7 +116,7 @@ struct Trainer {
     be.free(v);
   }
   static TransformerOptions options(bool ckpt, bool fold, bool offload, bool q4, int mlp_chunk, bool keep_inputs,
-                                    bool head_all_rows) {
+                                    bool head_all_rows, bool keep_mlp_input) {
     TransformerOptions o;
     o.head_all_rows = head_all_rows;
     if (mlp_chunk >= 0) o.mlp_chunk_tokens = mlp_chunk;   // -1: the default
@@ -124,6 +124,7 @@ struct Trainer {
     o.offload_checkpoints = offload;
     o.fold_lora = fold;
     o.keep_group_inputs = keep_inputs;
+    o.keep_mlp_input = keep_mlp_input;
     // QLoRA as `train` runs it on a bf16 base with quantize_base "nf4" and double_quant: NF4 codes, the absmax
     // double-quantized on the device.
     o.quantize_nf4 = q4;
@@ -170,10 +171,13 @@ int run_schedules() {
     for (size_t i = 0; i < p.B.size(); i++) p.B[i] = 0.01f * float(int(i % 7) - 3);
   // QLoRA rows (q4: NF4 base, double-quantized absmax) compare against the serial QLoRA run; with 2×512 tokens and
   // mlp_chunk_tokens at its default the MLP is one chunk, so ":chunks" sets 256-token chunks (4 per micro-batch).
-  struct Schedule { const char* name; bool side, ckpt, offload, q4, chunks; };
+  // keep_h: every layer keeps its MLP input h (TransformerOptions::keep_mlp_input): the side stream's dB/dA of
+  // down read the layer's own h, no longer the shared one that the layer below's recompute rewrites.
+  struct Schedule { const char* name; bool side, ckpt, offload, q4, chunks, keep_h = false; };
   const Schedule schedules[] = {{"serial", false, false, false, false, false},
                                 {"serial (repeat)", false, false, false, false, false},
                                 {"side stream", true, false, false, false, false},
+                                {"side stream + kept h (keep_mlp_input)", true, false, false, false, false, true},
                                 {"side stream + checkpointing", true, true, false, false, false},
                                 {"side stream + checkpointing + offload", true, true, true, false, false},
                                 {"serial + checkpointing + offload", false, true, true, false, false},
@@ -200,7 +204,7 @@ int run_schedules() {
       double loss = 0, gn = 0;
       std::vector<float> params;
       {
-        Trainer tr(*be, w, spec, init, sc.ckpt, true, sc.offload, sc.q4, sc.chunks ? 256 : -1);
+        Trainer tr(*be, w, spec, init, sc.ckpt, true, sc.offload, sc.q4, sc.chunks ? 256 : -1, false, false, sc.keep_h);
         for (int s = 0; s < 8; s++) loss = tr.train_step(make_data(2, 512, cfg.vocab_size, 40 + s, false), 1e-3, &gn);
         params.resize(tr.model.num_lora_params());
         be->download(tr.model.lora_params(), params.data(), params.size());
@@ -338,12 +342,19 @@ int run_bench(int argc, char** argv) {
     // inputs in page-locked host memory (TransformerOptions::offload_checkpoints; with CKPT 1), ":packed" = rows
     // of several documents (make_data's packed rows; attention per document), ":portable" = NXFT_CUDNN_PACKED=0
     // (packed documents through the portable kernels, the engine before cuDNN's ragged path), ":keep" = every
-    // layer keeps its group inputs (TransformerOptions::keep_group_inputs; the engine before lean activation sets).
+    // layer keeps its group inputs (TransformerOptions::keep_group_inputs; the engine before lean activation sets),
+    // ":keeph" = every layer keeps its MLP input h only, xn1/xn2 recomputed (TransformerOptions::keep_mlp_input).
     // ":prompt" = SFT on responses: the first 44% of each row is prompt without targets (Alpaca: 55.7% of row
     // tokens have one), so the head runs over the remaining rows only; ":allrows" = the head over all N rows anyway
     // (TransformerOptions::head_all_rows; the engine before the head ran on target rows only). ":mha" =
     // NXFT_CUDNN_PACKED_MHA=1 (packed rows' cuDNN backward on k, v repeated to every query head).
-    auto has = [&](const char* sfx) { return plans[pi].find(sfx) != std::string::npos; };
+    auto has = [&](const char* sfx) {   // a whole suffix: ":keep" is not found in "2x2048:keeph"
+      const std::string& plan = plans[pi];
+      const size_t len = std::strlen(sfx);
+      for (size_t at = plan.find(sfx); at != std::string::npos; at = plan.find(sfx, at + 1))
+        if (at + len == plan.size() || plan[at + len] == ':') return true;
+      return false;
+    };
     if (has(":ru")) setenv("NXFT_RANK_UPDATE", "1", 1);
     else unsetenv("NXFT_RANK_UPDATE");
     if (has(":noat")) setenv("NXFT_CUDNN_AUTOTUNE", "0", 1);
@@ -383,7 +394,8 @@ int run_bench(int argc, char** argv) {
     size_t peak = 0, live_end = 0, used_end = 0;
     {
       auto t1 = std::chrono::steady_clock::now();
-      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), q4, -1, has(":keep"), has(":allrows"));
+      Trainer tr(*be, w, spec, init, ck != 0, !has(":nofold"), has(":offload"), q4, -1, has(":keep"), has(":allrows"),
+                 has(":keeph"));
       double up_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       // The last plan no longer needs the host copy of the base (28 GB of fp32 layers): give it back, so a long
       // context's offloaded checkpoints (L·T·C·2 bytes of page-locked memory: 105 GB at 400K) have the room.
