@@ -359,10 +359,7 @@ int run_bench(int argc, char** argv) {
     else unsetenv("NXFT_RANK_UPDATE");
     if (has(":noat")) setenv("NXFT_CUDNN_AUTOTUNE", "0", 1);
     else unsetenv("NXFT_CUDNN_AUTOTUNE");
-    // ":atskinny" = time cuBLASLt's candidates for the skinny (LoRA) GEMM shapes only (the default before session
-    // 8); ":atall" = for every shape, however large its timing scratch
-    if (has(":atall")) setenv("NXFT_GEMM_AUTOTUNE", "all", 1);
-    else if (has(":atskinny")) setenv("NXFT_GEMM_AUTOTUNE", "skinny", 1);
+    if (has(":atall")) setenv("NXFT_GEMM_AUTOTUNE", "all", 1);   // time cuBLASLt's candidates for every GEMM shape
     else unsetenv("NXFT_GEMM_AUTOTUNE");
     if (has(":noside")) setenv("NXFT_SIDE_STREAM", "0", 1);   // LoRA weight gradients on the main stream
     else unsetenv("NXFT_SIDE_STREAM");

@@ -5,6 +5,7 @@
 // portable flash-style kernels otherwise (attention.cu); everything else is our own kernels (one .cu per concern).
 #include <cuda_runtime.h>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -658,84 +659,105 @@ class CudaBackend : public Backend {
     Timer tm(this, "attention_backward", attention_flops(B, T, NH, HD, 2.5));
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
 #if defined(NXFT_HAVE_CUDNN)
-    const bf16* checked[3] = {};  // cuDNN's packed-document dq, dk, dv while the first call is checked
+    const bf16* checked[3] = {};  // cuDNN's packed-document dq, dk, dv while the first call of a layout is checked
+    AttnLd checked_layout;        // … and the pitches cuDNN saw
     if (cudnn_ && index_all_zero(doc_start, (size_t)B * T)) {
       if (cudnn_->backward(dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr,
                            static_cast<const float*>(lse.ptr), B, T, NH, NKV, HD, ld)) {
         tm.rename("attention_backward (cudnn)");
         return;
       }
-    } else if (PackedDocs* docs = cudnn_ && packed_bwd_state_ >= 0 ? packed_docs(doc_start, B, T) : nullptr) {
-      float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * T * NH * 4));
-      launch_lse_layout(lse_tokens, static_cast<const float*>(lse.ptr), B, T, NH, true, stream_);
-      // cuDNN 9.19's ragged backward gave wrong dq and dk with some pitched operands (the model's interleaved
-      // q|k|v, dq|dk|dv and spare-column O; cuda_parity "packed docs, pitched") and right ones for separate packed
-      // buffers. So pitched operands may go through packed rows of one scratch (packed_copy_: the inputs copied in,
-      // the gradients copied back; about 112 µs a layer at 8B, 2×2048). Which copies are needed is checked, not
-      // assumed: the first call of a process compares cuDNN with the portable kernels (check_packed_backward), and
-      // a disagreement moves on to more copies, then to the portable kernels.
-      const bool copy_in = packed_copy_ & kCopyInputs, copy_out = packed_copy_ & kCopyOutputs;
+    } else if (PackedDocs* docs = cudnn_ && !packed_bwd_portable_ ? packed_docs(doc_start, B, T) : nullptr) {
+      // cuDNN 9.19's ragged backward gives wrong gradients with pitched operands (the model's interleaved q|k|v,
+      // dq|dk|dv and spare-column O): with pitched inputs and packed gradients, and with packed inputs and pitched
+      // gradients alike (session 8; cuda_parity "packed docs, pitched"), and right ones for separate packed
+      // buffers. So pitched operands go through packed rows of one scratch (packed_copy_, default all: the inputs
+      // copied in, the gradients copied back; about 112 µs a layer at 8B, 2×2048). Nothing here is assumed: the
+      // first call with each layout cuDNN sees is compared with the portable kernels (check_packed_backward), and a
+      // layout that disagrees moves on to more copies (none → gradients → inputs → all), then to the portable
+      // kernels.
       const int qd = NH * HD, kvd = NKV * HD;
       const size_t N = size_t(B) * T;
       // NXFT_CUDNN_PACKED_MHA=1 (an A/B switch; slower on an H200, session 8): k and v go in repeated to NH heads,
       // so cuDNN runs multi-head attention, and each KV head's dk, dv are summed back from its G query heads.
       const bool mha = cudnn_packed_mha_ && NKV < NH;
       const int G = NH / NKV, kvw = mha ? qd : kvd;
-      bf16* pk = static_cast<bf16*>(scratch(6, N * size_t(4 * qd + 4 * kvw) * 2));  // q k v out dout, then dq dk dv
-      bf16* at = pk;
-      AttnLd cl;   // the pitches cuDNN sees
-      auto packed_in = [&](const void* src, int ld, int width, int* cl_ld) -> const void* {
+      // The pitches cuDNN sees with copy mode c: an operand copied to packed rows has its width as pitch.
+      auto layout = [&](int c) {
+        const bool in = c & kCopyInputs, out = c & kCopyOutputs;
+        AttnLd l;
+        l.q = in ? qd : ld.q;
+        l.kv = mha ? qd : in ? kvd : ld.kv;
+        l.out = in ? qd : ld.out;
+        l.dout = in ? qd : ld.dout;
+        l.dq = out ? qd : ld.dq;
+        l.dkv = mha ? qd : out ? kvd : ld.dkv;
+        return l;
+      };
+      AttnLd cl = layout(packed_copy_);
+      for (auto it = packed_bwd_checked_.find(pitch_key(cl)); it != packed_bwd_checked_.end() && !it->second;
+           it = packed_bwd_checked_.find(pitch_key(cl))) {   // a layout that disagreed before: copy more
+        if (packed_copy_ == kCopyAll) {
+          packed_bwd_portable_ = true;
+          break;
+        }
+        packed_copy_ = more_copies(packed_copy_);
+        cl = layout(packed_copy_);
+      }
+      const bool checking = !packed_bwd_checked_.count(pitch_key(cl));
+      float* lse_tokens = static_cast<float*>(scratch(5, (size_t)B * T * NH * 4));
+      if (!packed_bwd_portable_) launch_lse_layout(lse_tokens, static_cast<const float*>(lse.ptr), B, T, NH, true, stream_);
+      bf16* pk = packed_bwd_portable_ ? nullptr : static_cast<bf16*>(scratch(6, N * size_t(4 * qd + 4 * kvw) * 2));
+      bf16* at = pk;   // q k v out dout, then dq dk dv
+      auto operand = [&](const void* src, int ld_src, int width, int ld_cudnn) -> const void* {
         bf16* d = at;
         at += N * width;
-        *cl_ld = ld;
-        if (ld == width || !copy_in) return src;
-        copy_rows(d, width, src, ld, width, N);
-        *cl_ld = width;
+        if (ld_cudnn == ld_src) return src;
+        copy_rows(d, width, src, ld_src, width, N);
         return d;
       };
-      auto repeated_in = [&](const Tensor& src, int ld) -> bf16* {   // (N, NKV, HD) pitch ld → (N, NH, HD) packed
+      auto repeated_in = [&](const Tensor& src, int ld_src) -> bf16* {   // (N, NKV, HD) pitch ld → (N, NH, HD)
         bf16* d = at;
         at += N * qd;
-        launch_repeat_kv_heads(d, static_cast<const bf16*>(src.ptr), int(N), NKV, G, HD, ld, stream_);
+        launch_repeat_kv_heads(d, static_cast<const bf16*>(src.ptr), int(N), NKV, G, HD, ld_src, stream_);
         return d;
       };
-      int k_ld = 0, v_ld = 0;
-      const void* q_p = packed_in(q.ptr, ld.q, qd, &cl.q);
-      const void* k_p = mha ? repeated_in(k, ld.kv) : packed_in(k.ptr, ld.kv, kvd, &k_ld);
-      const void* v_p = mha ? repeated_in(v, ld.kv) : packed_in(v.ptr, ld.kv, kvd, &v_ld);
-      cl.kv = mha ? qd : k_ld;   // k and v share a pitch: both copied or both not (same ld, same width)
-      const void* o_p = packed_in(out.ptr, ld.out, qd, &cl.out);
-      const void* do_p = packed_in(dout.ptr, ld.dout, qd, &cl.dout);
-      // Gradients go straight to dq, dk, dv unless copied back (copy_out with pitched rows, or MHA's full heads).
-      bf16* const grads = at;   // (N, qd + 2·kvw) packed scratch
-      const bool direct_dq = ld.dq == qd || !copy_out, direct_dkv = !mha && (ld.dkv == kvd || !copy_out);
-      bf16* dq_p = direct_dq ? static_cast<bf16*>(dq.ptr) : grads;
-      bf16* dk_p = direct_dkv ? static_cast<bf16*>(dk.ptr) : grads + N * qd;
-      bf16* dv_p = direct_dkv ? static_cast<bf16*>(dv.ptr) : grads + N * (qd + kvw);
-      cl.dq = direct_dq ? ld.dq : qd;
-      cl.dkv = direct_dkv ? ld.dkv : kvw;
-      if (cudnn_->backward_ragged(dq_p, dk_p, dv_p, do_p, q_p, k_p, v_p, o_p, lse_tokens,
-                                  docs->ragged(cl, NH, true, stream_), NH, mha ? NH : NKV, HD, cl)) {
-        if (mha) {   // sum each group back into dk, dv
-          launch_sum_kv_heads(static_cast<bf16*>(dk.ptr), dk_p, int(N), NKV, G, HD, ld.dkv, stream_);
-          launch_sum_kv_heads(static_cast<bf16*>(dv.ptr), dv_p, int(N), NKV, G, HD, ld.dkv, stream_);
-        } else if (!direct_dkv) {
-          copy_rows(dk.ptr, ld.dkv, dk_p, kvd, kvd, N);
-          copy_rows(dv.ptr, ld.dkv, dv_p, kvd, kvd, N);
+      if (!packed_bwd_portable_) {
+        const void* q_p = operand(q.ptr, ld.q, qd, cl.q);
+        const void* k_p = mha ? repeated_in(k, ld.kv) : operand(k.ptr, ld.kv, kvd, cl.kv);
+        const void* v_p = mha ? repeated_in(v, ld.kv) : operand(v.ptr, ld.kv, kvd, cl.kv);
+        const void* o_p = operand(out.ptr, ld.out, qd, cl.out);
+        const void* do_p = operand(dout.ptr, ld.dout, qd, cl.dout);
+        // Gradients go straight to dq, dk, dv where cuDNN sees their own pitch, else to packed scratch and back.
+        bf16* const grads = at;   // (N, qd + 2·kvw)
+        const bool direct_dq = cl.dq == ld.dq, direct_dkv = !mha && cl.dkv == ld.dkv;
+        bf16* dq_p = direct_dq ? static_cast<bf16*>(dq.ptr) : grads;
+        bf16* dk_p = direct_dkv ? static_cast<bf16*>(dk.ptr) : grads + N * qd;
+        bf16* dv_p = direct_dkv ? static_cast<bf16*>(dv.ptr) : grads + N * (qd + kvw);
+        if (cudnn_->backward_ragged(dq_p, dk_p, dv_p, do_p, q_p, k_p, v_p, o_p, lse_tokens,
+                                    docs->ragged(cl, NH, true, stream_), NH, mha ? NH : NKV, HD, cl)) {
+          if (mha) {   // sum each group back into dk, dv
+            launch_sum_kv_heads(static_cast<bf16*>(dk.ptr), dk_p, int(N), NKV, G, HD, ld.dkv, stream_);
+            launch_sum_kv_heads(static_cast<bf16*>(dv.ptr), dv_p, int(N), NKV, G, HD, ld.dkv, stream_);
+          } else if (!direct_dkv) {
+            copy_rows(dk.ptr, ld.dkv, dk_p, kvd, kvd, N);
+            copy_rows(dv.ptr, ld.dkv, dv_p, kvd, kvd, N);
+          }
+          if (!direct_dq) copy_rows(dq.ptr, ld.dq, dq_p, qd, qd, N);
+          if (!checking) {
+            tm.rename(mha ? "attention_backward (cudnn packed, heads repeated)" : "attention_backward (cudnn packed)");
+            return;
+          }
+          // The first call with this layout: cuDNN's dq, dk, dv to packed scratch, then the portable kernels write
+          // dq, dk, dv and the two are compared.
+          copy_rows(grads, qd, dq.ptr, ld.dq, qd, N);
+          copy_rows(grads + N * qd, kvd, dk.ptr, ld.dkv, kvd, N);
+          copy_rows(grads + N * (qd + kvd), kvd, dv.ptr, ld.dkv, kvd, N);
+          checked[0] = grads;
+          checked[1] = grads + N * qd;
+          checked[2] = grads + N * (qd + kvd);
+          checked_layout = cl;
         }
-        if (!direct_dq) copy_rows(dq.ptr, ld.dq, dq_p, qd, qd, N);
-        if (packed_bwd_state_ != 0) {
-          tm.rename(mha ? "attention_backward (cudnn packed, heads repeated)" : "attention_backward (cudnn packed)");
-          return;
-        }
-        // The first call: cuDNN's dq, dk, dv to packed scratch, then the portable kernels write dq, dk, dv and the
-        // two are compared.
-        copy_rows(grads, qd, dq.ptr, ld.dq, qd, N);
-        copy_rows(grads + N * qd, kvd, dk.ptr, ld.dkv, kvd, N);
-        copy_rows(grads + N * (qd + kvd), kvd, dv.ptr, ld.dkv, kvd, N);
-        checked[0] = grads;
-        checked[1] = grads + N * qd;
-        checked[2] = grads + N * (qd + kvd);
       }
     }
 #endif
@@ -746,7 +768,7 @@ class CudaBackend : public Backend {
                               static_cast<const bf16*>(out.ptr), static_cast<const float*>(lse.ptr),
                               static_cast<const int32_t*>(doc_start.ptr), delta, B, T, NH, NKV, HD, ld, stream_);
 #if defined(NXFT_HAVE_CUDNN)
-    if (checked[0]) check_packed_backward(checked, dq, dk, dv, size_t(B) * T, NH * HD, NKV * HD, ld);
+    if (checked[0]) check_packed_backward(checked, checked_layout, dq, dk, dv, size_t(B) * T, NH * HD, NKV * HD, ld);
 #endif
   }
 #if defined(NXFT_HAVE_CUDNN)
@@ -758,8 +780,8 @@ class CudaBackend : public Backend {
   // cuDNN 9.19's ragged backward gave wrong dq and dk for some operand layouts (see attention_backward), so the
   // first packed-document backward of a process runs both it and the portable kernels (which write the result)
   // and compares: cuDNN then serves every later call only if it agreed. One host round trip, once.
-  void check_packed_backward(const bf16* const cudnn[3], const Tensor& dq, const Tensor& dk, const Tensor& dv, size_t N,
-                             int qd, int kvd, const AttnLd& ld) {
+  void check_packed_backward(const bf16* const cudnn[3], const AttnLd& layout, const Tensor& dq, const Tensor& dk,
+                             const Tensor& dv, size_t N, int qd, int kvd, const AttnLd& ld) {
     double worst = 0;
     const void* portable[3] = {dq.ptr, dk.ptr, dv.ptr};
     const int width[3] = {qd, kvd, kvd}, pitch[3] = {ld.dq, ld.dkv, ld.dkv};
@@ -779,17 +801,20 @@ class CudaBackend : public Backend {
       worst = std::max(worst, diff / scale);
     }
     // bf16 gradients of two correct kernels differ by a few bf16 ulps of the largest value; a wrong layout by O(1).
-    // On a disagreement the next call copies more (none → the gradients → the inputs → all), and is checked again.
+    // A layout that disagrees is remembered: the next call copies more (none → the gradients → the inputs → all),
+    // and its new layout is checked in turn.
     const bool agree = worst <= 0.05;
-    const int more = packed_copy_ == 0 ? kCopyOutputs : packed_copy_ == kCopyOutputs ? kCopyInputs : kCopyAll;
+    packed_bwd_checked_[pitch_key(layout)] = agree;
+    const int more = more_copies(packed_copy_);
     fprintf(stderr, "[cuda] packed-document attention backward (%s): cuDNN vs portable kernels, worst difference %.2e "
                     "of the largest gradient: %s%s\n", packed_copy_name(packed_copy_), worst,
-            agree ? "cuDNN serves the later calls"
+            agree ? "cuDNN serves the later calls with this layout"
                   : packed_copy_ != kCopyAll ? "DISAGREE, the next call is checked with " : "DISAGREE, the portable kernels serve every call",
             agree || packed_copy_ == kCopyAll ? "" : packed_copy_name(more));
-    if (agree) packed_bwd_state_ = 1;
-    else if (packed_copy_ != kCopyAll) packed_copy_ = more;   // packed_bwd_state_ stays 0
-    else packed_bwd_state_ = -1;
+    if (!agree) {
+      if (packed_copy_ != kCopyAll) packed_copy_ = more;
+      else packed_bwd_portable_ = true;
+    }
   }
 #endif
 
@@ -1141,12 +1166,16 @@ class CudaBackend : public Backend {
   uint64_t uploads_ = 0;
   bool cudnn_packed_ = true;  // NXFT_CUDNN_PACKED=0: packed documents take the portable kernels
   bool cudnn_packed_mha_ = false;  // NXFT_CUDNN_PACKED_MHA=1: the ragged backward on k, v repeated to NH heads
-  int packed_bwd_state_ = 0;  // cuDNN's packed-document backward: 0 not yet checked, 1 agreed, -1 disagreed
+  // cuDNN's packed-document backward, checked once per layout it sees (the pitches of its eight operands) against
+  // the portable kernels: layout → agreed. packed_bwd_portable_: every copy mode disagreed.
+  std::map<std::array<int, 6>, bool> packed_bwd_checked_;
+  bool packed_bwd_portable_ = false;
+  static std::array<int, 6> pitch_key(const AttnLd& l) { return {l.q, l.kv, l.out, l.dout, l.dq, l.dkv}; }
   // Which pitched operands of the packed-document backward go through packed scratch (attention_backward):
-  // NXFT_CUDNN_PACKED_COPY = none (the default: the first call's check moves on to more copies if needed) | out |
-  // in | all.
+  // NXFT_CUDNN_PACKED_COPY = all (the default: what cuDNN 9.19 needs) | in | out | none, for A/B runs.
   static constexpr int kCopyInputs = 1, kCopyOutputs = 2, kCopyAll = 3;
-  int packed_copy_ = 0;
+  int packed_copy_ = kCopyAll;
+  static int more_copies(int c) { return c == 0 ? kCopyOutputs : c == kCopyOutputs ? kCopyInputs : kCopyAll; }
   static const char* packed_copy_name(int c) {
     return c == kCopyAll ? "pitched operands copied" : c == kCopyInputs ? "pitched inputs copied"
          : c == kCopyOutputs ? "pitched gradients copied" : "no copies";

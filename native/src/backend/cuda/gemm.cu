@@ -15,16 +15,16 @@ static void check_lt(cublasStatus_t s, const char* what) {
 
 Gemm::Gemm(cudaStream_t stream, DevicePool* pool) : pool_(pool) {
   streams_[0] = stream;
-  // NXFT_GEMM_AUTOTUNE: unset = time cuBLASLt's candidates for every shape whose timing scratch (one D) is at most
-  // kTuneScratchBytes (every GEMM of ordinary training; a 400K-token context's q|k|v GEMM would need 5 GB), "all" =
-  // for every shape, "skinny" = for skinny (LoRA) shapes only (the default before session 8), "0" = never
-  // (cuBLASLt's first heuristic choice everywhere). On an H200 (8B, packed 2×2048) timing the base GEMMs too ran
-  // 18,529 against 18,378 tok/s (session 8); on an H100 it was within run-to-run noise (session 2).
+  // NXFT_GEMM_AUTOTUNE: unset = time cuBLASLt's candidates for skinny (LoRA) shapes only, "all" = for every shape
+  // whose timing scratch (one D) is at most kTuneScratchBytes (a 400K-token context's q|k|v GEMM would need 5 GB),
+  // "0" = never (cuBLASLt's first heuristic choice everywhere). "all" is not the default: a shape is timed at its
+  // first use, and the head's last row block changes size with every batch's target count, so on the real path
+  // (Alpaca, 2×2048) every step timed a new shape: 14,644 real tok/s against 16,914 before (session 8; the random
+  // rows of cuda_train_bench, all of one shape, ran 18,529 against 18,378, within run-to-run noise).
   const char* at = std::getenv("NXFT_GEMM_AUTOTUNE");
   const std::string mode = at ? at : "";
   autotune_ = mode != "0";
   autotune_all_ = mode == "all";
-  autotune_skinny_only_ = mode == "skinny";
   check_lt(cublasLtCreate(&handle_), "cublasLtCreate");
   workspaces_[0] = pool_->get(workspace_bytes_, "the cuBLASLt workspace");
 }
@@ -98,7 +98,7 @@ void Gemm::run(void* d, const void* c, cudaDataType_t d_type, int ldd, const voi
     p.algo = heur[0].algo;
     const bool skinny = std::min(M, std::min(N, K)) <= 64;
     const size_t d_bytes = size_t(M) * ldd * d_size;
-    if (found > 1 && (autotune_all_ || skinny || (!autotune_skinny_only_ && d_bytes <= kTuneScratchBytes)))
+    if (found > 1 && (skinny || (autotune_all_ && d_bytes <= kTuneScratchBytes)))
       p.algo = pick_fastest(p, heur, found, a, b, d_type, ldd, M, alpha);
     it = plans_.emplace(key, p).first;
   }

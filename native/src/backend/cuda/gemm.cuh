@@ -43,7 +43,6 @@ class Gemm {
                                     const void* a, const void* b, cudaDataType_t d_type, int ldd, int M, float alpha);
   bool autotune_ = true;
   bool autotune_all_ = false;
-  bool autotune_skinny_only_ = false;
   static constexpr size_t kTuneScratchBytes = size_t(512) << 20;   // see the constructor
   using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   cublasLtHandle_t handle_ = nullptr;

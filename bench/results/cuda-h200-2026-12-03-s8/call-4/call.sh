@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# (Ran from the repo root as bench/s8-final.sh; kept here with its results. The engine had NXFT_CUDNN_PACKED_COPY
+# defaulting to none and NXFT_GEMM_AUTOTUNE to every shape: both went back after this call, see ../..-s8.md.)
 # Session 8, the last call (kept with its results as call.sh): issue 15's QLoRA table (ours and Unsloth, same card),
 # then issue 11's real path (ours with and without the kept MLP input, Unsloth) and the A/B of this session's
 # switches. Carried engine binaries (bench/build-carry.sh), built here instead when they do not run.

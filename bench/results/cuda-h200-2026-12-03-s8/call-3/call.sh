@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Ran from the repo root as bench/s8-diag.sh; kept here with its results.)
 # session 8 call 2: issue 11 diagnostics (A/B of existing switches, kernel list of the packed backward)
 set -uo pipefail
 ROOT=$PWD; T0=$(date +%s); R=$OUT
