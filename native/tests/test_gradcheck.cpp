@@ -19,26 +19,11 @@ using namespace nxft;
 
 namespace {
 
-LoraSpec all_targets(double dropout) {
-  LoraSpec s;
-  s.r = 2;
-  s.alpha = 3;
-  s.dropout = dropout;
-  s.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  return s;
-}
-
 void randomize_lora(Backend& be, Transformer& m, uint64_t seed) {
   mt::Rng rng(seed);
   auto p = rng.normals(m.num_lora_params(), 0.3);
   be.upload(m.lora_params(), p.data(), p.size());
 }
-
-struct Rows {
-  std::vector<int32_t> tokens, targets, positions;
-  int B = 0, T = 0;
-  Batch batch() const { return Batch{tokens.data(), targets.data(), positions.data(), B, T}; }
-};
 
 // Two rows of T=7: row 0 packs two documents (4 + 3 tokens), row 1 is one document ending in padding.
 Rows sample_rows(int V) {

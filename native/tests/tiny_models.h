@@ -1,11 +1,16 @@
-// tiny_models.h — the tiny models of the whole-model CPU tests (test_gradcheck, test_head_rows): one config per
+// tiny_models.h — the tiny models of the whole-model CPU tests (test_gradcheck, test_head_rows, test_keep_mlp_input),
+// their LoRA on all seven projections and their batches of rows: one config per
 // family (llama: GQA, tied head; qwen2: q/k/v bias, untied head; gemma: embed·√C, RMSNorm (1+w), GeGLU tanh,
 // head_dim from config) and random weights with std 0.4 everywhere (norm weights and biases too, so every path
 // carries signal).
 #pragma once
+#include <cstdint>
 #include <string>
+#include <vector>
 #include "math_test_util.h"
 #include "model/config.h"
+#include "model/lora.h"
+#include "model/transformer.h"
 #include "model/weights.h"
 #include "util/json.h"
 
@@ -43,5 +48,27 @@ inline ModelWeights random_weights(const ModelConfig& c, uint64_t seed) {
   }
   return w;
 }
+
+// LoRA r2 α3 on all seven projections; dropout > 0 takes the unfolded path (per-projection masks).
+inline LoraSpec all_targets(double dropout) {
+  LoraSpec s;
+  s.r = 2;
+  s.alpha = 3;
+  s.dropout = dropout;
+  s.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  return s;
+}
+
+// A batch of B rows of T tokens, as a token shard holds them (targets -100 = no loss, positions 0 = a document starts).
+struct Rows {
+  std::vector<int32_t> tokens, targets, positions;
+  int B = 0, T = 0;
+  Batch batch() const { return Batch{tokens.data(), targets.data(), positions.data(), B, T}; }
+  int with_target() const {
+    int m = 0;
+    for (int32_t t : targets) m += t != -100;
+    return m;
+  }
+};
 
 }  // namespace nxft
