@@ -60,6 +60,9 @@ print(json.dumps({
     "load_s": loaded, "first_step_done_s": steps[0][0], "first_step_s": steps[0][0] - (loaded or 0),
     "row_tokens_per_s": row_tok / dt, "real_tokens_per_s": row_tok * fill / dt, "fill": fill,
     "median_step_s": step_times[len(step_times) // 2], "max_step_s": step_times[-1],
+    # the steady steps' mean against their median: a cost paid every step moves both, one paid now and then (a new
+    # cuDNN graph) only the mean; slow_steps counts those over 1.5× the median
+    "mean_step_s": dt / len(after), "slow_steps": sum(t > 1.5 * step_times[len(step_times) // 2] for t in step_times),
     "engine_tokens_per_s": summary.get("tokens_per_s") if summary else None,
     "peak_device_gib": (summary.get("backend_peak_bytes") or 0) / 2**30 if summary else None,
     "peak_host_gib": (summary.get("peak_memory_bytes") or 0) / 2**30 if summary else None,

@@ -347,7 +347,8 @@ int run_bench(int argc, char** argv) {
     // ":prompt" = SFT on responses: the first 44% of each row is prompt without targets (Alpaca: 55.7% of row
     // tokens have one), so the head runs over the remaining rows only; ":allrows" = the head over all N rows anyway
     // (TransformerOptions::head_all_rows; the engine before the head ran on target rows only). ":mha" =
-    // NXFT_CUDNN_PACKED_MHA=1 (packed rows' cuDNN backward on k, v repeated to every query head).
+    // NXFT_CUDNN_PACKED_MHA=1 (packed rows' cuDNN backward on k, v repeated to every query head). ":vary" = a
+    // different prompt share every step (below).
     auto has = [&](const char* sfx) {   // a whole suffix: ":keep" is not found in "2x2048:keeph"
       const std::string& plan = plans[pi];
       const size_t len = std::strlen(sfx);
@@ -399,13 +400,21 @@ int run_bench(int argc, char** argv) {
       if (pi + 1 == plans.size()) w = ModelWeights();
       std::fprintf(stderr, "[bench] %s: upload %.1f s, attention %s\n", plans[pi].c_str(), up_s,
                    cuda_attention_path(*be).c_str());
-      Data d = make_data(B, T, cfg.vocab_size, 1, has(":packed"));
-      if (has(":prompt"))
-        for (int b = 0; b < B; b++) std::fill_n(d.targets.begin() + size_t(b) * T, size_t(T) * 44 / 100, -100);
-      for (int s = 0; s < warm; s++) loss = tr.train_step(d, 1e-4, &gn);
+      // ":vary" = the prompt share changes every step (30–58% of each row), so the head's row count does too, as on
+      // the real path: rows of one shape hid a per-shape cost there (GEMM autotuning of every shape, session 8).
+      const Data rows = make_data(B, T, cfg.vocab_size, 1, has(":packed"));
+      Data d = rows;
+      auto batch = [&](int s) -> const Data& {
+        const int prompt_pct = has(":vary") ? 30 + (s * 7) % 29 : has(":prompt") ? 44 : 0;
+        if (prompt_pct == 0) return rows;
+        d.targets = rows.targets;
+        for (int b = 0; b < B; b++) std::fill_n(d.targets.begin() + size_t(b) * T, size_t(T) * prompt_pct / 100, -100);
+        return d;
+      };
+      for (int s = 0; s < warm; s++) loss = tr.train_step(batch(s), 1e-4, &gn);
       be->synchronize();
       auto t2 = std::chrono::steady_clock::now();
-      for (int s = 0; s < steps; s++) loss = tr.train_step(d, 1e-4, &gn);
+      for (int s = 0; s < steps; s++) loss = tr.train_step(batch(warm + s), 1e-4, &gn);
       be->synchronize();
       dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count() / steps;
       peak = be->peak_bytes();
@@ -415,7 +424,7 @@ int run_bench(int argc, char** argv) {
       used_end = free0 - free1;
       if (profile && pi < 2) {
         cuda_profile_enable(*be, true);
-        tr.train_step(d, 1e-4, &gn);
+        tr.train_step(batch(warm + steps), 1e-4, &gn);
         std::string rep = cuda_profile_report(*be);
         cuda_profile_enable(*be, false);
         std::printf("\n#### per-op profile, one step of %s (CUDA events around each backend op)\n\n%s\n",
