@@ -19,8 +19,9 @@ Gemm::Gemm(cudaStream_t stream, DevicePool* pool) : pool_(pool) {
   // whose timing scratch (one D) is at most kTuneScratchBytes (a 400K-token context's q|k|v GEMM would need 5 GB),
   // "0" = never (cuBLASLt's first heuristic choice everywhere). "all" is not the default: a shape is timed at its
   // first use, and the head's last row block changes size with every batch's target count, so on the real path
-  // (Alpaca, 2×2048) every step timed a new shape: 14,644 real tok/s against 16,914 before (session 8; the random
-  // rows of cuda_train_bench, all of one shape, ran 18,529 against 18,378, within run-to-run noise).
+  // (Alpaca, 2×2048) every step timed two new shapes: 14,644 real tok/s against session 7's 16,914, most of the
+  // drop (Unsloth lost 5.5% on that card). The random rows of cuda_train_bench, all of one shape, ran 18,529
+  // against 18,378, within run-to-run noise; its ":vary" rows change the head's shape every step.
   const char* at = std::getenv("NXFT_GEMM_AUTOTUNE");
   const std::string mode = at ? at : "";
   autotune_ = mode != "0";
