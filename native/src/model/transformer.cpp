@@ -879,8 +879,7 @@ void Transformer::layer_forward(int l, const Tensor& x, const Tensor& x_next, La
     return;
   }
   group_forward(l, kGroupGateUp, a.xn2, N, a.gu, 2 * F, nullptr, xa, ld_xa, seed);
-  const Glu act = glu_;
-  be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
+  be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, glu_, input_ld(kGroupDown), 2 * F);
   xa = xa_of(a, kGroupDown, &ld_xa);
   group_forward(l, kGroupDown, a.h, N, x_next, C, &a.res_mid, xa, ld_xa, seed, !recompute);
 }
@@ -913,8 +912,7 @@ void Transformer::recompute_group_inputs(int l, const Tensor& x, LayerActs& a, i
     group_forward(l, kGroupGateUp, a.xn2, N, Tensor(), 0, nullptr, xa, ld_xa, seed, false);
   }
   if (!lean_h()) return;   // keep_mlp_input: h and down's xa are the layer's own
-  const Glu act = glu_;
-  be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, act, input_ld(kGroupDown), 2 * F);
+  be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), N, F, glu_, input_ld(kGroupDown), 2 * F);
   if (fold_[kGroupDown]) {
     xa = xa_of(a, kGroupDown, &ld_xa);
     group_forward(l, kGroupDown, a.h, N, Tensor(), 0, nullptr, xa, ld_xa, seed, false);
@@ -929,7 +927,6 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
   const int N = B * T, C = c.hidden_size, F = c.intermediate_size, NH = c.num_heads, NKV = c.num_kv_heads,
             HD = c.head_dim, qd = NH * HD, kvd = NKV * HD, P = qd + 2 * kvd;
   const bool p1 = c.norm_plus_one;
-  const Glu act = glu_;
   // x_next = res_mid + h·Wdᵀ: d(res_mid) = dres (kept in dres_), dh = dres·Wd (+ LoRA)
   const int ld_dres = group_dy_ld(kGroupO);
   int ld_xa = 0;
@@ -942,7 +939,7 @@ void Transformer::layer_backward(int l, const Tensor& x, LayerActs& a, int B, in
     const int ld_dgu = group_dy_ld(kGroupGateUp);
     // side_join() before each write of a buffer that the side work issued so far reads (dgu_, dres_, dqkv_)
     be_.side_join();
-    be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)), N, F, act, 2 * F, ld_dgu);
+    be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)), N, F, glu_, 2 * F, ld_dgu);
     xa = xa_of(a, kGroupGateUp, &ld_xa);
     group_backward(l, kGroupGateUp, dxn_, a.xn2, N, dgu_, ld_dgu, xa, ld_xa, seed, true);
   }
@@ -988,13 +985,12 @@ Tensor Transformer::mlp_xa(LayerActs& a, int group, int r0, int* ld) const {
 
 void Transformer::mlp_forward_chunked(int l, LayerActs& a, const Tensor& x_next, int N, uint64_t seed) {
   const int C = cfg_.hidden_size, F = cfg_.intermediate_size;
-  const Glu act = glu_;
   for (int r0 = 0; r0 < N; r0 += mlp_rows_) {
     const int n = std::min(mlp_rows_, N - r0);
     int ld_xa = 0;
     Tensor xa = mlp_xa(a, kGroupGateUp, r0, &ld_xa);
     group_forward(l, kGroupGateUp, a.xn2.from(size_t(r0) * input_ld(kGroupGateUp)), n, a.gu, 2 * F, nullptr, xa, ld_xa, seed);
-    be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), n, F, act, input_ld(kGroupDown), 2 * F);
+    be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), n, F, glu_, input_ld(kGroupDown), 2 * F);
     xa = mlp_xa(a, kGroupDown, r0, &ld_xa);
     const Tensor res_mid = a.res_mid.from(size_t(r0) * C);
     group_forward(l, kGroupDown, a.h, n, x_next.from(size_t(r0) * C), C, &res_mid, xa, ld_xa, seed);
@@ -1003,7 +999,6 @@ void Transformer::mlp_forward_chunked(int l, LayerActs& a, const Tensor& x_next,
 
 void Transformer::mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed) {
   const int C = cfg_.hidden_size, F = cfg_.intermediate_size;
-  const Glu act = glu_;
   const int ld_dres = group_dy_ld(kGroupO), ld_dgu = group_dy_ld(kGroupGateUp), ld_xn2 = input_ld(kGroupGateUp);
   for (int r0 = 0; r0 < N; r0 += mlp_rows_) {
     const int n = std::min(mlp_rows_, N - r0);
@@ -1013,12 +1008,12 @@ void Transformer::mlp_backward_chunked(int l, LayerActs& a, int N, uint64_t seed
     int ld_xa_gu = 0, ld_xa_d = 0;
     const Tensor xa_gu = mlp_xa(a, kGroupGateUp, r0, &ld_xa_gu);
     group_forward(l, kGroupGateUp, xn2, n, a.gu, 2 * F, nullptr, xa_gu, ld_xa_gu, seed);   // recompute gate|up, h
-    be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), n, F, act, input_ld(kGroupDown), 2 * F);
+    be_.glu_forward(a.h, a.gu, a.gu.from(size_t(F)), n, F, glu_, input_ld(kGroupDown), 2 * F);
     const Tensor xa_d = mlp_xa(a, kGroupDown, r0, &ld_xa_d);
     group_forward(l, kGroupDown, a.h, n, Tensor(), C, nullptr, xa_d, ld_xa_d, seed, false);  // down's xa only
     group_backward(l, kGroupDown, dh_, a.h, n, dres_.from(size_t(r0) * ld_dres), ld_dres, xa_d, ld_xa_d, seed, true);
     be_.side_join();
-    be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)), n, F, act, 2 * F, ld_dgu);
+    be_.glu_backward(dgu_, dgu_.from(size_t(F)), dh_, a.gu, a.gu.from(size_t(F)), n, F, glu_, 2 * F, ld_dgu);
     group_backward(l, kGroupGateUp, dxn_.from(size_t(r0) * C), xn2, n, dgu_, ld_dgu, xa_gu, ld_xa_gu, seed, true);
   }
 }
