@@ -457,6 +457,57 @@ void test_attention_decode(Harness& h) {  // KV-cache shape: B=1, Tq=3 new queri
   for (Pair* p : {&doc, &q, &k, &v, &o, &lse}) h.free(*p);
 }
 
+// Generation's attention over a long KV cache: new queries after `past` cached keys take the split-KV kernels
+// (chunks of the keys merged by a second kernel), and a long prompt read into an empty cache takes cuDNN when it is
+// there (one row: the cache's capacity is no stride). q is read in place from q|k|v rows (pitch W), k and v from
+// packed cache rows. The second batch row's document starts at key 700, so chunks before it are empty.
+void test_attention_kv_cache_long(Harness& h) {
+  struct Case { int B, NH, NKV, HD, past, Tq, cap; const char* want; };
+  const Case cases[] = {{1, 8, 2, 128, 4000, 1, 4100, "decode"}, {2, 8, 2, 64, 1500, 3, 1600, "decode"},
+                        {1, 4, 4, 128, 70, 16, 100, "decode"}, {1, 8, 2, 128, 0, 1100, 1300, "cudnn"}};
+  for (const Case& c : cases) {
+    const int qd = c.NH * c.HD, kvd = c.NKV * c.HD, W = qd + 2 * kvd, N = c.B * c.Tq, Tk = c.past + c.Tq;
+    std::vector<int32_t> ds((size_t)N, 0);
+    if (c.B == 2)
+      for (int i = 0; i < c.Tq; i++) ds[(size_t)c.Tq + i] = 700;
+    Pair doc = h.make_i(ds);
+    Pair qkv = h.make(randn((size_t)N * W), Role::Activation);
+    Pair kc = h.make(randn((size_t)c.B * c.cap * kvd), Role::Activation);
+    Pair vc = h.make(randn((size_t)c.B * c.cap * kvd), Role::Activation);
+    Backend::AttnPitch p;
+    p.q = W;
+    p.kv = kvd;
+    Pair o = h.make_out((size_t)N * qd, Role::Activation), lse = h.make_out((size_t)c.B * c.NH * c.Tq, Role::Stat);
+    cuda_profile_enable(h.gpu, true);
+    cuda_profile_report(h.gpu);   // reset: the path check sees only this call
+    h.cpu.attention_forward(o.cpu, lse.cpu, qkv.cpu, kc.cpu, vc.cpu, doc.cpu, c.B, c.Tq, Tk, c.cap, c.past, c.NH, c.NKV,
+                            c.HD, p);
+    h.gpu.attention_forward(o.gpu, lse.gpu, qkv.gpu, kc.gpu, vc.gpu, doc.gpu, c.B, c.Tq, Tk, c.cap, c.past, c.NH, c.NKV,
+                            c.HD, p);
+    const std::string prof = cuda_profile_report(h.gpu);
+    cuda_profile_enable(h.gpu, false);
+    const std::string tag = "KV cache B=" + std::to_string(c.B) + " past=" + std::to_string(c.past) + " Tq=" +
+                            std::to_string(c.Tq) + " HD=" + std::to_string(c.HD);
+    h.compare(("attention_forward out, " + tag).c_str(), o, kBf16);
+    h.compare(("attention_forward lse, " + tag).c_str(), lse, 1e-3);
+    // The path: the split kernels for new tokens unless NXFT_ATTN_DECODE=portable; cuDNN for the long prompt when
+    // this build and card have it.
+    const char* env = std::getenv("NXFT_ATTN_DECODE");
+    const bool split = !(env && std::string(env) == "portable");
+    const bool cudnn_here = cuda_attention_path(h.gpu).rfind("cudnn", 0) == 0;
+    std::string want = c.want, taken = "portable";
+    if (want == "decode" && !split) want = "portable";
+    if (want == "cudnn" && !cudnn_here) want = "portable";
+    if (prof.find("attention_forward (decode") != std::string::npos) taken = "decode";
+    if (prof.find("attention_forward (cudnn") != std::string::npos) taken = "cudnn";
+    const bool ok = taken == want;
+    if (!ok) failures++;
+    std::printf("| %-44s | %10s | %10s | %8s | %s |\n", ("attention path, " + tag).c_str(), taken.c_str(),
+                want.c_str(), "", ok ? "ok" : "FAIL");
+    for (Pair* x : {&doc, &qkv, &kc, &vc, &o, &lse}) h.free(*x);
+  }
+}
+
 // ---- pitched operands: q|k|v and gate|up as column blocks of one projection output, gradients written into
 // buffers with spare columns. Gap columns hold kSentinel before each op and must come back unchanged.
 
@@ -590,7 +641,11 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   const char* packed_env = std::getenv("NXFT_CUDNN_PACKED");
   const bool packed_on = !(packed_env && std::string(packed_env) == "0");
   const std::string want = cudnn_here && (!packed || packed_on) && !odd ? "cudnn" : "portable";
-  const bool ok = taken == want;
+  // NXFT_CUDNN_PACKED_COPY other than "all" starts the packed backward on a layout cuDNN 9.19 gets wrong: its
+  // first call is checked, disagrees and is served by the portable kernels ("mixed"), the later ones by cuDNN.
+  const char* copy_env = std::getenv("NXFT_CUDNN_PACKED_COPY");
+  const bool copy_override = packed && copy_env && std::string(copy_env) != "all";
+  const bool ok = taken == want || (copy_override && want == "cudnn" && taken == "mixed");
   if (!ok) failures++;
   std::printf("| %-44s | %10s | %10s | %8s | %s |\n", ("attention path, " + tag).c_str(), taken.c_str(), want.c_str(),
               "", ok ? "ok" : "FAIL");
@@ -855,6 +910,7 @@ int main() {
   test_attention_pitched(h, true, false);
   test_attention_pitched(h, false, true);
   test_attention_decode_pitched(h);
+  test_attention_kv_cache_long(h);
   test_copy_2d(h);
   test_gather_rows(h);
   test_cross_entropy(h, 1, 5003);

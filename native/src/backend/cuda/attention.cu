@@ -1,8 +1,9 @@
 // attention.cu — the portable flash-style causal GQA attention with packed documents (FlashAttention-2's
 // algorithm, native.md §6.1, on CUDA cores): one warp per query row with an online softmax in registers, the
 // backward recomputes P from the saved logsumexp. Memory is O(T): no (T, T) buffer ever exists. This is the
-// path for KV-cache generation, builds without cuDNN and layouts cuDNN declines; the cuDNN SDPA path
-// (cudnn_attention.cpp) is the fast one for plain causal rows and for packed documents (a ragged batch).
+// path for builds without cuDNN, layouts cuDNN declines and short prompts read into a KV cache. The cuDNN SDPA path
+// (cudnn_attention.cpp) is the fast one for plain causal rows, packed documents (a ragged batch) and long prompts;
+// the split-KV kernels below take generation's few new queries over a long KV cache.
 // Query i of row b attends keys j with doc_start[b,i] ≤ j ≤ q_offset + i.
 // Every operand is token-major with its own row pitch (AttnLd, kernels.cuh): q|k|v may be column blocks of the one
 // q|k|v projection output and dq|dk|dv of one gradient buffer, so a head row is found as
@@ -80,6 +81,110 @@ void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* 
   dim3 grid(ceil_div(Tq, 4), NH, B);
   attention_forward_kernel<<<grid, 128, 0, s>>>(out, lse, q, k, v, doc_start, Tq, Tk_stride, q_offset, NH, NKV, HD, ld,
                                                 1.0f / sqrtf((float)HD));
+  CUDA_LAUNCH_CHECK();
+}
+
+// ---- split-KV attention for a few queries over a long KV cache (generation) -----------------------------------
+// One decode step has Tq = 1: the kernel above would give each of the NH heads one warp walking every cached key
+// in turn, NH warps on a card of thousands. Here (FlashDecoding's split) the keys of each (query row, head) are
+// cut into chunks, one block per chunk: its warps stride the chunk's keys with the same online softmax, merge in
+// shared memory and write the chunk's (max, sum, unnormalized output); a second kernel merges the chunks.
+// part: (B·Tq, NH, nsplit, HD + 2) fp32 scratch, per chunk [m, l, o[0..HD)].
+constexpr int kDecodeWarps = 4;
+__global__ void attention_decode_chunk_kernel(float* part, const bf16* q, const bf16* k, const bf16* v,
+                                              const int32_t* doc_start, int Tq, int Tk_stride, int q_offset, int NH,
+                                              int NKV, int HD, AttnLd ld, float scale, int chunk, int nsplit) {
+  const int s = blockIdx.x, h = blockIdx.y, row = blockIdx.z;   // row = b·Tq + i
+  const int b = row / Tq, i = row % Tq;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kvh = h / (NH / NKV);
+  const int lo = max(doc_start[row], s * chunk), hi = min(q_offset + i, (s + 1) * chunk - 1);   // keys [lo, hi]
+  float qv[kPerLane], o[kPerLane];
+  load_row(qv, q + (size_t)row * ld.q + (size_t)h * HD, HD, lane);
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) o[u] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (int j = lo + warp; j <= hi; j += kDecodeWarps) {
+    const size_t kv_off = ((size_t)b * Tk_stride + j) * ld.kv + (size_t)kvh * HD;
+    const float sc = dot_row(qv, k + kv_off, HD, lane) * scale;
+    const float m_new = fmaxf(m, sc);
+    const float corr = expf(m - m_new), p = expf(sc - m_new);
+    l = l * corr + p;
+    const bf16* vr = v + kv_off;
+#pragma unroll
+    for (int u = 0; u < kPerLane; u++) {
+      const int d = lane + 32 * u;
+      if (d < HD) o[u] = o[u] * corr + p * __bfloat162float(vr[d]);
+    }
+    m = m_new;
+  }
+  __shared__ float wm[kDecodeWarps], wl[kDecodeWarps], wo[kDecodeWarps][kMaxHD];
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = l;
+  }
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) {
+    const int d = lane + 32 * u;
+    if (d < HD) wo[warp][d] = o[u];
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kDecodeWarps; w++) M = fmaxf(M, wm[w]);
+  float* out = part + (((size_t)row * NH + h) * nsplit + s) * (HD + 2);
+  for (int d = threadIdx.x; d < HD + 2; d += blockDim.x) {
+    float acc = 0.0f;   // a warp (or the chunk) with no keys has m = -inf and weighs 0
+    for (int w = 0; w < kDecodeWarps; w++) {
+      const float wt = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - M);
+      acc += wt * (d == 0 ? 0.0f : d == 1 ? wl[w] : wo[w][d - 2]);
+    }
+    out[d] = d == 0 ? M : acc;
+  }
+}
+
+// out (B·Tq, NH, HD) pitch ld.out and lse (B, NH, Tq) from the chunks: one warp per (query row, head).
+__global__ void attention_decode_merge_kernel(bf16* out, float* lse, const float* part, int Tq, int NH, int HD,
+                                              AttnLd ld, int nsplit) {
+  const int h = blockIdx.x, row = blockIdx.y, lane = threadIdx.x;
+  const float* p = part + ((size_t)row * NH + h) * nsplit * (HD + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < nsplit; s++) M = fmaxf(M, p[(size_t)s * (HD + 2)]);
+  float L = 0.0f, o[kPerLane] = {};
+  for (int s = 0; s < nsplit; s++) {
+    const float* c = p + (size_t)s * (HD + 2);
+    const float wt = c[0] == -INFINITY ? 0.0f : expf(c[0] - M);
+    L += wt * c[1];
+#pragma unroll
+    for (int u = 0; u < kPerLane; u++) {
+      const int d = lane + 32 * u;
+      if (d < HD) o[u] += wt * c[2 + d];
+    }
+  }
+  const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+  bf16* orow = out + (size_t)row * ld.out + (size_t)h * HD;
+#pragma unroll
+  for (int u = 0; u < kPerLane; u++) {
+    const int d = lane + 32 * u;
+    if (d < HD) orow[d] = __float2bfloat16_rn(o[u] * inv);
+  }
+  if (lane == 0) lse[((size_t)(row / Tq) * NH + h) * Tq + row % Tq] = M + logf(L);
+}
+
+// Chunks of at least 64 keys, at most 64 chunks: a 4K-token cache gives 64 chunks of 64 keys (16 per warp) per head.
+static int decode_splits(int Tk) { return std::max(1, std::min(64, (Tk + 63) / 64)); }
+size_t attention_decode_scratch_bytes(int B, int Tq, int Tk, int NH, int HD) {
+  return size_t(B) * Tq * NH * decode_splits(Tk) * (HD + 2) * sizeof(float);
+}
+void launch_attention_decode(bf16* out, float* lse, float* part, const bf16* q, const bf16* k, const bf16* v,
+                             const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
+                             int NKV, int HD, const AttnLd& ld, cudaStream_t s) {
+  if (B == 0 || Tq == 0) return;
+  if (HD > kMaxHD) throw EngineError("attention: head_dim " + std::to_string(HD) + " > 256 is not supported");
+  const int nsplit = decode_splits(Tk), chunk = (Tk + nsplit - 1) / nsplit;
+  attention_decode_chunk_kernel<<<dim3(nsplit, NH, B * Tq), 32 * kDecodeWarps, 0, s>>>(
+      part, q, k, v, doc_start, Tq, Tk_stride, q_offset, NH, NKV, HD, ld, 1.0f / sqrtf((float)HD), chunk, nsplit);
+  CUDA_LAUNCH_CHECK();
+  attention_decode_merge_kernel<<<dim3(NH, B * Tq), 32, 0, s>>>(out, lse, part, Tq, NH, HD, ld, nsplit);
   CUDA_LAUNCH_CHECK();
 }
 

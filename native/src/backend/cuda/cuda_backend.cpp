@@ -96,6 +96,11 @@ class CudaBackend : public Backend {
     cudnn_packed_ = !(packed && std::string(packed) == "0");
     const char* packed_mha = std::getenv("NXFT_CUDNN_PACKED_MHA");
     cudnn_packed_mha_ = packed_mha && std::string(packed_mha) == "1";
+    if (const char* d = std::getenv("NXFT_ATTN_DECODE")) {
+      const std::string c = d;
+      if (c != "split" && c != "portable") throw EngineError("NXFT_ATTN_DECODE: '" + c + "' is not split or portable");
+      decode_split_ = c == "split";
+    }
     if (const char* pc = std::getenv("NXFT_CUDNN_PACKED_COPY")) {
       const std::string c = pc;
       if (c == "all") packed_copy_ = kCopyAll;
@@ -628,7 +633,11 @@ class CudaBackend : public Backend {
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
 #if defined(NXFT_HAVE_CUDNN)
     // cuDNN returns false for layouts it cannot take (unaligned pointers or pitches): the portable kernels run then.
-    if (cudnn_ && Tq == Tk && Tk == Tk_stride && q_offset == 0) {
+    // A prompt read into a KV cache (one row, so the cache's capacity Tk_stride never enters a stride) takes cuDNN
+    // from kCudnnPromptTokens on: each new length builds and times a graph (~0.2 s), which short prompts, all of
+    // different lengths (the eval stage's samples), would not earn back.
+    const bool prompt_in_cache = B == 1 && Tk != Tk_stride && Tq >= kCudnnPromptTokens;
+    if (cudnn_ && Tq == Tk && (Tk == Tk_stride || prompt_in_cache) && q_offset == 0) {
       if (index_all_zero(doc_start, (size_t)B * Tq)) {
         if (cudnn_->forward(out.ptr, static_cast<float*>(lse.ptr), q.ptr, k.ptr, v.ptr, B, Tq, NH, NKV, HD, ld)) {
           tm.rename("attention_forward (cudnn)");
@@ -647,6 +656,15 @@ class CudaBackend : public Backend {
       }
     }
 #endif
+    if (decode_split_ && Tq <= kDecodeQueries && q_offset > 0) {   // generation: new tokens over a KV cache
+      float* part = static_cast<float*>(scratch(7, attention_decode_scratch_bytes(B, Tq, Tk, NH, HD)));
+      launch_attention_decode(static_cast<bf16*>(out.ptr), static_cast<float*>(lse.ptr), part,
+                              static_cast<const bf16*>(q.ptr), static_cast<const bf16*>(k.ptr),
+                              static_cast<const bf16*>(v.ptr), static_cast<const int32_t*>(doc_start.ptr), B, Tq, Tk,
+                              Tk_stride, q_offset, NH, NKV, HD, ld, stream_);
+      tm.rename("attention_forward (decode, split keys)");
+      return;
+    }
     launch_attention_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(lse.ptr),
                              static_cast<const bf16*>(q.ptr), static_cast<const bf16*>(k.ptr),
                              static_cast<const bf16*>(v.ptr), static_cast<const int32_t*>(doc_start.ptr), B, Tq, Tk,
@@ -1165,6 +1183,10 @@ class CudaBackend : public Backend {
   std::map<int32_t*, IndexCopy> index_copy_;  // start of an uploaded Index range that is not all zero → its values
   uint64_t uploads_ = 0;
   bool cudnn_packed_ = true;  // NXFT_CUDNN_PACKED=0: packed documents take the portable kernels
+  // NXFT_ATTN_DECODE=portable: generation's new tokens take the one-warp-per-query kernel (an A/B switch)
+  bool decode_split_ = true;
+  static constexpr int kDecodeQueries = 16;         // at most this many new queries take the split-KV kernels
+  static constexpr int kCudnnPromptTokens = 1024;   // a prompt this long read into a KV cache takes cuDNN
   bool cudnn_packed_mha_ = false;  // NXFT_CUDNN_PACKED_MHA=1: the ragged backward on k, v repeated to NH heads
   // cuDNN's packed-document backward, checked once per layout it sees (the pitches of its eight operands) against
   // the portable kernels: layout → agreed. packed_bwd_portable_: every copy mode disagreed.

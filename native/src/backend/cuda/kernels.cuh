@@ -84,6 +84,12 @@ using AttnLd = Backend::AttnPitch;
 void launch_attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
                               const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
                               int NKV, int HD, const AttnLd& ld, cudaStream_t s);
+// The same contract for a few queries (generation: Tq = 1) over a long KV cache, split over the keys; part is fp32
+// scratch of attention_decode_scratch_bytes.
+size_t attention_decode_scratch_bytes(int B, int Tq, int Tk, int NH, int HD);
+void launch_attention_decode(bf16* out, float* lse, float* part, const bf16* q, const bf16* k, const bf16* v,
+                             const int32_t* doc_start, int B, int Tq, int Tk, int Tk_stride, int q_offset, int NH,
+                             int NKV, int HD, const AttnLd& ld, cudaStream_t s);
 // delta (B,NH,T) fp32 scratch.
 void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                                const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
