@@ -2,12 +2,13 @@
 # generate-gpu.sh — on the GPU machine: 8B generation as the generate and eval stages run it, ours beside
 # transformers' and Unsloth's generate, same card, model, prompt ids and lengths; prints one table.
 #   1. the random Llama-3-8B bf16 base of bench/real-path-gpu.sh (.carry/make_8b_model.py) on local disk;
-#   2. our engine's `generate` job (bench/generate_run.py), with the split-KV decode attention (the default) and
-#      with NXFT_ATTN_DECODE=portable (one warp per query over the whole cache: the A/B);
+#   2. our engine's `generate` job (bench/generate_run.py), with the split-KV decode attention (the default) and,
+#      for the prompts in AB_PROMPTS, with NXFT_ATTN_DECODE=portable (one warp per query over the whole cache: the
+#      A/B; 1.6 tok/s at 16K, so 256 tokens there would take 160 s);
 #   3. transformers (SDPA, dynamic cache) and Unsloth (for_inference) on the same ids (bench/generate_peer.py);
 #   4. bench/generate-table.py.
-# Environment: ENGINE, OUT (results), BASE (default /tmp/m8b), PROMPTS (default "512 4096 16384"), NEW (256),
-# PEERS (default "hf unsloth").
+# Environment: ENGINE, OUT (results), BASE (default /tmp/m8b), PROMPTS (default "512 4096 16384"), AB_PROMPTS
+# (default "512 4096"), NEW (256), PEERS (default "hf unsloth"). Few files under OUT (the device tool returns few).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,6 +16,7 @@ OUT=${OUT:-/tmp/generate}
 BASE=${BASE:-/tmp/m8b}
 ENGINE=${ENGINE:-$ROOT/native/build-carry/finetune-engine}
 PROMPTS=${PROMPTS:-"512 4096 16384"}
+AB_PROMPTS=${AB_PROMPTS:-"512 4096"}
 NEW=${NEW:-256}
 PEERS=${PEERS:-"hf unsloth"}
 RP=$ROOT/.carry/real-path
@@ -27,10 +29,11 @@ if [ ! -f "$BASE/config.json" ]; then
 fi
 cat "$BASE"/*.safetensors > /dev/null   # warm page cache for every peer
 for P in $PROMPTS; do
-  for mode in split portable; do
+  modes=split; case " $AB_PROMPTS " in *" $P "*) modes="split portable" ;; esac
+  for mode in $modes; do
     log "ours: prompt $P, $NEW new, decode attention $mode"
     NXFT_ATTN_DECODE=$mode python3 "$ROOT/bench/generate_run.py" "$ENGINE" "$BASE" "$P" "$NEW" /tmp/generate-jobs \
-      >> "$OUT/ours.jsonl" 2> "$OUT/ours-$P-$mode.err"
+      >> "$OUT/ours.jsonl" 2>> "$OUT/ours.err"
     tail -1 "$OUT/ours.jsonl" >&2
   done
 done

@@ -37,7 +37,7 @@ if rc != 0 or len(tokens) != N:
     print(err[-3000:], file=sys.stderr)
     print(json.dumps({"prompt_tokens": P, "new_tokens": N, "rc": rc, "error": "engine failed"}))
     sys.exit(1)
-sys.stderr.write(err[-4000:])
+sys.stderr.write(err[-20000:])   # the tail: with NXFT_CUDA_PROFILE=1, the per-op table
 print(json.dumps({
     "peer": "ours", "attention_decode": os.environ.get("NXFT_ATTN_DECODE", "split"), "prompt_tokens": P,
     "new_tokens": N, "load_s": loaded, "prompt_s": tokens[0] - loaded,

@@ -11,8 +11,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include "backend/backend.h"
+#if defined(NXFT_HAVE_CUDA)
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "commands/command.h"
 #include "commands/inference_model.h"
 #include "model/lora.h"
@@ -157,6 +161,12 @@ int cmd_generate(const Json& job, const std::string& job_path) {
     outputs.push(out_ids);
   }
   const auto t1 = std::chrono::steady_clock::now();
+#if defined(NXFT_HAVE_CUDA)
+  // NXFT_CUDA_PROFILE=1: the per-op table of the whole generation on stderr (bench/generate_run.py keeps it).
+  if (im.backend->name() == "cuda" && cuda_profile_enabled(*im.backend))
+    std::fprintf(stderr, "#### per-op profile of this generate job (CUDA events around each backend op)\n\n%s\n",
+                 cuda_profile_report(*im.backend).c_str());
+#endif
   const double gen_s = std::chrono::duration<double>(t1 - t_gen).count();
   Json summary = Json::object();
   if (batch) summary.set("outputs", outputs);
