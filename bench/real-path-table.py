@@ -13,8 +13,13 @@ print(f"Card: {gpu}\n")
 print("| job | shape | ours real tok/s | ours peak GiB | load → weights s | load → step 1 done s | Unsloth real tok/s | Unsloth peak GiB | Unsloth load s | × Unsloth (row tokens) | loss first → last |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for job in sorted(set(ours) | set(peer)):
-    o, p = ours.get(job), peer.get(job)
-    shape = f"{o['batch']}×{o['seq_len']}{' ckpt' if o['ckpt'] else ''}" if o else f"{p['bs']}×{p['seq']}"
+    # rp-8192-offload (checkpoints in host memory) against Unsloth's rp-8192 run, whose "unsloth" checkpointing
+    # offloads them too
+    o, p = ours.get(job), peer.get(job) or peer.get(job.removesuffix("-offload"))
+    if o is None and job not in peer:
+        continue
+    ck = o and (" ckpt offload" if o["ckpt"] == "offload" else " ckpt" if o["ckpt"] else "")
+    shape = f"{o['batch']}×{o['seq_len']}{ck}" if o else f"{p['bs']}×{p['seq']}"
     f = lambda d, k, fmt="{:,.0f}": fmt.format(d[k]) if d and d.get(k) is not None else "—"
     ratio = f"{o['row_tokens_per_s'] / p['row_tokens_per_s']:.3f}×" if o and p else "—"
     loss = f"{o['first_loss']:.3f} → {o['last_loss']:.3f}" if o else "—"

