@@ -19,15 +19,11 @@ PROMPTS=${PROMPTS:-"512 4096 16384"}
 AB_PROMPTS=${AB_PROMPTS:-"512 4096"}
 NEW=${NEW:-256}
 PEERS=${PEERS:-"hf unsloth"}
-RP=$ROOT/.carry/real-path
 mkdir -p "$OUT"
 log() { echo "[generate $(date +%H:%M:%S)] $*" >&2; }
 nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-if [ ! -f "$BASE/config.json" ]; then
-  log "random Llama-3-8B bf16 base → $BASE"
-  TOKENIZER_XZ=$RP/tokenizer.json.xz TOKENIZER_CONFIG=$RP/tokenizer_config.json python3 "$ROOT/.carry/make_8b_model.py" "$BASE" >&2 || exit 1
-fi
-cat "$BASE"/*.safetensors > /dev/null   # warm page cache for every peer
+source "$ROOT/bench/m8b-base.sh"
+ensure_8b_base "$BASE" || exit 1
 for P in $PROMPTS; do
   modes=split; case " $AB_PROMPTS " in *" $P "*) modes="split portable" ;; esac
   for mode in $modes; do

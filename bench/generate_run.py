@@ -4,7 +4,8 @@
 # The prompt is PROMPT_TOKENS ids drawn from a fixed seed (bench/generate_peer.py draws the same ones); greedy, no
 # stop ids, so exactly NEW_TOKENS come out. prompt_s: weights loaded → first token (the prompt read into the KV
 # cache, then one token); decode tok/s: the tokens after the first over the time after it.
-import json, os, random, subprocess, sys, time
+import json, os, random, sys
+from engine_events import EngineRun, weights_loaded
 
 engine, model, P, N = sys.argv[1], os.path.abspath(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 out = sys.argv[5] if len(sys.argv) > 5 else "/tmp/generate-run"
@@ -16,23 +17,16 @@ job = {"command": "generate", "model": model, "prompt_ids": ids, "max_new_tokens
        "temperature": 0.0, "stop_ids": [], "backend": os.environ.get("BACKEND", "cuda")}
 job_file = os.path.join(out, f"generate-{P}-{N}.json")
 json.dump(job, open(job_file, "w"))
-t0 = time.time()
-p = subprocess.Popen([engine, "generate", "--job", job_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+run = EngineRun(engine, "generate", job_file)
 loaded, tokens, summary = None, [], None
-for line in p.stdout:
-    try:
-        e = json.loads(line)
-    except json.JSONDecodeError:
-        continue
-    ev = e.get("event")
-    if ev == "progress" and e.get("stage") == "load" and e.get("done") == e.get("total"):
-        loaded = time.time() - t0
-    elif ev == "token":
-        tokens.append(time.time() - t0)
-    elif ev == "done":
+for t, e in run:
+    if weights_loaded(e):
+        loaded = t
+    elif e.get("event") == "token":
+        tokens.append(t)
+    elif e.get("event") == "done":
         summary = e.get("summary")
-err = p.stderr.read()
-rc = p.wait()
+err, rc = run.stderr, run.rc
 if rc != 0 or len(tokens) != N:
     print(err[-3000:], file=sys.stderr)
     print(json.dumps({"prompt_tokens": P, "new_tokens": N, "rc": rc, "error": "engine failed"}))

@@ -22,11 +22,8 @@ mkdir -p "$OUT"
 log() { echo "[real-path $(date +%H:%M:%S)] $*" >&2; }
 nvidia-smi --query-gpu=name,uuid,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-if [ ! -f "$BASE/config.json" ]; then
-  log "random Llama-3-8B bf16 base → $BASE"
-  TOKENIZER_XZ=$RP/tokenizer.json.xz TOKENIZER_CONFIG=$RP/tokenizer_config.json python3 "$ROOT/.carry/make_8b_model.py" "$BASE" >&2 || exit 1
-fi
-cat "$BASE"/*.safetensors > /dev/null   # warm page cache for both peers
+source "$ROOT/bench/m8b-base.sh"
+ensure_8b_base "$BASE" || exit 1
 du -sh "$BASE" >&2
 
 if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then

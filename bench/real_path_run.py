@@ -4,7 +4,8 @@
 # The job's {BASE}, {SHARDS} and {OUT} become BASE_DIR, JOB_DIR and OUT_DIR; nothing else changes.
 # Times come from the wall clock here as the engine's events arrive: start → weights loaded → step 1 done, then
 # the steady rate over the steps after the first WARM (cuDNN graphs are built and autotuned on first use).
-import json, os, subprocess, sys, time
+import json, os, sys
+from engine_events import EngineRun, weights_loaded
 
 engine, job_dir, base, out = sys.argv[1:5]
 warm = int(os.environ.get("WARM", "4"))
@@ -22,27 +23,18 @@ T = manifest["seq_len"]
 rows = sum(s["rows"] for s in manifest["shards"])
 fill = sum(s["tokens"] for s in manifest["shards"]) / (rows * T)  # real (non-padding) share of row tokens
 
-t0 = time.time()
-p = subprocess.Popen([engine, "train", "--job", job_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+run = EngineRun(engine, "train", job_file)
 loaded = None
 steps = []  # (wall time, step event)
 summary = None
-for line in p.stdout:
-    try:
-        e = json.loads(line)
-    except json.JSONDecodeError:
-        continue
-    ev = e.get("event")
-    if ev == "progress" and e.get("stage") == "load" and e.get("done") == e.get("total"):
-        loaded = time.time() - t0
-    elif ev == "step":
-        steps.append((time.time() - t0, e))
-    elif ev == "done":
+for t, e in run:
+    if weights_loaded(e):
+        loaded = t
+    elif e.get("event") == "step":
+        steps.append((t, e))
+    elif e.get("event") == "done":
         summary = e.get("summary")
-    elif ev in ("warning", "error"):
-        print(json.dumps(e), file=sys.stderr, flush=True)
-err = p.stderr.read()
-rc = p.wait()
+err, rc = run.stderr, run.rc
 if rc != 0 or not steps:
     print(err[-3000:], file=sys.stderr)
     print(json.dumps({"job": job_dir, "rc": rc, "error": "engine failed"}))
