@@ -5,6 +5,7 @@
 //   * determinism: same job twice, and 1 vs 2 threads, give identical adapter bytes
 //   * gradient accumulation: B=4×GA=1 and B=2×GA=2 give the same losses (same rows per step)
 //   * a diverging run stops with an error naming the step
+//   * rows cut after their micro-batch's last target (unpacked rows: one example, then padding) train as whole rows
 #include <stdlib.h>
 #include <unistd.h>
 #include <cmath>
@@ -256,6 +257,94 @@ void test_divergence(const std::string& model) {
            "diverging run did not stop with a step-naming error (got \"%s\")", err.c_str());
 }
 
+// Unpacked rows (the template's default): T=64, one example of 4–29 tokens, then the padding document (pad id 0,
+// no targets, positions from 0). Each step's rows are cut after their last target: the same losses and adapter as
+// whole rows (NXFT_TRIM_ROWS=0), within float rounding of sums over fewer rows, for fewer computed tokens.
+void write_unpacked_shard(const std::string& path, int R, int V, uint64_t seed) {
+  const int T = 64;
+  mt::Rng rng(seed);
+  std::string bytes = "NXFTSHD1";
+  auto u32 = [&](uint32_t v) { bytes.append(reinterpret_cast<const char*>(&v), 4); };
+  u32(1);
+  u32(T);
+  u32(uint32_t(R));
+  u32(0);
+  for (int r = 0; r < R; r++) {
+    const int L = 4 + int(rng.uniform() * 26);
+    std::vector<int32_t> tok(T, 0), tg(T, -100), pos(T);
+    for (int t = 0; t < T; t++) {
+      pos[size_t(t)] = t < L ? t : t - L;
+      if (t < L) tok[size_t(t)] = t == 0 ? 1 : 2 + int(rng.uniform() * (V - 2));
+    }
+    for (int t = 0; t + 1 < L; t++) tg[size_t(t)] = tok[size_t(t + 1)];
+    for (auto* a : {&tok, &tg, &pos}) bytes.append(reinterpret_cast<const char*>(a->data()), size_t(T) * 4);
+  }
+  write_text(path, bytes);
+}
+
+void test_trimmed_rows(const std::string& model) {
+  {   // the length: last target + 1 over the rows, rounded up to max(16, T/8) 16-aligned, within [granule, T]
+    std::vector<int32_t> tg(size_t(2) * 2048, -100);
+    MT_CHECK(trimmed_row_length(tg.data(), 2, 2048) == 256, "no targets: one granule (256), got %d",
+             trimmed_row_length(tg.data(), 2, 2048));
+    tg[1700] = 5;
+    MT_CHECK(trimmed_row_length(tg.data(), 2, 2048) == 1792, "last target 1700: 1792, got %d", trimmed_row_length(tg.data(), 2, 2048));
+    tg[2048 + 1990] = 5;   // the second row's target decides
+    MT_CHECK(trimmed_row_length(tg.data(), 2, 2048) == 2048, "last target 1990 of row 2: 2048, got %d",
+             trimmed_row_length(tg.data(), 2, 2048));
+    std::vector<int32_t> small(32, -100);
+    small[15] = 1;
+    MT_CHECK(trimmed_row_length(small.data(), 1, 32) == 16, "T=32, last target 15: 16, got %d", trimmed_row_length(small.data(), 1, 32));
+    small[16] = 1;
+    MT_CHECK(trimmed_row_length(small.data(), 1, 32) == 32, "T=32, last target 16: 32, got %d", trimmed_row_length(small.data(), 1, 32));
+    std::vector<int32_t> odd(100, -100);
+    odd[70] = 1;
+    MT_CHECK(trimmed_row_length(odd.data(), 1, 100) == 80, "T=100, last target 70: 80 (granules of 16), got %d",
+             trimmed_row_length(odd.data(), 1, 100));
+  }
+  write_unpacked_shard(g_tmp + "/unpacked.tokens.bin", 8, 40, 11);
+  Json a = train_job(model, g_tmp + "/cut"), b = train_job(model, g_tmp + "/whole");
+  for (Json* j : {&a, &b}) {
+    Json shards = Json::array();
+    shards.push(Json::string(g_tmp + "/unpacked.tokens.bin"));
+    j->set("train_shards", shards).set("eval_shards", Json::array());
+    train_of(*j).set("save_every", Json::number(0)).set("eval_every", Json::number(0)).set("steps", Json::number(4));
+    const_cast<Json&>(j->at("lora")).set("dropout", Json::number(0));   // masks follow the layout
+  }
+  auto la = run_train(a);
+  setenv("NXFT_TRIM_ROWS", "0", 1);
+  auto lb = run_train(b);
+  unsetenv("NXFT_TRIM_ROWS");
+  MT_CHECK(la.size() == 4 && lb.size() == 4, "cut and whole-row runs did not finish (%zu, %zu steps)", la.size(), lb.size());
+  for (size_t i = 0; i < la.size() && i < lb.size(); i++)
+    MT_CHECK(std::fabs(la[i] - lb[i]) <= 1e-6 * std::fabs(lb[i]), "step %zu: cut rows loss %.9g vs whole rows %.9g", i + 1, la[i], lb[i]);
+  const ModelConfig cfg = ModelConfig::load(model + "/config.json");
+  const LoraAdapter A = LoraAdapter::load_peft(g_tmp + "/cut", cfg), B = LoraAdapter::load_peft(g_tmp + "/whole", cfg);
+  double worst = 0, scale = 0;
+  for (size_t p = 0; p < A.pairs.size() && p < B.pairs.size(); p++)
+    for (auto [x, y] : {std::pair{&A.pairs[p].A, &B.pairs[p].A}, std::pair{&A.pairs[p].B, &B.pairs[p].B}})
+      for (size_t i = 0; i < x->size() && i < y->size(); i++) {
+        worst = std::max(worst, double(std::fabs((*x)[i] - (*y)[i])));
+        scale = std::max(scale, double(std::fabs((*y)[i])));
+      }
+  MT_CHECK(A.pairs.size() == B.pairs.size() && worst <= 1e-5 * scale, "cut rows' adapter differs from whole rows' by %.3g (largest %.3g)",
+           worst, scale);
+  // The work: every step of the cut run computes fewer tokens than its 4 rows × 64; the whole-row run all of them.
+  auto computed = [&](const std::string& out) {
+    std::vector<double> c;
+    std::ifstream f(out + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+      Json m = Json::parse(line);
+      if (m.at("event").as_string() == "step") c.push_back(m.at("computed_tokens").as_number());
+    }
+    return c;
+  };
+  for (double c : computed(g_tmp + "/cut")) MT_CHECK(c < 256, "a cut step computed %g tokens of 256 row tokens", c);
+  for (double c : computed(g_tmp + "/whole")) MT_CHECK(c == 256, "a whole-row step computed %g tokens, not 256", c);
+  MT_CHECK(computed(g_tmp + "/cut").size() == 4, "the cut run's step events have no computed_tokens");
+}
+
 void test_shard_errors() {
   const std::string bad = g_tmp + "/bad.tokens.bin";
   auto expect = [&](const std::string& bytes, const char* needle) {
@@ -301,6 +390,7 @@ int main() {
   test_qlora(model);
   test_checkpointing_and_epochs(model);
   test_divergence(model);
+  test_trimmed_rows(model);
   std::error_code ec;
   if (!mt::failures()) fsys::remove_all(g_tmp, ec);
   return mt::finish("test_train");

@@ -97,6 +97,14 @@ struct HostRows {   // B rows of T, as the three shard arrays
     for (int32_t t : targets) n += t != -100;
     return n;
   }
+  // Keeps the first T2 ≤ T tokens of every row (trimmed_row_length, train/shards.h), rows packed again as (B, T2).
+  void cut_rows(int T2) {
+    for (auto* a : {&tokens, &targets, &positions}) {
+      for (int b = 1; b < B; b++) std::copy_n(a->begin() + ptrdiff_t(b) * T, T2, a->begin() + ptrdiff_t(b) * T2);
+      a->resize(size_t(B) * T2);
+    }
+    T = T2;
+  }
 };
 
 void read_rows(const ShardSet& s, const std::vector<int64_t>& rows, HostRows* out) {
@@ -410,23 +418,37 @@ int cmd_train(const Json& job, const std::string& job_path) {
     long long fail_step = -1;
     if (std::sscanf(f, "%d:%lld", &fail_rank, &fail_step) == 2 && fail_rank == dist.rank) fail_at_step = fail_step;
   }
+  // Training rows are cut after their micro-batch's last target (trimmed_row_length): an unpacked row (the
+  // template's default: one example padded to max_seq_len) is mostly padding, and a step on the cut rows has the
+  // same loss and gradients for a fraction of the work. Packed rows stay whole. NXFT_TRIM_ROWS=0 runs whole rows
+  // (an A/B switch); step events count the tokens computed (computed_tokens) beside the row tokens (tokens).
+  bool trim_rows = true;
+  if (const char* tr = std::getenv("NXFT_TRIM_ROWS"); tr && *tr) {
+    if (std::string(tr) != "0" && std::string(tr) != "1")
+      throw EngineError(std::string("environment NXFT_TRIM_ROWS=\"") + tr + "\": must be 0 or 1", "", "NXFT_TRIM_ROWS");
+    trim_rows = std::string(tr) == "1";
+  }
   for (int64_t step = state.step; step < total_steps; step++) {
     const auto t_step = Clock::now();
     if (step + 1 == fail_at_step)
       throw EngineError("NXFT_DIST_FAIL_AT: rank " + std::to_string(dist.rank) + " fails at step " + std::to_string(step + 1) + " as asked",
                         "", "NXFT_DIST_FAIL_AT");
-    int64_t n_items = 0;
+    int64_t n_items = 0, computed_tokens = 0;
     for (int m = 0; m < GA; m++) {   // this rank's rows: [rank·B/W, +B/W) of each micro-batch's B stream rows
       std::vector<int64_t> rows(static_cast<size_t>(B_rank));
       for (int b = 0; b < B_rank; b++)
         rows[size_t(b)] = order.row_at((step * GA + m) * int64_t(B) + int64_t(dist.rank) * B_rank + b);
-      read_rows(train, rows, &micro[size_t(m)]);
-      n_items += micro[size_t(m)].n_targets();
+      HostRows& hr = micro[size_t(m)];
+      read_rows(train, rows, &hr);
+      if (trim_rows) hr.cut_rows(trimmed_row_length(hr.targets.data(), hr.B, hr.T));
+      n_items += hr.n_targets();
+      computed_tokens += int64_t(hr.B) * hr.T;
     }
     if (coll) {   // the loss is normalized by the targets of the whole step, on every rank
-      double n = double(n_items);
-      coll->all_reduce_host(&n, 1);
-      n_items = int64_t(n);
+      double n[2] = {double(n_items), double(computed_tokens)};
+      coll->all_reduce_host(n, 2);
+      n_items = int64_t(n[0]);
+      computed_tokens = int64_t(n[1]);
     }
     model.zero_grads();
     double loss_sum = 0;
@@ -483,6 +505,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
                  .set("lr", Json::number(lr))
                  .set("grad_norm", Json::number(grad_norm))
                  .set("tokens", Json::number(double(step_tokens)))
+                 .set("computed_tokens", Json::number(double(computed_tokens)))
                  .set("target_tokens", Json::number(double(n_items)))
                  .set("tokens_per_s", Json::number(train_seconds > 0 ? double(tokens_done) / train_seconds : 0))
                  .set("elapsed_s", Json::number(seconds_since(t_start)))

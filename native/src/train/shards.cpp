@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include "util/events.h"
@@ -99,6 +100,18 @@ int64_t ShardSet::count_targets(int64_t index) const {
   int64_t n = 0;
   for (int t = 0; t < T; t++) n += a[size_t(T + t)] != -100;
   return n;
+}
+
+int trimmed_row_length(const int32_t* targets, int B, int T) {
+  int need = 0;
+  for (int b = 0; b < B; b++)
+    for (int t = T - 1; t >= need; t--)
+      if (targets[size_t(b) * T + t] != -100) {
+        need = t + 1;
+        break;
+      }
+  const int granule = std::max(16, (T / 8 + 15) / 16 * 16);
+  return std::min(T, std::max(granule, (need + granule - 1) / granule * granule));
 }
 
 }  // namespace nxft

@@ -38,4 +38,12 @@ class ShardSet {
   int64_t total_rows_ = 0;
 };
 
+// The row length a training micro-batch of B rows of T needs: its last target's index + 1 over all rows, rounded up
+// to a granule of max(16, T/8) tokens (16-aligned), at least one granule, at most T. What comes after the last
+// target (an unpacked row's padding document, the final token of the last document) is attended by no earlier
+// token (causal attention) and carries no loss, so a step on the rows cut there has the loss and gradients of the
+// whole rows. The granule bounds the shapes a dataset brings (at most 8, so cuDNN graphs and GEMM heuristics are
+// built a handful of times) and keeps packed rows, whose padding is short, at T.
+int trimmed_row_length(const int32_t* targets, int B, int T);
+
 }  // namespace nxft
