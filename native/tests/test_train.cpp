@@ -259,7 +259,8 @@ void test_divergence(const std::string& model) {
 
 // Unpacked rows (the template's default): T=64, one example of 4–29 tokens, then the padding document (pad id 0,
 // no targets, positions from 0). Each step's rows are cut after their last target: the same losses and adapter as
-// whole rows (NXFT_TRIM_ROWS=0), within float rounding of sums over fewer rows, for fewer computed tokens.
+// whole rows (NXFT_TRIM_ROWS=0), and the same eval loss, within float rounding of sums over fewer rows, for fewer
+// computed tokens.
 void write_unpacked_shard(const std::string& path, int R, int V, uint64_t seed) {
   const int T = 64;
   mt::Rng rng(seed);
@@ -307,8 +308,8 @@ void test_trimmed_rows(const std::string& model) {
   for (Json* j : {&a, &b}) {
     Json shards = Json::array();
     shards.push(Json::string(g_tmp + "/unpacked.tokens.bin"));
-    j->set("train_shards", shards).set("eval_shards", Json::array());
-    train_of(*j).set("save_every", Json::number(0)).set("eval_every", Json::number(0)).set("steps", Json::number(4));
+    j->set("train_shards", shards).set("eval_shards", shards);   // eval batches are cut the same way
+    train_of(*j).set("save_every", Json::number(0)).set("eval_every", Json::number(4)).set("steps", Json::number(4));
     const_cast<Json&>(j->at("lora")).set("dropout", Json::number(0));   // masks follow the layout
   }
   auto la = run_train(a);
@@ -318,6 +319,10 @@ void test_trimmed_rows(const std::string& model) {
   MT_CHECK(la.size() == 4 && lb.size() == 4, "cut and whole-row runs did not finish (%zu, %zu steps)", la.size(), lb.size());
   for (size_t i = 0; i < la.size() && i < lb.size(); i++)
     MT_CHECK(std::fabs(la[i] - lb[i]) <= 1e-6 * std::fabs(lb[i]), "step %zu: cut rows loss %.9g vs whole rows %.9g", i + 1, la[i], lb[i]);
+  const double eval_cut = Json::parse_file(g_tmp + "/cut/summary.json").at("final_eval_loss").as_number();
+  const double eval_whole = Json::parse_file(g_tmp + "/whole/summary.json").at("final_eval_loss").as_number();
+  MT_CHECK(std::fabs(eval_cut - eval_whole) <= 1e-6 * std::fabs(eval_whole), "eval loss on cut rows %.9g vs whole rows %.9g",
+           eval_cut, eval_whole);
   const ModelConfig cfg = ModelConfig::load(model + "/config.json");
   const LoraAdapter A = LoraAdapter::load_peft(g_tmp + "/cut", cfg), B = LoraAdapter::load_peft(g_tmp + "/whole", cfg);
   double worst = 0, scale = 0;

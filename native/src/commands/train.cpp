@@ -97,14 +97,8 @@ struct HostRows {   // B rows of T, as the three shard arrays
     for (int32_t t : targets) n += t != -100;
     return n;
   }
-  // Keeps the first T2 ≤ T tokens of every row (trimmed_row_length, train/shards.h), rows packed again as (B, T2).
-  void cut_rows(int T2) {
-    for (auto* a : {&tokens, &targets, &positions}) {
-      for (int b = 1; b < B; b++) std::copy_n(a->begin() + ptrdiff_t(b) * T, T2, a->begin() + ptrdiff_t(b) * T2);
-      a->resize(size_t(B) * T2);
-    }
-    T = T2;
-  }
+  // The rows up to their last target (train/shards.h): the same loss and gradients for less work.
+  void cut_after_last_target() { T = cut_rows_after_last_target(&tokens, &targets, &positions, B, T); }
 };
 
 void read_rows(const ShardSet& s, const std::vector<int64_t>& rows, HostRows* out) {
@@ -130,6 +124,7 @@ std::pair<double, int64_t> evaluate(Transformer& model, const ShardSet& eval, in
     std::vector<int64_t> rows;
     for (int64_t r = r0; r < std::min<int64_t>(eval.rows(), r0 + B); r++) rows.push_back(r);
     read_rows(eval, rows, &hr);
+    hr.cut_after_last_target();
     const int64_t n = hr.n_targets();
     if (n == 0) continue;
     sum += model.forward_loss(hr.batch());
@@ -418,16 +413,6 @@ int cmd_train(const Json& job, const std::string& job_path) {
     long long fail_step = -1;
     if (std::sscanf(f, "%d:%lld", &fail_rank, &fail_step) == 2 && fail_rank == dist.rank) fail_at_step = fail_step;
   }
-  // Training rows are cut after their micro-batch's last target (trimmed_row_length): an unpacked row (the
-  // template's default: one example padded to max_seq_len) is mostly padding, and a step on the cut rows has the
-  // same loss and gradients for a fraction of the work. Packed rows stay whole. NXFT_TRIM_ROWS=0 runs whole rows
-  // (an A/B switch); step events count the tokens computed (computed_tokens) beside the row tokens (tokens).
-  bool trim_rows = true;
-  if (const char* tr = std::getenv("NXFT_TRIM_ROWS"); tr && *tr) {
-    if (std::string(tr) != "0" && std::string(tr) != "1")
-      throw EngineError(std::string("environment NXFT_TRIM_ROWS=\"") + tr + "\": must be 0 or 1", "", "NXFT_TRIM_ROWS");
-    trim_rows = std::string(tr) == "1";
-  }
   for (int64_t step = state.step; step < total_steps; step++) {
     const auto t_step = Clock::now();
     if (step + 1 == fail_at_step)
@@ -440,7 +425,9 @@ int cmd_train(const Json& job, const std::string& job_path) {
         rows[size_t(b)] = order.row_at((step * GA + m) * int64_t(B) + int64_t(dist.rank) * B_rank + b);
       HostRows& hr = micro[size_t(m)];
       read_rows(train, rows, &hr);
-      if (trim_rows) hr.cut_rows(trimmed_row_length(hr.targets.data(), hr.B, hr.T));
+      // An unpacked row (the template's default: one example padded to max_seq_len) is mostly padding; the step
+      // runs the rows up to their last target. Step events count these computed_tokens beside the row tokens.
+      hr.cut_after_last_target();
       n_items += hr.n_targets();
       computed_tokens += int64_t(hr.B) * hr.T;
     }

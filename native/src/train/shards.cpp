@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <algorithm>
+#include <cstdlib>
 #include <cerrno>
 #include <cstring>
 #include "util/events.h"
@@ -112,6 +113,21 @@ int trimmed_row_length(const int32_t* targets, int B, int T) {
       }
   const int granule = std::max(16, (T / 8 + 15) / 16 * 16);
   return std::min(T, std::max(granule, (need + granule - 1) / granule * granule));
+}
+
+int cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,
+                               std::vector<int32_t>* positions, int B, int T) {
+  if (const char* e = std::getenv("NXFT_TRIM_ROWS"); e && *e) {
+    if (std::string(e) != "0" && std::string(e) != "1")
+      throw EngineError(std::string("environment NXFT_TRIM_ROWS=\"") + e + "\": must be 0 or 1", "", "NXFT_TRIM_ROWS");
+    if (std::string(e) == "0") return T;
+  }
+  const int T2 = trimmed_row_length(targets->data(), B, T);
+  for (auto* a : {tokens, targets, positions}) {
+    for (int b = 1; b < B; b++) std::copy_n(a->begin() + ptrdiff_t(b) * T, T2, a->begin() + ptrdiff_t(b) * T2);
+    a->resize(size_t(B) * T2);
+  }
+  return T2;
 }
 
 }  // namespace nxft

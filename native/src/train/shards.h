@@ -45,5 +45,9 @@ class ShardSet {
 // whole rows. The granule bounds the shapes a dataset brings (at most 8, so cuDNN graphs and GEMM heuristics are
 // built a handful of times) and keeps packed rows, whose padding is short, at T.
 int trimmed_row_length(const int32_t* targets, int B, int T);
+// B rows of T in three (B·T) arrays, cut to trimmed_row_length and packed again as (B, T2); returns T2. With
+// NXFT_TRIM_ROWS=0 in the environment (an A/B switch) the rows stay whole and T comes back.
+int cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,
+                               std::vector<int32_t>* positions, int B, int T);
 
 }  // namespace nxft
