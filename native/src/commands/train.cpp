@@ -386,6 +386,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   const double load_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();   // job start → weights ready
 
   // ---- the loop ----
+  model.reserve_tokens(B_rank * T, true);   // micro-batches are cut after their last target: size for whole rows
   RowOrder order(train.rows(), shuffle, seed);
   std::vector<HostRows> micro(static_cast<size_t>(GA));
   std::vector<float> host_m, host_v;
