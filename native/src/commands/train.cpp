@@ -1,7 +1,8 @@
 // train.cpp — `finetune-engine train`: LoRA / QLoRA fine-tuning (docs/engine-protocol.md "train").
 //
 // Data: the training rows form one stream, epoch after epoch (each epoch a seeded permutation of all rows, or
-// file order when shuffle is false). Optimizer step s, micro-batch m takes stream rows [(s·GA + m)·B, +B).
+// file order when shuffle is false). Optimizer step s, micro-batch m takes stream rows [(s·GA + m)·B, +B), cut
+// after the micro-batch's last target (train/shards.h: what follows carries no loss and is attended by nothing).
 // Loss of a step = Σ cross-entropy over its targets != -100 / their count (all GA micro-batches together, like
 // transformers' Trainer with num_items_in_batch). Then: global grad norm, clip (torch clip_grad_norm_),
 // AdamW (torch.optim.AdamW), LR from transformers' schedules. Eval every eval_every steps and at the end;
