@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createHash } from "node:crypto";
 import { runDatasetStage, runShardsStage, parseShard, encodeShard, tokenizerFor, rowId, IGNORE_INDEX } from "../../plugins/nx-finetune/src/data";
-import { isCutRow } from "../../plugins/nx-finetune/src/stages/shards";
+import { buildRows, isCutRow } from "../../plugins/nx-finetune/src/stages/shards";
 import type { DataSpec, ShardsManifest, TemplateSpec } from "../../plugins/nx-finetune/src/data";
 
 const ROOT = resolve(__dirname, "../..");
@@ -121,6 +121,22 @@ test("packing: several examples per row, positions restart, targets never cross 
     /template "text" cannot render conversation rows \(dataset format "alpaca"\)/);
   const long = await runShardsStage({ datasetDir: ds, tokenizerDir: DEMO, template: { name: "chatml", max_seq_len: 256 }, outDir: join(dir, "l") });
   assert.equal(long.truncated, 0);
+});
+
+test("packing fills rows first-fit decreasing: longest first, each into the first row with room", () => {
+  // Lengths 6, 5, 4, 5 into rows of 10: next-fit in this order needs 3 rows ([6] [5 4] [5]); first-fit decreasing
+  // needs 2: [6 4] and [5 5] (equal lengths keep their order). Every example is whole, and each row's padding follows.
+  const ex = (id: number, L: number) => ({ ids: Array.from({ length: L }, (_, t) => id * 10 + t), train: new Uint8Array(L).fill(1) });
+  const built = buildRows([ex(1, 6), ex(2, 5), ex(3, 4), ex(4, 5)], 10, 0, true);
+  assert.equal(built.nRows, 2);
+  assert.deepEqual(Array.from(built.tokens.subarray(0, 10)), [10, 11, 12, 13, 14, 15, 30, 31, 32, 33]);
+  assert.deepEqual(Array.from(built.tokens.subarray(10, 20)), [20, 21, 22, 23, 24, 40, 41, 42, 43, 44]);
+  assert.deepEqual(Array.from(built.positions.subarray(0, 10)), [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]);
+  assert.equal(built.tokenCount, 20);
+  assert.equal(built.targetTokens, 20 - 4);   // each example's last token has no target
+  const unpacked = buildRows([ex(1, 6), ex(2, 5), ex(3, 4), ex(4, 5)], 10, 0, false);
+  assert.equal(unpacked.nRows, 4);
+  assert.deepEqual(Array.from(unpacked.tokens.subarray(20, 30)), [30, 31, 32, 33, 0, 0, 0, 0, 0, 0]);   // chunk order, padded
 });
 
 test("byte-deterministic: two runs give identical shards and manifests", async () => {
