@@ -52,16 +52,18 @@ void test_schedules() {
   }
 }
 
+// The shard header (docs/engine-protocol.md "Token shards"); each row then appends tokens, targets, positions.
+std::string shard_header(int T, int R) {
+  std::string bytes = "NXFTSHD1";
+  for (uint32_t v : {1u, uint32_t(T), uint32_t(R), 0u}) bytes.append(reinterpret_cast<const char*>(&v), 4);
+  return bytes;
+}
+
 // A shard of R rows, T=16: each row packs two documents of random tokens (targets = next token in the document).
 void write_shard(const std::string& path, int R, int V, uint64_t seed) {
   const int T = 16;
   mt::Rng rng(seed);
-  std::string bytes = "NXFTSHD1";
-  auto u32 = [&](uint32_t v) { bytes.append(reinterpret_cast<const char*>(&v), 4); };
-  u32(1);
-  u32(T);
-  u32(uint32_t(R));
-  u32(0);
+  std::string bytes = shard_header(T, R);
   for (int r = 0; r < R; r++) {
     int split = 5 + int(rng.uniform() * 8);
     std::vector<int32_t> tok(T), tg(T), pos(T);
@@ -264,12 +266,7 @@ void test_divergence(const std::string& model) {
 void write_unpacked_shard(const std::string& path, int R, int V, uint64_t seed) {
   const int T = 64;
   mt::Rng rng(seed);
-  std::string bytes = "NXFTSHD1";
-  auto u32 = [&](uint32_t v) { bytes.append(reinterpret_cast<const char*>(&v), 4); };
-  u32(1);
-  u32(T);
-  u32(uint32_t(R));
-  u32(0);
+  std::string bytes = shard_header(T, R);
   for (int r = 0; r < R; r++) {
     const int L = 4 + int(rng.uniform() * 26);
     std::vector<int32_t> tok(T, 0), tg(T, -100), pos(T);
