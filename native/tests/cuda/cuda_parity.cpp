@@ -457,6 +457,16 @@ void test_attention_decode(Harness& h) {  // KV-cache shape: B=1, Tq=3 new queri
   for (Pair* p : {&doc, &q, &k, &v, &o, &lse}) h.free(*p);
 }
 
+bool cudnn_attention_here(Backend& gpu) { return cuda_attention_path(gpu).rfind("cudnn", 0) == 0; }
+
+// One "attention path" row of the table: the path the GPU took beside the one wanted; ok is decided by the caller
+// (a case may accept more than `want`).
+void path_row(const std::string& tag, const std::string& taken, const std::string& want, bool ok) {
+  if (!ok) failures++;
+  std::printf("| %-44s | %10s | %10s | %8s | %s |\n", ("attention path, " + tag).c_str(), taken.c_str(), want.c_str(),
+              "", ok ? "ok" : "FAIL");
+}
+
 // Generation's attention over a long KV cache: new queries after `past` cached keys take the split-KV kernels
 // (chunks of the keys merged by a second kernel), and a long prompt read into an empty cache takes cuDNN when it is
 // there (one row: the cache's capacity is no stride). q is read in place from q|k|v rows (pitch W), k and v from
@@ -494,16 +504,12 @@ void test_attention_kv_cache_long(Harness& h) {
     // this build and card have it.
     const char* env = std::getenv("NXFT_ATTN_DECODE");
     const bool split = !(env && std::string(env) == "portable");
-    const bool cudnn_here = cuda_attention_path(h.gpu).rfind("cudnn", 0) == 0;
     std::string want = c.want, taken = "portable";
     if (want == "decode" && !split) want = "portable";
-    if (want == "cudnn" && !cudnn_here) want = "portable";
+    if (want == "cudnn" && !cudnn_attention_here(h.gpu)) want = "portable";
     if (prof.find("attention_forward (decode") != std::string::npos) taken = "decode";
     if (prof.find("attention_forward (cudnn") != std::string::npos) taken = "cudnn";
-    const bool ok = taken == want;
-    if (!ok) failures++;
-    std::printf("| %-44s | %10s | %10s | %8s | %s |\n", ("attention path, " + tag).c_str(), taken.c_str(),
-                want.c_str(), "", ok ? "ok" : "FAIL");
+    path_row(tag, taken, want, taken == want);
     for (Pair* x : {&doc, &qkv, &kc, &vc, &o, &lse}) h.free(*x);
   }
 }
@@ -637,7 +643,7 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   // The path: cuDNN exactly when it is available, the rows are plain causal and the layout is 16-byte aligned.
   const std::string taken = attention_path_taken(h.gpu);
   cuda_profile_enable(h.gpu, false);
-  const bool cudnn_here = cuda_attention_path(h.gpu).rfind("cudnn", 0) == 0;
+  const bool cudnn_here = cudnn_attention_here(h.gpu);
   const char* packed_env = std::getenv("NXFT_CUDNN_PACKED");
   const bool packed_on = !(packed_env && std::string(packed_env) == "0");
   const std::string want = cudnn_here && (!packed || packed_on) && !odd ? "cudnn" : "portable";
@@ -645,10 +651,7 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   // first call is checked, disagrees and is served by the portable kernels ("mixed"), the later ones by cuDNN.
   const char* copy_env = std::getenv("NXFT_CUDNN_PACKED_COPY");
   const bool copy_override = packed && copy_env && std::string(copy_env) != "all";
-  const bool ok = taken == want || (copy_override && want == "cudnn" && taken == "mixed");
-  if (!ok) failures++;
-  std::printf("| %-44s | %10s | %10s | %8s | %s |\n", ("attention path, " + tag).c_str(), taken.c_str(), want.c_str(),
-              "", ok ? "ok" : "FAIL");
+  path_row(tag, taken, want, taken == want || (copy_override && want == "cudnn" && taken == "mixed"));
   for (Pair* x : {&doc, &qkv, &o, &lse, &dout, &dqkv}) h.free(*x);
 }
 

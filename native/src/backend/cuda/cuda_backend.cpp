@@ -795,9 +795,10 @@ class CudaBackend : public Backend {
     CUDA_CHECK(cudaMemcpy2DAsync(dst, size_t(dst_ld) * 2, src, size_t(src_ld) * 2, size_t(width) * 2, rows,
                                  cudaMemcpyDeviceToDevice, stream_));
   }
-  // cuDNN 9.19's ragged backward gave wrong dq and dk for some operand layouts (see attention_backward), so the
-  // first packed-document backward of a process runs both it and the portable kernels (which write the result)
-  // and compares: cuDNN then serves every later call only if it agreed. One host round trip, once.
+  // cuDNN 9.19's ragged backward gives wrong gradients for some operand layouts (see attention_backward), so the
+  // first packed-document backward with each layout (the pitches cuDNN sees) runs both it and the portable kernels
+  // (which write the result) and compares: cuDNN serves the later calls with that layout only if it agreed. One
+  // host round trip per layout.
   void check_packed_backward(const bf16* const cudnn[3], const AttnLd& layout, const Tensor& dq, const Tensor& dk,
                              const Tensor& dv, size_t N, int qd, int kvd, const AttnLd& ld) {
     double worst = 0;
