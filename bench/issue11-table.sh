@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # issue11-table.sh — issue 11's one-call table on the GPU machine, in one device call of at most ~9.5 minutes:
-#   1. cuda_parity with the default packed-backward copies and with NXFT_CUDNN_PACKED_COPY=none (the per-layout check
-#      must escalate to copying everything: three DISAGREE lines, 0 failures);
+#   1. cuda_parity with packed documents on the tile kernels (attention_tiles.cu, the default; a failure stops the
+#      call here) and on cuDNN's ragged attention (NXFT_ATTN_TILES=0);
 #   2. cuda_train_bench (random 8B-shaped weights): single-document and packed rows at 2×2048 and 1×8192
 #      checkpointed (the bar: packed ≥ 0.95× single-document), and packed rows whose head shape changes every step
 #      (":vary", as on the real path);
 #   3. the real path (bench/real-path-gpu.sh: the shards stage's packed Alpaca rows, the adapter stage's own train
-#      job, an 8B bf16 base on local disk): ours at 2×2048 and 1×8192 checkpointed, then Unsloth on the same rows;
+#      job, an 8B bf16 base on local disk): ours at 2×2048 and 1×8192 checkpointed, ours at 2×2048 with
+#      NXFT_ATTN_TILES=0 (the A/B), then Unsloth on the same rows;
 #   4. HF + PEFT eager at 2×2048 (.carry/hf_peft_baseline.py), and the 50-step CPU↔CUDA compare, as time allows.
 #   run(command="bash bench/issue11-table.sh", carry=["native/build-carry", ".carry"])
 # native/build-carry from bench/build-carry.sh (built here instead when the carried binaries do not run); .carry as
@@ -30,17 +31,25 @@ if ! "$B/cuda_parity" > $R/parity.md 2>&1; then
     "$B/cuda_parity" > $R/parity.md 2>&1
   fi
 fi
-NXFT_CUDNN_PACKED_COPY=none timeout 60 "$B/cuda_parity" > $R/parity-copy-none.md 2>&1
-for f in parity parity-copy-none; do
+NXFT_ATTN_TILES=0 timeout 60 "$B/cuda_parity" > $R/parity-cudnn-packed.md 2>&1
+for f in parity parity-cudnn-packed; do
   echo "$f: $(grep -E '^PASS|^FAIL' $R/$f.md)" | tee -a $R/log.txt
   grep "packed-document attention backward" $R/$f.md | sort | uniq -c | tee -a $R/log.txt
 done
+if ! grep -q '^PASS' $R/parity.md; then   # no timings of a path that disagrees with the CPU backend
+  grep -E 'FAIL|nan' $R/parity.md | head -40 | tee -a $R/log.txt
+  cp $R/log.txt $R/parity.md "${OUT:-/tmp}/"
+  exit 1
+fi
 log "cuda_train_bench, 32 layers"
 timeout 240 "$B/cuda_train_bench" bench 2x2048x0 2x2048x0:packed 1x8192x1 1x8192x1:packed 2x2048x0:packed:vary \
   > $R/bench.txt 2> $R/bench.err
 grep '^{' $R/bench.txt | tee -a $R/log.txt
 log "real path, ours"
-STEPS=60 ENGINE=$B/finetune-engine OUT=$R/rp PHASE=ours JOBS="rp-2048 rp-8192" bash bench/real-path-gpu.sh > $R/rp.log 2>&1
+STEPS=60 ENGINE=$B/finetune-engine OUT=$R/rp PHASE=ours JOBS="rp-2048 rp-8192 rp-1024-unpacked" bash bench/real-path-gpu.sh > $R/rp.log 2>&1
+log "real path, ours, 2×2048 with NXFT_ATTN_TILES=0"
+NXFT_ATTN_TILES=0 STEPS=60 ENGINE=$B/finetune-engine OUT=$R/rp-cudnn-packed PHASE=ours JOBS="rp-2048" bash bench/real-path-gpu.sh > $R/rp-cudnn-packed.log 2>&1
+tail -1 $R/rp-cudnn-packed/ours.jsonl | tee -a $R/log.txt
 log "real path, Unsloth rp-2048"
 STEPS=60 PEER_TIMEOUT=150 OUT=$R/rp PHASE=peer JOBS="rp-2048" bash bench/real-path-gpu.sh > $R/peer.log 2>&1
 if [ "$(left)" -gt 70 ]; then

@@ -2,6 +2,7 @@
 // as the model writes it (a token with position 0 starts a document; so does each row): packed rows, 1-token
 // documents, a document filling its row, rows of many tiny documents, and doc_start arrays that are not contiguous
 // documents (refused, so the portable kernels keep them). Also the graph sizes.
+#include <cmath>
 #include <vector>
 #include "backend/packed_documents.h"
 #include "test_util.h"
@@ -72,5 +73,18 @@ int main() {
   const RaggedLen p2 = RaggedLen::Pow2;
   CHECK(ragged_max_len(5, 2048, p2) == 64 && ragged_max_len(300, 2048, p2) == 512 && ragged_max_len(1500, 1500, p2) == 1500 &&
         ragged_max_len(2048, 2048, p2) == 2048);
+  // The tile kernels' work: one document per row is the whole (1.0); 32 documents of 64 in a row of 2048 visit only
+  // the 32 diagonal tiles of 528; documents of 100 tokens visit the diagonal and, where a document crosses a tile
+  // boundary, the tile before.
+  ds = doc_start_of(1, 2048, {{}});
+  CHECK(tile_work_fraction(ds.data(), 1, 2048) == 1.0);
+  std::vector<int> len64(31, 64), len100(20, 100);
+  ds = doc_start_of(1, 2048, {len64});
+  CHECK(std::fabs(tile_work_fraction(ds.data(), 1, 2048) - 32.0 / 528.0) < 1e-12);
+  ds = doc_start_of(2, 2048, {len100, len64});
+  const double f = tile_work_fraction(ds.data(), 2, 2048);
+  CHECK(f > 32.0 / 528.0 && f < 64.0 / 528.0 && f < kTilesMaxWorkFraction);
+  ds = doc_start_of(1, 100, {{64}});   // T not a multiple of 64: 2 query tiles, the second starting a document
+  CHECK(std::fabs(tile_work_fraction(ds.data(), 1, 100) - 2.0 / 3.0) < 1e-12);
   return test_result("packed_documents_test");
 }

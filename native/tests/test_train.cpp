@@ -301,6 +301,19 @@ void test_trimmed_rows(const std::string& model) {
              trimmed_row_length(odd.data(), 1, 100));
   }
   write_unpacked_shard(g_tmp + "/unpacked.tokens.bin", 8, 40, 11);
+  {   // targets_end (what train reserves its buffers by) read from the end in chunks agrees with the whole row
+    ShardSet shards({g_tmp + "/unpacked.tokens.bin"}, 40);
+    std::vector<int32_t> tok(64), tg(64), pos(64);
+    for (int64_t r = 0; r < shards.rows(); r++) {
+      shards.read_row(r, tok.data(), tg.data(), pos.data());
+      int want = 0;
+      for (int t = 0; t < 64; t++)
+        if (tg[size_t(t)] != -100) want = t + 1;
+      for (int chunk : {1, 5, 16, 64, 100})
+        MT_CHECK(shards.targets_end(r, chunk) == want, "row %lld, chunks of %d: targets_end %d, want %d", (long long)r,
+                 chunk, shards.targets_end(r, chunk), want);
+    }
+  }
   Json a = train_job(model, g_tmp + "/cut"), b = train_job(model, g_tmp + "/whole");
   for (Json* j : {&a, &b}) {
     Json shards = Json::array();

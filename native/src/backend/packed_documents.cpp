@@ -26,6 +26,18 @@ bool find_documents(const int32_t* ds, int B, int T, std::vector<int32_t>* start
   return true;
 }
 
+double tile_work_fraction(const int32_t* doc_start, int B, int T) {
+  constexpr int kTile = 64;   // attention_tiles.cu's forward tile
+  double work = 0, whole = 0;
+  for (int b = 0; b < B; b++)
+    for (int q0 = 0; q0 < T; q0 += kTile) {
+      const int qt = (std::min(q0 + kTile, T) - 1) / kTile;
+      work += qt - doc_start[size_t(b) * T + q0] / kTile + 1;
+      whole += qt + 1;
+    }
+  return whole > 0 ? work / whole : 0.0;
+}
+
 static int pow2_at_least(int n) {
   int p = 1;
   while (p < n) p <<= 1;

@@ -19,6 +19,17 @@ bool find_documents(const int32_t* doc_start, int B, int T, std::vector<int32_t>
 // only as many graphs as it has sequence-count buckets) or the longest document rounded up to a power of two
 // (RaggedLen::Pow2: at least 64, at most T; NXFT_RAGGED_MAX_LEN=pow2, a diagnostic that keeps the older sizes).
 enum class RaggedLen { Row, Pow2 };
+
+// The tensor-core tile kernels' share of a whole causal row's work for this doc_start (B rows of T, contiguous
+// documents): for each 64-query tile, the key tiles from its first query's document start to itself, over the
+// same count for one document per row. Alpaca packed to 2048: about 0.14; documents of 5–1,024 tokens: about 0.4.
+double tile_work_fraction(const int32_t* doc_start, int B, int T);
+// Packed rows up to this fraction take the tile kernels (attention_tiles.cu); rows of longer documents take cuDNN's
+// ragged attention, whose time does not shrink with the documents. Session 10 (H200, 8B, 32 layers): on rows of
+// 5–1,024-token documents (≈ 0.4) the tile kernels' backward took 34.1 ms a step where cuDNN's takes about 17.7
+// (about 87 ms per unit of fraction for the tiles' backward, 103 with the forward, against about 21 for cuDNN's
+// forward and backward), so they break even near 0.2; on Alpaca's real path (≈ 0.14) they were 4.3% faster a step.
+constexpr double kTilesMaxWorkFraction = 0.2;
 // largest_so_far (the largest sequence count used before, 0 for none): a batch whose own bucket is half of it
 // keeps that larger count (the extra sequences are empty), so a dataset whose batches straddle a power of two
 // builds its graphs once, growing, instead of again whenever the count dips (Alpaca 2×2048: one graph of 64 for 51

@@ -102,6 +102,47 @@ struct HostRows {   // B rows of T, as the three shard arrays
   void cut_after_last_target() { T = cut_rows_after_last_target(&tokens, &targets, &positions, B, T); }
 };
 
+// The tokens of the largest batch this rank runs: its training micro-batches of steps [first_step, total_steps) and
+// its eval batches (evaluate, above), each cut after its rows' last targets (train/shards.h). Activation buffers are
+// reserved for it before step 1: memory then follows what the steps compute (with unpacked rows, one example padded
+// to max_seq_len, far less than whole rows, as collators that pad to the batch's longest), and a run that does not
+// fit still fails at step 1, not when its longest example comes. Each row's targets are read once, from the end (a
+// packed row answers from its last chunk).
+int64_t largest_batch_tokens(const ShardSet& train, const ShardSet* eval, RowOrder& order, int64_t first_step,
+                             int64_t total_steps, int GA, int B, int B_rank, int rank, int W) {
+  const int T = train.seq_len();
+  int64_t largest = int64_t(B_rank) * T;
+  if (!trim_rows_enabled()) {
+    if (eval) largest = std::max(largest, int64_t(std::min<int64_t>(B, eval->rows())) * eval->seq_len());
+    return largest;
+  }
+  std::vector<int> end(size_t(train.rows()), -1);
+  int longest = 0;
+  for (int64_t step = first_step; step < total_steps && longest < T; step++)
+    for (int m = 0; m < GA; m++) {
+      int need = 0;
+      for (int b = 0; b < B_rank; b++) {
+        const int64_t row = order.row_at((step * GA + m) * int64_t(B) + int64_t(rank) * B_rank + b);
+        int& e = end[size_t(row)];
+        if (e < 0) e = train.targets_end(row, trim_granule(T));
+        need = std::max(need, e);
+      }
+      longest = std::max(longest, trimmed_length_for(need, T));
+    }
+  largest = int64_t(B_rank) * std::max(longest, std::min(T, trim_granule(T)));
+  if (eval) {
+    const int Te = eval->seq_len();
+    for (int64_t r0 = 0, i = 0; r0 < eval->rows(); r0 += B, i++) {
+      if (i % W != rank) continue;
+      const int64_t rows = std::min<int64_t>(eval->rows(), r0 + B) - r0;
+      int need = 0;
+      for (int64_t r = r0; r < r0 + rows; r++) need = std::max(need, eval->targets_end(r, trim_granule(Te)));
+      if (need > 0) largest = std::max(largest, rows * trimmed_length_for(need, Te));
+    }
+  }
+  return largest;
+}
+
 void read_rows(const ShardSet& s, const std::vector<int64_t>& rows, HostRows* out) {
   const int T = s.seq_len();
   out->B = int(rows.size());
@@ -387,8 +428,10 @@ int cmd_train(const Json& job, const std::string& job_path) {
   const double load_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();   // job start → weights ready
 
   // ---- the loop ----
-  model.reserve_tokens(B_rank * T, true);   // micro-batches are cut after their last target: size for whole rows
   RowOrder order(train.rows(), shuffle, seed);
+  model.reserve_tokens(int(largest_batch_tokens(train, eval.get(), order, state.step, total_steps, GA, B, B_rank,
+                                               dist.rank, W)),
+                       true);
   std::vector<HostRows> micro(static_cast<size_t>(GA));
   std::vector<float> host_m, host_v;
   double last_loss = std::nan(""), last_eval = std::nan("");

@@ -154,8 +154,9 @@ class Transformer {
   // Forward only (eval): Σ token losses; no dropout.
   double forward_loss(const Batch& batch);
   // Sizes the activation buffers for micro-batches of up to N tokens now. `train` cuts rows after their last target,
-  // so its micro-batches vary in length: reserving the whole rows' size at the start keeps the first step's memory
-  // the run's, so a run that does not fit fails at step 1, not when its longest example comes along.
+  // so its micro-batches vary in length: reserving the run's largest cut batch at the start (train.cpp,
+  // largest_batch_tokens) keeps the first step's memory the run's, so a run that does not fit fails at step 1, not
+  // when its longest example comes along.
   void reserve_tokens(int N, bool training) { ensure_buffers(N, training); }
 
   // ---- generation (B = 1) ----

@@ -103,6 +103,31 @@ int64_t ShardSet::count_targets(int64_t index) const {
   return n;
 }
 
+int ShardSet::targets_end(int64_t index, int chunk) const {
+  size_t fi = 0;
+  while (fi + 1 < files_.size() && index >= files_[fi + 1].first_row) fi++;
+  const File& f = files_[fi];
+  const int64_t r = index - f.first_row;
+  if (index < 0 || r >= f.rows) throw EngineError("internal: shard row " + std::to_string(index) + " out of range");
+  const int T = seq_len_;
+  const uint64_t targets_at = kHeader + uint64_t(r) * uint64_t(T) * 12 + uint64_t(T) * 4;   // tokens[T] come first
+  std::vector<unsigned char> buf(size_t(std::min(chunk, T)) * 4);
+  for (int hi = T; hi > 0; hi -= chunk) {
+    const int lo = std::max(0, hi - chunk);
+    read_exact(f.fd, buf.data(), size_t(hi - lo) * 4, targets_at + uint64_t(lo) * 4, f.path);
+    for (int t = hi - 1; t >= lo; t--)
+      if (int32_t(le32(buf.data() + size_t(t - lo) * 4)) != -100) return t + 1;
+  }
+  return 0;
+}
+
+int trim_granule(int T) { return std::max(16, (T / 8 + 15) / 16 * 16); }
+
+int trimmed_length_for(int need, int T) {
+  const int granule = trim_granule(T);
+  return std::min(T, std::max(granule, (need + granule - 1) / granule * granule));
+}
+
 int trimmed_row_length(const int32_t* targets, int B, int T) {
   int need = 0;
   for (int b = 0; b < B; b++)
@@ -111,17 +136,20 @@ int trimmed_row_length(const int32_t* targets, int B, int T) {
         need = t + 1;
         break;
       }
-  const int granule = std::max(16, (T / 8 + 15) / 16 * 16);
-  return std::min(T, std::max(granule, (need + granule - 1) / granule * granule));
+  return trimmed_length_for(need, T);
+}
+
+bool trim_rows_enabled() {
+  const char* e = std::getenv("NXFT_TRIM_ROWS");
+  if (!e || !*e) return true;
+  if (std::string(e) != "0" && std::string(e) != "1")
+    throw EngineError(std::string("environment NXFT_TRIM_ROWS=\"") + e + "\": must be 0 or 1", "", "NXFT_TRIM_ROWS");
+  return std::string(e) == "1";
 }
 
 int cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,
                                std::vector<int32_t>* positions, int B, int T) {
-  if (const char* e = std::getenv("NXFT_TRIM_ROWS"); e && *e) {
-    if (std::string(e) != "0" && std::string(e) != "1")
-      throw EngineError(std::string("environment NXFT_TRIM_ROWS=\"") + e + "\": must be 0 or 1", "", "NXFT_TRIM_ROWS");
-    if (std::string(e) == "0") return T;
-  }
+  if (!trim_rows_enabled()) return T;
   const int T2 = trimmed_row_length(targets->data(), B, T);
   for (auto* a : {tokens, targets, positions}) {
     for (int b = 1; b < B; b++) std::copy_n(a->begin() + ptrdiff_t(b) * T, T2, a->begin() + ptrdiff_t(b) * T2);

@@ -25,6 +25,9 @@ class ShardSet {
   void read_row(int64_t index, int32_t* tokens, int32_t* targets, int32_t* positions) const;
   // Number of targets != -100 in a row (reads it).
   int64_t count_targets(int64_t index) const;
+  // The index after a row's last target (0 for a row without one), reading its targets from the end in chunks of
+  // `chunk` tokens: a packed row answers from its last chunk.
+  int targets_end(int64_t index, int chunk) const;
 
  private:
   struct File {
@@ -45,6 +48,11 @@ class ShardSet {
 // whole rows. The granule bounds the shapes a dataset brings (at most 8, so cuDNN graphs and GEMM heuristics are
 // built a handful of times) and keeps packed rows, whose padding is short, at T.
 int trimmed_row_length(const int32_t* targets, int B, int T);
+// The same length from the rows' largest targets_end `need`; and the granule it rounds to.
+int trimmed_length_for(int need, int T);
+int trim_granule(int T);
+// False under NXFT_TRIM_ROWS=0 (an A/B switch: rows stay whole); throws on other values than 0 and 1.
+bool trim_rows_enabled();
 // B rows of T in three (B·T) arrays, cut to trimmed_row_length and packed again as (B, T2); returns T2. With
 // NXFT_TRIM_ROWS=0 in the environment (an A/B switch) the rows stay whole and T comes back.
 int cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,

@@ -15,6 +15,7 @@
 #include <vector>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/packed_documents.h"
 #include "model/quant4.h"
 #include "util/dtype.h"
 
@@ -390,8 +391,9 @@ std::vector<int32_t> doc_starts(int B, int T, const std::vector<std::vector<int>
 }
 
 // The packed layouts the shards stage writes: a few documents (row 0: 37, 100, the rest; row 1: one document),
-// 1-token documents, a document filling the whole row, and rows of many tiny documents.
-enum class Docs { One, Few, OneTokens, WholeRow, ManyTiny };
+// 1-token documents, a document filling the whole row, rows of many tiny documents, and Alpaca-like rows
+// (documents of 1 to 300 tokens, about 100 on average, as on issue 11's real path).
+enum class Docs { One, Few, OneTokens, WholeRow, ManyTiny, AlpacaLike };
 const char* docs_name(Docs d) {
   switch (d) {
     case Docs::One: return "causal";
@@ -399,6 +401,7 @@ const char* docs_name(Docs d) {
     case Docs::OneTokens: return "packed 1-token docs";
     case Docs::WholeRow: return "packed, doc fills row";
     case Docs::ManyTiny: return "packed, many tiny docs";
+    case Docs::AlpacaLike: return "packed, Alpaca-like docs";
   }
   return "";
 }
@@ -413,21 +416,35 @@ std::vector<int32_t> docs_layout(Docs d, int B, int T) {
       for (int i = 0; i < T / 3; i++) tiny.push_back(1 + i % 5);
       return doc_starts(B, T, {tiny});
     }
+    case Docs::AlpacaLike:
+      return doc_starts(B, T, {{87, 150, 33, 260, 12, 199, 64, 128, 1, 300, 95, 41, 70}, {230, 5, 110, 66, 300, 17}});
   }
   return {};
+}
+
+std::string attention_path_taken(Backend& gpu);
+void path_row(const std::string& tag, const std::string& taken, const std::string& want, bool ok);
+// Whether packed documents with this doc_start take the tile kernels (attention_tiles.cu): NXFT_ATTN_TILES=1 sends
+// every packed batch there, =0 none; by default, batches of short documents (tile_work_fraction).
+bool tiles_expected(const std::vector<int32_t>& ds, int B, int T) {
+  const char* e = std::getenv("NXFT_ATTN_TILES");
+  const std::string mode = e && *e ? e : "auto";
+  return mode == "1" || (mode == "auto" && tile_work_fraction(ds.data(), B, T) <= kTilesMaxWorkFraction);
 }
 
 void test_attention(Harness& h, Docs docs, int T, int HD) {
   const int B = 2, NH = 8, NKV = 2, N = B * T;
   const bool packed = docs != Docs::One;
-  Pair doc = h.make_i(docs_layout(docs, B, T));
+  const std::vector<int32_t> ds = docs_layout(docs, B, T);
+  Pair doc = h.make_i(ds);
   Pair q = h.make(randn((size_t)N * NH * HD), Role::Activation), k = h.make(randn((size_t)N * NKV * HD), Role::Activation);
   Pair v = h.make(randn((size_t)N * NKV * HD), Role::Activation);
   Pair o = h.make_out((size_t)N * NH * HD, Role::Activation), lse = h.make_out((size_t)B * NH * T, Role::Stat);
   const Backend::AttnPitch packed_rows;
+  cuda_profile_enable(h.gpu, true);
+  cuda_profile_report(h.gpu);   // reset: the path check below sees only this case's calls
   h.cpu.attention_forward(o.cpu, lse.cpu, q.cpu, k.cpu, v.cpu, doc.cpu, B, T, T, T, 0, NH, NKV, HD, packed_rows);
   h.gpu.attention_forward(o.gpu, lse.gpu, q.gpu, k.gpu, v.gpu, doc.gpu, B, T, T, T, 0, NH, NKV, HD, packed_rows);
-  (void)packed;
   std::string tag = std::string(docs_name(docs)) + " T=" + std::to_string(T) + " HD=" + std::to_string(HD);
   h.compare(("attention_forward out, " + tag).c_str(), o, kBf16);
   h.compare(("attention_forward lse, " + tag).c_str(), lse, 1e-3);
@@ -441,6 +458,10 @@ void test_attention(Harness& h, Docs docs, int T, int HD) {
   h.compare(("attention_backward dq, " + tag).c_str(), dq, 2e-2);
   h.compare(("attention_backward dk, " + tag).c_str(), dk, 2e-2);
   h.compare(("attention_backward dv, " + tag).c_str(), dv, 2e-2);
+  // Packed documents take the tensor-core tile kernels (attention_tiles.cu) unless NXFT_ATTN_TILES=0.
+  const std::string taken = attention_path_taken(h.gpu);
+  cuda_profile_enable(h.gpu, false);
+  if (packed && tiles_expected(ds, B, T)) path_row(tag, taken, "tiles", taken == "tiles");
   for (Pair* p : {&doc, &q, &k, &v, &o, &lse, &dout, &dq, &dk, &dv}) h.free(*p);
 }
 
@@ -592,9 +613,13 @@ void test_glu_pitched(Harness& h) {
   }
 }
 
-// Which attention path the GPU took since the last profile reset: "cudnn", "portable" or "mixed" (fwd ≠ bwd).
+// Which attention path the GPU took since the last profile reset: "tiles" (attention_tiles.cu, both directions),
+// "cudnn", "portable" or "mixed" (fwd ≠ bwd).
 std::string attention_path_taken(Backend& gpu) {
   const std::string prof = cuda_profile_report(gpu);
+  if (prof.find("attention_forward (packed tiles)") != std::string::npos &&
+      prof.find("attention_backward (packed tiles)") != std::string::npos)
+    return "tiles";
   const bool f = prof.find("attention_forward (cudnn") != std::string::npos;   // plain rows or packed
   const bool b = prof.find("attention_backward (cudnn") != std::string::npos;
   return f && b ? "cudnn" : (!f && !b ? "portable" : "mixed");
@@ -612,7 +637,8 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   p.out = qd + 16 + e;
   p.dout = qd + 8 + e;
   p.dq = p.dkv = W + 48 + e;
-  Pair doc = h.make_i(docs_layout(packed ? Docs::Few : Docs::One, B, T));
+  const std::vector<int32_t> ds = docs_layout(packed ? Docs::Few : Docs::One, B, T);
+  Pair doc = h.make_i(ds);
   Pair qkv = h.make(pitched(N, p.q, {{0, W}}, false), Role::Activation);
   auto q_of = [](const Tensor& t) { return t; };
   auto k_of = [&](const Tensor& t) { return t.from(qd); };
@@ -646,7 +672,8 @@ void test_attention_pitched(Harness& h, bool packed, bool odd) {
   const bool cudnn_here = cudnn_attention_here(h.gpu);
   const char* packed_env = std::getenv("NXFT_CUDNN_PACKED");
   const bool packed_on = !(packed_env && std::string(packed_env) == "0");
-  const std::string want = cudnn_here && (!packed || packed_on) && !odd ? "cudnn" : "portable";
+  const std::string want = packed && tiles_expected(ds, B, T) && !odd ? "tiles"
+                           : cudnn_here && (!packed || packed_on) && !odd ? "cudnn" : "portable";
   // NXFT_CUDNN_PACKED_COPY other than "all" starts the packed backward on a layout cuDNN 9.19 gets wrong: its
   // first call is checked, disagrees and is served by the portable kernels ("mixed"), the later ones by cuDNN.
   const char* copy_env = std::getenv("NXFT_CUDNN_PACKED_COPY");
@@ -905,6 +932,9 @@ int main() {
   test_attention(h, Docs::WholeRow, 512, 128);
   test_attention(h, Docs::ManyTiny, 600, 128);
   test_attention(h, Docs::ManyTiny, 2048, 64);
+  test_attention(h, Docs::AlpacaLike, 2048, 128);
+  test_attention(h, Docs::AlpacaLike, 1000, 128);
+  test_attention(h, Docs::AlpacaLike, 777, 64);
   test_attention_decode(h);
   test_rmsnorm_backward_pitched(h);
   test_rope_pitched(h);

@@ -2,8 +2,9 @@
 // algorithm, native.md §6.1, on CUDA cores): one warp per query row with an online softmax in registers, the
 // backward recomputes P from the saved logsumexp. Memory is O(T): no (T, T) buffer ever exists. This is the
 // path for builds without cuDNN, layouts cuDNN declines and short prompts read into a KV cache. The cuDNN SDPA path
-// (cudnn_attention.cpp) is the fast one for plain causal rows, packed documents (a ragged batch) and long prompts;
-// the split-KV kernels below take generation's few new queries over a long KV cache.
+// (cudnn_attention.cpp) is the fast one for plain causal rows, packed long documents (a ragged batch) and long
+// prompts; attention_tiles.cu takes packed short documents on tensor cores; the split-KV kernels below take
+// generation's few new queries over a long KV cache.
 // Query i of row b attends keys j with doc_start[b,i] ≤ j ≤ q_offset + i.
 // Every operand is token-major with its own row pitch (AttnLd, kernels.cuh): q|k|v may be column blocks of the one
 // q|k|v projection output and dq|dk|dv of one gradient buffer, so a head row is found as
@@ -203,6 +204,12 @@ __global__ void attention_delta_kernel(float* delta, const bf16* dout, const bf1
   if (lane == 0) delta[((size_t)b * NH + h) * T + i] = s;
 }
 
+void launch_attention_delta(float* delta, const bf16* dout, const bf16* out, int B, int T, int NH, int HD,
+                            const AttnLd& ld, cudaStream_t s) {
+  attention_delta_kernel<<<dim3(ceil_div(T, 4), NH, B), 128, 0, s>>>(delta, dout, out, T, NH, HD, ld);
+  CUDA_LAUNCH_CHECK();
+}
+
 // dq: one warp per query row; dS = P ∘ (dP − delta), dq = scale · Σ_j dS_j k_j.
 __global__ void attention_dq_kernel(bf16* dq, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
                                     const float* lse, const float* delta, const int32_t* doc_start, int T, int NH,
@@ -294,8 +301,7 @@ void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, c
   if (HD > kMaxHD) throw EngineError("attention: head_dim " + std::to_string(HD) + " > 256 is not supported");
   float scale = 1.0f / sqrtf((float)HD);
   dim3 grid(ceil_div(T, 4), NH, B);
-  attention_delta_kernel<<<grid, 128, 0, s>>>(delta, dout, out, T, NH, HD, ld);
-  CUDA_LAUNCH_CHECK();
+  launch_attention_delta(delta, dout, out, B, T, NH, HD, ld, s);
   attention_dq_kernel<<<grid, 128, 0, s>>>(dq, dout, q, k, v, lse, delta, doc_start, T, NH, NKV, HD, ld, scale);
   CUDA_LAUNCH_CHECK();
   dim3 grid_kv(ceil_div(T, 4), NKV, B);

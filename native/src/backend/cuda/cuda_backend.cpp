@@ -1,8 +1,9 @@
 // cuda_backend.cpp — the Backend interface (backend.h) on one NVIDIA GPU.
 // Storage by role: Weight and Activation bf16, Param and Stat fp32, Index int32 (backend.h "Design").
-// Every op is asynchronous on one stream; matmuls go through cuBLASLt (gemm.cu), attention through cuDNN SDPA
-// for plain causal rows and packed documents when available (cudnn_attention.cpp, packed_docs.cpp) and the
-// portable flash-style kernels otherwise (attention.cu); everything else is our own kernels (one .cu per concern).
+// Every op is asynchronous on one stream; matmuls go through cuBLASLt (gemm.cu); attention through our tensor-core
+// tile kernels for packed rows of short documents (attention_tiles.cu), cuDNN SDPA for plain causal rows and
+// packed rows of long documents when available (cudnn_attention.cpp, packed_docs.cpp), and the portable
+// flash-style kernels otherwise (attention.cu); everything else is our own kernels (one .cu per concern).
 #include <cuda_runtime.h>
 #include <algorithm>
 #include <array>
@@ -26,6 +27,7 @@
 #if defined(NXFT_HAVE_CUDNN)
 #include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/packed_docs.h"
+#include "backend/packed_documents.h"
 #endif
 
 namespace nxft {
@@ -94,6 +96,14 @@ class CudaBackend : public Backend {
     const char* no_cudnn = std::getenv("NXFT_NO_CUDNN");
     const char* packed = std::getenv("NXFT_CUDNN_PACKED");  // 0: packed documents take the portable kernels
     cudnn_packed_ = !(packed && std::string(packed) == "0");
+    // Packed documents take the tensor-core tile kernels (attention_tiles.cu) when their tiles are at most
+    // kTilesMaxWorkFraction of a whole row's (short documents), else cuDNN's ragged attention. NXFT_ATTN_TILES=1
+    // sends every packed batch to the tiles, =0 none (A/B switches; cuda_parity runs both).
+    if (const char* tiles = std::getenv("NXFT_ATTN_TILES"); tiles && *tiles) {
+      const std::string t = tiles;
+      if (t != "auto" && t != "0" && t != "1") throw EngineError("NXFT_ATTN_TILES: '" + t + "' is not auto, 0 or 1");
+      tiles_mode_ = t == "auto" ? kTilesAuto : t == "1" ? kTilesAlways : kTilesNever;
+    }
     const char* packed_mha = std::getenv("NXFT_CUDNN_PACKED_MHA");
     cudnn_packed_mha_ = packed_mha && std::string(packed_mha) == "1";
     if (const char* d = std::getenv("NXFT_ATTN_DECODE")) {
@@ -631,6 +641,14 @@ class CudaBackend : public Backend {
     need(q, DType::BF16, "attention q");
     need(lse, DType::F32, "attention lse");
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
+    if (Tq == Tk && Tk == Tk_stride && q_offset == 0 && tiles_take(doc_start, B, Tq, NH, NKV, HD, ld, {out.ptr, q.ptr, k.ptr, v.ptr})) {
+      launch_attention_tiles_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(lse.ptr),
+                                     static_cast<const bf16*>(q.ptr), static_cast<const bf16*>(k.ptr),
+                                     static_cast<const bf16*>(v.ptr), static_cast<const int32_t*>(doc_start.ptr), B,
+                                     Tq, NH, NKV, HD, ld, stream_);
+      tm.rename("attention_forward (packed tiles)");
+      return;
+    }
 #if defined(NXFT_HAVE_CUDNN)
     // cuDNN returns false for layouts it cannot take (unaligned pointers or pitches): the portable kernels run then.
     // A prompt read into a KV cache (one row, so the cache's capacity Tk_stride never enters a stride) takes cuDNN
@@ -676,6 +694,18 @@ class CudaBackend : public Backend {
                           const AttnPitch& p) override {
     Timer tm(this, "attention_backward", attention_flops(B, T, NH, HD, 2.5));
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
+    if (tiles_take(doc_start, B, T, NH, NKV, HD, ld, {dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr})) {
+      float* delta = static_cast<float*>(scratch(4, (size_t)B * NH * T * 4));
+      float* dq_acc = static_cast<float*>(scratch(8, (size_t)B * T * NH * HD * 4));
+      launch_attention_tiles_backward(static_cast<bf16*>(dq.ptr), static_cast<bf16*>(dk.ptr), static_cast<bf16*>(dv.ptr),
+                                      static_cast<const bf16*>(dout.ptr), static_cast<const bf16*>(q.ptr),
+                                      static_cast<const bf16*>(k.ptr), static_cast<const bf16*>(v.ptr),
+                                      static_cast<const bf16*>(out.ptr), static_cast<const float*>(lse.ptr),
+                                      static_cast<const int32_t*>(doc_start.ptr), delta, dq_acc, B, T, NH, NKV, HD, ld,
+                                      stream_);
+      tm.rename("attention_backward (packed tiles)");
+      return;
+    }
 #if defined(NXFT_HAVE_CUDNN)
     const bf16* checked[3] = {};  // cuDNN's packed-document dq, dk, dv while the first call of a layout is checked
     AttnLd checked_layout;        // … and the pitches cuDNN saw
@@ -1108,6 +1138,29 @@ class CudaBackend : public Backend {
       throw EngineError(std::string("cuda ") + what + ": " + std::to_string(offset + n) + " elements past a tensor of " +
                         std::to_string(t.n));
   }
+  // Packed documents (a doc_start uploaded from the host, not all zero) of contiguous documents, in a layout the
+  // tensor-core tile kernels take (attention_tiles.cu: head_dim 64 or 128, 16-byte rows), short enough for them
+  // (tile_work_fraction, packed_documents.h) unless NXFT_ATTN_TILES says otherwise. Contiguity (doc_start
+  // nondecreasing along each row, never after its token) bounds the tiles. Both are found once per upload.
+  bool tiles_take(const Tensor& doc_start, int B, int T, int NH, int NKV, int HD, const AttnLd& ld,
+                  std::initializer_list<const void*> ptrs) {
+    if (tiles_mode_ == kTilesNever || !attention_tiles_apply(HD, NH, NKV, ld, ptrs)) return false;
+    auto it = index_copy_.find(static_cast<int32_t*>(doc_start.ptr));
+    if (it == index_copy_.end() || it->second.values.size() < (size_t)B * T) return false;
+    if (tiles_checked_upload_ != it->second.upload) {
+      tiles_checked_upload_ = it->second.upload;
+      bool contiguous = true;
+      const std::vector<int32_t>& ds = it->second.values;
+      for (int b = 0; b < B && contiguous; b++)
+        for (int t = 0; t < T && contiguous; t++) {
+          const int32_t d = ds[size_t(b) * T + t];
+          contiguous = d >= 0 && d <= t && (t == 0 || d >= ds[size_t(b) * T + t - 1]);
+        }
+      tiles_upload_takes_ = contiguous && (tiles_mode_ == kTilesAlways ||
+                                           tile_work_fraction(ds.data(), B, T) <= kTilesMaxWorkFraction);
+    }
+    return tiles_upload_takes_;
+  }
   bool index_all_zero(const Tensor& t, size_t n) const {
     auto it = zero_index_.find(static_cast<int32_t*>(t.ptr));
     return it != zero_index_.end() && it->second >= n;
@@ -1171,8 +1224,11 @@ class CudaBackend : public Backend {
   void* stage_[2] = {};                   // page-locked staging of upload_bf16_rows
   size_t stage_bytes_[2] = {};
   cudaEvent_t stage_ev_[2] = {};
-  void* scratch_[8] = {};
-  size_t scratch_bytes_[8] = {};
+  void* scratch_[9] = {};
+  size_t scratch_bytes_[9] = {};
+  enum { kTilesAuto, kTilesAlways, kTilesNever } tiles_mode_ = kTilesAuto;   // NXFT_ATTN_TILES
+  uint64_t tiles_checked_upload_ = 0;   // the doc_start upload last checked for the tile kernels …
+  bool tiles_upload_takes_ = false;     // … and whether they take it
   double* d_sum_ = nullptr;
   std::map<const void*, Bf16Copy> bf16_cache_;
   std::map<void*, void*> host_tables_;     // alloc_gather_table: device pointer → its page-locked host allocation

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include "backend/backend.h"
@@ -94,6 +95,21 @@ void launch_attention_decode(bf16* out, float* lse, float* part, const bf16* q, 
 void launch_attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
                                const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
                                float* delta, int B, int T, int NH, int NKV, int HD, const AttnLd& ld, cudaStream_t s);
+// delta (B,NH,T) = rowsum(dO ∘ O), the backward's pre-pass (dO and O with their own pitches).
+void launch_attention_delta(float* delta, const bf16* dout, const bf16* out, int B, int T, int NH, int HD,
+                            const AttnLd& ld, cudaStream_t s);
+// attention_tiles.cu — the same contract on tensor cores for training rows (Tq = Tk = T, q_offset 0) of contiguous
+// documents, visiting only the tiles a document spans. attention_tiles_apply: head_dim 64 or 128, every pitch a
+// multiple of 8 elements and every pointer 16-byte aligned. The backward takes delta (B,NH,T) and dq_acc
+// (B·T·NH·HD fp32) scratch.
+bool attention_tiles_apply(int HD, int NH, int NKV, const AttnLd& ld, std::initializer_list<const void*> ptrs);
+void launch_attention_tiles_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                                    const int32_t* doc_start, int B, int T, int NH, int NKV, int HD, const AttnLd& ld,
+                                    cudaStream_t s);
+void launch_attention_tiles_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
+                                     const bf16* v, const bf16* out, const float* lse, const int32_t* doc_start,
+                                     float* delta, float* dq_acc, int B, int T, int NH, int NKV, int HD,
+                                     const AttnLd& ld, cudaStream_t s);
 // lse (B,NH,T) ↔ (B·T,NH): to_token_major writes dst (B·T,NH) from src (B,NH,T); else the reverse.
 void launch_lse_layout(float* dst, const float* src, int B, int T, int NH, bool to_token_major, cudaStream_t s);
 // Grouped-query heads for cuDNN's ragged backward (NXFT_CUDNN_PACKED_MHA=1): out (N, NKV·G, HD) packed = each of
