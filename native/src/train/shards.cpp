@@ -68,12 +68,18 @@ ShardSet::~ShardSet() {
     if (f.fd >= 0) ::close(f.fd);
 }
 
-void ShardSet::read_row(int64_t index, int32_t* tokens, int32_t* targets, int32_t* positions) const {
+const ShardSet::File& ShardSet::file_of(int64_t index, int64_t* row) const {
   size_t fi = 0;
   while (fi + 1 < files_.size() && index >= files_[fi + 1].first_row) fi++;
   const File& f = files_[fi];
-  const int64_t r = index - f.first_row;
-  if (index < 0 || r >= f.rows) throw EngineError("internal: shard row " + std::to_string(index) + " out of range");
+  *row = index - f.first_row;
+  if (index < 0 || *row >= f.rows) throw EngineError("internal: shard row " + std::to_string(index) + " out of range");
+  return f;
+}
+
+void ShardSet::read_row(int64_t index, int32_t* tokens, int32_t* targets, int32_t* positions) const {
+  int64_t r = 0;
+  const File& f = file_of(index, &r);
   const int T = seq_len_;
   std::vector<unsigned char> buf(size_t(T) * 12);
   read_exact(f.fd, buf.data(), buf.size(), kHeader + uint64_t(r) * uint64_t(T) * 12, f.path);
@@ -104,11 +110,8 @@ int64_t ShardSet::count_targets(int64_t index) const {
 }
 
 int ShardSet::targets_end(int64_t index, int chunk) const {
-  size_t fi = 0;
-  while (fi + 1 < files_.size() && index >= files_[fi + 1].first_row) fi++;
-  const File& f = files_[fi];
-  const int64_t r = index - f.first_row;
-  if (index < 0 || r >= f.rows) throw EngineError("internal: shard row " + std::to_string(index) + " out of range");
+  int64_t r = 0;
+  const File& f = file_of(index, &r);
   const int T = seq_len_;
   const uint64_t targets_at = kHeader + uint64_t(r) * uint64_t(T) * 12 + uint64_t(T) * 4;   // tokens[T] come first
   std::vector<unsigned char> buf(size_t(std::min(chunk, T)) * 4);

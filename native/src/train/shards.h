@@ -35,6 +35,7 @@ class ShardSet {
     int fd = -1;
     int64_t rows = 0, first_row = 0;
   };
+  const File& file_of(int64_t index, int64_t* row) const;   // the file holding row `index`, and its row there
   std::vector<File> files_;
   int seq_len_ = 0;
   int vocab_ = 0;
