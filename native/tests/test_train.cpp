@@ -301,6 +301,7 @@ void test_trimmed_rows(const std::string& model) {
              trimmed_row_length(odd.data(), 1, 100));
   }
   write_unpacked_shard(g_tmp + "/unpacked.tokens.bin", 8, 40, 11);
+  int64_t example_tokens = 0;   // Σ over the rows of their example's length (the document before the padding)
   {   // targets_end (what train reserves its buffers by) read from the end in chunks agrees with the whole row
     ShardSet shards({g_tmp + "/unpacked.tokens.bin"}, 40);
     std::vector<int32_t> tok(64), tg(64), pos(64);
@@ -312,6 +313,9 @@ void test_trimmed_rows(const std::string& model) {
       for (int chunk : {1, 5, 16, 64, 100})
         MT_CHECK(shards.targets_end(r, chunk) == want, "row %lld, chunks of %d: targets_end %d, want %d", (long long)r,
                  chunk, shards.targets_end(r, chunk), want);
+      int L = 1;
+      while (L < 64 && pos[size_t(L)] != 0) L++;
+      example_tokens += L;
     }
   }
   Json a = train_job(model, g_tmp + "/cut"), b = train_job(model, g_tmp + "/whole");
@@ -356,6 +360,19 @@ void test_trimmed_rows(const std::string& model) {
     return c;
   };
   for (double c : computed(g_tmp + "/cut")) MT_CHECK(c < 256, "a cut step computed %g tokens of 256 row tokens", c);
+  // data_tokens: the examples without their padding, whether rows are cut or not. 4 steps of 4 rows = 2 epochs.
+  auto data = [&](const std::string& out) {
+    double sum = 0;
+    std::ifstream f(out + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+      Json m = Json::parse(line);
+      if (m.at("event").as_string() == "step") sum += m.at("data_tokens").as_number();
+    }
+    return sum;
+  };
+  MT_CHECK(data(g_tmp + "/cut") == 2.0 * double(example_tokens) && data(g_tmp + "/whole") == 2.0 * double(example_tokens),
+           "data tokens: cut %g, whole %g, want %g", data(g_tmp + "/cut"), data(g_tmp + "/whole"), 2.0 * double(example_tokens));
   for (double c : computed(g_tmp + "/whole")) MT_CHECK(c == 256, "a whole-row step computed %g tokens, not 256", c);
   MT_CHECK(computed(g_tmp + "/cut").size() == 4, "the cut run's step events have no computed_tokens");
 }

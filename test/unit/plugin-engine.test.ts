@@ -6,7 +6,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { engineCmakeOptions, ensureEngine, runEngine, shippedEngineDir, type EngineEvent } from "../../plugins/nx-finetune/src/engine";
-import { ProgressRenderer, formatDuration } from "../../plugins/nx-finetune/src/progress";
+import { ProgressRenderer, formatDuration, stepLine } from "../../plugins/nx-finetune/src/progress";
 
 // The stand-in reads the job, echoes it in `start`, then behaves as job.mode says.
 function fakeEngine(dir: string): string {
@@ -84,6 +84,12 @@ test("progress: a terminal gets one redrawn bar line", async () => {
   assert.equal(text().split("\r\x1b[K[").length - 1, 40, "one redraw per step");
   assert.ok(text().includes("[########################] step 40/40  loss 1.0000"));
   assert.equal(formatDuration(3725), "1:02:05");
+});
+
+test("progress: the step line shows the data tokens' rate when the engine gives it (unpacked rows are mostly padding)", () => {
+  const e = { event: "step", step: 3, total_steps: 10, loss: 2, tokens: 8192, tokens_per_s: 64830, data_tokens_per_s: 6548, eta_s: 7 };
+  assert.equal(stepLine(e), "step 3/10  loss 2.0000  6.5k tok/s  ETA 0:07");
+  assert.equal(stepLine({ ...e, data_tokens_per_s: undefined }), "step 3/10  loss 2.0000  64.8k tok/s  ETA 0:07");
 });
 
 test("the engine's CMake options come from the environment and name a shipped engine's cache folder", () => {

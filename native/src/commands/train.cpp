@@ -98,6 +98,23 @@ struct HostRows {   // B rows of T, as the three shard arrays
     for (int32_t t : targets) n += t != -100;
     return n;
   }
+  // The tokens of the documents that hold a target: the data trained on, without the rows' padding documents (which
+  // hold none). Progress reports its rate, since row tokens overstate unpacked rows tenfold.
+  int64_t data_tokens() const {
+    int64_t n = 0;
+    for (int b = 0; b < B; b++) {
+      const size_t row = size_t(b) * T;
+      for (int s = 0; s < T;) {   // one document: [s, e)
+        int e = s + 1;
+        while (e < T && positions[row + e] != 0) e++;
+        bool trained = false;
+        for (int t = s; t < e && !trained; t++) trained = targets[row + t] != -100;
+        if (trained) n += e - s;
+        s = e;
+      }
+    }
+    return n;
+  }
   // The rows up to their last target (train/shards.h): the same loss and gradients for less work.
   void cut_after_last_target() { T = cut_rows_after_last_target(&tokens, &targets, &positions, B, T); }
 };
@@ -436,7 +453,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
   std::vector<float> host_m, host_v;
   double last_loss = std::nan(""), last_eval = std::nan("");
   int64_t last_eval_step = -1;
-  int64_t tokens_done = 0;
+  int64_t tokens_done = 0, data_tokens_done = 0;
   double train_seconds = 0;
   const int64_t first_step = state.step;
   const float max_norm_f = float(max_grad_norm);
@@ -463,13 +480,14 @@ int cmd_train(const Json& job, const std::string& job_path) {
     if (step + 1 == fail_at_step)
       throw EngineError("NXFT_DIST_FAIL_AT: rank " + std::to_string(dist.rank) + " fails at step " + std::to_string(step + 1) + " as asked",
                         "", "NXFT_DIST_FAIL_AT");
-    int64_t n_items = 0, computed_tokens = 0;
+    int64_t n_items = 0, computed_tokens = 0, data_tokens = 0;
     for (int m = 0; m < GA; m++) {   // this rank's rows: [rank·B/W, +B/W) of each micro-batch's B stream rows
       std::vector<int64_t> rows(static_cast<size_t>(B_rank));
       for (int b = 0; b < B_rank; b++)
         rows[size_t(b)] = order.row_at((step * GA + m) * int64_t(B) + int64_t(dist.rank) * B_rank + b);
       HostRows& hr = micro[size_t(m)];
       read_rows(train, rows, &hr);
+      data_tokens += hr.data_tokens();
       // An unpacked row (the template's default: one example padded to max_seq_len) is mostly padding; the step
       // runs the rows up to their last target. Step events count these computed_tokens beside the row tokens.
       hr.cut_after_last_target();
@@ -477,10 +495,11 @@ int cmd_train(const Json& job, const std::string& job_path) {
       computed_tokens += int64_t(hr.B) * hr.T;
     }
     if (coll) {   // the loss is normalized by the targets of the whole step, on every rank
-      double n[2] = {double(n_items), double(computed_tokens)};
-      coll->all_reduce_host(n, 2);
+      double n[3] = {double(n_items), double(computed_tokens), double(data_tokens)};
+      coll->all_reduce_host(n, 3);
       n_items = int64_t(n[0]);
       computed_tokens = int64_t(n[1]);
+      data_tokens = int64_t(n[2]);
     }
     model.zero_grads();
     double loss_sum = 0;
@@ -527,6 +546,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
     state.rows_consumed = state.step * rows_per_step;
     const int64_t step_tokens = rows_per_step * T;
     tokens_done += step_tokens;
+    data_tokens_done += data_tokens;
     last_loss = loss;
     const int64_t done_here = state.step - first_step;
     const double eta = train_seconds / double(done_here) * double(total_steps - state.step);
@@ -539,7 +559,9 @@ int cmd_train(const Json& job, const std::string& job_path) {
                  .set("tokens", Json::number(double(step_tokens)))
                  .set("computed_tokens", Json::number(double(computed_tokens)))
                  .set("target_tokens", Json::number(double(n_items)))
+                 .set("data_tokens", Json::number(double(data_tokens)))
                  .set("tokens_per_s", Json::number(train_seconds > 0 ? double(tokens_done) / train_seconds : 0))
+                 .set("data_tokens_per_s", Json::number(train_seconds > 0 ? double(data_tokens_done) / train_seconds : 0))
                  .set("elapsed_s", Json::number(seconds_since(t_start)))
                  .set("eta_s", Json::number(eta))
                  .set("epoch", Json::number(double(state.rows_consumed) / double(train.rows())));
@@ -610,6 +632,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
                      .set("wall_s", Json::number(wall))
                      .set("train_s", Json::number(train_seconds))
                      .set("tokens_per_s", Json::number(train_seconds > 0 ? double(tokens_done) / train_seconds : 0))
+                     .set("data_tokens_per_s", Json::number(train_seconds > 0 ? double(data_tokens_done) / train_seconds : 0))
                      .set("peak_memory_bytes", Json::number(peak_rss_bytes()))
                      .set("backend_peak_bytes", Json::number(double(be->peak_bytes())))
                      .set("final_train_loss", num(last_loss))

@@ -13,9 +13,12 @@ function formatRate(tokensPerS: number): string {
   return tokensPerS >= 1000 ? `${(tokensPerS / 1000).toFixed(1)}k tok/s` : `${Math.round(tokensPerS)} tok/s`;
 }
 
+// The rate of the data trained on (data_tokens_per_s: rows without their padding documents); an engine from before
+// that field gives row tokens.
 export function stepLine(e: EngineEvent): string {
   const loss = typeof e.loss === "number" ? e.loss.toFixed(4) : "?";
-  return `step ${e.step}/${e.total_steps}  loss ${loss}  ${formatRate(e.tokens_per_s ?? 0)}  ETA ${formatDuration(e.eta_s)}`;
+  const rate = e.data_tokens_per_s ?? e.tokens_per_s ?? 0;
+  return `step ${e.step}/${e.total_steps}  loss ${loss}  ${formatRate(rate)}  ETA ${formatDuration(e.eta_s)}`;
 }
 
 export function bar(done: number, total: number, width = 24): string {

@@ -77,7 +77,7 @@ export async function runAdapter(ctx: StageContext): Promise<StageResult> {
   const metricsFile = join(ctx.tmp, "metrics.jsonl");
   if (existsSync(metricsFile)) writeFileAtomic(join(ctx.tmp, "loss.svg"), lossCurveSvg(readMetrics(metricsFile), `${ctx.projectName} adapter`));
   ctx.log(`adapter: ${summary.steps} steps, final train loss ${fmt(summary.final_train_loss)}, eval loss ${fmt(summary.final_eval_loss)}, ` +
-          `${Math.round(summary.tokens_per_s ?? 0)} tokens/s, ${fmt(summary.wall_s)} s`);
+          `${Math.round(summary.data_tokens_per_s ?? summary.tokens_per_s ?? 0)} tokens/s, ${fmt(summary.wall_s)} s`);
   return {
     info: {},
     run: { summary, ...(resume ? { resumed: true } : {}) },
