@@ -89,6 +89,20 @@ class RowOrder {
   std::vector<int64_t> perm_;
 };
 
+// The schedule (see the top): this rank's row b of micro-batch m of optimizer step `step` is stream row
+// (step·GA + m)·B + rank·B_rank + b, the rank's slice [rank·B/W, +B/W) of the micro-batch's B stream rows.
+int64_t micro_batch_row(RowOrder& order, int64_t step, int m, int b, int GA, int B, int B_rank, int rank) {
+  return order.row_at((step * GA + m) * int64_t(B) + int64_t(rank) * B_rank + b);
+}
+
+// The eval batches (evaluate, below): B rows at a time in file order, batch i on rank i % W; [first, end) rows.
+std::vector<std::pair<int64_t, int64_t>> eval_batches(const ShardSet& eval, int B, int64_t W, int64_t rank) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t r0 = 0, i = 0; r0 < eval.rows(); r0 += B, i++)
+    if (i % W == rank) out.emplace_back(r0, std::min<int64_t>(eval.rows(), r0 + B));
+  return out;
+}
+
 struct HostRows {   // B rows of T, as the three shard arrays
   std::vector<int32_t> tokens, targets, positions;
   int B = 0, T = 0;
@@ -139,7 +153,7 @@ int64_t largest_batch_tokens(const ShardSet& train, const ShardSet* eval, RowOrd
     for (int m = 0; m < GA; m++) {
       int need = 0;
       for (int b = 0; b < B_rank; b++) {
-        const int64_t row = order.row_at((step * GA + m) * int64_t(B) + int64_t(rank) * B_rank + b);
+        const int64_t row = micro_batch_row(order, step, m, b, GA, B, B_rank, rank);
         int& e = end[size_t(row)];
         if (e < 0) e = train.targets_end(row, trim_granule(T));
         need = std::max(need, e);
@@ -149,12 +163,10 @@ int64_t largest_batch_tokens(const ShardSet& train, const ShardSet* eval, RowOrd
   largest = int64_t(B_rank) * std::max(longest, std::min(T, trim_granule(T)));
   if (eval) {
     const int Te = eval->seq_len();
-    for (int64_t r0 = 0, i = 0; r0 < eval->rows(); r0 += B, i++) {
-      if (i % W != rank) continue;
-      const int64_t rows = std::min<int64_t>(eval->rows(), r0 + B) - r0;
+    for (auto [first, last] : eval_batches(*eval, B, W, rank)) {
       int need = 0;
-      for (int64_t r = r0; r < r0 + rows; r++) need = std::max(need, eval->targets_end(r, trim_granule(Te)));
-      if (need > 0) largest = std::max(largest, rows * trimmed_length_for(need, Te));
+      for (int64_t r = first; r < last; r++) need = std::max(need, eval->targets_end(r, trim_granule(Te)));
+      if (need > 0) largest = std::max(largest, (last - first) * trimmed_length_for(need, Te));
     }
   }
   return largest;
@@ -178,10 +190,9 @@ std::pair<double, int64_t> evaluate(Transformer& model, const ShardSet& eval, in
   int64_t count = 0;
   HostRows hr;
   const int64_t W = dist ? dist->world() : 1, rank = dist ? dist->rank() : 0;
-  for (int64_t r0 = 0, i = 0; r0 < eval.rows(); r0 += B, i++) {
-    if (i % W != rank) continue;
+  for (auto [first, last] : eval_batches(eval, B, W, rank)) {
     std::vector<int64_t> rows;
-    for (int64_t r = r0; r < std::min<int64_t>(eval.rows(), r0 + B); r++) rows.push_back(r);
+    for (int64_t r = first; r < last; r++) rows.push_back(r);
     read_rows(eval, rows, &hr);
     hr.cut_after_last_target();
     const int64_t n = hr.n_targets();
@@ -484,7 +495,7 @@ int cmd_train(const Json& job, const std::string& job_path) {
     for (int m = 0; m < GA; m++) {   // this rank's rows: [rank·B/W, +B/W) of each micro-batch's B stream rows
       std::vector<int64_t> rows(static_cast<size_t>(B_rank));
       for (int b = 0; b < B_rank; b++)
-        rows[size_t(b)] = order.row_at((step * GA + m) * int64_t(B) + int64_t(dist.rank) * B_rank + b);
+        rows[size_t(b)] = micro_batch_row(order, step, m, b, GA, B, B_rank, dist.rank);
       HostRows& hr = micro[size_t(m)];
       read_rows(train, rows, &hr);
       data_tokens += hr.data_tokens();

@@ -416,8 +416,6 @@ void backward_hd(float* dq_acc, bf16* dk, bf16* dv, const bf16* dout, const bf16
   CUDA_LAUNCH_CHECK();
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 }  // namespace
 
 bool attention_tiles_apply(int HD, int NH, int NKV, const AttnLd& ld, std::initializer_list<const void*> ptrs) {
@@ -425,7 +423,7 @@ bool attention_tiles_apply(int HD, int NH, int NKV, const AttnLd& ld, std::initi
   for (int p : {ld.q, ld.kv, ld.out, ld.dout, ld.dq, ld.dkv})
     if (p % 8 != 0) return false;
   for (const void* p : ptrs)
-    if (!aligned16(p)) return false;
+    if (!is_aligned(p, 16)) return false;
   return true;
 }
 

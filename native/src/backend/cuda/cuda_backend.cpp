@@ -27,8 +27,8 @@
 #if defined(NXFT_HAVE_CUDNN)
 #include "backend/cuda/cudnn_attention.h"
 #include "backend/cuda/packed_docs.h"
-#include "backend/packed_documents.h"
 #endif
+#include "backend/packed_documents.h"
 
 namespace nxft {
 
@@ -1140,8 +1140,8 @@ class CudaBackend : public Backend {
   }
   // Packed documents (a doc_start uploaded from the host, not all zero) of contiguous documents, in a layout the
   // tensor-core tile kernels take (attention_tiles.cu: head_dim 64 or 128, 16-byte rows), short enough for them
-  // (tile_work_fraction, packed_documents.h) unless NXFT_ATTN_TILES says otherwise. Contiguity (doc_start
-  // nondecreasing along each row, never after its token) bounds the tiles. Both are found once per upload.
+  // (tile_work_fraction, packed_documents.h) unless NXFT_ATTN_TILES says otherwise. Contiguity (find_documents)
+  // bounds the tiles. Both are found once per upload.
   bool tiles_take(const Tensor& doc_start, int B, int T, int NH, int NKV, int HD, const AttnLd& ld,
                   std::initializer_list<const void*> ptrs) {
     if (tiles_mode_ == kTilesNever || !attention_tiles_apply(HD, NH, NKV, ld, ptrs)) return false;
@@ -1149,15 +1149,11 @@ class CudaBackend : public Backend {
     if (it == index_copy_.end() || it->second.values.size() < (size_t)B * T) return false;
     if (tiles_checked_upload_ != it->second.upload) {
       tiles_checked_upload_ = it->second.upload;
-      bool contiguous = true;
       const std::vector<int32_t>& ds = it->second.values;
-      for (int b = 0; b < B && contiguous; b++)
-        for (int t = 0; t < T && contiguous; t++) {
-          const int32_t d = ds[size_t(b) * T + t];
-          contiguous = d >= 0 && d <= t && (t == 0 || d >= ds[size_t(b) * T + t - 1]);
-        }
-      tiles_upload_takes_ = contiguous && (tiles_mode_ == kTilesAlways ||
-                                           tile_work_fraction(ds.data(), B, T) <= kTilesMaxWorkFraction);
+      std::vector<int32_t> starts;
+      int longest = 0;
+      tiles_upload_takes_ = find_documents(ds.data(), B, T, &starts, &longest) &&
+                            (tiles_mode_ == kTilesAlways || tile_work_fraction(ds.data(), B, T) <= kTilesMaxWorkFraction);
     }
     return tiles_upload_takes_;
   }
