@@ -6,8 +6,8 @@
 #      checkpointed (the bar: packed ≥ 0.95× single-document), and packed rows whose head shape changes every step
 #      (":vary", as on the real path);
 #   3. the real path (bench/real-path-gpu.sh: the shards stage's packed Alpaca rows, the adapter stage's own train
-#      job, an 8B bf16 base on local disk): ours at 2×2048 and 1×8192 checkpointed, ours at 2×2048 with
-#      NXFT_ATTN_TILES=0 (the A/B), then Unsloth on the same rows;
+#      job, an 8B bf16 base on local disk): ours at 2×2048, 1×8192 checkpointed and unpacked 8×1024, then Unsloth
+#      on the same rows (the tiles-or-cuDNN A/B of session 10 is settled: bench/results/cuda-h200-2026-12-03-s11);
 #   4. HF + PEFT eager at 2×2048 (.carry/hf_peft_baseline.py), and the 50-step CPU↔CUDA compare, as time allows.
 #   run(command="bash bench/issue11-table.sh", carry=["native/build-carry", ".carry"])
 # native/build-carry from bench/build-carry.sh (built here instead when the carried binaries do not run); .carry as
@@ -47,9 +47,6 @@ timeout 240 "$B/cuda_train_bench" bench 2x2048x0 2x2048x0:packed 1x8192x1 1x8192
 grep '^{' $R/bench.txt | tee -a $R/log.txt
 log "real path, ours"
 STEPS=60 ENGINE=$B/finetune-engine OUT=$R/rp PHASE=ours JOBS="rp-2048 rp-8192 rp-1024-unpacked" bash bench/real-path-gpu.sh > $R/rp.log 2>&1
-log "real path, ours, 2×2048 with NXFT_ATTN_TILES=0"
-NXFT_ATTN_TILES=0 STEPS=60 ENGINE=$B/finetune-engine OUT=$R/rp-cudnn-packed PHASE=ours JOBS="rp-2048" bash bench/real-path-gpu.sh > $R/rp-cudnn-packed.log 2>&1
-tail -1 $R/rp-cudnn-packed/ours.jsonl | tee -a $R/log.txt
 log "real path, Unsloth rp-2048"
 STEPS=60 PEER_TIMEOUT=150 OUT=$R/rp PHASE=peer JOBS="rp-2048" bash bench/real-path-gpu.sh > $R/peer.log 2>&1
 if [ "$(left)" -gt 70 ]; then

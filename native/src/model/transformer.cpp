@@ -618,6 +618,10 @@ void Transformer::upload_batch(const Batch& b) {
           rows.push_back(i);
           targets.push_back(b.targets[i]);
         }
+      // The last block of ce_rows_ padded up to the granule, within the N rows every head buffer holds.
+      const int g = std::max(1, opt_.head_row_granule), last0 = (head_m_ - 1) / ce_rows_ * ce_rows_;
+      head_run_ = std::min(N, last0 + std::min(ce_rows_, (head_m_ - last0 + g - 1) / g * g));
+      targets.resize(size_t(head_run_), -100);
       be_.upload(targets_, targets.data(), targets.size());
       be_.upload(head_rows_, rows.data(), rows.size());
       be_.upload(head_row_of_, row_of.data(), row_of.size());
@@ -1034,9 +1038,10 @@ double Transformer::head_loss(int N, bool backward, float grad_scale) {
   }
   const Tensor& xf_rows = head_xf();
   be_.gather_rows(xf_rows, xf_, head_rows_, M, C);   // (M, C) ← xf_ rows head_rows_[0..M)
+  if (head_run_ > M) be_.fill(xf_rows.slice(size_t(M) * C, size_t(head_run_ - M) * C), 0.0f, size_t(head_run_ - M) * C);
   // xf_ is not read again in this step (the final norm's backward reads res(L) and rstdf_): it takes the compact
-  // d(xf), so no buffer beyond dxn_ is needed.
-  const double total = head_ce(xf_rows, xf_, M, backward, grad_scale);
+  // d(xf), so no buffer beyond dxn_ is needed. The padding rows (head_run_ > M) add 0 and are never scattered.
+  const double total = head_ce(xf_rows, xf_, head_run_, backward, grad_scale);
   if (backward) be_.gather_rows(dxn_, xf_, head_row_of_, N, C);   // (N, C) ← compact rows, zeros for no target
   return total;
 }

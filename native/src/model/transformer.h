@@ -85,6 +85,12 @@ struct TransformerOptions {
   // true runs it over all N rows as before (ignored rows give loss 0 and gradient 0): the A/B reference of
   // test_head_rows and benchmarks. Same loss and gradients either way.
   bool head_all_rows = false;
+  // The compact head's last row block is padded to a multiple of this many rows (rows with no target: loss 0,
+  // gradient 0, and their final-norm rows are zeros). Its size is the batch's target count modulo the block, a new
+  // GEMM shape on most steps; on a GPU some of those shapes got a poor cuBLASLt kernel (the 90×4096×128256 d(xf)
+  // product took 2.9 ms where 523 rows take 0.8; session 11's profile). With 64 there are at most 9 shapes.
+  // 1 (the default, and the CPU's) pads nothing.
+  int head_row_granule = 1;
 };
 
 // The memory-first settings of QLoRA and of checkpoint offload (both are chosen to fit a card, not for speed):
@@ -257,6 +263,7 @@ class Transformer {
   // row's position among them or -1; the compact final-norm rows (M, C) live in head_xf() and the compact gradient
   // rows in xf_ (free once gathered).
   int head_m_ = 0;
+  int head_run_ = 0;   // rows the compact head runs: head_m_, its last block padded (head_row_granule)
   Tensor head_rows_, head_row_of_;
   Tensor xf_rows_;   // (N, C) compact rows when no dxn_ exists (an eval-only model); training uses dxn_
   bool head_compact(int N) const { return !opt_.head_all_rows && head_m_ < N; }

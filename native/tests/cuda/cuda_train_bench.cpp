@@ -133,6 +133,7 @@ struct Trainer {
     // train command sets it on CUDA: the logits buffer is 512 × 128256 bf16 = 125 MiB for Llama 3.
     o.ce_vocab_chunk = 1 << 20;
     o.ce_max_logits = int64_t(512) * 131072;
+    o.head_row_granule = 64;   // as train sets both on a GPU
     apply_memory_saving(o);   // QLoRA and offload: what `train` does (embedding in host memory, 256-row logits)
     return o;
   }

@@ -62,6 +62,11 @@ __device__ __forceinline__ void cp_async16(bf16* smem, const bf16* gmem, bool ok
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(ok ? 16 : 0));
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// 4 bytes (one lse, delta or doc_start value); ok = false writes zero.
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool ok) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(ok ? 4 : 0));
+}
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 // Element (r, c) of a tile of rows of HD bf16 (HD ≥ 64): 16-byte chunk c/8 of row r swizzled by r % 8.
@@ -218,7 +223,8 @@ __global__ void __launch_bounds__(kThreads) tiles_forward_kernel(bf16* out, floa
 
 // ---- backward -----------------------------------------------------------------------------------------------
 // grid (ceil(T/64), NKV, B); each warp owns 16 keys of the block's 64 and keeps their dK, dV (16 × HD) in
-// registers. Work items are (32-query tile, query head of the group), double-buffered in shared memory.
+// registers. Work items are (32-query tile, query head of the group), double-buffered in shared memory with their
+// queries' lse, delta and doc_start (read in the inner loop: from global memory they stalled a latency-bound kernel).
 template <int HD>
 __global__ void __launch_bounds__(kThreads, 2)
     tiles_backward_kernel(float* dq_acc, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
@@ -231,6 +237,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   bf16* Qs = Vs + BN * HD;        // [2][BM·HD]
   bf16* dOs = Qs + 2 * BM * HD;   // [2][BM·HD]
   bf16* dSs = dOs + 2 * BM * HD;  // (BN keys, BM queries)
+  float* Ls = reinterpret_cast<float*>(dSs + BN * BM);   // [2][BM] lse of the item's queries
+  float* Ds = Ls + 2 * BM;                                // [2][BM] delta
+  int* DSs = reinterpret_cast<int*>(Ds + 2 * BM);         // [2][BM] doc_start
   const int k0 = blockIdx.x * BN, kvh = blockIdx.y, b = blockIdx.z, G = NH / NKV;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = (lane & 3) * 2;
   const int last_key = min(k0 + BN, T) - 1;
@@ -249,6 +258,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int rows = min(BM, T - q_start);
     load_tile<BM, HD>(Qs + buf * BM * HD, q + (size_t)b * T * ld.q + (size_t)head * HD, ld.q, q_start, rows);
     load_tile<BM, HD>(dOs + buf * BM * HD, dout + (size_t)b * T * ld.dout + (size_t)head * HD, ld.dout, q_start, rows);
+    const int t = threadIdx.x & (BM - 1), which = threadIdx.x / BM, qi = q_start + t;
+    const bool ok = t < rows;
+    const size_t lrow = ((size_t)b * NH + head) * T + (ok ? qi : 0);
+    if (which == 0) cp_async4(Ls + buf * BM + t, lse + lrow, ok);
+    else if (which == 1) cp_async4(Ds + buf * BM + t, delta + lrow, ok);
+    else if (which == 2) cp_async4(DSs + buf * BM + t, ds_row + (ok ? qi : 0), ok);
   };
   if (items > 0) load_item(0, 0);
   cp_commit();
@@ -282,16 +297,14 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
     // Pᵀ = exp(scale·S − lse) inside each query's document; dSᵀ = Pᵀ ∘ (dPᵀ − delta)
-    const float* lse_h = lse + ((size_t)b * NH + head) * T;
-    const float* delta_h = delta + ((size_t)b * NH + head) * T;
 #pragma unroll
     for (int nt = 0; nt < 4; nt++)
 #pragma unroll
       for (int e = 0; e < 2; e++) {
-        const int qi = q_start + nt * 8 + c + e;
+        const int t = nt * 8 + c + e, qi = q_start + t;
         const bool valid = qi < T;
-        const float L = valid ? lse_h[qi] * kLog2e : 0.0f, D = valid ? delta_h[qi] : 0.0f;
-        const int dsq = valid ? ds_row[qi] : INT_MAX;
+        const float L = Ls[buf * BM + t] * kLog2e, D = Ds[buf * BM + t];
+        const int dsq = valid ? DSs[buf * BM + t] : INT_MAX;
 #pragma unroll
         for (int r = 0; r < 2; r++) {
           const int key = r ? key1 : key0, x = 2 * r + e;
@@ -385,7 +398,7 @@ __global__ void dq_from_acc_kernel(bf16* dq, const float* acc, size_t n8, int wi
 }
 
 template <int HD> constexpr int forward_smem() { return 3 * 64 * HD * 2; }
-template <int HD> constexpr int backward_smem() { return (2 * 64 * HD + 4 * 32 * HD) * 2 + 64 * 32 * 2; }
+template <int HD> constexpr int backward_smem() { return (2 * 64 * HD + 4 * 32 * HD) * 2 + 64 * 32 * 2 + 3 * 2 * 32 * 4; }
 
 template <int HD>
 void forward_hd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int32_t* doc_start, int B,

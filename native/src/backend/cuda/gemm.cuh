@@ -9,8 +9,10 @@
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
+#include <algorithm>
 #include <map>
 #include <tuple>
+#include <vector>
 #include "backend/device_pool.h"
 
 namespace nxft {
@@ -18,7 +20,7 @@ namespace cuda {
 
 class Gemm {
  public:
-  // Workspaces and autotuning scratch come from `pool` (counted against its cap).
+  // The workspaces come from `pool` (counted against its cap).
   Gemm(cudaStream_t stream, DevicePool* pool);
   ~Gemm();
   // dtype codes: CUDA_R_16BF or CUDA_R_32F.
@@ -26,25 +28,43 @@ class Gemm {
            cudaDataType_t ab_type, int M, int N, int K, bool trans_a, bool trans_b, float alpha, float beta);
   // Lanes: the constructor's stream (lane 0) and an optional side stream (lane 1, see Backend::side_begin). Each
   // lane has its own cuBLASLt workspace (two GEMMs in flight must not share one); plans are shared, so a shape is
-  // autotuned once, on whichever lane meets it first, and the profile (which runs side work on lane 0) times the
-  // same algorithms.
+  // tuned once, on the calls of whichever lanes meet it, and the profile (which runs side work on lane 0) times
+  // the same algorithms.
   void add_side_lane(cudaStream_t side);   // allocates the second workspace
   void use_side_lane(bool side) { lane_ = side ? 1 : 0; }
   size_t workspace_bytes() const { return workspace_bytes_; }
 
  private:
+  using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
-    cublasLtMatmulAlgo_t algo;
+    cublasLtMatmulAlgo_t algo;   // the heuristic's first pick, then the tuning's winner
+    // In-step tuning (see launch_trial); empty once settled or for untuned shapes.
+    std::vector<cublasLtMatmulAlgo_t> trials;
+    std::vector<float> best_ms;   // per candidate, its fastest timed run
+    std::vector<int> timed;       // per candidate, timed runs (kTrials once dropped)
+    std::vector<int> in_flight;   // candidates with a run whose events are not read yet
+    int next = 0;
+    int in_flight_of(int i) const { return int(std::count(in_flight.begin(), in_flight.end(), i)); }
+  };
+  struct Pending {
+    Plan* plan;   // plans_ is a std::map: its elements stay put
+    int cand;
+    cudaEvent_t e0, e1;
   };
   static constexpr int kMaxAlgos = 8;
-  cublasLtMatmulAlgo_t pick_fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* heur, int found,
-                                    const void* a, const void* b, cudaDataType_t d_type, int ldd, int M, float alpha);
+  static constexpr int kTrials = 3;
+  static constexpr int kSkinnyMaxDim = 65536;   // see make_plan: the vocabulary is wider, an MLP is not
+  Plan make_plan(const Key& key, int M, int N, int K, bool trans_a, bool trans_b, cudaDataType_t ab_type,
+                 cudaDataType_t d_type, int lda, int ldb, int ldd, int align_a, int align_b, int align_d);
+  std::vector<cublasLtMatmulAlgo_t> candidates(const Plan& p, const cublasLtMatmulHeuristicResult_t* heur, int found,
+                                               int K);
+  void launch_trial(Plan& p, void* d, const void* c, const void* a, const void* b, float alpha, float beta);
+  void harvest();
+  cudaEvent_t event();
   bool autotune_ = true;
   bool autotune_all_ = false;
-  static constexpr size_t kTuneScratchBytes = size_t(512) << 20;   // see the constructor
-  using Key = std::tuple<int, int, int, int, int, int, int, int, int, int, int, int>;
   cublasLtHandle_t handle_ = nullptr;
   cudaStream_t streams_[2] = {nullptr, nullptr};
   DevicePool* pool_;
@@ -52,6 +72,9 @@ class Gemm {
   int lane_ = 0;
   size_t workspace_bytes_ = 32u << 20;  // Hopper wants 32 MiB (llm.c)
   std::map<Key, Plan> plans_;
+  std::map<Key, cublasLtMatmulAlgo_t> algo_any_m_;   // untuned shapes' algorithm, by key with M's power of two
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> free_events_, all_events_;
 };
 
 }  // namespace cuda
