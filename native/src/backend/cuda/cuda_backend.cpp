@@ -140,7 +140,6 @@ class CudaBackend : public Backend {
     synchronize();
     for (cudaEvent_t e : {fork_ev_, side_done_ev_, copy_fork_ev_, copy_done_ev_, ext_ev_, ext_done_ev_})
       if (e) cudaEventDestroy(e);
-    for (auto& e : event_pool_) cudaEventDestroy(e);
     for (int i = 0; i < 2; i++) {
       if (stage_[i]) cudaFreeHost(stage_[i]);
       if (stage_ev_[i]) cudaEventDestroy(stage_ev_[i]);
@@ -1007,13 +1006,13 @@ class CudaBackend : public Backend {
         : b(b_), name(n), flops(f) {
       if (!b->profile_) return;
       if (M > 0) name = gemm_class(M, N, K, ta, tb);
-      start = b->event();
+      start = b->events_.get();
       cudaEventRecord(start, b->stream_);
     }
     void rename(const char* n) { name = n; }
     ~Timer() {
       if (!start) return;
-      cudaEvent_t stop = b->event();
+      cudaEvent_t stop = b->events_.get();
       cudaEventRecord(stop, b->stream_);
       b->pending_.push_back({name, flops, start, stop});
       if (b->pending_.size() > 4096) b->collect_events();
@@ -1030,17 +1029,6 @@ class CudaBackend : public Backend {
     double flops;
     cudaEvent_t start, stop;
   };
-  cudaEvent_t event() {
-    if (!free_events_.empty()) {
-      cudaEvent_t e = free_events_.back();
-      free_events_.pop_back();
-      return e;
-    }
-    cudaEvent_t e;
-    CUDA_CHECK(cudaEventCreate(&e));
-    event_pool_.push_back(e);
-    return e;
-  }
   void collect_events() {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
     for (auto& p : pending_) {
@@ -1050,8 +1038,8 @@ class CudaBackend : public Backend {
       s.ms += ms;
       s.flops += p.flops;
       s.calls++;
-      free_events_.push_back(p.start);
-      free_events_.push_back(p.stop);
+      events_.put(p.start);
+      events_.put(p.stop);
     }
     pending_.clear();
   }
@@ -1260,7 +1248,7 @@ class CudaBackend : public Backend {
 #endif
   bool profile_ = false;
   bool rank_update_enabled_ = false;  // NXFT_RANK_UPDATE=1: LoRA expand products through lora_update.cu
-  std::vector<cudaEvent_t> event_pool_, free_events_;
+  EventPool events_;   // the per-op profile's
   std::vector<Pending> pending_;
   std::map<std::string, OpStats> stats_;
 };

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include "util/events.h"
@@ -21,6 +22,33 @@ inline void check_cuda(cudaError_t e, const char* what, const char* file, int li
 #define CUDA_LAUNCH_CHECK() ::nxft::cuda::check_cuda(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
 using bf16 = __nv_bfloat16;
+
+// Timing events, reused (the per-op profile and the GEMM tuning record thousands): get() hands out a free one or
+// creates one, put() gives it back; the pool destroys all it created.
+class EventPool {
+ public:
+  EventPool() = default;
+  EventPool(const EventPool&) = delete;
+  EventPool& operator=(const EventPool&) = delete;
+  ~EventPool() {
+    for (cudaEvent_t e : all_) cudaEventDestroy(e);
+  }
+  cudaEvent_t get() {
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreate(&e));
+    all_.push_back(e);
+    return e;
+  }
+  void put(cudaEvent_t e) { free_.push_back(e); }
+
+ private:
+  std::vector<cudaEvent_t> free_, all_;
+};
 
 #if defined(__CUDACC__)  // device helpers: only in .cu translation units
 

@@ -44,7 +44,6 @@ Gemm::~Gemm() {
     cublasLtMatrixLayoutDestroy(kv.second.lb);
     cublasLtMatrixLayoutDestroy(kv.second.ld);
   }
-  for (cudaEvent_t e : all_events_) cudaEventDestroy(e);
   for (void* w : workspaces_)
     if (w) pool_->release(w);
   if (handle_) cublasLtDestroy(handle_);
@@ -199,7 +198,7 @@ void Gemm::launch_trial(Plan& p, void* d, const void* c, const void* a, const vo
   }
   if (cand >= 0) {
     p.next = (cand + 1) % n;
-    cudaEvent_t e0 = event(), e1 = event();
+    cudaEvent_t e0 = events_.get(), e1 = events_.get();
     cudaEventRecord(e0, stream);
     if (cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, c, p.ld, d, p.ld, &p.trials[cand],
                        workspaces_[lane_], workspace_bytes_, stream) == CUBLAS_STATUS_SUCCESS) {
@@ -210,8 +209,8 @@ void Gemm::launch_trial(Plan& p, void* d, const void* c, const void* a, const vo
     }
     cudaGetLastError();
     p.timed[cand] = kTrials;   // dropped: best_ms stays infinite
-    free_events_.push_back(e0);
-    free_events_.push_back(e1);
+    events_.put(e0);
+    events_.put(e1);
   }
   check_lt(cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, c, p.ld, d, p.ld, &p.algo,
                           workspaces_[lane_], workspace_bytes_, stream),
@@ -233,8 +232,8 @@ void Gemm::harvest() {
     p.best_ms[t.cand] = std::min(p.best_ms[t.cand], ms);
     p.timed[t.cand]++;
     p.in_flight.erase(std::find(p.in_flight.begin(), p.in_flight.end(), t.cand));
-    free_events_.push_back(t.e0);
-    free_events_.push_back(t.e1);
+    events_.put(t.e0);
+    events_.put(t.e1);
     if (p.in_flight.empty() && std::all_of(p.timed.begin(), p.timed.end(), [](int k) { return k >= kTrials; })) {
       const size_t best = size_t(std::min_element(p.best_ms.begin(), p.best_ms.end()) - p.best_ms.begin());
       if (p.best_ms[best] < INFINITY) p.algo = p.trials[best];
@@ -244,18 +243,6 @@ void Gemm::harvest() {
     }
   }
   pending_.resize(kept);
-}
-
-cudaEvent_t Gemm::event() {
-  if (!free_events_.empty()) {
-    cudaEvent_t e = free_events_.back();
-    free_events_.pop_back();
-    return e;
-  }
-  cudaEvent_t e;
-  CUDA_CHECK(cudaEventCreate(&e));
-  all_events_.push_back(e);
-  return e;
 }
 
 }  // namespace cuda

@@ -13,6 +13,7 @@
 #include <map>
 #include <tuple>
 #include <vector>
+#include "backend/cuda/cuda_common.cuh"
 #include "backend/device_pool.h"
 
 namespace nxft {
@@ -62,7 +63,6 @@ class Gemm {
                                                int K);
   void launch_trial(Plan& p, void* d, const void* c, const void* a, const void* b, float alpha, float beta);
   void harvest();
-  cudaEvent_t event();
   bool autotune_ = true;
   bool autotune_all_ = false;
   cublasLtHandle_t handle_ = nullptr;
@@ -74,7 +74,7 @@ class Gemm {
   std::map<Key, Plan> plans_;
   std::map<Key, cublasLtMatmulAlgo_t> algo_any_m_;   // untuned shapes' algorithm, by key with M's power of two
   std::vector<Pending> pending_;
-  std::vector<cudaEvent_t> free_events_, all_events_;
+  EventPool events_;
 };
 
 }  // namespace cuda
