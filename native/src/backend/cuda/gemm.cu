@@ -92,9 +92,11 @@ Gemm::Plan Gemm::make_plan(const Key& key, int M, int N, int K, bool trans_a, bo
   check_lt(cublasLtMatrixLayoutCreate(&p.la, ab_type, a_rows, a_cols, ldb), "layout A");
   check_lt(cublasLtMatrixLayoutCreate(&p.lb, ab_type, b_rows, b_cols, lda), "layout B");
   check_lt(cublasLtMatrixLayoutCreate(&p.ld, d_type, N, M, ldd), "layout D");
-  // Skinny: a LoRA product (one side r·g ≤ 64 wide, the others at most an MLP's width). The head's row blocks
-  // (M = a batch's leftover targets, N or K = the vocabulary) are not.
-  const bool skinny = std::min(M, std::min(N, K)) <= 64 && std::max(M, std::max(N, K)) <= kSkinnyMaxDim;
+  // Skinny: a LoRA product (one side r·g ≤ 64 wide, the others at most an MLP's width), or a product of fewer
+  // than 64 rows (generation's decode steps, the vocabulary-wide head included, as before session 11). Training's
+  // head row blocks (M = a batch's targets in blocks, padded to 64 rows: TransformerOptions::head_row_granule; N or
+  // K = the vocabulary) are not: each new one was timed on the step it appeared (session 11's profile).
+  const bool skinny = std::min(M, std::min(N, K)) <= 64 && (std::max(M, std::max(N, K)) <= kSkinnyMaxDim || M < 64);
   const bool tune = autotune_ && (skinny || autotune_all_);
   // A shape met before with another M of the same power of two (the head's row blocks: one new M on most steps)
   // takes that shape's algorithm if cuBLASLt accepts it: the heuristic query costs milliseconds of host time, and
