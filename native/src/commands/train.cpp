@@ -367,10 +367,12 @@ int cmd_train(const Json& job, const std::string& job_path) {
   // On a GPU the logits block is 512 rows × a whole vocabulary up to 128K (125 MiB in bf16 for Llama 3): one
   // fused CE pass per block, head GEMMs of 512 × V × C that still run at full speed, and 0.4 GiB less than a
   // 2048-row block (which counts at 8B with checkpointing). The CPU default (32M elements) is plenty there.
-  if (be->name() == "cuda") opt.ce_max_logits = int64_t(512) * 131072;
-  // … and its last block padded to 64 rows: at most 9 GEMM shapes, each given a good kernel once
+  // Its last block is padded to 64 rows: at most 9 GEMM shapes, each given a good kernel once
   // (TransformerOptions::head_row_granule).
-  if (be->name() == "cuda") opt.head_row_granule = 64;
+  if (be->name() == "cuda") {
+    opt.ce_max_logits = int64_t(512) * 131072;
+    opt.head_row_granule = 64;
+  }
   apply_memory_saving(opt);   // QLoRA and checkpoint offload: the token embedding in host memory
   opt.checkpoint_vocab_size = base_cfg.vocab_size;
   // Without checkpointing every layer keeps its MLP input h instead of recomputing it in backward

@@ -18,8 +18,7 @@ static void check_lt(cublasStatus_t s, const char* what) {
 Gemm::Gemm(cudaStream_t stream, DevicePool* pool) : pool_(pool) {
   streams_[0] = stream;
   // NXFT_GEMM_AUTOTUNE: unset = try cuBLASLt's candidates on skinny (LoRA) shapes, "all" = on every shape, "0" =
-  // never (cuBLASLt's first heuristic choice everywhere, and the same algorithm on every call: bitwise repeatable
-  // runs). Tuning happens on the step's own calls (see Gemm::run), so a shape's first calls rotate through the
+  // never (cuBLASLt's first heuristic choice everywhere, the same algorithm on every call). Tuning happens on the step's own calls (see Gemm::run), so a shape's first calls rotate through the
   // candidates; results differ between candidates only in rounding. "all" is not the default: on the real path
   // (Alpaca, 2×2048) the head's last row block changes size with every batch, and tuning each new shape cost
   // more than it won (session 8: 14,644 real tok/s against 16,914).
@@ -137,7 +136,7 @@ Gemm::Plan Gemm::make_plan(const Key& key, int M, int N, int K, bool trans_a, bo
     p.trials = candidates(p, heur, found, K);
     if (p.trials.size() < 2) p.trials.clear();
     p.best_ms.assign(p.trials.size(), INFINITY);
-    p.timed.assign(p.trials.size(), 0);
+    p.started.assign(p.trials.size(), 0);
   }
   return p;
 }
@@ -196,7 +195,7 @@ void Gemm::launch_trial(Plan& p, void* d, const void* c, const void* a, const vo
   int cand = -1;
   for (int k = 0; k < n && cand < 0; k++) {   // round robin over the candidates still short of their runs
     const int i = (p.next + k) % n;
-    if (p.timed[i] + p.in_flight_of(i) < kTrials) cand = i;
+    if (p.started[i] < kTrials) cand = i;
   }
   if (cand >= 0) {
     p.next = (cand + 1) % n;
@@ -205,12 +204,13 @@ void Gemm::launch_trial(Plan& p, void* d, const void* c, const void* a, const vo
     if (cublasLtMatmul(handle_, p.desc, &alpha, b, p.la, a, p.lb, &beta, c, p.ld, d, p.ld, &p.trials[cand],
                        workspaces_[lane_], workspace_bytes_, stream) == CUBLAS_STATUS_SUCCESS) {
       cudaEventRecord(e1, stream);
-      p.in_flight.push_back(cand);
+      p.started[cand]++;
+      p.unread++;
       pending_.push_back(Pending{&p, cand, e0, e1});
       return;
     }
     cudaGetLastError();
-    p.timed[cand] = kTrials;   // dropped: best_ms stays infinite
+    p.started[cand] = kTrials;   // dropped: best_ms stays infinite
     events_.put(e0);
     events_.put(e1);
   }
@@ -232,16 +232,15 @@ void Gemm::harvest() {
     cudaEventElapsedTime(&ms, t.e0, t.e1);
     Plan& p = *t.plan;
     p.best_ms[t.cand] = std::min(p.best_ms[t.cand], ms);
-    p.timed[t.cand]++;
-    p.in_flight.erase(std::find(p.in_flight.begin(), p.in_flight.end(), t.cand));
+    p.unread--;
     events_.put(t.e0);
     events_.put(t.e1);
-    if (p.in_flight.empty() && std::all_of(p.timed.begin(), p.timed.end(), [](int k) { return k >= kTrials; })) {
+    if (p.unread == 0 && std::all_of(p.started.begin(), p.started.end(), [](int k) { return k >= kTrials; })) {
       const size_t best = size_t(std::min_element(p.best_ms.begin(), p.best_ms.end()) - p.best_ms.begin());
       if (p.best_ms[best] < INFINITY) p.algo = p.trials[best];
       p.trials.clear();
       p.best_ms.clear();
-      p.timed.clear();
+      p.started.clear();
     }
   }
   pending_.resize(kept);

@@ -9,7 +9,6 @@
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
-#include <algorithm>
 #include <map>
 #include <tuple>
 #include <vector>
@@ -44,10 +43,9 @@ class Gemm {
     // In-step tuning (see launch_trial); empty once settled or for untuned shapes.
     std::vector<cublasLtMatmulAlgo_t> trials;
     std::vector<float> best_ms;   // per candidate, its fastest timed run
-    std::vector<int> timed;       // per candidate, timed runs (kTrials once dropped)
-    std::vector<int> in_flight;   // candidates with a run whose events are not read yet
+    std::vector<int> started;     // per candidate, runs launched (kTrials once dropped)
+    int unread = 0;               // runs whose events are not read yet
     int next = 0;
-    int in_flight_of(int i) const { return int(std::count(in_flight.begin(), in_flight.end(), i)); }
   };
   struct Pending {
     Plan* plan;   // plans_ is a std::map: its elements stay put
