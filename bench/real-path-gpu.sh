@@ -33,7 +33,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then
   for j in $JOBS; do
     log "ours: $j"
     rm -rf "/tmp/rp-out-$j"
-    python3 "$ROOT/bench/real_path_run.py" "$ENGINE" "$RP/$j" "$BASE" "/tmp/rp-out-$j" >> "$OUT/ours.jsonl" 2> "$OUT/ours-$j.err"
+    python3 "$ROOT/bench/real_path_run.py" "$ENGINE" "$RP/$j" "$BASE" "/tmp/rp-out-$j" >> "$OUT/ours.jsonl" 2> "$OUT/ours-$j${TAG:+-$TAG}.err"
     tail -3 "$OUT/ours-$j.err" >&2; tail -1 "$OUT/ours.jsonl" >&2
   done
 fi
@@ -43,10 +43,14 @@ if [ "$PHASE" = all ] || [ "$PHASE" = peer ]; then
   for j in $JOBS; do
     # the job's own batch size and checkpointing (any checkpointing: Unsloth's "unsloth" mode offloads)
     read -r bs ck < <(python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['train']; print(t['batch_size'], 1 if t['gradient_checkpointing'] else 0)" "$RP/$j/train.json")
-    log "unsloth: $j (batch $bs, checkpointing $ck)"
-    (MODEL=$BASE JOB_DIR=$RP/$j BS=$bs CKPT=$ck PYTHONPATH=/opt/uns PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-300} \
-      python3 "$ROOT/bench/unsloth_packed_peer.py" > "$OUT/peer-$j.log" 2>&1)
-    grep '^{' "$OUT/peer-$j.log" | tee -a "$OUT/peer.jsonl" >&2 || tail -20 "$OUT/peer-$j.log" >&2
+    # unpacked rows: padding-free (Unsloth's own default for them) and padded to the batch's longest
+    layouts=packed; case $j in *unpacked*) layouts=${PEER_LAYOUTS:-"flat padded"};; esac
+    for lay in $layouts; do
+      log "unsloth: $j (batch $bs, checkpointing $ck, $lay)"
+      (MODEL=$BASE JOB_DIR=$RP/$j BS=$bs CKPT=$ck LAYOUT=$lay PYTHONPATH=/opt/uns PYTHONUNBUFFERED=1 timeout ${PEER_TIMEOUT:-300} \
+        python3 "$ROOT/bench/unsloth_packed_peer.py" > "$OUT/peer-$j-$lay.log" 2>&1)
+      grep '^{' "$OUT/peer-$j-$lay.log" | tee -a "$OUT/peer.jsonl" >&2 || tail -20 "$OUT/peer-$j-$lay.log" >&2
+    done
   done
 fi
 python3 "$ROOT/bench/real-path-table.py" "$OUT" | tee "$OUT/table.md"

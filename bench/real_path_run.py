@@ -1,6 +1,7 @@
 # real_path_run.py — runs one real-path train job (bench/real-path.ts wrote it: the adapter stage's job over the
 # shards stage's packed rows) with the engine on the GPU machine, and prints one JSON line of timings.
-#   [STEPS=N] [WARM=4] python3 bench/real_path_run.py ENGINE JOB_DIR BASE_DIR OUT_DIR
+#   [STEPS=N] [WARM=4] [TAG=label] python3 bench/real_path_run.py ENGINE JOB_DIR BASE_DIR OUT_DIR
+# TAG (an A/B run of the same job, e.g. under an NXFT_ switch) is appended to the job's name in the output.
 # The job's {BASE}, {SHARDS} and {OUT} become BASE_DIR, JOB_DIR and OUT_DIR; nothing else changes.
 # Times come from the wall clock here as the engine's events arrive: start → weights loaded → step 1 done, then
 # the steady rate over the steps after the first WARM (cuDNN graphs are built and autotuned on first use).
@@ -45,12 +46,15 @@ after = steps[warm:] if len(steps) > warm + 1 else steps[1:]
 t_a = steps[steps.index(after[0]) - 1][0]
 dt = after[-1][0] - t_a
 row_tok = sum(e["tokens"] for _, e in after)
+# the documents that hold a target (rows without their padding), as the engine counts them each step
+data_tok = sum(e["data_tokens"] for _, e in after) if all("data_tokens" in e for _, e in after) else None
 step_times = sorted(steps[i][0] - steps[i - 1][0] for i in range(1, len(steps)))
 print(json.dumps({
-    "job": os.path.basename(job_dir.rstrip("/")), "seq_len": T, "batch": json.loads(job_text)["train"]["batch_size"],
+    "job": os.path.basename(job_dir.rstrip("/")) + (f" ({os.environ['TAG']})" if os.environ.get("TAG") else ""), "seq_len": T, "batch": json.loads(job_text)["train"]["batch_size"],
     "ckpt": json.loads(job_text)["train"]["gradient_checkpointing"], "steps": len(steps),
     "load_s": loaded, "first_step_done_s": steps[0][0], "first_step_s": steps[0][0] - (loaded or 0),
-    "row_tokens_per_s": row_tok / dt, "real_tokens_per_s": row_tok * fill / dt, "fill": fill,
+    "row_tokens_per_s": row_tok / dt, "real_tokens_per_s": (data_tok if data_tok is not None else row_tok * fill) / dt,
+    "fill": fill, "computed_tokens_per_step": sum(e.get("computed_tokens", 0) for _, e in after) / len(after),
     "median_step_s": step_times[len(step_times) // 2], "max_step_s": step_times[-1],
     # the steady steps' mean against their median: a cost paid every step moves both, one paid now and then (a new
     # cuDNN graph) only the mean; slow_steps counts those over 1.5× the median

@@ -45,17 +45,27 @@ load_s = time.time() - t_load
 load_peak = torch.cuda.max_memory_allocated() / 2**30
 torch.cuda.reset_peak_memory_stats()
 
-# Unpacked rows (one example each, manifest template.packing false): cut to the batch's longest example, as the
-# transformers/TRL collators pad to the longest in the batch.
+# Unpacked rows (one example each, manifest template.packing false): LAYOUT=padded cuts them to the batch's longest
+# example, as the transformers/TRL collators pad to the longest in the batch; LAYOUT=flat (padding-free, what
+# Unsloth turns on by itself for unpacked data, TRL's DataCollatorWithFlattening) lays the batch's examples end to
+# end in one row, position ids restarting at 0 per example, each example's first label -100. Without a varlen
+# kernel here, Unsloth's SDPA attends across the examples of that row: more attention work, the same GEMMs.
 dynamic_pad = not manifest.get("template", {}).get("packing", True)
+layout = os.environ.get("LAYOUT", "padded") if dynamic_pad else "packed"
 
 def batch(i):
     rows = [(i * bs + b) % R for b in range(bs)]
     labels = np.full((bs, T), -100, np.int64)
     labels[:, 1:] = tgt[rows, :-1]
+    real = sum(real_tokens(r) for r in rows)
+    if layout == "flat":
+        cat = lambda x: np.concatenate([x[k, :real_tokens(r)] for k, r in enumerate(rows)])[None]
+        lab = np.concatenate([np.r_[-100, tgt[r, :real_tokens(r) - 1]] for r in rows])[None]
+        t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to("cuda", torch.long)
+        return t(cat(tok[rows])), t(cat(pos[rows])), t(lab), real
     L = max(real_tokens(r) for r in rows) if dynamic_pad else T
     t = lambda x: torch.from_numpy(np.ascontiguousarray(x[:, :L])).to("cuda", torch.long)
-    return t(tok[rows]), t(pos[rows]), t(labels), sum(real_tokens(r) for r in rows)
+    return t(tok[rows]), t(pos[rows]), t(labels), real
 
 def step(i):
     ids, position_ids, labels, real = batch(i)
@@ -68,7 +78,7 @@ torch.cuda.synchronize(); t = time.time(); real = 0
 for i in range(warm, warm + timed):
     l, r = step(i); real += r
 torch.cuda.synchronize(); dt = (time.time() - t) / timed
-print(json.dumps(dict(name=f"unsloth-{'padded' if dynamic_pad else 'packed'}-bs{bs}-{T}-{'ckpt' if ck else 'nockpt'}", job=os.path.basename(job_dir.rstrip('/')),
+print(json.dumps(dict(name=f"unsloth-{layout}-bs{bs}-{T}-{'ckpt' if ck else 'nockpt'}", job=os.path.basename(job_dir.rstrip('/')),
     bs=bs, seq=int(T), ckpt=ck, step_s=dt, row_tokens_per_s=bs * int(T) / dt, real_tokens_per_s=real / timed / dt,
     peak_alloc_gib=torch.cuda.max_memory_allocated() / 2**30, peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,
     load_peak_gib=load_peak, load_s=load_s, loss=float(l), unsloth=unsloth.__version__, torch=torch.__version__,

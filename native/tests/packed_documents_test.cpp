@@ -86,5 +86,28 @@ int main() {
   CHECK(f > 32.0 / 528.0 && f < 64.0 / 528.0 && f < kTilesMaxWorkFraction);
   ds = doc_start_of(1, 100, {{64}});   // T not a multiple of 64: 2 query tiles, the second starting a document
   CHECK(std::fabs(tile_work_fraction(ds.data(), 1, 100) - 2.0 / 3.0) < 1e-12);
+  // Ski rental: 8B 2×2048 rows at fraction 0.37 lose about 103·0.17 = 17.5 ms a step (32 layers, forward and
+  // backward) on the tile kernels: 18 such batches of the shape run there, and the 19th takes cuDNN. Batches of
+  // another shape, or at the threshold, lose nothing.
+  const double fwd = 1.0 / 3.5, bwd = 2.5 / 3.5;
+  CHECK(std::fabs(32 * (tiles_excess_ms(2, 2048, 32, 128, 0.37, fwd) + tiles_excess_ms(2, 2048, 32, 128, 0.37, bwd)) -
+                  103.0 * 0.17) < 1e-9);
+  CHECK(tiles_excess_ms(2, 2048, 32, 128, kTilesMaxWorkFraction, 1.0) == 0.0 && tiles_excess_ms(2, 2048, 32, 128, 0.1, 1.0) == 0.0);
+  // a padding-free row of 900 tokens of ~100-token examples (fraction ~0.32): about 1.2 ms a step, 250 steps of rent
+  const double small = 32 * tiles_excess_ms(1, 900, 32, 128, 0.32, 1.0);
+  CHECK(small > 1.0 && small < 1.5);
+  TilesRent rent;
+  int batches = 0;
+  while (rent.tiles(2, 2048)) {
+    batches++;
+    for (int layer = 0; layer < 32; layer++) {
+      rent.charge(2, 2048, tiles_excess_ms(2, 2048, 32, 128, 0.37, fwd));
+      rent.charge(2, 2048, tiles_excess_ms(2, 2048, 32, 128, 0.37, bwd));
+    }
+    CHECK(batches < 100);
+    if (batches >= 100) break;
+  }
+  CHECK(batches == 18);
+  CHECK(!rent.tiles(2, 2048) && rent.tiles(1, 8192) && rent.rent_ms(1, 8192) == 0.0);
   return test_result("packed_documents_test");
 }

@@ -318,8 +318,41 @@ void test_trimmed_rows(const std::string& model) {
       example_tokens += L;
     }
   }
-  Json a = train_job(model, g_tmp + "/cut"), b = train_job(model, g_tmp + "/whole");
-  for (Json* j : {&a, &b}) {
+  {   // the shape each micro-batch runs in: padding-free (one row) when it saves an eighth of the cut rows
+    auto is = [](RowsToRun r, int B, int T, bool e2e) { return r.B == B && r.T == T && r.end_to_end == e2e; };
+    MT_CHECK(is(rows_to_run({20, 15}, true, 64), 1, 48, true), "ends 20+15 of 64: one row of 48");
+    MT_CHECK(is(rows_to_run({64, 60}, true, 64), 2, 64, false), "ends 64, 60: 128 end to end saves nothing: cut rows");
+    MT_CHECK(is(rows_to_run({60, 50}, true, 64), 1, 112, true), "ends 60+50: 112 of 128, an eighth saved: end to end");
+    MT_CHECK(is(rows_to_run({20, 15}, false, 64), 2, 32, false), "a row starting mid-document: cut rows");
+    MT_CHECK(is(rows_to_run({20}, true, 64), 1, 32, false), "one row: cut");
+    MT_CHECK(is(rows_to_run({0, 0}, true, 64), 2, 16, false), "no targets: cut to one granule");
+    MT_CHECK(is(rows_to_run({9, 0, 30, 0}, true, 2048), 1, 256, true), "rows without targets add nothing");
+    setenv("NXFT_PADDING_FREE", "0", 1);
+    MT_CHECK(is(rows_to_run({20, 15}, true, 64), 2, 32, false), "NXFT_PADDING_FREE=0: cut rows");
+    unsetenv("NXFT_PADDING_FREE");
+    setenv("NXFT_TRIM_ROWS", "0", 1);
+    MT_CHECK(is(rows_to_run({20, 15}, true, 64), 2, 64, false), "NXFT_TRIM_ROWS=0: whole rows");
+    unsetenv("NXFT_TRIM_ROWS");
+    // The arrays: row 0's first 9 tokens (a document of 12, cut after its last target), then row 1's first 5 (a
+    // document of 3 and the first 2 of the next), then a padding document to 16 (token 0, no target, positions 0…).
+    const int T = 32;
+    std::vector<int32_t> tok(2 * T), tg(2 * T, -100), pos(2 * T);
+    for (int t = 0; t < 2 * T; t++) tok[size_t(t)] = 100 + t;
+    for (int t = 0; t < T; t++) pos[size_t(t)] = t < 12 ? t : t - 12;
+    for (int t = 0; t < T; t++) pos[size_t(T + t)] = t < 3 ? t : t - 3;
+    for (int t = 0; t < 9; t++) tg[size_t(t)] = t;
+    for (int t : {0, 1, 4}) tg[size_t(T + t)] = 50 + t;
+    const RowsToRun run = cut_rows_after_last_target(&tok, &tg, &pos, 2, T);
+    MT_CHECK(run.B == 1 && run.T == 16 && run.end_to_end && tok.size() == 16, "9 + 5 tokens of two rows of 32: one row of 16");
+    const std::vector<int32_t> want_tok = {100, 101, 102, 103, 104, 105, 106, 107, 108, 132, 133, 134, 135, 136, 0, 0};
+    const std::vector<int32_t> want_tg = {0, 1, 2, 3, 4, 5, 6, 7, 8, 50, 51, -100, -100, 54, -100, -100};
+    const std::vector<int32_t> want_pos = {0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 0, 1, 0, 1};
+    MT_CHECK(tok == want_tok && tg == want_tg && pos == want_pos, "end-to-end row's tokens, targets or positions differ");
+  }
+  // Three runs of the same job: padding-free (the default), cut rows (NXFT_PADDING_FREE=0), whole rows
+  // (NXFT_TRIM_ROWS=0). The same losses, eval loss and adapter; less work in that order.
+  Json a = train_job(model, g_tmp + "/free"), c = train_job(model, g_tmp + "/cut"), b = train_job(model, g_tmp + "/whole");
+  for (Json* j : {&a, &c, &b}) {
     Json shards = Json::array();
     shards.push(Json::string(g_tmp + "/unpacked.tokens.bin"));
     j->set("train_shards", shards).set("eval_shards", shards);   // eval batches are cut the same way
@@ -327,28 +360,42 @@ void test_trimmed_rows(const std::string& model) {
     const_cast<Json&>(j->at("lora")).set("dropout", Json::number(0));   // masks follow the layout
   }
   auto la = run_train(a);
+  setenv("NXFT_PADDING_FREE", "0", 1);
+  auto lc = run_train(c);
+  unsetenv("NXFT_PADDING_FREE");
   setenv("NXFT_TRIM_ROWS", "0", 1);
   auto lb = run_train(b);
   unsetenv("NXFT_TRIM_ROWS");
-  MT_CHECK(la.size() == 4 && lb.size() == 4, "cut and whole-row runs did not finish (%zu, %zu steps)", la.size(), lb.size());
-  for (size_t i = 0; i < la.size() && i < lb.size(); i++)
-    MT_CHECK(std::fabs(la[i] - lb[i]) <= 1e-6 * std::fabs(lb[i]), "step %zu: cut rows loss %.9g vs whole rows %.9g", i + 1, la[i], lb[i]);
-  const double eval_cut = Json::parse_file(g_tmp + "/cut/summary.json").at("final_eval_loss").as_number();
+  MT_CHECK(la.size() == 4 && lc.size() == 4 && lb.size() == 4, "runs did not finish (%zu, %zu, %zu steps)", la.size(),
+           lc.size(), lb.size());
+  for (size_t i = 0; i < lb.size(); i++) {
+    if (i < la.size())
+      MT_CHECK(std::fabs(la[i] - lb[i]) <= 1e-6 * std::fabs(lb[i]), "step %zu: padding-free loss %.9g vs whole rows %.9g", i + 1, la[i], lb[i]);
+    if (i < lc.size())
+      MT_CHECK(std::fabs(lc[i] - lb[i]) <= 1e-6 * std::fabs(lb[i]), "step %zu: cut rows loss %.9g vs whole rows %.9g", i + 1, lc[i], lb[i]);
+  }
   const double eval_whole = Json::parse_file(g_tmp + "/whole/summary.json").at("final_eval_loss").as_number();
-  MT_CHECK(std::fabs(eval_cut - eval_whole) <= 1e-6 * std::fabs(eval_whole), "eval loss on cut rows %.9g vs whole rows %.9g",
-           eval_cut, eval_whole);
+  for (const char* run : {"free", "cut"}) {
+    const double e = Json::parse_file(g_tmp + "/" + run + "/summary.json").at("final_eval_loss").as_number();
+    MT_CHECK(std::fabs(e - eval_whole) <= 1e-6 * std::fabs(eval_whole), "eval loss of the %s run %.9g vs whole rows %.9g",
+             run, e, eval_whole);
+  }
   const ModelConfig cfg = ModelConfig::load(model + "/config.json");
-  const LoraAdapter A = LoraAdapter::load_peft(g_tmp + "/cut", cfg), B = LoraAdapter::load_peft(g_tmp + "/whole", cfg);
-  double worst = 0, scale = 0;
-  for (size_t p = 0; p < A.pairs.size() && p < B.pairs.size(); p++)
-    for (auto [x, y] : {std::pair{&A.pairs[p].A, &B.pairs[p].A}, std::pair{&A.pairs[p].B, &B.pairs[p].B}})
-      for (size_t i = 0; i < x->size() && i < y->size(); i++) {
-        worst = std::max(worst, double(std::fabs((*x)[i] - (*y)[i])));
-        scale = std::max(scale, double(std::fabs((*y)[i])));
-      }
-  MT_CHECK(A.pairs.size() == B.pairs.size() && worst <= 1e-5 * scale, "cut rows' adapter differs from whole rows' by %.3g (largest %.3g)",
-           worst, scale);
-  // The work: every step of the cut run computes fewer tokens than its 4 rows × 64; the whole-row run all of them.
+  const LoraAdapter B = LoraAdapter::load_peft(g_tmp + "/whole", cfg);
+  for (const char* run : {"free", "cut"}) {
+    const LoraAdapter A = LoraAdapter::load_peft(g_tmp + "/" + run, cfg);
+    double worst = 0, scale = 0;
+    for (size_t p = 0; p < A.pairs.size() && p < B.pairs.size(); p++)
+      for (auto [x, y] : {std::pair{&A.pairs[p].A, &B.pairs[p].A}, std::pair{&A.pairs[p].B, &B.pairs[p].B}})
+        for (size_t i = 0; i < x->size() && i < y->size(); i++) {
+          worst = std::max(worst, double(std::fabs((*x)[i] - (*y)[i])));
+          scale = std::max(scale, double(std::fabs((*y)[i])));
+        }
+    MT_CHECK(A.pairs.size() == B.pairs.size() && worst <= 1e-5 * scale, "the %s run's adapter differs from whole rows' by %.3g (largest %.3g)",
+             run, worst, scale);
+  }
+  // The work: every step of the cut run computes fewer tokens than its 4 rows × 64, the padding-free run fewer
+  // again; the whole-row run all of them.
   auto computed = [&](const std::string& out) {
     std::vector<double> c;
     std::ifstream f(out + "/metrics.jsonl");
@@ -359,8 +406,17 @@ void test_trimmed_rows(const std::string& model) {
     }
     return c;
   };
-  for (double c : computed(g_tmp + "/cut")) MT_CHECK(c < 256, "a cut step computed %g tokens of 256 row tokens", c);
-  // data_tokens: the examples without their padding, whether rows are cut or not. 4 steps of 4 rows = 2 epochs.
+  const std::vector<double> free_c = computed(g_tmp + "/free"), cut_c = computed(g_tmp + "/cut");
+  for (double x : cut_c) MT_CHECK(x < 256, "a cut step computed %g tokens of 256 row tokens", x);
+  MT_CHECK(free_c.size() == 4 && cut_c.size() == 4, "the step events have no computed_tokens");
+  double free_sum = 0, cut_sum = 0;
+  for (size_t i = 0; i < free_c.size() && i < cut_c.size(); i++) {
+    MT_CHECK(free_c[i] <= cut_c[i], "step %zu: padding-free computed %g tokens, cut rows %g", i + 1, free_c[i], cut_c[i]);
+    free_sum += free_c[i];
+    cut_sum += cut_c[i];
+  }
+  MT_CHECK(free_sum < cut_sum, "padding-free computed %g tokens in all, no fewer than cut rows' %g", free_sum, cut_sum);
+  // data_tokens: the examples without their padding, however rows are laid out. 4 steps of 4 rows = 2 epochs.
   auto data = [&](const std::string& out) {
     double sum = 0;
     std::ifstream f(out + "/metrics.jsonl");
@@ -371,10 +427,10 @@ void test_trimmed_rows(const std::string& model) {
     }
     return sum;
   };
-  MT_CHECK(data(g_tmp + "/cut") == 2.0 * double(example_tokens) && data(g_tmp + "/whole") == 2.0 * double(example_tokens),
-           "data tokens: cut %g, whole %g, want %g", data(g_tmp + "/cut"), data(g_tmp + "/whole"), 2.0 * double(example_tokens));
-  for (double c : computed(g_tmp + "/whole")) MT_CHECK(c == 256, "a whole-row step computed %g tokens, not 256", c);
-  MT_CHECK(computed(g_tmp + "/cut").size() == 4, "the cut run's step events have no computed_tokens");
+  for (const char* run : {"free", "cut", "whole"})
+    MT_CHECK(data(g_tmp + "/" + run) == 2.0 * double(example_tokens), "data tokens of the %s run: %g, want %g", run,
+             data(g_tmp + "/" + run), 2.0 * double(example_tokens));
+  for (double x : computed(g_tmp + "/whole")) MT_CHECK(x == 256, "a whole-row step computed %g tokens, not 256", x);
 }
 
 void test_shard_errors() {

@@ -51,4 +51,13 @@ int ragged_max_len(int longest, int T, RaggedLen how) {
   return how == RaggedLen::Row ? T : std::min(T, std::max(64, pow2_at_least(longest)));
 }
 
+bool TilesRent::tiles(int B, int T) { return rent_ms(B, T) < kCudnnFirstUseMs; }
+
+double tiles_excess_ms(int B, int T, int NH, int HD, double fraction, double share) {
+  // per layer at 8B 2×2048: 103 ms / 32 layers per unit of fraction, over 2·2048²/2 causal pairs × 4096 columns
+  constexpr double kMsPerPairColumn = 103.0 / 32.0 / (2.0 * 2048.0 * 2048.0 / 2.0) / 4096.0;
+  const double pairs = double(B) * double(T) * double(T) / 2.0;
+  return std::max(0.0, fraction - kTilesMaxWorkFraction) * kMsPerPairColumn * pairs * double(NH) * HD * share;
+}
+
 }  // namespace nxft

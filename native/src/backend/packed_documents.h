@@ -3,6 +3,8 @@
 // ragged attention (backend/cuda/packed_docs.h).
 #pragma once
 #include <cstdint>
+#include <map>
+#include <utility>
 #include <vector>
 
 namespace nxft {
@@ -36,5 +38,35 @@ constexpr double kTilesMaxWorkFraction = 0.2;
 // batches of 33–52 documents, where the one batch of 26 built a graph of 32 at step 44).
 int ragged_batch_size(int documents, int largest_so_far = 0);
 int ragged_max_len(int longest, int T, RaggedLen how);
+
+// Which kernels a packed batch past kTilesMaxWorkFraction takes, by ski rental. cuDNN's first batch of a shape builds
+// and times its graphs (about 0.3 s): worth it for a dataset of long documents, whose every batch is past the
+// threshold, not for one whose long batches are rare (Alpaca packed to 2048: one in 51) or small (padding-free rows
+// of a few short examples, a new length nearly every step). So such a batch starts on the tile kernels, and what
+// each of its attention calls is estimated to lose against cuDNN (tiles_excess_ms) is added up for its shape
+// (B, T); once a shape's sum reaches cuDNN's first-use cost, its batches take cuDNN. A run then spends at most
+// about twice what the better choice in hindsight would have.
+class TilesRent {
+ public:
+  // A new batch of B rows of T past the threshold: true = the tile kernels, false = cuDNN (the rent is paid).
+  bool tiles(int B, int T);
+  // One attention call of such a batch ran on the tile kernels: its estimated loss against cuDNN (ms).
+  void charge(int B, int T, double ms) { rent_ms_[{B, T}] += ms; }
+  double rent_ms(int B, int T) const {
+    auto it = rent_ms_.find({B, T});
+    return it == rent_ms_.end() ? 0.0 : it->second;
+  }
+
+ private:
+  std::map<std::pair<int, int>, double> rent_ms_;   // per shape: lost on the tile kernels so far (ms)
+};
+// cuDNN's first use of a packed shape: its forward and backward graphs built and their plans timed (sessions 10–11:
+// about 0.3 s on an H200).
+constexpr double kCudnnFirstUseMs = 300.0;
+// What one layer's attention (forward and backward) on the tile kernels is estimated to lose against cuDNN, for B
+// rows of T with this work fraction and NH·HD query columns; `share` is the call's part of it (forward 1/3.5,
+// backward 2.5/3.5, as their FLOPs). Session 10's H200 figures: the tiles take about 103 ms per unit of fraction a
+// step at 8B 2×2048 (32 layers of 32 heads of 128), and cuDNN the same as the tiles at kTilesMaxWorkFraction.
+double tiles_excess_ms(int B, int T, int NH, int HD, double fraction, double share);
 
 }  // namespace nxft

@@ -56,8 +56,8 @@ int cmd_eval(const Json& job, const std::string& job_path) {
       for (int t = 0; t < T; t++) n += targets[size_t(i) * T + t] != -100;
     }
     if (n == 0) continue;
-    const int T2 = cut_rows_after_last_target(&tokens, &targets, &positions, b, T);   // as train's eval batches
-    sum += model.forward_loss(Batch{tokens.data(), targets.data(), positions.data(), b, T2});
+    const RowsToRun run = cut_rows_after_last_target(&tokens, &targets, &positions, b, T);   // as train's eval batches
+    sum += model.forward_loss(Batch{tokens.data(), targets.data(), positions.data(), run.B, run.T});
     count += n;
     emit_progress("eval", double(r0 + b), double(shards.rows()), "rows");
   }

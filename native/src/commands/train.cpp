@@ -129,16 +129,21 @@ struct HostRows {   // B rows of T, as the three shard arrays
     }
     return n;
   }
-  // The rows up to their last target (train/shards.h): the same loss and gradients for less work.
-  void cut_after_last_target() { T = cut_rows_after_last_target(&tokens, &targets, &positions, B, T); }
+  // The rows up to their last targets, padding-free (end to end in one row) when that saves work (train/shards.h):
+  // the same loss and gradients for less work.
+  void cut_after_last_target() {
+    const RowsToRun run = cut_rows_after_last_target(&tokens, &targets, &positions, B, T);
+    B = run.B;
+    T = run.T;
+  }
 };
 
 // The tokens of the largest batch this rank runs: its training micro-batches of steps [first_step, total_steps) and
-// its eval batches (evaluate, above), each cut after its rows' last targets (train/shards.h). Activation buffers are
-// reserved for it before step 1: memory then follows what the steps compute (with unpacked rows, one example padded
-// to max_seq_len, far less than whole rows, as collators that pad to the batch's longest), and a run that does not
-// fit still fails at step 1, not when its longest example comes. Each row's targets are read once, from the end (a
-// packed row answers from its last chunk).
+// its eval batches (evaluate, above), each cut after its rows' last targets or laid end to end (rows_to_run,
+// train/shards.h). Activation buffers are reserved for it before step 1: memory then follows what the steps compute
+// (with unpacked rows, one example padded to max_seq_len, far less than whole rows, as padding-free collators), and
+// a run that does not fit still fails at step 1, not when its longest example comes. Each row's targets are read
+// once, from the end (a packed row answers from its last chunk), and its first position once.
 int64_t largest_batch_tokens(const ShardSet& train, const ShardSet* eval, RowOrder& order, int64_t first_step,
                              int64_t total_steps, int GA, int B, int B_rank, int rank, int W) {
   const int T = train.seq_len();
@@ -147,29 +152,41 @@ int64_t largest_batch_tokens(const ShardSet& train, const ShardSet* eval, RowOrd
     if (eval) largest = std::max(largest, int64_t(std::min<int64_t>(B, eval->rows())) * eval->seq_len());
     return largest;
   }
-  std::vector<int> end(size_t(train.rows()), -1);
-  int longest = 0;
-  for (int64_t step = first_step; step < total_steps && longest < T; step++)
-    for (int m = 0; m < GA; m++) {
-      int need = 0;
-      for (int b = 0; b < B_rank; b++) {
-        const int64_t row = micro_batch_row(order, step, m, b, GA, B, B_rank, rank);
-        int& e = end[size_t(row)];
-        if (e < 0) e = train.targets_end(row, trim_granule(T));
-        need = std::max(need, e);
+  // A batch's tokens as it runs, from its rows' ends (cached: a row is read once however often it comes).
+  auto run_tokens = [](const ShardSet& s, std::vector<int>& end, std::vector<signed char>& starts,
+                       const std::vector<int64_t>& rows) {
+    std::vector<int> ends;
+    bool all_start = true;
+    for (int64_t row : rows) {
+      if (end[size_t(row)] < 0) {
+        end[size_t(row)] = s.targets_end(row, trim_granule(s.seq_len()));
+        starts[size_t(row)] = s.starts_document(row) ? 1 : 0;
       }
-      longest = std::max(longest, trimmed_length_for(need, T));
+      ends.push_back(end[size_t(row)]);
+      all_start = all_start && starts[size_t(row)] == 1;
     }
-  largest = int64_t(B_rank) * std::max(longest, std::min(T, trim_granule(T)));
+    const RowsToRun run = rows_to_run(ends, all_start, s.seq_len());
+    return int64_t(run.B) * run.T;
+  };
+  std::vector<int> end(size_t(train.rows()), -1);
+  std::vector<signed char> starts(size_t(train.rows()), -1);
+  largest = 0;
+  std::vector<int64_t> rows(static_cast<size_t>(B_rank));
+  for (int64_t step = first_step; step < total_steps && largest < int64_t(B_rank) * T; step++)   // whole rows: no more
+    for (int m = 0; m < GA; m++) {
+      for (int b = 0; b < B_rank; b++) rows[size_t(b)] = micro_batch_row(order, step, m, b, GA, B, B_rank, rank);
+      largest = std::max(largest, run_tokens(train, end, starts, rows));
+    }
   if (eval) {
-    const int Te = eval->seq_len();
+    std::vector<int> eval_end(size_t(eval->rows()), -1);
+    std::vector<signed char> eval_starts(size_t(eval->rows()), -1);
     for (auto [first, last] : eval_batches(*eval, B, W, rank)) {
-      int need = 0;
-      for (int64_t r = first; r < last; r++) need = std::max(need, eval->targets_end(r, trim_granule(Te)));
-      if (need > 0) largest = std::max(largest, (last - first) * trimmed_length_for(need, Te));
+      std::vector<int64_t> eval_rows;
+      for (int64_t r = first; r < last; r++) eval_rows.push_back(r);
+      largest = std::max(largest, run_tokens(*eval, eval_end, eval_starts, eval_rows));
     }
   }
-  return largest;
+  return std::max<int64_t>(largest, 1);
 }
 
 void read_rows(const ShardSet& s, const std::vector<int64_t>& rows, HostRows* out) {

@@ -109,6 +109,15 @@ int64_t ShardSet::count_targets(int64_t index) const {
   return n;
 }
 
+bool ShardSet::starts_document(int64_t index) const {
+  int64_t r = 0;
+  const File& f = file_of(index, &r);
+  const int T = seq_len_;
+  unsigned char buf[4];
+  read_exact(f.fd, buf, 4, kHeader + uint64_t(r) * uint64_t(T) * 12 + uint64_t(T) * 8, f.path);   // positions[0]
+  return int32_t(le32(buf)) == 0;
+}
+
 int ShardSet::targets_end(int64_t index, int chunk) const {
   int64_t r = 0;
   const File& f = file_of(index, &r);
@@ -142,23 +151,63 @@ int trimmed_row_length(const int32_t* targets, int B, int T) {
   return trimmed_length_for(need, T);
 }
 
-bool trim_rows_enabled() {
-  const char* e = std::getenv("NXFT_TRIM_ROWS");
+static bool env_switch(const char* name) {   // unset or 1: on; 0: off
+  const char* e = std::getenv(name);
   if (!e || !*e) return true;
   if (std::string(e) != "0" && std::string(e) != "1")
-    throw EngineError(std::string("environment NXFT_TRIM_ROWS=\"") + e + "\": must be 0 or 1", "", "NXFT_TRIM_ROWS");
+    throw EngineError(std::string("environment ") + name + "=\"" + e + "\": must be 0 or 1", "", name);
   return std::string(e) == "1";
 }
+bool trim_rows_enabled() { return env_switch("NXFT_TRIM_ROWS"); }
+bool padding_free_enabled() { return env_switch("NXFT_PADDING_FREE"); }
 
-int cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,
-                               std::vector<int32_t>* positions, int B, int T) {
-  if (!trim_rows_enabled()) return T;
-  const int T2 = trimmed_row_length(targets->data(), B, T);
-  for (auto* a : {tokens, targets, positions}) {
-    for (int b = 1; b < B; b++) std::copy_n(a->begin() + ptrdiff_t(b) * T, T2, a->begin() + ptrdiff_t(b) * T2);
-    a->resize(size_t(B) * T2);
+RowsToRun rows_to_run(const std::vector<int>& ends, bool rows_start_documents, int T) {
+  const int B = int(ends.size());
+  if (!trim_rows_enabled()) return {B, T, false};
+  int64_t need = 0, total = 0;
+  for (int e : ends) {
+    need = std::max<int64_t>(need, e);
+    total += e;
   }
-  return T2;
+  const RowsToRun cut{B, trimmed_length_for(int(need), T), false};
+  if (B < 2 || total == 0 || !rows_start_documents || !padding_free_enabled()) return cut;
+  const int64_t granule = trim_granule(T), length = (total + granule - 1) / granule * granule;
+  if (length * 8 > int64_t(cut.B) * cut.T * 7 || length > INT32_MAX) return cut;
+  return {1, int(length), true};
+}
+
+RowsToRun cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,
+                                     std::vector<int32_t>* positions, int B, int T) {
+  std::vector<int> ends(static_cast<size_t>(B), 0);
+  bool starts = true;
+  for (int b = 0; b < B; b++) {
+    const int32_t* tg = targets->data() + size_t(b) * T;
+    for (int t = T - 1; t >= 0; t--)
+      if (tg[t] != -100) {
+        ends[size_t(b)] = t + 1;
+        break;
+      }
+    starts = starts && (*positions)[size_t(b) * T] == 0;
+  }
+  const RowsToRun run = rows_to_run(ends, starts, T);
+  if (run.end_to_end) {   // row b's first ends[b] tokens go to offset Σ ends[<b]: never past their source, so in place
+    size_t at = 0;
+    for (int b = 0; b < B; b++) {
+      for (auto* a : {tokens, targets, positions})
+        std::copy_n(a->begin() + ptrdiff_t(b) * T, ends[size_t(b)], a->begin() + ptrdiff_t(at));
+      at += size_t(ends[size_t(b)]);
+    }
+    for (size_t t = at; t < size_t(run.T); t++) {   // the padding document: token 0 (any id: no target, nothing reads it)
+      (*tokens)[t] = 0;
+      (*targets)[t] = -100;
+      (*positions)[t] = int32_t(t - at);
+    }
+  } else if (run.T != T) {
+    for (auto* a : {tokens, targets, positions})
+      for (int b = 1; b < B; b++) std::copy_n(a->begin() + ptrdiff_t(b) * T, run.T, a->begin() + ptrdiff_t(b) * run.T);
+  }
+  for (auto* a : {tokens, targets, positions}) a->resize(size_t(run.B) * run.T);
+  return run;
 }
 
 }  // namespace nxft

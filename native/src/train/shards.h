@@ -28,6 +28,8 @@ class ShardSet {
   // The index after a row's last target (0 for a row without one), reading its targets from the end in chunks of
   // `chunk` tokens: a packed row answers from its last chunk.
   int targets_end(int64_t index, int chunk) const;
+  // Whether a row starts a document (its first position is 0), reading that one value.
+  bool starts_document(int64_t index) const;
 
  private:
   struct File {
@@ -54,9 +56,26 @@ int trimmed_length_for(int need, int T);
 int trim_granule(int T);
 // False under NXFT_TRIM_ROWS=0 (an A/B switch: rows stay whole); throws on other values than 0 and 1.
 bool trim_rows_enabled();
-// B rows of T in three (B·T) arrays, cut to trimmed_row_length and packed again as (B, T2); returns T2. With
-// NXFT_TRIM_ROWS=0 in the environment (an A/B switch) the rows stay whole and T comes back.
-int cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,
-                               std::vector<int32_t>* positions, int B, int T);
+// How a micro-batch of B rows of T runs, from each row's end (its last target's index + 1, 0 without one):
+//   - whole rows, under NXFT_TRIM_ROWS=0 (an A/B switch);
+//   - cut: every row cut at trimmed_length_for(the largest end);
+//   - padding-free: every row cut at its OWN end and the rows laid end to end in one row of their total length,
+//     rounded up to the granule (the rest one padding document: no targets, its own positions). Taken when it
+//     saves at least an eighth of the cut rows' tokens, which unpacked rows (one example each, mostly padding) do
+//     and packed rows (full to their end) do not, and only when every row starts a document (position 0), so no
+//     document runs on into the next row's tokens. NXFT_PADDING_FREE=0 keeps the cut rows (an A/B switch).
+// Each document still attends to itself alone, RoPE reads the same positions, the same targets carry the loss: the
+// loss and gradients of whole rows, up to the order of sums. TRL's padding_free collator does the same; Unsloth
+// turns it on by itself.
+struct RowsToRun {
+  int B = 0, T = 0;
+  bool end_to_end = false;   // padding-free: one row (B = 1)
+};
+RowsToRun rows_to_run(const std::vector<int>& ends, bool rows_start_documents, int T);
+// False under NXFT_PADDING_FREE=0; throws on other values than 0 and 1.
+bool padding_free_enabled();
+// B rows of T in three (B·T) arrays, rearranged as rows_to_run says; returns the rows' new shape.
+RowsToRun cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<int32_t>* targets,
+                                     std::vector<int32_t>* positions, int B, int T);
 
 }  // namespace nxft

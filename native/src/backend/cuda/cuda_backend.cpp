@@ -97,8 +97,9 @@ class CudaBackend : public Backend {
     const char* packed = std::getenv("NXFT_CUDNN_PACKED");  // 0: packed documents take the portable kernels
     cudnn_packed_ = !(packed && std::string(packed) == "0");
     // Packed documents take the tensor-core tile kernels (attention_tiles.cu) when their tiles are at most
-    // kTilesMaxWorkFraction of a whole row's (short documents), else cuDNN's ragged attention. NXFT_ATTN_TILES=1
-    // sends every packed batch to the tiles, =0 none (A/B switches; cuda_parity runs both).
+    // kTilesMaxWorkFraction of a whole row's (short documents), else cuDNN's ragged attention once the shape's
+    // rent is paid (tiles_take). NXFT_ATTN_TILES=1 sends every packed batch to the tiles, =0 none (A/B switches;
+    // cuda_parity runs both).
     if (const char* tiles = std::getenv("NXFT_ATTN_TILES"); tiles && *tiles) {
       const std::string t = tiles;
       if (t != "auto" && t != "0" && t != "1") throw EngineError("NXFT_ATTN_TILES: '" + t + "' is not auto, 0 or 1");
@@ -640,7 +641,7 @@ class CudaBackend : public Backend {
     need(q, DType::BF16, "attention q");
     need(lse, DType::F32, "attention lse");
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
-    if (Tq == Tk && Tk == Tk_stride && q_offset == 0 && tiles_take(doc_start, B, Tq, NH, NKV, HD, ld, {out.ptr, q.ptr, k.ptr, v.ptr})) {
+    if (Tq == Tk && Tk == Tk_stride && q_offset == 0 && tiles_take(doc_start, B, Tq, NH, NKV, HD, ld, 1.0 / 3.5, {out.ptr, q.ptr, k.ptr, v.ptr})) {
       launch_attention_tiles_forward(static_cast<bf16*>(out.ptr), static_cast<float*>(lse.ptr),
                                      static_cast<const bf16*>(q.ptr), static_cast<const bf16*>(k.ptr),
                                      static_cast<const bf16*>(v.ptr), static_cast<const int32_t*>(doc_start.ptr), B,
@@ -693,7 +694,7 @@ class CudaBackend : public Backend {
                           const AttnPitch& p) override {
     Timer tm(this, "attention_backward", attention_flops(B, T, NH, HD, 2.5));
     const AttnLd ld = attn_ld(p, NH, NKV, HD);
-    if (tiles_take(doc_start, B, T, NH, NKV, HD, ld, {dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr})) {
+    if (tiles_take(doc_start, B, T, NH, NKV, HD, ld, 2.5 / 3.5, {dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr})) {
       float* delta = static_cast<float*>(scratch(4, (size_t)B * NH * T * 4));
       float* dq_acc = static_cast<float*>(scratch(8, (size_t)B * T * NH * HD * 4));
       launch_attention_tiles_backward(static_cast<bf16*>(dq.ptr), static_cast<bf16*>(dk.ptr), static_cast<bf16*>(dv.ptr),
@@ -1129,8 +1130,10 @@ class CudaBackend : public Backend {
   // Packed documents (a doc_start uploaded from the host, not all zero) of contiguous documents, in a layout the
   // tensor-core tile kernels take (attention_tiles.cu: head_dim 64 or 128, 16-byte rows), short enough for them
   // (tile_work_fraction, packed_documents.h) unless NXFT_ATTN_TILES says otherwise. Contiguity (find_documents)
-  // bounds the tiles. Both are found once per upload.
-  bool tiles_take(const Tensor& doc_start, int B, int T, int NH, int NKV, int HD, const AttnLd& ld,
+  // bounds the tiles. Both are found once per upload. A batch past the fraction stays on the tiles until its
+  // shape's rent is paid (TilesRent: cuDNN's first use costs more than rare or small batches lose on the tiles), or
+  // for good where cuDNN's ragged attention is not there. `share`: the call's part of a layer's attention work.
+  bool tiles_take(const Tensor& doc_start, int B, int T, int NH, int NKV, int HD, const AttnLd& ld, double share,
                   std::initializer_list<const void*> ptrs) {
     if (tiles_mode_ == kTilesNever || !attention_tiles_apply(HD, NH, NKV, ld, ptrs)) return false;
     auto it = index_copy_.find(static_cast<int32_t*>(doc_start.ptr));
@@ -1140,10 +1143,24 @@ class CudaBackend : public Backend {
       const std::vector<int32_t>& ds = it->second.values;
       std::vector<int32_t> starts;
       int longest = 0;
-      tiles_upload_takes_ = find_documents(ds.data(), B, T, &starts, &longest) &&
-                            (tiles_mode_ == kTilesAlways || tile_work_fraction(ds.data(), B, T) <= kTilesMaxWorkFraction);
+      tiles_upload_fraction_ = 0;
+      tiles_upload_takes_ = find_documents(ds.data(), B, T, &starts, &longest);
+      if (tiles_upload_takes_ && tiles_mode_ == kTilesAuto) {
+        tiles_upload_fraction_ = tile_work_fraction(ds.data(), B, T);
+        tiles_upload_takes_ = tiles_upload_fraction_ <= kTilesMaxWorkFraction || !cudnn_packed_here() ||
+                              tiles_rent_.tiles(B, T);
+      }
     }
+    if (tiles_upload_takes_ && tiles_upload_fraction_ > kTilesMaxWorkFraction)
+      tiles_rent_.charge(B, T, tiles_excess_ms(B, T, NH, HD, tiles_upload_fraction_, share));
     return tiles_upload_takes_;
+  }
+  bool cudnn_packed_here() const {
+#if defined(NXFT_HAVE_CUDNN)
+    return cudnn_ != nullptr && cudnn_packed_;
+#else
+    return false;
+#endif
   }
   bool index_all_zero(const Tensor& t, size_t n) const {
     auto it = zero_index_.find(static_cast<int32_t*>(t.ptr));
@@ -1212,7 +1229,9 @@ class CudaBackend : public Backend {
   size_t scratch_bytes_[9] = {};
   enum { kTilesAuto, kTilesAlways, kTilesNever } tiles_mode_ = kTilesAuto;   // NXFT_ATTN_TILES
   uint64_t tiles_checked_upload_ = 0;   // the doc_start upload last checked for the tile kernels …
-  bool tiles_upload_takes_ = false;     // … and whether they take it
+  bool tiles_upload_takes_ = false;     // … whether they take it …
+  double tiles_upload_fraction_ = 0;    // … and its tile_work_fraction (0 unless NXFT_ATTN_TILES is auto)
+  TilesRent tiles_rent_;                // the batches past kTilesMaxWorkFraction: what they lost on the tiles
   double* d_sum_ = nullptr;
   std::map<const void*, Bf16Copy> bf16_cache_;
   std::map<void*, void*> host_tables_;     // alloc_gather_table: device pointer → its page-locked host allocation
