@@ -3,11 +3,12 @@
 #   1. cuda_parity with packed documents on the tile kernels (attention_tiles.cu, the default; a failure stops the
 #      call here) and on cuDNN's ragged attention (NXFT_ATTN_TILES=0);
 #   2. cuda_train_bench (random 8B-shaped weights): single-document and packed rows at 2×2048 and 1×8192
-#      checkpointed (the bar: packed ≥ 0.95× single-document), and packed rows whose head shape changes every step
-#      (":vary", as on the real path);
+#      checkpointed (the bar: packed ≥ 0.95× single-document; the packed plans warm up until their attention path
+#      has settled, TilesRent);
 #   3. the real path (bench/real-path-gpu.sh: the shards stage's packed Alpaca rows, the adapter stage's own train
-#      job, an 8B bf16 base on local disk): ours at 2×2048, 1×8192 checkpointed and unpacked 8×1024, then Unsloth
-#      on the same rows (the tiles-or-cuDNN A/B of session 10 is settled: bench/results/cuda-h200-2026-12-03-s11);
+#      job, an 8B bf16 base on local disk): ours at 2×2048, 1×8192 checkpointed and unpacked 8×1024 (padding-free),
+#      then Unsloth on the same rows (unpacked: padded to the batch's longest; its padding-free layout ran 2× slower
+#      here, bench/results/cuda-h200-2026-12-03-s12);
 #   4. HF + PEFT eager at 2×2048 (.carry/hf_peft_baseline.py), and the 50-step CPU↔CUDA compare, as time allows.
 #   run(command="bash bench/issue11-table.sh", carry=["native/build-carry", ".carry"])
 # native/build-carry from bench/build-carry.sh (built here instead when the carried binaries do not run); .carry as
@@ -42,13 +43,13 @@ if ! grep -q '^PASS' $R/parity.md; then   # no timings of a path that disagrees 
   exit 1
 fi
 log "cuda_train_bench, 32 layers"
-timeout 240 "$B/cuda_train_bench" bench 2x2048x0 2x2048x0:packed 1x8192x1 1x8192x1:packed 2x2048x0:packed:vary \
-  > $R/bench.txt 2> $R/bench.err
+timeout 240 "$B/cuda_train_bench" bench 2x2048x0 2x2048x0:packed 1x8192x1 1x8192x1:packed > $R/bench.txt 2> $R/bench.err
+grep "tile work fraction" $R/bench.err | tee -a $R/log.txt
 grep '^{' $R/bench.txt | tee -a $R/log.txt
 log "real path, ours"
 STEPS=60 ENGINE=$B/finetune-engine OUT=$R/rp PHASE=ours JOBS="rp-2048 rp-8192 rp-1024-unpacked" bash bench/real-path-gpu.sh > $R/rp.log 2>&1
-log "real path, Unsloth rp-2048"
-STEPS=60 PEER_TIMEOUT=150 OUT=$R/rp PHASE=peer JOBS="rp-2048" bash bench/real-path-gpu.sh > $R/peer.log 2>&1
+log "real path, Unsloth rp-2048 and rp-1024-unpacked (padded to the batch's longest: its faster layout here)"
+STEPS=60 PEER_TIMEOUT=150 OUT=$R/rp PHASE=peer JOBS="rp-2048 rp-1024-unpacked" PEER_LAYOUTS=padded bash bench/real-path-gpu.sh > $R/peer.log 2>&1
 if [ "$(left)" -gt 70 ]; then
   log "HF + PEFT eager, 2×2048"
   (cd /tmp && OUT=/tmp PLAN=2x2048x0 PYTHONUNBUFFERED=1 timeout 100 python3 "$ROOT/.carry/hf_peft_baseline.py" > $R/hf-eager.txt 2>&1)

@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/packed_documents.h"
 #include "model/config.h"
 #include "model/lora.h"
 #include "model/transformer.h"
@@ -413,9 +414,23 @@ int run_bench(int argc, char** argv) {
         return d;
       };
       // Packed rows of long documents (past kTilesMaxWorkFraction) run on the tile kernels until their shape's rent
-      // of cuDNN's first use is paid (TilesRent, packed_documents.h): about 15 steps at 2×2048, 2 at 1×8192. The
-      // timed steps come after, as in a run of hundreds of steps.
-      const int plan_warm = has(":packed") ? std::max(warm, 20) : warm;
+      // of cuDNN's first use is paid (TilesRent, packed_documents.h), which takes 30 steps at 2×2048 of these rows
+      // (fraction about 0.3) and 2 at 1×8192. The warm-up covers it, so the timed steps come after the switch, as
+      // in a run of hundreds of steps; tiles_excess_ms gives the rent a step pays, as the backend reckons it.
+      int plan_warm = warm;
+      if (has(":packed") && !std::getenv("NXFT_ATTN_TILES")) {
+        std::vector<int32_t> ds(rows.positions.size());
+        for (int b = 0; b < B; b++)   // as Transformer::upload_batch: position 0 (or the row's start) starts a document
+          for (int t = 0, start = 0; t < T; t++) {
+            if (t == 0 || rows.positions[size_t(b) * T + t] == 0) start = t;
+            ds[size_t(b) * T + t] = start;
+          }
+        const double fraction = tile_work_fraction(ds.data(), B, T);
+        const double per_step = layers * (ck ? 1.0 + 1.0 / 3.5 : 1.0) *
+                                tiles_excess_ms(B, T, cfg.num_heads, cfg.head_dim, fraction, 1.0);
+        if (per_step > 0) plan_warm += int(std::ceil(kCudnnFirstUseMs / per_step)) + 1;
+        std::fprintf(stderr, "[bench] %s: tile work fraction %.3f, %d warm steps\n", plans[pi].c_str(), fraction, plan_warm);
+      }
       for (int s = 0; s < plan_warm; s++) loss = tr.train_step(batch(s), 1e-4, &gn);
       be->synchronize();
       auto t2 = std::chrono::steady_clock::now();
