@@ -4,8 +4,9 @@
 #   python3 bench/trim-rows-cpu.py [JOB_DIR] [T]    (JOB_DIR default .carry/real-path/rp-2048, T default 1024)
 # The examples are the real ones of JOB_DIR's shard (bench/real-path.ts: the shards stage's Alpaca 2k rows, Llama-3
 # tokenizer, prompt tokens without targets), each put alone in a row of T as the shards stage does without packing,
-# ids folded into stories260K's 512-token vocabulary. The same `train` job runs with NXFT_TRIM_ROWS=0 (whole rows)
-# and by default (rows cut after the step's last target); the losses must be equal.
+# ids folded into stories260K's 512-token vocabulary. The same `train` job runs with NXFT_TRIM_ROWS=0 (whole rows),
+# NXFT_PADDING_FREE=0 (rows cut after the batch's last target) and by default (padding-free: each row cut after its
+# own last target, the rows end to end in one); the losses must agree.
 import json, os, struct, sys, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine_events import EngineRun
@@ -43,8 +44,8 @@ with open(shard, "wb") as f:
         for a in r:
             f.write(struct.pack(f"<{T}i", *a))
 
-def run(trim):
-    out = os.path.join(tmp, f"out-{trim}")
+def run(trim, padding_free="1"):
+    out = os.path.join(tmp, f"out-{trim}-{padding_free}")
     job = {"command": "train", "base": model, "train_shards": [shard], "eval_shards": [], "out": out, "backend": "cpu",
            "threads": 2, "lora": {"r": 16, "alpha": 16, "dropout": 0, "targets": ["q_proj", "k_proj", "v_proj", "o_proj",
            "gate_proj", "up_proj", "down_proj"], "rslora": False, "init_adapter": None}, "quantize_base": None,
@@ -52,21 +53,25 @@ def run(trim):
                      "batch_size": B, "grad_accum": 1, "optimizer": "adamw", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                      "weight_decay": 0, "max_grad_norm": 1, "gradient_checkpointing": False, "eval_every": 0,
                      "save_every": 0, "resume": False, "shuffle": True}, "base_model_name_or_path": "stories260K"}
-    path = os.path.join(tmp, f"job-{trim}.json")
+    path = os.path.join(tmp, f"job-{trim}-{padding_free}.json")
     json.dump(job, open(path, "w"))
     os.environ["NXFT_TRIM_ROWS"] = trim
+    os.environ["NXFT_PADDING_FREE"] = padding_free
     steps = [(t, e) for t, e in EngineRun(engine, "train", path) if e.get("event") == "step"]
     assert len(steps) == STEPS, f"engine failed (NXFT_TRIM_ROWS={trim})"
     dt = (steps[-1][0] - steps[WARM - 1][0]) / (STEPS - WARM)
     comp = sum(e["computed_tokens"] for _, e in steps[WARM:]) / (STEPS - WARM)
     return dt, comp, [e["loss"] for _, e in steps]
 
-whole, cut = run("0"), run("1")
+whole, cut, free = run("0"), run("1", "0"), run("1", "1")
 real = sum(min(len(t), T) for t, _ in docs) / len(docs) * B
 print(f"\nUnpacked rows of {T} ({len(rows)} Alpaca examples, {real / B:.0f} tokens each on average), stories260K, CPU, 2 threads, "
       f"batch {B}, LoRA r16 on all seven projections, steady steps {WARM + 1}–{STEPS}\n")
-print("| rows | step s | computed tokens per step | example tokens per s | losses equal |")
+print("| rows | step s | computed tokens per step | example tokens per s | losses against whole rows |")
 print("|---|---|---|---|---|")
-for name, (dt, comp, losses) in (("whole (NXFT_TRIM_ROWS=0)", whole), ("cut after the last target (default)", cut)):
-    print(f"| {name} | {dt:.4f} | {comp:,.0f} of {B * T:,} | {real / dt:,.0f} | {'yes' if losses == whole[2] else 'NO'} |")
-print(f"\ncut ÷ whole: {whole[0] / cut[0]:.2f}× the steps per second")
+rel = lambda a, b: max(abs(x - y) / abs(y) for x, y in zip(a, b))
+for name, (dt, comp, losses) in (("whole (NXFT_TRIM_ROWS=0)", whole), ("cut after the batch's last target (NXFT_PADDING_FREE=0)", cut),
+                                 ("padding-free: each row cut after its own, end to end (default)", free)):
+    same = "bit for bit" if losses == whole[2] else f"within {rel(losses, whole[2]):.1e}"
+    print(f"| {name} | {dt:.4f} | {comp:,.0f} of {B * T:,} | {real / dt:,.0f} | {same} |")
+print(f"\ncut ÷ whole: {whole[0] / cut[0]:.2f}× the steps per second; padding-free ÷ whole: {whole[0] / free[0]:.2f}×, ÷ cut: {cut[0] / free[0]:.2f}×")

@@ -1,0 +1,1 @@
+R=/tmp/issue11; nvidia-smi -L; STEPS=8 PEER_TIMEOUT=150 OUT=$R/rp PHASE=peer JOBS="rp-8192" bash bench/real-path-gpu.sh > $R/peer8k.log 2>&1; grep "^{" $R/rp/peer.jsonl | tail -1; python3 bench/real-path-table.py $R/rp > $OUT/real-path-table.md; cat $OUT/real-path-table.md; cp $R/rp/peer.jsonl $OUT/
