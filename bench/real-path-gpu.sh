@@ -33,7 +33,7 @@ if [ "$PHASE" = all ] || [ "$PHASE" = ours ]; then
   for j in $JOBS; do
     log "ours: $j"
     rm -rf "/tmp/rp-out-$j"
-    python3 "$ROOT/bench/real_path_run.py" "$ENGINE" "$RP/$j" "$BASE" "/tmp/rp-out-$j" >> "$OUT/ours.jsonl" 2> "$OUT/ours-$j${TAG:+-$TAG}.err"
+    python3 "$ROOT/bench/real_path_run.py" "$ENGINE" "$RP/$j" "$BASE" "/tmp/rp-out-$j" >> "$OUT/ours.jsonl" 2> "$OUT/ours-$j$(tr -c 'A-Za-z0-9_=\n' - <<< "${TAG:+-$TAG}").err"
     tail -3 "$OUT/ours-$j.err" >&2; tail -1 "$OUT/ours.jsonl" >&2
   done
 fi

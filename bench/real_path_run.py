@@ -1,6 +1,6 @@
 # real_path_run.py — runs one real-path train job (bench/real-path.ts wrote it: the adapter stage's job over the
 # shards stage's packed rows) with the engine on the GPU machine, and prints one JSON line of timings.
-#   [STEPS=N] [WARM=4] [TAG=label] python3 bench/real_path_run.py ENGINE JOB_DIR BASE_DIR OUT_DIR
+#   [STEPS=N] [BATCH=B] [GA=G] [WARM=4] [TAG=label] python3 bench/real_path_run.py ENGINE JOB_DIR BASE_DIR OUT_DIR
 # TAG (an A/B run of the same job, e.g. under an NXFT_ switch) is appended to the job's name in the output.
 # The job's {BASE}, {SHARDS} and {OUT} become BASE_DIR, JOB_DIR and OUT_DIR; nothing else changes.
 # Times come from the wall clock here as the engine's events arrive: start → weights loaded → step 1 done, then
@@ -12,9 +12,14 @@ engine, job_dir, base, out = sys.argv[1:5]
 warm = int(os.environ.get("WARM", "4"))
 job_text = open(os.path.join(job_dir, "train.json")).read()
 job_text = job_text.replace("{BASE}", base).replace("{SHARDS}", job_dir).replace("{OUT}", out)
-if os.environ.get("STEPS"):  # a longer run than the job's own steps: new packed shapes keep building cuDNN graphs early on
+# STEPS: a longer run than the job's own steps (new packed shapes keep building cuDNN graphs early on); BATCH and GA:
+# another batch size and accumulation, as a recipe's train.batch_size and train.grad_accum would write them
+overrides = {"steps": "STEPS", "batch_size": "BATCH", "grad_accum": "GA"}
+if any(os.environ.get(v) for v in overrides.values()):
     job = json.loads(job_text)
-    job["train"]["steps"] = int(os.environ["STEPS"])
+    for field, var in overrides.items():
+        if os.environ.get(var):
+            job["train"][field] = int(os.environ[var])
     job_text = json.dumps(job, indent=2)
 os.makedirs(out, exist_ok=True)
 job_file = os.path.join(out, "job.json")
