@@ -4,6 +4,16 @@
 
 namespace nxft {
 
+std::vector<int32_t> doc_start_of_positions(const int32_t* positions, int B, int T) {
+  std::vector<int32_t> ds(size_t(B) * size_t(T));
+  for (int b = 0; b < B; b++)
+    for (int t = 0, start = 0; t < T; t++) {
+      if (t == 0 || positions[size_t(b) * T + t] == 0) start = t;
+      ds[size_t(b) * T + t] = start;
+    }
+  return ds;
+}
+
 bool find_documents(const int32_t* ds, int B, int T, std::vector<int32_t>* starts, int* longest) {
   starts->clear();
   *longest = 0;

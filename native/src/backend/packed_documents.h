@@ -9,6 +9,10 @@
 
 namespace nxft {
 
+// doc_start (B rows of T) from the rows' positions: the key index where each token's document begins. Position 0
+// starts a document; so does each row.
+std::vector<int32_t> doc_start_of_positions(const int32_t* positions, int B, int T);
+
 // Documents of a (B, T) doc_start (doc_start[b,t] = the key index in row b where token t's document begins):
 // the flat index of each document's first token, in order, then B·T; and the longest document. False when
 // doc_start does not describe contiguous documents (a token whose document start is not the start of the run it

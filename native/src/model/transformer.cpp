@@ -8,6 +8,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include "backend/packed_documents.h"
 #include "io/safetensors.h"
 #include "model/quant4.h"
 #include "model/validate.h"
@@ -594,15 +595,7 @@ void Transformer::upload_batch(const Batch& b) {
     if (b.targets && b.targets[i] != -100 && (b.targets[i] < 0 || b.targets[i] >= V))
       throw EngineError("target id " + std::to_string(b.targets[i]) + " out of range [0, " + std::to_string(V) + ")");
   }
-  // doc_start: the key index where each query's document begins (position 0 starts a document; so does the row).
-  std::vector<int32_t> ds(static_cast<size_t>(N));
-  for (int r = 0; r < b.B; r++) {
-    int start = 0;
-    for (int t = 0; t < b.T; t++) {
-      if (b.positions[size_t(r) * b.T + t] == 0) start = t;
-      ds[size_t(r) * b.T + t] = start;
-    }
-  }
+  const std::vector<int32_t> ds = doc_start_of_positions(b.positions, b.B, b.T);
   be_.upload(ids_, b.tokens, size_t(N));
   // The head's rows (head_loss): those with a target. Compacted, targets_ gets only their targets.
   head_m_ = 0;

@@ -140,14 +140,16 @@ int trimmed_length_for(int need, int T) {
   return std::min(T, std::max(granule, (need + granule - 1) / granule * granule));
 }
 
+// The index after one row's last target (0 without one).
+static int row_targets_end(const int32_t* targets, int T) {
+  for (int t = T - 1; t >= 0; t--)
+    if (targets[t] != -100) return t + 1;
+  return 0;
+}
+
 int trimmed_row_length(const int32_t* targets, int B, int T) {
   int need = 0;
-  for (int b = 0; b < B; b++)
-    for (int t = T - 1; t >= need; t--)
-      if (targets[size_t(b) * T + t] != -100) {
-        need = t + 1;
-        break;
-      }
+  for (int b = 0; b < B; b++) need = std::max(need, row_targets_end(targets + size_t(b) * T, T));
   return trimmed_length_for(need, T);
 }
 
@@ -181,12 +183,7 @@ RowsToRun cut_rows_after_last_target(std::vector<int32_t>* tokens, std::vector<i
   std::vector<int> ends(static_cast<size_t>(B), 0);
   bool starts = true;
   for (int b = 0; b < B; b++) {
-    const int32_t* tg = targets->data() + size_t(b) * T;
-    for (int t = T - 1; t >= 0; t--)
-      if (tg[t] != -100) {
-        ends[size_t(b)] = t + 1;
-        break;
-      }
+    ends[size_t(b)] = row_targets_end(targets->data() + size_t(b) * T, T);
     starts = starts && (*positions)[size_t(b) * T] == 0;
   }
   const RowsToRun run = rows_to_run(ends, starts, T);

@@ -414,17 +414,12 @@ int run_bench(int argc, char** argv) {
         return d;
       };
       // Packed rows of long documents (past kTilesMaxWorkFraction) run on the tile kernels until their shape's rent
-      // of cuDNN's first use is paid (TilesRent, packed_documents.h), which takes 30 steps at 2×2048 of these rows
-      // (fraction about 0.3) and 2 at 1×8192. The warm-up covers it, so the timed steps come after the switch, as
+      // of cuDNN's first use is paid (TilesRent, packed_documents.h), which takes 24 steps at 2×2048 of these rows
+      // (fraction 0.325) and 5 at 1×8192 checkpointed (0.270). The warm-up covers it, so the timed steps come after the switch, as
       // in a run of hundreds of steps; tiles_excess_ms gives the rent a step pays, as the backend reckons it.
       int plan_warm = warm;
       if (has(":packed") && !std::getenv("NXFT_ATTN_TILES")) {
-        std::vector<int32_t> ds(rows.positions.size());
-        for (int b = 0; b < B; b++)   // as Transformer::upload_batch: position 0 (or the row's start) starts a document
-          for (int t = 0, start = 0; t < T; t++) {
-            if (t == 0 || rows.positions[size_t(b) * T + t] == 0) start = t;
-            ds[size_t(b) * T + t] = start;
-          }
+        const std::vector<int32_t> ds = doc_start_of_positions(rows.positions.data(), B, T);
         const double fraction = tile_work_fraction(ds.data(), B, T);
         const double per_step = layers * (ck ? 1.0 + 1.0 / 3.5 : 1.0) *
                                 tiles_excess_ms(B, T, cfg.num_heads, cfg.head_dim, fraction, 1.0);
